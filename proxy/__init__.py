@@ -1,0 +1,3 @@
+"""Wicket: a runtime authorization sidecar for AI agents."""
+
+__version__ = "0.1.0"

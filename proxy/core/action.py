@@ -1,0 +1,115 @@
+"""The vocabulary every layer shares: what is being attempted (Action) and what Wicket
+decided about it (Decision).
+
+Protocol adapters build Actions from the wire; the checker never learns which wire an
+Action came from. A Decision serialises to exactly the SPEC §4 record.
+"""
+
+from __future__ import annotations
+
+import enum
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Effect(enum.IntEnum):
+    """How much harm an action can do. Ordered, so ``max()`` picks the highest tier."""
+
+    READ = 0
+    MUTATING = 1
+    DESTRUCTIVE = 2
+    ADMIN = 3
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, text: str) -> Effect:
+        try:
+            return cls[text.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown effect {text!r}; expected read, mutating, destructive or admin") from None
+
+    def raised(self) -> Effect:
+        """One tier higher, saturating at admin (anomaly escalation)."""
+        return Effect(min(self + 1, Effect.ADMIN))
+
+
+class Verdict(enum.Enum):
+    ALLOW = "allow"
+    DENY = "deny"
+    APPROVAL_REQUIRED = "approval_required"
+
+
+class Tier(enum.Enum):
+    FAST = "fast"
+    SPOT = "spot"
+    DEEP = "deep"
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    """One thing an agent is trying to do, independent of the protocol that carried it.
+
+    ``name`` is what the effect is classified from: the tool name for a tool call, the
+    method for anything else. ``annotations`` are the upstream's tool hints, if known.
+    """
+
+    protocol: str  # "mcp" | "a2a" | "api" | "sampling"
+    method: str
+    name: str
+    arguments: Mapping[str, Any]
+    agent_id: str
+    session_id: str
+    upstream: str
+    annotations: Mapping[str, Any] | None = None
+    is_tool_call: bool = False
+    fixed_effect: Effect | None = None
+    """Set by an adapter for protocol housekeeping (``initialize``, ``tools/list``) whose
+    effect is known from the protocol itself rather than guessed from a name."""
+
+    @property
+    def label(self) -> str:
+        """How the action appears in audit records and metrics-free logs."""
+        return f"{self.method}:{self.name}" if self.is_tool_call else self.method
+
+
+def new_decision_id() -> str:
+    return "dec_" + secrets.token_hex(12)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of checking one Action: the SPEC §4 record plus what the audit needs."""
+
+    verdict: Verdict
+    effect: Effect
+    tier: Tier
+    reason: str
+    confidence: float = 1.0
+    decision_id: str = field(default_factory=new_decision_id)
+    approval_id: str | None = None
+    escalated_from: Effect | None = None
+
+    @property
+    def allowed(self) -> bool:
+        return self.verdict is Verdict.ALLOW
+
+    def record(self) -> dict[str, Any]:
+        """The SPEC §4 decision record, as carried in denials and returned by /v1/check."""
+        out: dict[str, Any] = {
+            "decision": self.verdict.value,
+            "decision_id": self.decision_id,
+            "effect": self.effect.label,
+            "tier": self.tier.value,
+            "reason": self.reason,
+            "confidence": self.confidence,
+        }
+        if self.verdict is Verdict.APPROVAL_REQUIRED and self.approval_id:
+            out["approval_id"] = self.approval_id
+        if self.escalated_from is not None:
+            out["escalated_from"] = self.escalated_from.label
+        return out
