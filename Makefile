@@ -1,0 +1,40 @@
+# Everything a fresh machine with Python 3.11+ needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; sys.exit("Wicket needs Python 3.11+") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Start the bundled demo MCP server with Wicket in front of it (embedded defaults).
+run: $(STAMP)
+	$(BIN)/wicket demo
+
+## Lint, then run the whole test suite.
+test: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check proxy tests bench
+
+format: $(STAMP)
+	$(BIN)/ruff format proxy tests bench
+	$(BIN)/ruff check --fix proxy tests bench
+
+## Direct call vs bare pass-through vs Wicket, in one run.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,120 @@
+"""The performance floor: a bare aiohttp pass-through reverse proxy with no checks at all.
+
+Wicket's cost is only meaningful next to the cost of *any* Python/aiohttp proxy hop: the extra
+socket pair, HTTP parsing on both sides and a copy of the body. This proxy does exactly that and
+nothing else, so ``Wicket - floor`` is what Wicket's own work (identity, policy, audit) costs.
+
+Run: ``python bench/floor.py --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8081``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus the framing headers aiohttp recomputes itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "host",
+    }
+)
+
+CLIENT_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("client", aiohttp.ClientSession)
+UPSTREAM_KEY: web.AppKey[str] = web.AppKey("upstream", str)
+
+
+def end_to_end(headers: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """Headers minus hop-by-hop ones and those named in ``Connection``: they describe one hop only."""
+    named = {t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP and k.lower() not in named)
+
+
+async def forward(request: web.Request) -> web.StreamResponse:
+    """Forward one request verbatim and relay the answer; streamed when it is SSE or unsized."""
+    client = request.app[CLIENT_KEY]
+    body = await request.read()
+    url = request.app[UPSTREAM_KEY] + request.rel_url.raw_path_qs
+    try:
+        async with client.request(
+            request.method, url, headers=end_to_end(request.headers), data=body or None, allow_redirects=False
+        ) as upstream:
+            headers = end_to_end(upstream.headers)
+            streamed = upstream.content_type == "text/event-stream" or upstream.content_length is None
+            if not streamed:
+                return web.Response(status=upstream.status, headers=headers, body=await upstream.read())
+            response = web.StreamResponse(status=upstream.status, headers=headers)
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+    except aiohttp.ClientError as exc:
+        return web.Response(status=502, text=f"floor: upstream failed: {exc}\n")
+
+
+async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One pooled client session for the proxy's lifetime, like a real proxy keeps its pool warm."""
+    connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+    app[CLIENT_KEY] = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+        trust_env=False,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+    )
+    yield
+    await app[CLIENT_KEY].close()
+
+
+def build_app(upstream: str) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    app[UPSTREAM_KEY] = upstream.rstrip("/")
+    app.cleanup_ctx.append(_client_ctx)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+async def serve(host: str, port: int, upstream: str) -> None:
+    """Serve until SIGINT/SIGTERM, then close cleanly so the bench sees a prompt exit."""
+    runner = web.AppRunner(build_app(upstream), access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, host, port, reuse_address=True).start()
+    print(f"floor proxy at http://{host}:{port} -> {upstream}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Bare aiohttp pass-through reverse proxy (the benchmark floor).")
+    parser.add_argument("--listen", default="127.0.0.1:8090", metavar="HOST:PORT")
+    parser.add_argument("--upstream", required=True, metavar="URL", help="scheme://host:port; paths are kept as is")
+    args = parser.parse_args()
+    host, _, port = args.listen.rpartition(":")
+    asyncio.run(serve(host or "127.0.0.1", int(port), args.upstream))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,638 @@
+"""Direct vs bare pass-through vs Wicket, measured in one run on one machine.
+
+Starts the demo MCP server, the floor proxy (``bench/floor.py``) and Wicket as subprocesses on
+127.0.0.1, then drives the same ``tools/call get_weather`` through each with an aiohttp load
+generator in this process. Every phase is interleaved across the three targets so machine noise
+hits them alike. See ``bench/README.md`` for how to read the output.
+
+Run: ``.venv/bin/python bench/run.py [--calls 1000] [--concurrency 32] [--json out.json] [--sse]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+MODERN = "2026-07-28"
+LEGACY = "2025-11-25"
+TOOL = "get_weather"
+MAX_FAILURES = 20  # stop a phase early once this many calls failed: the numbers are invalid anyway
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Keep every byte of traffic on loopback: no LLM tier, no shared store, no proxies from the env.
+SCRUBBED_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "REDIS_URL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+
+
+class BenchError(RuntimeError):
+    """The run cannot produce valid numbers (a process died, a call failed, a deadline passed)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Subprocesses
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Proc:
+    """A child process with its log file, so a failure can show why it died."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, lines: int = 25) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no log)"
+        return "\n".join(f"    {line}" for line in text[-lines:]) or "    (empty log)"
+
+    def check_alive(self) -> None:
+        code = self.popen.poll()
+        if code is not None:
+            raise BenchError(f"{self.name} exited with code {code}; its log ends with:\n{self.log_tail()}")
+
+
+def spawn(name: str, argv: Sequence[str], workdir: Path) -> Proc:
+    """Start a child in its own session so a terminal Ctrl-C reaches only us; we stop it in order."""
+    env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(
+            list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+        )
+    return Proc(name, popen, log)
+
+
+def stop_all(procs: Sequence[Proc], grace: float = 5.0) -> None:
+    """SIGTERM everyone, give them ``grace`` seconds together, then SIGKILL whoever is left."""
+    for p in procs:
+        if p.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.terminate()
+    deadline = time.monotonic() + grace
+    for p in procs:
+        try:
+            p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                p.popen.kill()
+            p.popen.wait(timeout=5)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of one process from /proc/PID/stat (fields 14 and 15, clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()  # comm may hold spaces; fields[0] is field 3
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+# --------------------------------------------------------------------------------------------
+# The MCP client
+
+
+class CallFailed(Exception):
+    """One tool call did not come back as a successful CallToolResult."""
+
+
+@dataclass
+class Target:
+    """One thing to measure: a URL, a pooled client session, and the process that serves it."""
+
+    name: str
+    url: str
+    proxy: str | None  # name of the proxy process in front of the upstream, if any
+    sse: bool
+    session: aiohttp.ClientSession | None = None
+    mcp_session_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if self.sse:  # legacy generation: session-bound, answered as an SSE stream
+            h["MCP-Protocol-Version"] = LEGACY
+            if self.mcp_session_id:
+                h["Mcp-Session-Id"] = self.mcp_session_id
+        else:
+            h.update({"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": TOOL})
+        return h
+
+    def body(self, call_id: int) -> bytes:
+        params: dict[str, Any] = {"name": TOOL, "arguments": {"city": "Oslo"}}
+        if not self.sse:
+            params["_meta"] = {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+            }
+        return json.dumps({"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": params}).encode()
+
+    async def open(self, concurrency: int) -> None:
+        """Keep-alive pool sized to the concurrency, so no phase pays for new connections."""
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=concurrency, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=10),
+                trust_env=False,
+            )
+        if self.sse and self.mcp_session_id is None:
+            await self._initialize()
+
+    async def _initialize(self) -> None:
+        """Legacy handshake: initialize, then notifications/initialized, on one MCP session."""
+        assert self.session is not None
+        init = {
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": LEGACY,
+                "capabilities": {},
+                "clientInfo": {"name": "wicket-bench", "version": "0"},
+            },
+        }
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        async with self.session.post(self.url, json=init, headers=headers) as resp:
+            raw = await resp.read()
+            if resp.status != 200 or "Mcp-Session-Id" not in resp.headers:
+                raise CallFailed(f"initialize: HTTP {resp.status}: {raw[:300]!r}")
+            self.mcp_session_id = resp.headers["Mcp-Session-Id"]
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        async with self.session.post(self.url, json=note, headers=self.headers()) as resp:
+            await resp.read()
+            if resp.status not in (200, 202):
+                raise CallFailed(f"notifications/initialized: HTTP {resp.status}")
+
+    async def close(self) -> None:
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+
+    async def call(self, call_id: int) -> float:
+        """One tool call; returns its latency in seconds, or raises CallFailed."""
+        assert self.session is not None
+        body, headers = self.body(call_id), self.headers()
+        t0 = time.perf_counter()
+        try:
+            async with self.session.post(self.url, data=body, headers=headers) as resp:
+                raw = await resp.read()
+                status, ctype = resp.status, resp.content_type
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise CallFailed(f"{type(exc).__name__}: {exc}") from None
+        elapsed = time.perf_counter() - t0
+        check_result(status, ctype, raw, call_id)  # outside the timed section: same cost for every target
+        return elapsed
+
+
+def check_result(status: int, ctype: str, raw: bytes, call_id: int) -> None:
+    """Accept only HTTP 200 carrying our id's CallToolResult with ``isError: false``."""
+    if status != 200:
+        raise CallFailed(f"HTTP {status}: {raw[:300]!r}")
+    if ctype == "text/event-stream":
+        messages = [
+            json.loads(line[5:]) for line in raw.decode().splitlines() if line.startswith("data:") and line[5:].strip()
+        ]
+    else:
+        messages = [json.loads(raw)]
+    for msg in messages:
+        if isinstance(msg, dict) and msg.get("id") == call_id:
+            result = msg.get("result")
+            if isinstance(result, dict) and result.get("isError") is False and result.get("content"):
+                return
+            raise CallFailed(f"not a successful result: {json.dumps(msg)[:300]}")
+    raise CallFailed(f"no response with id {call_id} in {raw[:300]!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Phases
+
+
+@dataclass
+class Failures:
+    count: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        if len(self.samples) < 3:
+            self.samples.append(reason)
+
+
+@dataclass
+class Stats:
+    """Everything measured for one target, summed over the interleaved rounds."""
+
+    lat_c1: list[float] = field(default_factory=list)
+    lat_cn: list[float] = field(default_factory=list)
+    tput_calls: int = 0
+    tput_seconds: float = 0.0
+    cpu_cn: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in c=N phases
+    cpu_c1: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in c=1 phases
+    c1_calls: int = 0
+    failures: Failures = field(default_factory=Failures)
+
+
+class Bench:
+    """Drives the phases; owns the call-id counter and the pid table used for CPU accounting."""
+
+    def __init__(self, targets: list[Target], pids: dict[str, int], concurrency: int) -> None:
+        self.targets = targets
+        self.pids = pids
+        self.concurrency = concurrency
+        self.ids = itertools.count(1)
+        self.stats = {t.name: Stats() for t in targets}
+
+    def _cpu(self) -> dict[str, float]:
+        snap = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+        snap["client"] = own_cpu_seconds()
+        return snap
+
+    @staticmethod
+    def _add_cpu(into: dict[str, float], before: dict[str, float], after: dict[str, float]) -> None:
+        for k in before:
+            into[k] = into.get(k, 0.0) + after[k] - before[k]
+
+    async def _run(self, target: Target, calls: int, concurrency: int, failures: Failures) -> list[float]:
+        """``calls`` calls spread over ``concurrency`` workers on one keep-alive session."""
+        remaining = calls
+        latencies: list[float] = []
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0 and failures.count < MAX_FAILURES:
+                remaining -= 1
+                try:
+                    latencies.append(await target.call(next(self.ids)))
+                except CallFailed as exc:
+                    failures.add(str(exc))
+
+        await asyncio.gather(*(worker() for _ in range(min(concurrency, calls))))
+        return latencies
+
+    def _raise_on_failures(self, target: Target, failures: Failures, phase: str) -> None:
+        if failures.count:
+            self.stats[target.name].failures = failures
+            samples = "\n".join(f"    {s}" for s in failures.samples)
+            raise BenchError(f"{target.name}: {failures.count}+ failed calls in {phase}; first ones:\n{samples}")
+
+    async def warm_up(self, calls: int) -> None:
+        for target in self.targets:
+            failures = Failures()
+            await self._run(target, calls, 1, failures)
+            await self._run(target, calls * 2, self.concurrency, failures)
+            self._raise_on_failures(target, failures, "warm-up")
+
+    async def latency_round(self, target: Target, calls: int) -> None:
+        stats, failures = self.stats[target.name], Failures()
+        before = self._cpu()
+        stats.lat_c1 += await self._run(target, calls, 1, failures)
+        self._add_cpu(stats.cpu_c1, before, self._cpu())
+        stats.c1_calls += calls
+        self._raise_on_failures(target, failures, "the c=1 latency phase")
+
+    async def throughput_round(self, target: Target, calls: int) -> None:
+        stats, failures = self.stats[target.name], Failures()
+        before = self._cpu()
+        t0 = time.perf_counter()
+        stats.lat_cn += await self._run(target, calls, self.concurrency, failures)
+        stats.tput_seconds += time.perf_counter() - t0
+        self._add_cpu(stats.cpu_cn, before, self._cpu())
+        stats.tput_calls += calls
+        self._raise_on_failures(target, failures, f"the c={self.concurrency} throughput phase")
+
+    async def measure(self, calls: int, tput_calls: int, rounds: int) -> None:
+        """Round-robin: each round runs c=1 for every target, then c=N; the order rotates per round."""
+        for r in range(rounds):
+            order = self.targets[r % len(self.targets) :] + self.targets[: r % len(self.targets)]
+            n1 = calls // rounds + (1 if r < calls % rounds else 0)
+            nn = tput_calls // rounds + (1 if r < tput_calls % rounds else 0)
+            for target in order:
+                await self.latency_round(target, n1)
+            for target in order:
+                await self.throughput_round(target, nn)
+
+
+# --------------------------------------------------------------------------------------------
+# Readiness
+
+
+async def wait_until(what: str, procs: Sequence[Proc], probe: Callable[[], Any], deadline: float) -> None:
+    """Retry ``probe`` until it succeeds; fail fast if a process dies, slow if nothing answers."""
+    last = "never probed"
+    while True:
+        for p in procs:
+            p.check_alive()
+        try:
+            await probe()
+            return
+        except (aiohttp.ClientError, OSError, CallFailed, TimeoutError, ValueError) as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        if time.monotonic() > deadline:
+            logs = "\n".join(f"  {p.name}:\n{p.log_tail(15)}" for p in procs)
+            raise BenchError(f"{what} not ready in time (last error: {last})\n{logs}")
+        await asyncio.sleep(0.2)
+
+
+async def probe_call(target: Target, concurrency: int) -> None:
+    """Ready means a real, validated tool call passes, not just an open port."""
+    await target.open(concurrency)
+    await target.call(0)
+
+
+async def probe_readyz(url: str) -> None:
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), trust_env=False) as s,
+        s.get(url) as resp,
+    ):
+        if resp.status != 200:
+            raise CallFailed(f"/readyz answered {resp.status}")
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile: an observed value, no interpolation."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def div(a: float, b: float) -> float | None:
+    return a / b if b > 0 else None
+
+
+def summarise(bench: Bench, targets: list[Target]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for t in targets:
+        s = bench.stats[t.name]
+        cn, c1 = max(s.tput_calls, 1), max(s.c1_calls, 1)
+        out[t.name] = {
+            "p50_ms": percentile(s.lat_c1, 50) * 1e3,
+            "p99_ms": percentile(s.lat_c1, 99) * 1e3,
+            "p50_ms_cN": percentile(s.lat_cn, 50) * 1e3,
+            "p99_ms_cN": percentile(s.lat_cn, 99) * 1e3,
+            "calls_c1": s.c1_calls,
+            "calls_cN": s.tput_calls,
+            "calls_per_s": s.tput_calls / s.tput_seconds,
+            "proxy_cpu_us_per_call": s.cpu_cn[t.proxy] / cn * 1e6 if t.proxy else None,
+            "proxy_cpu_us_per_call_c1": s.cpu_c1[t.proxy] / c1 * 1e6 if t.proxy else None,
+            "upstream_cpu_us_per_call": s.cpu_cn["upstream"] / cn * 1e6,
+            "client_cpu_us_per_call": s.cpu_cn["client"] / cn * 1e6,
+        }
+    d, f, w = out["direct"], out["floor"], out["wicket"]
+    ratios: dict[str, Any] = {}
+    for q in ("p50", "p99"):
+        w_add, f_add = w[f"{q}_ms"] - d[f"{q}_ms"], f[f"{q}_ms"] - d[f"{q}_ms"]
+        ratios[f"wicket_added_{q}_ms"] = w_add
+        ratios[f"wicket_{q}_vs_direct"] = div(w[f"{q}_ms"], d[f"{q}_ms"])
+        ratios[f"floor_added_{q}_ms"] = f_add
+        ratios[f"wicket_added_over_floor_added_{q}"] = div(w_add, f_add)
+        ratios[f"wicket_own_{q}_ms"] = w_add - f_add
+    ratios["wicket_throughput_vs_direct"] = div(w["calls_per_s"], d["calls_per_s"])
+    ratios["wicket_throughput_vs_floor"] = div(w["calls_per_s"], f["calls_per_s"])
+    ratios["floor_throughput_vs_direct"] = div(f["calls_per_s"], d["calls_per_s"])
+    ratios["wicket_cpu_vs_floor_cpu"] = div(w["proxy_cpu_us_per_call"], f["proxy_cpu_us_per_call"])
+    return {"targets": out, "ratios": ratios}
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+
+
+def render(summary: dict[str, Any], concurrency: int) -> str:
+    t, r = summary["targets"], summary["ratios"]
+    cols = [
+        ("p50 c=1 ms", "p50_ms", ".3f"),
+        ("p99 c=1 ms", "p99_ms", ".3f"),
+        (f"p50 c={concurrency} ms", "p50_ms_cN", ".2f"),
+        (f"calls/s c={concurrency}", "calls_per_s", ".0f"),
+        ("proxy CPU µs/call", "proxy_cpu_us_per_call", ".0f"),
+        ("upstream CPU µs/call", "upstream_cpu_us_per_call", ".0f"),
+        ("client CPU µs/call", "client_cpu_us_per_call", ".0f"),
+    ]
+    lines = ["| target | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in ("direct", "floor", "wicket"):
+        lines.append(f"| {name} | " + " | ".join(fmt(t[name][k], s) for _, k, s in cols) + " |")
+    lines += [
+        "",
+        "| ratio | p50 | p99 |",
+        "|---|---|---|",
+        "| Wicket added latency vs direct | "
+        + " | ".join(
+            f"{fmt(r[f'wicket_added_{q}_ms'], '+.3f')} ms (x{fmt(r[f'wicket_{q}_vs_direct'])})" for q in ("p50", "p99")
+        )
+        + " |",
+        "| floor added latency vs direct | "
+        + " | ".join(f"{fmt(r[f'floor_added_{q}_ms'], '+.3f')} ms" for q in ("p50", "p99"))
+        + " |",
+        "| Wicket added / floor added | "
+        + " | ".join(f"x{fmt(r[f'wicket_added_over_floor_added_{q}'])}" for q in ("p50", "p99"))
+        + " |",
+        "| Wicket's own work (Wicket added - floor added) | "
+        + " | ".join(f"{fmt(r[f'wicket_own_{q}_ms'], '+.3f')} ms" for q in ("p50", "p99"))
+        + " |",
+        "",
+        f"- Wicket throughput (c={concurrency}): {fmt(r['wicket_throughput_vs_direct'], '.0%')} of direct, "
+        f"{fmt(r['wicket_throughput_vs_floor'], '.0%')} of floor "
+        f"(floor: {fmt(r['floor_throughput_vs_direct'], '.0%')} of direct)",
+        f"- Wicket CPU per call: x{fmt(r['wicket_cpu_vs_floor_cpu'])} the floor's "
+        f"({fmt(t['wicket']['proxy_cpu_us_per_call'], '.0f')} vs {fmt(t['floor']['proxy_cpu_us_per_call'], '.0f')} µs)",
+    ]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "aiohttp": aiohttp.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+
+
+async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dict[str, Any]:
+    py = sys.executable
+    up, fl, wk, adm = free_port(), free_port(), free_port(), free_port()
+    audit = workdir / "audit.jsonl"
+    upstream_argv = [py, "-m", "proxy.demo.server", "--host", HOST, "--port", str(up)]
+    if not args.sse:
+        upstream_argv.append("--json-response")
+    procs.append(spawn("upstream", upstream_argv, workdir))
+    procs.append(
+        spawn(
+            "floor",
+            [py, str(ROOT / "bench" / "floor.py"), "--listen", f"{HOST}:{fl}", "--upstream", f"http://{HOST}:{up}"],
+            workdir,
+        )
+    )
+    wicket_argv = [
+        py, "-m", "proxy", "run",
+        "--upstream", f"http://{HOST}:{up}/mcp",
+        "--policy", str(ROOT / "policies" / "demo.yaml"),
+        "--listen", f"{HOST}:{wk}",
+        "--admin-listen", f"{HOST}:{adm}",
+        "--audit-log", str(audit),
+        *args.wicket_arg,
+    ]  # fmt: skip
+    procs.append(spawn("wicket", wicket_argv, workdir))
+    by_name = {p.name: p for p in procs}
+
+    targets = [
+        Target("direct", f"http://{HOST}:{up}/mcp", None, args.sse),
+        Target("floor", f"http://{HOST}:{fl}/mcp", "floor", args.sse),
+        Target("wicket", f"http://{HOST}:{wk}/mcp", "wicket", args.sse),
+    ]
+    try:
+        deadline = time.monotonic() + args.startup_timeout
+        await wait_until("upstream", [by_name["upstream"]], lambda: probe_call(targets[0], args.concurrency), deadline)
+        await wait_until("floor", [by_name["floor"]], lambda: probe_call(targets[1], args.concurrency), deadline)
+        await wait_until(
+            "wicket /readyz", [by_name["wicket"]], lambda: probe_readyz(f"http://{HOST}:{adm}/readyz"), deadline
+        )
+        await wait_until("wicket", [by_name["wicket"]], lambda: probe_call(targets[2], args.concurrency), deadline)
+        print(f"all three targets answer; warming up ({args.warmup} + {2 * args.warmup} calls each)", flush=True)
+
+        bench = Bench(targets, {p.name: p.pid for p in procs}, args.concurrency)
+        await bench.warm_up(args.warmup)
+        t0 = time.perf_counter()
+        await bench.measure(args.calls, args.throughput_calls, args.rounds)
+        measured = time.perf_counter() - t0
+        for p in procs:
+            p.check_alive()
+    finally:
+        for t in targets:
+            await t.close()
+
+    return {
+        "machine": machine(),
+        "config": {
+            "calls": args.calls,
+            "throughput_calls": args.throughput_calls,
+            "concurrency": args.concurrency,
+            "rounds": args.rounds,
+            "warmup": args.warmup,
+            "transport": "legacy 2025-11-25 session, SSE responses" if args.sse else f"{MODERN} stateless, JSON",
+            "wicket_args": args.wicket_arg,
+            "measured_seconds": measured,
+        },
+        **summarise(bench, targets),
+    }
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Benchmark: direct vs bare pass-through proxy vs Wicket.")
+    p.add_argument("--calls", type=int, default=1000, help="sequential calls per target at c=1 (default 1000)")
+    p.add_argument("--concurrency", type=int, default=32, help="workers in the throughput phase (default 32)")
+    p.add_argument(
+        "--throughput-calls", type=int, default=4000, help="calls per target in the throughput phase (default 4000)"
+    )
+    p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the calls are split into (default 4)")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up calls per target at c=1 (default 100; 2x at c=N)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    p.add_argument("--sse", action="store_true", help="legacy MCP session with SSE responses instead of JSON")
+    p.add_argument(
+        "--wicket-arg", action="append", default=[], metavar="ARG", help="extra `wicket run` argument (repeatable)"
+    )
+    p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and audit log")
+    p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for all three to become ready")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="hard limit for the whole run (default 300)")
+    args = p.parse_args(argv)
+    if min(args.calls, args.throughput_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
+        p.error("--calls, --throughput-calls, --concurrency and --rounds must be positive")
+    if args.rounds > min(args.calls, args.throughput_calls):
+        p.error("--rounds cannot exceed --calls or --throughput-calls")
+    return args
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally that stops the children
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    procs: list[Proc] = []
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="wicket-bench-"))
+    failure: str | None = None
+    try:
+        result = asyncio.run(asyncio.wait_for(run_bench(args, workdir, procs), args.max_seconds))
+    except BenchError as exc:
+        failure = str(exc)
+    except TimeoutError:
+        failure = f"still running after --max-seconds {args.max_seconds}"
+    finally:
+        stop_all(procs)
+        audit = workdir / "audit.jsonl"  # counted once Wicket has exited and flushed
+        audit_records = sum(1 for _ in audit.open()) if audit.exists() else 0
+        if failure is None and not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if failure is not None:
+        print(f"bench: INVALID RUN: {failure}\n(logs and audit log kept in {workdir})", file=sys.stderr)
+        return 1
+    result["audit_records"] = audit_records
+    if args.keep:
+        print(f"logs and audit log kept in {workdir}")
+    m, c = result["machine"], result["config"]
+    print(
+        f"\n{m['date']}  nproc={m['nproc']}  python {m['python']}  {m['cpu']}\n"
+        f"transport: {c['transport']};  c=1: {c['calls']} calls/target;  c={c['concurrency']}: "
+        f"{c['throughput_calls']} calls/target;  {c['rounds']} interleaved rounds;  "
+        f"audit records written by Wicket: {result['audit_records']}\n"
+    )
+    print(render(result, args.concurrency))
+    print(f"\nmeasured in {c['measured_seconds']:.1f} s, {time.perf_counter() - started:.1f} s in all")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

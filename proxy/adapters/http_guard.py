@@ -1,0 +1,85 @@
+"""Transport defences shared by every HTTP adapter: Host/Origin checks and header hygiene."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from urllib.parse import urlsplit
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+
+# RFC 9110 §7.6.1 hop-by-hop headers, plus the ones a proxy must set itself.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "Proxy-Connection",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Content-Length",
+        "Host",
+    )
+)
+
+
+def _hostname(value: str) -> str:
+    """Host header value without its port, lower-cased (``[::1]:8080`` -> ``[::1]``)."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[: value.find("]") + 1] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class OriginPolicy:
+    """DNS-rebinding protection: the ``Host`` must be ours and a browser ``Origin`` trusted.
+
+    Wicket checks both itself because it rewrites ``Host`` when forwarding, which would
+    otherwise blind the upstream's own check.
+    """
+
+    def __init__(self, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()) -> None:
+        self.hosts = LOCAL_HOSTS | {_hostname(h) for h in allowed_hosts}
+        self.any_host = "*" in self.hosts
+        self.origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+
+    def host_problem(self, host: str | None) -> str | None:
+        if self.any_host:
+            return None
+        if not host:
+            return "the request has no Host header"
+        if _hostname(host) not in self.hosts:
+            return f"Host '{host}' is not served here (add it with --allowed-host)"
+        return None
+
+    def origin_problem(self, origin: str | None) -> str | None:
+        if origin is None:
+            return None  # non-browser clients send no Origin
+        normalised = origin.rstrip("/").lower()
+        if normalised in self.origins:
+            return None
+        parts = urlsplit(normalised)
+        if parts.scheme in ("http", "https") and parts.hostname is not None:
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            if host in LOCAL_HOSTS:
+                return None
+        return f"Origin '{origin}' is not allowed (add it with --allowed-origin)"
+
+
+def forward_headers(
+    headers: CIMultiDictProxy[str] | Mapping[str, str], drop: frozenset[str] = frozenset()
+) -> CIMultiDict[str]:
+    """Copy end-to-end headers: hop-by-hop ones, those named in ``Connection`` and ``drop`` go."""
+    named = {t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()}
+    out: CIMultiDict[str] = CIMultiDict()
+    for key, value in headers.items():
+        lower = key.lower()
+        if lower in HOP_BY_HOP or lower in named or lower in drop:
+            continue
+        out.add(key, value)
+    return out

@@ -1,0 +1,478 @@
+"""MCP Streamable HTTP adapter: the wire at ``/mcp`` in, Actions to the checker, bytes out.
+
+Both protocol generations pass through here. Legacy sessions (``Mcp-Session-Id``) are
+bound to the Wicket session and agent that opened them; 2026-07-28 stateless requests get
+their session from the caller's token. The request body is parsed once to build the
+Action and then forwarded as the original bytes; SSE responses stream through chunk by
+chunk while a scanner watches them for the final response.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from proxy.adapters import jsonrpc
+from proxy.adapters.http_guard import OriginPolicy, forward_headers
+from proxy.adapters.sse import SseScanner
+from proxy.core.action import Action, Decision, Effect
+from proxy.core.checker import Checker
+from proxy.core.identity import Caller, IdentityError, IdentityResolver
+from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
+from proxy.settings import Settings
+from proxy.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+MODERN_VERSION = "2026-07-28"
+PROTOCOL = "mcp"
+
+# Protocol housekeeping whose effect the protocol itself defines. Everything else is
+# classified from its name, and unknown methods therefore count as mutating.
+METHOD_EFFECTS: dict[str, Effect] = {
+    m: Effect.READ
+    for m in (
+        "initialize",
+        "ping",
+        "server/discover",
+        "tools/list",
+        "resources/list",
+        "resources/templates/list",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "prompts/list",
+        "prompts/get",
+        "completion/complete",
+        "logging/setLevel",
+        "subscriptions/listen",
+    )
+}
+# Methods whose target travels in ``Mcp-Name`` (2026-07-28) and in this body parameter.
+NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
+# Never forwarded: the agent's credential (MCP forbids token passthrough), the browser's
+# Origin (checked here), and Accept-Encoding (so responses arrive readable for inspection).
+_DROP_UPSTREAM = frozenset({"authorization", "origin", "accept-encoding"})
+_DROP_DOWNSTREAM = frozenset({"server", "date"})
+
+
+class Refusal(Exception):
+    """A request answered by Wicket itself before anything is forwarded."""
+
+    def __init__(self, status: int, code: int, message: str, *, data: Any = None, reason: str = "refused") -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.data = data
+        self.reason = reason
+
+
+class McpProxy:
+    """The ``/mcp`` endpoint in front of one upstream MCP server."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        checker: Checker,
+        identity: IdentityResolver,
+        sessions: SessionManager,
+        metrics: Metrics,
+        client: aiohttp.ClientSession,
+    ) -> None:
+        self._settings = settings
+        self._upstream = settings.upstream
+        self._checker = checker
+        self._identity = identity
+        self._sessions = sessions
+        self._metrics = metrics
+        self._client = client
+        self._origins = OriginPolicy(settings.allowed_hosts, settings.allowed_origins)
+        self._annotations: dict[str, dict[str, Any]] = {}
+        self._post_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout or None
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.stream_idle_timeout or None
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.route("*", "/mcp", self.handle)]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            problem = self._origins.host_problem(request.headers.get("Host"))
+            if problem is None:
+                problem = self._origins.origin_problem(request.headers.get("Origin"))
+            if problem is not None:
+                raise Refusal(403, jsonrpc.INVALID_REQUEST, f"Forbidden: {problem}.", reason="origin")
+            if request.method == "POST":
+                return await self._post(request)
+            if request.method in ("GET", "DELETE"):
+                return await self._session_request(request)
+            raise Refusal(405, jsonrpc.INVALID_REQUEST, f"Method {request.method} is not allowed on /mcp.")
+        except Refusal as refusal:
+            return self._refusal_response(refusal)
+
+    # -- POST: one JSON-RPC message ---------------------------------------------------
+
+    async def _post(self, request: web.Request) -> web.StreamResponse:
+        if request.content_type != "application/json":
+            raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
+        body = await self._read_body(request)
+        try:
+            message = json.loads(body)
+        except ValueError:
+            raise Refusal(
+                400, jsonrpc.PARSE_ERROR, "Parse error: the body is not valid JSON.", reason="parse"
+            ) from None
+        if isinstance(message, list):
+            raise Refusal(
+                400,
+                jsonrpc.INVALID_REQUEST,
+                "Batch requests are not accepted: send one JSON-RPC message per POST.",
+                reason="batch",
+            )
+        method, request_id, params = _shape(message)
+        _check_headers(request, method, params)
+
+        caller = await self._caller(request)
+        mcp_session_id = request.headers.get("Mcp-Session-Id")
+        is_request = method is not None and "id" in message
+        if not is_request:
+            # Notifications and the client's replies to server requests execute nothing upstream.
+            await self._session(caller, mcp_session_id, method, None)
+            return await self._forward(request, body, None)
+
+        action_name = params.get(NAME_PARAMS.get(method, ""), method) if method in NAME_PARAMS else method
+        if not isinstance(action_name, str):
+            raise Refusal(400, jsonrpc.INVALID_REQUEST, f"params.{NAME_PARAMS[method]} must be a string.")
+        is_tool_call = method == "tools/call"
+        arguments = params.get("arguments") if is_tool_call else None
+        if arguments is not None and not isinstance(arguments, dict):
+            raise Refusal(400, jsonrpc.INVALID_REQUEST, "params.arguments must be an object.", reason="invalid")
+        draft = Action(
+            protocol=PROTOCOL,
+            method=method,
+            name=action_name,
+            arguments=arguments or {},
+            agent_id=caller.agent_id,
+            session_id="",
+            upstream=self._upstream,
+            annotations=self._annotations.get(action_name) if is_tool_call else None,
+            is_tool_call=is_tool_call,
+            fixed_effect=METHOD_EFFECTS.get(method),
+        )
+        session = await self._session(caller, mcp_session_id, method, draft)
+        action = _with_session(draft, session.session_id)
+        decision = await self._checker.check(action, session)
+        if not decision.allowed:
+            return _denial(action, decision, request_id, modern=_is_modern(request, params))
+        return await self._forward(
+            request, body, (action, decision, request_id), bind_to=session if method == "initialize" else None
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        limit = self._settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
+        body = await request.content.read(limit + 1)
+        if len(body) > limit:
+            raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
+        return body
+
+    # -- GET (standalone SSE stream) and DELETE (end session) -------------------------
+
+    async def _session_request(self, request: web.Request) -> web.StreamResponse:
+        mcp_session_id = request.headers.get("Mcp-Session-Id")
+        if not mcp_session_id:
+            raise Refusal(400, jsonrpc.INVALID_REQUEST, f"{request.method} /mcp needs an Mcp-Session-Id header.")
+        caller = await self._caller(request)
+        await self._session(caller, mcp_session_id, request.method, None)
+        response = await self._forward(request, b"", None)
+        if request.method == "DELETE" and 200 <= response.status < 300:
+            await self._sessions.unbind_mcp(mcp_session_id)
+        return response
+
+    # -- identity and sessions ----------------------------------------------------------
+
+    async def _caller(self, request: web.Request) -> Caller:
+        try:
+            return await self._identity.resolve(request.headers.get("Authorization"))
+        except IdentityError as exc:
+            if exc.integrity:
+                self._metrics.integrity_failures.inc()
+            raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth") from None
+
+    async def _session(
+        self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: Action | None
+    ) -> Session:
+        """The Wicket session this request runs in; refuses hijacks and unknown sessions."""
+        if not mcp_session_id:
+            return await self._identity.session_for(caller, fresh=method == "initialize")
+        try:
+            binding = await self._sessions.mcp_binding(mcp_session_id)
+            session = None if binding is None else await self._sessions.get(binding.session_id)
+        except SessionIntegrityError as exc:
+            self._metrics.integrity_failures.inc()
+            raise Refusal(403, jsonrpc.DENIED, f"Session denied: {exc}.", reason="integrity") from None
+        if binding is None or session is None:
+            raise Refusal(404, jsonrpc.SESSION_NOT_FOUND, "Session not found: start a new MCP session.")
+        owner_mismatch = binding.agent_id != caller.agent_id
+        token_mismatch = caller.session is not None and caller.session.session_id != binding.session_id
+        if owner_mismatch or token_mismatch:
+            reason = "This MCP session belongs to another agent or session; the request was refused."
+            action = draft or Action(
+                protocol=PROTOCOL,
+                method=method or "",
+                name=method or "",
+                arguments={},
+                agent_id=caller.agent_id,
+                session_id=binding.session_id,
+                upstream=self._upstream,
+                fixed_effect=Effect.READ,
+            )
+            decision = await self._checker.refuse(_with_session(action, binding.session_id), binding.session_id, reason)
+            raise Refusal(403, jsonrpc.DENIED, reason, data=decision.record(), reason="hijack")
+        return session
+
+    # -- forwarding ---------------------------------------------------------------------
+
+    async def _forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        decided: tuple[Action, Decision, Any] | None,
+        *,
+        bind_to: Session | None = None,
+    ) -> web.StreamResponse:
+        headers = forward_headers(request.headers, _DROP_UPSTREAM)
+        timeout = self._stream_timeout if request.method == "GET" else self._post_timeout
+        started = time.perf_counter()
+        watcher = _ResponseWatcher(decided[2] if decided else None, decided[0].method if decided else None)
+        try:
+            async with self._client.request(
+                request.method, self._upstream, data=body or None, headers=headers, timeout=timeout
+            ) as upstream:
+                if bind_to is not None and upstream.status == 200 and (sid := upstream.headers.get("Mcp-Session-Id")):
+                    await self._sessions.bind_mcp(sid, bind_to)
+                response = await self._relay(request, upstream, watcher)
+        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
+            kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "unreachable"
+            watcher.failed(f"upstream {kind}: {exc.__class__.__name__}")
+            self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
+            response = self._upstream_failure(request, kind, decided)
+        except Refusal as refusal:
+            watcher.failed(refusal.message)
+            response = self._refusal_response(refusal)
+        except TimeoutError:
+            watcher.failed("upstream timeout")
+            self._metrics.upstream_errors.labels(PROTOCOL, "timeout").inc()
+            response = self._upstream_failure(request, "timeout", decided)
+        finally:
+            elapsed = time.perf_counter() - started
+            self._metrics.upstream_seconds.labels(PROTOCOL).observe(elapsed)
+        if watcher.tools is not None:
+            self._learn_tools(watcher.tools)
+        if watcher.tools_changed:
+            self._annotations.clear()
+        if decided is not None:
+            action, decision, _ = decided
+            await self._checker.outcome(
+                action, decision, status=watcher.status, duration=elapsed, detail=watcher.detail
+            )
+        return response
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, watcher: _ResponseWatcher
+    ) -> web.StreamResponse:
+        headers = forward_headers(upstream.headers, _DROP_DOWNSTREAM)
+        if upstream.content_type == "text/event-stream":
+            response = web.StreamResponse(status=upstream.status, headers=headers)
+            await response.prepare(request)
+            scanner = SseScanner()
+            async for chunk in upstream.content.iter_any():
+                for data in scanner.feed(chunk):
+                    watcher.observe_text(data)
+                try:
+                    await response.write(chunk)
+                except ConnectionError:
+                    watcher.failed("client disconnected before the response ended")
+                    return response  # leaving the context closes the upstream stream (cancels the call)
+            await response.write_eof()
+            return response
+        limit = self._settings.max_response_bytes
+        payload = await upstream.content.read(limit + 1)
+        if len(payload) > limit:
+            self._metrics.upstream_errors.labels(PROTOCOL, "oversized").inc()
+            raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Upstream response exceeds {limit} bytes.")
+        if payload and upstream.content_type == "application/json":
+            watcher.observe_text(payload)
+        elif upstream.status >= 400:
+            watcher.failed(f"upstream HTTP {upstream.status}")
+        return web.Response(status=upstream.status, body=payload, headers=headers)
+
+    def _upstream_failure(
+        self, request: web.Request, kind: str, decided: tuple[Action, Decision, Any] | None
+    ) -> web.Response:
+        request_id = decided[2] if decided else None
+        if kind == "timeout":
+            status, code = 504, jsonrpc.UPSTREAM_TIMEOUT
+            message = "The upstream MCP server did not answer in time."
+        else:
+            status, code = 502, jsonrpc.UPSTREAM_UNAVAILABLE
+            message = "The upstream MCP server is unreachable; nothing was executed."
+        return web.Response(
+            status=status, body=jsonrpc.error_body(code, message, None, request_id), content_type="application/json"
+        )
+
+    def _learn_tools(self, tools: list[Any]) -> None:
+        """Remember each tool's annotations from ``tools/list`` for effect classification."""
+        for tool in tools:
+            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
+                annotations = tool.get("annotations")
+                if isinstance(annotations, dict):
+                    self._annotations[tool["name"]] = annotations
+                else:
+                    self._annotations.pop(tool["name"], None)
+
+    def _refusal_response(self, refusal: Refusal) -> web.Response:
+        self._metrics.rejections.labels(refusal.reason).inc()
+        headers = {"WWW-Authenticate": 'Bearer realm="wicket"'} if refusal.status == 401 else None
+        data = refusal.data if refusal.data is not None else jsonrpc.NODATA
+        return web.Response(
+            status=refusal.status,
+            body=jsonrpc.error_body(refusal.code, refusal.message, data),
+            content_type="application/json",
+            headers=headers,
+        )
+
+
+class _ResponseWatcher:
+    """Reads the messages an upstream sends back, to audit the outcome and learn tools."""
+
+    __slots__ = ("_method", "_request_id", "detail", "status", "tools", "tools_changed")
+
+    def __init__(self, request_id: Any, method: str | None) -> None:
+        self._request_id = request_id
+        self._method = method
+        self.status = "success"
+        self.detail: str | None = None
+        self.tools: list[Any] | None = None
+        self.tools_changed = False
+
+    def failed(self, detail: str) -> None:
+        self.status = "error"
+        self.detail = detail
+
+    def observe_text(self, text: str | bytes) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        if message.get("method") == "notifications/tools/list_changed":
+            self.tools_changed = True
+            return
+        if "method" in message or message.get("id") != self._request_id:
+            return  # a server-to-client request or notification on the stream
+        if "error" in message:
+            error = message["error"]
+            self.failed(f"JSON-RPC error {error.get('code')}" if isinstance(error, dict) else "JSON-RPC error")
+            return
+        result = message.get("result")
+        if isinstance(result, dict):
+            if result.get("isError") is True:
+                self.status = "tool_error"
+            if self._method == "tools/list" and isinstance(result.get("tools"), list):
+                self.tools = result["tools"]
+
+
+def _shape(message: Any) -> tuple[Any, Any, dict[str, Any]]:
+    """Validate the JSON-RPC envelope; return (method, id, params)."""
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
+        raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: expected one JSON-RPC 2.0 object.")
+    method = message.get("method")
+    if method is not None and not isinstance(method, str):
+        raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: method must be a string.")
+    if method is None and "result" not in message and "error" not in message:
+        raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a reply.")
+    params = message.get("params")
+    if params is None:
+        params = {}
+    elif not isinstance(params, dict):
+        raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: params must be an object.", reason="invalid")
+    return method, message.get("id"), params
+
+
+def _is_modern(request: web.Request, params: dict[str, Any]) -> bool:
+    if request.headers.get("MCP-Protocol-Version", "") >= MODERN_VERSION:
+        return True
+    meta = params.get("_meta")
+    return isinstance(meta, dict) and "io.modelcontextprotocol/protocolVersion" in meta
+
+
+def _check_headers(request: web.Request, method: str | None, params: dict[str, Any]) -> None:
+    """2026-07-28: ``Mcp-Method``/``Mcp-Name`` must say what the body says (-32020 otherwise).
+
+    Policy is decided on the body; an intermediary routing on the headers must never see
+    a different call than the one the server executes.
+    """
+    if method is None:
+        return
+    header_method = request.headers.get("Mcp-Method")
+    modern = request.headers.get("MCP-Protocol-Version", "") >= MODERN_VERSION
+    problem: str | None = None
+    if header_method is None:
+        if modern:
+            problem = "the Mcp-Method header is required"
+    elif header_method != method:
+        problem = f"Mcp-Method header '{header_method}' does not match the body's method '{method}'"
+    if problem is None and method in NAME_PARAMS:
+        header_name = request.headers.get("Mcp-Name")
+        body_name = params.get(NAME_PARAMS[method])
+        if header_name is None:
+            if modern:
+                problem = f"the Mcp-Name header is required for {method}"
+        elif header_name != body_name:
+            problem = f"Mcp-Name header '{header_name}' does not match the body's '{body_name}'"
+    if problem is not None:
+        raise Refusal(400, jsonrpc.HEADER_MISMATCH, f"Header mismatch: {problem}.", reason="header_mismatch")
+
+
+def _with_session(action: Action, session_id: str) -> Action:
+    return dataclasses.replace(action, session_id=session_id)
+
+
+def _denial(action: Action, decision: Decision, request_id: Any, *, modern: bool) -> web.Response:
+    """SPEC §4: a refused tool call is a normal ``isError`` result; anything else is -32050."""
+    record = decision.record()
+    if action.is_tool_call:
+        verb = "needs approval" if decision.verdict.value == "approval_required" else "was denied"
+        result: dict[str, Any] = {
+            "content": [
+                {
+                    "type": "text",
+                    "text": f"Wicket: the call to '{action.name}' {verb}. {decision.reason} "
+                    f"(decision {decision.decision_id})",
+                }
+            ],
+            "isError": True,
+            "_meta": {"wicket/decision": record},
+        }
+        if modern:
+            result["resultType"] = "complete"
+        body = jsonrpc.result_body(result, request_id)
+    else:
+        body = jsonrpc.error_body(
+            jsonrpc.DENIED, f"Wicket denied {action.method}: {decision.reason}", record, request_id
+        )
+    return web.Response(status=200, body=body, content_type="application/json")

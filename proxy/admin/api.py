@@ -1,0 +1,155 @@
+"""The admin port: metrics, health, and the operator's control API (``/v1``).
+
+It listens on loopback by default. Every state-changing call needs the operator token:
+an agent sharing localhost with the sidecar holds only its own runtime token, which
+never equals it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from proxy.audit.sink import AuditSink, AuditUnavailable
+from proxy.core.checker import Checker
+from proxy.core.policy import Policy
+from proxy.core.sessions import MODES, SessionManager, token_fingerprint
+from proxy.state.base import Store, StoreUnavailable
+from proxy.telemetry import Metrics
+
+AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
+RESERVED_AGENTS = frozenset({"anonymous"})
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _problem(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class AdminApi:
+    def __init__(
+        self,
+        *,
+        admin_token: str | None,
+        policy: Policy,
+        sessions: SessionManager,
+        checker: Checker,
+        audit: AuditSink,
+        store: Store,
+        metrics: Metrics,
+    ) -> None:
+        self._admin_token = admin_token
+        self._policy = policy
+        self._sessions = sessions
+        self._checker = checker
+        self._audit = audit
+        self._store = store
+        self._metrics = metrics
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/metrics", self.metrics),
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.post("/v1/sessions", self.create_session),
+        ]
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = self._metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        checks: dict[str, str] = {}
+        checks["audit"] = "ok" if self._audit.healthy else f"failing: {self._audit.problem}"
+        try:
+            await self._store.ping()
+            checks["store"] = "ok"
+        except StoreUnavailable as exc:
+            checks["store"] = f"failing: {exc}"
+        ready = all(v == "ok" for v in checks.values())
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    def _operator(self, request: web.Request) -> web.Response | None:
+        """None when the request carries the operator token; otherwise the refusal to send."""
+        if not self._admin_token:
+            return _problem(503, "The control API is disabled: start Wicket with WICKET_ADMIN_TOKEN set.")
+        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            credential.strip().encode(), self._admin_token.encode()
+        ):
+            return web.json_response(
+                {"error": "Operator credential required (Authorization: Bearer $WICKET_ADMIN_TOKEN)."},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="wicket-admin"'},
+            )
+        return None
+
+    async def create_session(self, request: web.Request) -> web.Response:
+        if (refusal := self._operator(request)) is not None:
+            return refusal
+        try:
+            body: Any = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _problem(400, "The body must be a JSON object.")
+        if not isinstance(body, dict):
+            return _problem(400, "The body must be a JSON object.")
+        unknown = set(body) - {"agent_id", "scope", "mode", "intent", "ttl_seconds"}
+        if unknown:
+            return _problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        agent_id = body.get("agent_id")
+        if not isinstance(agent_id, str) or not AGENT_ID.match(agent_id) or agent_id in RESERVED_AGENTS:
+            return _problem(400, "agent_id must be 1-128 characters of [A-Za-z0-9._:@/-] and not 'anonymous'.")
+        scope = body.get("scope", list(self._policy.default_scope.patterns))
+        if isinstance(scope, str):
+            scope = [scope]
+        if not isinstance(scope, list) or not all(isinstance(s, str) and s for s in scope):
+            return _problem(400, "scope must be a list of non-empty tool-name globs.")
+        mode = body.get("mode", "read-only")
+        if mode not in MODES:
+            return _problem(400, f"mode must be one of: {', '.join(MODES)}.")
+        intent = body.get("intent")
+        if intent is not None and (not isinstance(intent, str) or len(intent) > 2000):
+            return _problem(400, "intent must be a string of at most 2000 characters.")
+        ttl = body.get("ttl_seconds", self._policy.session_ttl_seconds)
+        if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= self._policy.session_max_ttl_seconds:
+            return _problem(400, f"ttl_seconds must be an integer from 1 to {self._policy.session_max_ttl_seconds}.")
+
+        granted_by = "operator" if mode == "read-write" else None
+        session = await self._sessions.create(
+            agent_id, scope=scope, mode=mode, ttl_seconds=ttl, intent=intent, granted_by=granted_by
+        )
+        token = await self._sessions.issue_token(session)
+        try:
+            await self._checker.audit_event(
+                {
+                    "event": "session",
+                    "action": "session.create",
+                    "agent_id": agent_id,
+                    "session_id": session.session_id,
+                    "protocol": "api",
+                    "mode": mode,
+                    "scope": list(session.scope),
+                    "granted_by": granted_by or "",
+                    "token_fingerprint": token_fingerprint(token)[:16],
+                    "reason": "operator standing grant: read-write" if granted_by else "session created read-only",
+                }
+            )
+        except AuditUnavailable:
+            return _problem(503, "The audit log cannot be written; no session was issued.")
+        self._metrics.sessions_created.labels(mode, "token").inc()
+        return web.json_response(
+            {"session_id": session.session_id, "token": token, "expires_at": rfc3339(session.expires_at)},
+            status=201,
+            dumps=lambda obj: json.dumps(obj, separators=(",", ":")),
+        )

@@ -1,0 +1,129 @@
+"""Wiring: build every component from Settings and a Policy, serve the data and admin ports."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+
+from proxy.adapters.mcp import McpProxy
+from proxy.admin.api import AdminApi
+from proxy.audit.sink import AuditSink, open_sink
+from proxy.core.checker import Checker
+from proxy.core.effects import EffectClassifier
+from proxy.core.guardian import FastGuard, GuardianRouter
+from proxy.core.identity import IdentityResolver
+from proxy.core.policy import Policy
+from proxy.core.sessions import RecordSigner, SessionManager
+from proxy.settings import Settings
+from proxy.state.base import Store
+from proxy.state.memory import MemoryStore
+from proxy.telemetry import Metrics
+
+log = logging.getLogger("wicket")
+
+
+def open_store(url: str) -> Store:
+    if url == "memory":
+        return MemoryStore()
+    raise SystemExit(f"wicket: unsupported --store {url!r}: only 'memory' is available in this build.")
+
+
+@dataclass
+class Wicket:
+    """One running sidecar: both listening sockets and everything behind them."""
+
+    settings: Settings
+    policy: Policy
+    metrics: Metrics = field(default_factory=Metrics)
+
+    def __post_init__(self) -> None:
+        self.store: Store = open_store(self.settings.store)
+        self.audit: AuditSink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
+        self.sessions = SessionManager(self.store, RecordSigner(self.settings.session_key))
+        self.identity = IdentityResolver(self.sessions, self.policy)
+        classifier = EffectClassifier(
+            overrides=self.policy.effect_override, is_trusted_upstream=self.policy.is_trusted_upstream
+        )
+        self.checker = Checker(classifier, GuardianRouter(FastGuard(self.policy)), self.audit, self.metrics)
+        self._runners: list[web.AppRunner] = []
+        self._client: aiohttp.ClientSession | None = None
+        self.data_port = 0
+        self.admin_port = 0
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.upstream_pool_size, keepalive_timeout=30, enable_cleanup_closed=True
+        )
+        return aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",), trust_env=False
+        )
+
+    def data_app(self) -> web.Application:
+        assert self._client is not None
+        proxy = McpProxy(
+            self.settings,
+            checker=self.checker,
+            identity=self.identity,
+            sessions=self.sessions,
+            metrics=self.metrics,
+            client=self._client,
+        )
+        # The body limit is enforced by the adapter (413 with a JSON-RPC error); aiohttp's
+        # own limit is kept just above it as a backstop.
+        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
+        app.add_routes(proxy.routes())
+        return app
+
+    def admin_app(self) -> web.Application:
+        api = AdminApi(
+            admin_token=self.settings.admin_token,
+            policy=self.policy,
+            sessions=self.sessions,
+            checker=self.checker,
+            audit=self.audit,
+            store=self.store,
+            metrics=self.metrics,
+        )
+        app = web.Application(client_max_size=64 * 1024)
+        app.add_routes(api.routes())
+        return app
+
+    async def start(self) -> None:
+        self._client = self._client_session()
+        if not self.audit.healthy:
+            log.error("audit log unavailable: %s; only reads will be allowed", self.audit.problem)
+        data_host, data_port = self.settings.listen_address
+        admin_host, admin_port = self.settings.admin_address
+        self.data_port = await self._serve(self.data_app(), data_host, data_port)
+        self.admin_port = await self._serve(self.admin_app(), admin_host, admin_port)
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    async def stop(self) -> None:
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        self._runners.clear()
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+        await self.audit.close()
+        await self.store.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()

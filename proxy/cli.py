@@ -1,0 +1,308 @@
+"""The ``wicket`` command line (SPEC §1)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from proxy import __version__
+from proxy.settings import MiB, Settings
+
+DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
+
+
+def _run_options(parser: argparse.ArgumentParser, *, listen: str) -> None:
+    parser.add_argument("--listen", default=listen, metavar="HOST:PORT", help=f"data port (default {listen})")
+    parser.add_argument(
+        "--admin-listen", default="127.0.0.1:9090", metavar="HOST:PORT", help="admin port (default 127.0.0.1:9090)"
+    )
+    parser.add_argument("--store", default="memory", help="state store: memory (default)")
+    parser.add_argument(
+        "--audit-log", default="./wicket-audit.jsonl", metavar="PATH", help="JSONL audit log; '-' for stdout"
+    )
+    parser.add_argument(
+        "--audit-fsync",
+        choices=("always", "interval", "never"),
+        default="interval",
+        help="when audit lines are fsynced (default: interval, at most 1 s after writing)",
+    )
+    parser.add_argument("--allowed-host", action="append", default=[], metavar="HOST", help="extra Host to serve")
+    parser.add_argument(
+        "--allowed-origin", action="append", default=[], metavar="ORIGIN", help="extra browser Origin to accept"
+    )
+    parser.add_argument("--max-body-bytes", type=int, default=4 * MiB, help="request body limit (default 4 MiB)")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="upstream connect timeout, seconds")
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=300.0,
+        help="longest silence from the upstream while answering a POST, seconds (0: none)",
+    )
+    parser.add_argument(
+        "--stream-idle-timeout", type=float, default=0.0, help="longest silence on a GET SSE stream (0: none)"
+    )
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="wicket", description="Runtime authorization sidecar for AI agents.")
+    parser.add_argument("--version", action="version", version=f"wicket {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="proxy an MCP server")
+    run.add_argument("--upstream", required=True, metavar="URL", help="the MCP server's Streamable HTTP URL")
+    run.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
+    _run_options(run, listen="0.0.0.0:8080")
+
+    demo = sub.add_parser("demo", help="start the bundled demo MCP server with Wicket in front of it")
+    demo.add_argument("--policy", action="append", metavar="FILE", help="policy file (default policies/demo.yaml)")
+    demo.add_argument("--demo-port", type=int, default=8081, help="port of the demo MCP server (default 8081)")
+    _run_options(demo, listen="127.0.0.1:8080")
+
+    policy = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
+    check = policy.add_parser("check", help="validate policy files")
+    check.add_argument("files", nargs="+", metavar="FILE")
+
+    audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
+    verify = audit.add_parser("verify", help="verify a hash-chained audit log")
+    verify.add_argument("file", metavar="FILE")
+
+    sessions = sub.add_parser("sessions", help="runtime sessions").add_subparsers(
+        dest="sessions_command", required=True
+    )
+    create = sessions.add_parser("create", help="issue a runtime token bound to a new session")
+    create.add_argument("--agent", required=True, metavar="ID")
+    create.add_argument("--scope", action="append", metavar="PATTERN", help="tool-name glob (repeatable)")
+    create.add_argument("--mode", choices=("read-only", "read-write"), default="read-only")
+    create.add_argument("--intent", metavar="TEXT")
+    create.add_argument("--ttl", type=int, metavar="SECONDS")
+    create.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {
+        "run": cmd_run,
+        "demo": cmd_demo,
+        "policy": cmd_policy_check,
+        "audit": cmd_audit_verify,
+        "sessions": cmd_sessions_create,
+    }[args.command]
+    return handler(args)
+
+
+def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str]) -> Settings:
+    return Settings(
+        upstream=upstream,
+        listen=args.listen,
+        admin_listen=args.admin_listen,
+        policy_files=policy_files,
+        audit_log=args.audit_log,
+        audit_fsync=args.audit_fsync,
+        store=args.store,
+        max_body_bytes=args.max_body_bytes,
+        connect_timeout=args.connect_timeout,
+        read_timeout=args.read_timeout,
+        stream_idle_timeout=args.stream_idle_timeout,
+        allowed_hosts=args.allowed_host,
+        allowed_origins=args.allowed_origin,
+    )
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    for noisy in ("uvicorn", "uvicorn.error", "mcp", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load_policy(files: list[str]) -> Any:
+    from proxy.core.policy import PolicyError, load_policy
+
+    try:
+        return load_policy(files)
+    except PolicyError as exc:
+        print(f"wicket: the policy is invalid:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any = None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if extra is not None:
+        await extra.start()
+    await wicket.start()
+    if banner:
+        print(banner.format(data=wicket.data_port, admin=wicket.admin_port), flush=True)
+    logging.getLogger("wicket").info(
+        "listening: data %s (port %d), admin %s (port %d), upstream %s",
+        wicket.settings.listen,
+        wicket.data_port,
+        wicket.settings.admin_listen,
+        wicket.admin_port,
+        wicket.settings.upstream,
+    )
+    try:
+        await stop.wait()
+    finally:
+        logging.getLogger("wicket").info("shutting down")
+        await wicket.stop()
+        if extra is not None:
+            await extra.stop()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from proxy.app import Wicket
+
+    _configure_logging(args.log_level)
+    files = args.policy or ["policies/default.yaml"]
+    wicket = Wicket(_settings(args, args.upstream, files), _load_policy(files))
+    asyncio.run(_serve_until_signal(wicket))
+    return 0
+
+
+_DEMO_CALL = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "drop_table",
+            "arguments": {"table": "users"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    },
+    separators=(",", ":"),
+)
+
+DEMO_BANNER = (
+    """
+Wicket demo is running.
+  MCP endpoint through Wicket : http://127.0.0.1:{data}/mcp
+  Demo MCP server (direct)    : {upstream}
+  Metrics / health            : http://127.0.0.1:{admin}/metrics   http://127.0.0.1:{admin}/readyz
+  Audit log                   : {audit}
+  Policy                      : {policy}  (anonymous callers, read-only sessions)
+
+A destructive call is refused with a reason (curl, MCP 2026-07-28 stateless):
+  curl -s http://127.0.0.1:{data}/mcp -H 'Content-Type: application/json' \\
+    -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \\
+    -H 'Mcp-Method: tools/call' -H 'Mcp-Name: drop_table' -d '"""
+    + _DEMO_CALL.replace("{", "{{").replace("}", "}}")
+    + """'
+
+A read passes and a destructive call is refused (the mcp Python SDK, session-based):
+  .venv/bin/python -c "import asyncio, mcp
+  async def main():
+      async with mcp.Client('http://127.0.0.1:{data}/mcp', mode='legacy') as c:
+          print((await c.call_tool('get_weather', {{'city': 'Oslo'}})).content[0].text)
+          print((await c.call_tool('drop_table', {{'table': 'users'}})).content[0].text)
+  asyncio.run(main())"
+
+Verify the audit chain: .venv/bin/wicket audit verify {audit}      Stop with Ctrl-C.
+"""
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from proxy.app import Wicket
+    from proxy.demo.server import DemoUpstream
+
+    _configure_logging(args.log_level)
+    files = args.policy or ["policies/demo.yaml"]
+    upstream = DemoUpstream("127.0.0.1", args.demo_port)
+    wicket = Wicket(_settings(args, upstream.url, files), _load_policy(files))
+    banner = (
+        DEMO_BANNER.replace("{upstream}", upstream.url)
+        .replace("{audit}", args.audit_log)
+        .replace("{policy}", ", ".join(files))
+    )
+    asyncio.run(_serve_until_signal(wicket, banner, extra=upstream))
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from proxy.core.policy import check_files
+
+    issues = check_files(args.files)
+    for issue in issues:
+        print(issue)
+    if issues:
+        return 1
+    print(f"ok: {len(args.files)} policy file(s) valid")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from proxy.audit.chain import verify_file
+
+    if not Path(args.file).is_file():
+        print(f"wicket: no audit log at {args.file}", file=sys.stderr)
+        return 2
+    result = verify_file(args.file)
+    if result.ok:
+        print(f"ok: {result.count} records, head {result.head}")
+        return 0
+    print(f"broken: {result.reason}")
+    return 1
+
+
+def cmd_sessions_create(args: argparse.Namespace) -> int:
+    token = os.environ.get("WICKET_ADMIN_TOKEN")
+    if not token:
+        print("wicket: set WICKET_ADMIN_TOKEN to the operator token", file=sys.stderr)
+        return 2
+    payload: dict[str, Any] = {"agent_id": args.agent, "mode": args.mode}
+    if args.scope:
+        payload["scope"] = args.scope
+    if args.intent:
+        payload["intent"] = args.intent
+    if args.ttl:
+        payload["ttl_seconds"] = args.ttl
+    status, body = _admin_call(args.admin_url, "/v1/sessions", token, payload)
+    if status >= 300:
+        print(f"wicket: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def _admin_call(base: str, path: str, token: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        base.rstrip("/") + path,
+        data=json.dumps(payload).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"{}")
+        except ValueError:
+            return exc.code, {"error": exc.reason}
+    except urllib.error.URLError as exc:
+        print(f"wicket: cannot reach the admin API at {base}: {exc.reason}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

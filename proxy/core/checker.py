@@ -1,0 +1,127 @@
+"""The single checker every protocol adapter calls.
+
+It classifies the Action's effect, routes it through the guardian tiers, writes the
+decision to the audit log *before* the adapter may forward anything, and counts it.
+It never learns which wire protocol the Action came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.audit.sink import AuditSink, AuditUnavailable
+from proxy.core.action import Action, Decision, Effect, Tier, Verdict
+from proxy.core.effects import EffectClassifier
+from proxy.core.guardian import GuardianRouter
+from proxy.core.sessions import Session
+from proxy.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+
+def arguments_digest(arguments: Mapping[str, Any]) -> str:
+    """A fingerprint of the call's arguments: the audit proves what ran without storing values."""
+    if not arguments:
+        return ""
+    blob = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+class Checker:
+    def __init__(self, classifier: EffectClassifier, router: GuardianRouter, audit: AuditSink, metrics: Metrics):
+        self.classifier = classifier
+        self._router = router
+        self._audit = audit
+        self._metrics = metrics
+
+    async def check(self, action: Action, session: Session) -> Decision:
+        """Decide ``action`` in ``session``; the returned Decision is already audited."""
+        started = time.perf_counter()
+        effect = self.classifier.classify(action)
+        decision = await self._router.decide(action, session, effect)
+        decision = await self._record(action, session.session_id, decision)
+        self._metrics.check_seconds.labels(action.protocol).observe(time.perf_counter() - started)
+        return decision
+
+    async def refuse(self, action: Action, session_id: str, reason: str, effect: Effect | None = None) -> Decision:
+        """Audit and count a denial reached before the guardian ran (hijack, tampered session)."""
+        decision = Decision(
+            Verdict.DENY, effect if effect is not None else self.classifier.classify(action), Tier.FAST, reason
+        )
+        return await self._record(action, session_id, decision)
+
+    async def outcome(
+        self, action: Action, decision: Decision, *, status: str, duration: float, detail: str | None = None
+    ) -> None:
+        """Audit what happened to a forwarded call: ``status`` is success, tool_error or error."""
+        fields: dict[str, Any] = {
+            "event": "outcome",
+            "decision_id": decision.decision_id,
+            "agent_id": action.agent_id,
+            "session_id": action.session_id,
+            "protocol": action.protocol,
+            "action": action.label,
+            "effect": decision.effect.label,
+            "status": status,
+            "duration_ms": round(duration * 1000, 3),
+        }
+        if detail:
+            fields["detail"] = detail
+        try:
+            await self._audit.append(fields)
+        except AuditUnavailable:
+            self._audit_failed()
+
+    async def _record(self, action: Action, session_id: str, decision: Decision) -> Decision:
+        fields: dict[str, Any] = {
+            "event": "decision",
+            "decision_id": decision.decision_id,
+            "agent_id": action.agent_id,
+            "session_id": session_id,
+            "protocol": action.protocol,
+            "action": action.label,
+            "upstream": action.upstream,
+            "effect": decision.effect.label,
+            "decision": decision.verdict.value,
+            "tier": decision.tier.value,
+            "reason": decision.reason,
+            "confidence": decision.confidence,
+        }
+        if action.arguments:
+            fields["arguments_sha256"] = arguments_digest(action.arguments)
+        if decision.escalated_from is not None:
+            fields["escalated_from"] = decision.escalated_from.label
+        try:
+            await self._audit.append(fields)
+            self._metrics.audit_healthy.set(1)
+        except AuditUnavailable as exc:
+            self._audit_failed()
+            if decision.allowed and decision.effect is not Effect.READ:
+                decision = Decision(
+                    Verdict.DENY,
+                    decision.effect,
+                    Tier.FAST,
+                    f"The audit log cannot be written ({exc}); only read actions are allowed until it recovers.",
+                    decision_id=decision.decision_id,
+                )
+        self._metrics.decisions.labels(
+            action.protocol, decision.effect.label, decision.verdict.value, decision.tier.value
+        ).inc()
+        return decision
+
+    def _audit_failed(self) -> None:
+        self._metrics.audit_failures.inc()
+        self._metrics.audit_healthy.set(0)
+
+    async def audit_event(self, fields: dict[str, Any]) -> None:
+        """Append a non-decision event (session created, integrity failure); raises AuditUnavailable."""
+        try:
+            await self._audit.append(fields)
+        except AuditUnavailable:
+            self._audit_failed()
+            raise

@@ -1,0 +1,658 @@
+"""Policy files: load, validate against the JSON Schema, merge, and answer per-call questions.
+
+The JSON Schema in ``policy_schema.json`` is the single source of truth for the language.
+Rather than converting YAML to plain data and losing positions, a small interpreter for the
+subset of JSON Schema that file uses walks the node tree from ``yaml.compose``, so every
+problem is reported as ``file:line: message`` — an operator fixing a policy needs the line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import importlib.resources
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from proxy.core.action import Effect
+from proxy.core.patterns import GlobSet
+
+__all__ = [
+    "AgentRule",
+    "Policy",
+    "PolicyError",
+    "PolicyIssue",
+    "UpstreamRule",
+    "check_files",
+    "load_policy",
+    "normalise_url",
+    "parse_policy_text",
+    "policy_schema",
+]
+
+_MEMO_LIMIT: Final = 4096
+"""Agent ids and tool names come from the wire, so per-instance memo caches must stay bounded."""
+
+_GLOB_CHARS: Final = frozenset("*?[")
+
+# GlobSet is immutable, so sharing these as dataclass defaults is safe.
+_EVERYTHING: Final = GlobSet(["*"])
+_NOTHING: Final = GlobSet()
+
+
+# --------------------------------------------------------------------------- issues
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyIssue:
+    """One problem in one policy file, located precisely enough for an editor to jump to it."""
+
+    file: str
+    line: int
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}: {self.message}"
+
+
+class PolicyError(Exception):
+    """Raised by :func:`load_policy` with every issue of every file, so one run shows them all."""
+
+    def __init__(self, issues: Sequence[PolicyIssue]) -> None:
+        self.issues: list[PolicyIssue] = list(issues)
+        super().__init__("\n".join(str(i) for i in self.issues))
+
+    def __str__(self) -> str:
+        return "\n".join(str(i) for i in self.issues)
+
+
+# --------------------------------------------------------------------------- the loaded policy
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRule:
+    """One ``agents`` entry.
+
+    ``declares_capabilities`` is False for an entry that only adds a blocklist: such an entry
+    must not replace ``defaults.capabilities`` (an empty grant would lock the agent out).
+    """
+
+    match: GlobSet
+    capabilities: GlobSet
+    blocklist: GlobSet = _NOTHING
+    declares_capabilities: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRule:
+    """One ``upstreams`` entry: whether that server's tool annotations may lower an effect."""
+
+    url: str
+    trusted: bool = False
+
+
+def normalise_url(url: str) -> str:
+    """Canonical form for comparing upstream URLs: lower-case scheme and host, no default port,
+    no trailing slash. Configs and policies are written by different people, so
+    ``HTTP://Host:80/mcp/`` and ``http://host/mcp`` must be the same upstream."""
+    text = url.strip()
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return text.rstrip("/")
+    scheme = parts.scheme.lower()
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    hostport = hostport.lower()
+    default_port = {"http": ":80", "https": ":443"}.get(scheme)
+    if default_port and hostport.endswith(default_port):
+        hostport = hostport[: -len(default_port)]
+    return urlunsplit((scheme, userinfo + at + hostport, parts.path.rstrip("/"), parts.query, parts.fragment))
+
+
+_MISSING: Final = object()
+
+
+def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
+    """Insert into a bounded memo, evicting the oldest entry (FIFO) when full."""
+    if len(memo) >= _MEMO_LIMIT:
+        try:
+            del memo[next(iter(memo))]
+        except (KeyError, StopIteration, RuntimeError):
+            memo.clear()
+    memo[key] = value
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The effective policy after all files are merged. Immutable; answers are memoised per
+    instance because the guardian asks the same questions on every tool call."""
+
+    anonymous_enabled: bool = False
+    anonymous_scope: GlobSet = _EVERYTHING
+    session_ttl_seconds: int = 3600
+    session_max_ttl_seconds: int = 86400
+    default_scope: GlobSet = _EVERYTHING
+    default_capabilities: GlobSet = _EVERYTHING
+    agents: tuple[AgentRule, ...] = ()
+    blocklist: GlobSet = _NOTHING
+    effect_overrides: tuple[tuple[str, Effect], ...] = ()
+    """Precedence order: exact names always win; globs are tried in this order."""
+    upstreams: tuple[UpstreamRule, ...] = ()
+    """Later entries for the same (normalised) URL win."""
+    sources: tuple[str, ...] = ()
+
+    _exact_effects: dict[str, Effect] = field(init=False, repr=False, compare=False)
+    _glob_effects: tuple[tuple[re.Pattern[str], Effect], ...] = field(init=False, repr=False, compare=False)
+    _trusted: dict[str, bool] = field(init=False, repr=False, compare=False)
+    _caps_memo: dict[str, GlobSet] = field(init=False, repr=False, compare=False)
+    _block_memo: dict[str, GlobSet] = field(init=False, repr=False, compare=False)
+    _effect_memo: dict[str, Effect | None] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        exact: dict[str, Effect] = {}
+        globs: list[tuple[re.Pattern[str], Effect]] = []
+        for key, effect in self.effect_overrides:
+            if _GLOB_CHARS.isdisjoint(key):
+                exact.setdefault(key, effect)
+            else:
+                globs.append((re.compile(fnmatch.translate(key)), effect))
+        trusted = {normalise_url(u.url): u.trusted for u in self.upstreams}
+        for name, value in (
+            ("_exact_effects", exact),
+            ("_glob_effects", tuple(globs)),
+            ("_trusted", trusted),
+            ("_caps_memo", {}),
+            ("_block_memo", {}),
+            ("_effect_memo", {}),
+        ):
+            object.__setattr__(self, name, value)
+
+    def capabilities_for(self, agent_id: str) -> GlobSet:
+        """Union of the capabilities of every matching ``agents`` entry that declares some,
+        else ``default_capabilities``."""
+        cached = self._caps_memo.get(agent_id)
+        if cached is not None:
+            return cached
+        granted = [r.capabilities for r in self.agents if r.declares_capabilities and r.match.matches(agent_id)]
+        if not granted:
+            result = self.default_capabilities
+        elif len(granted) == 1:
+            result = granted[0]
+        else:
+            result = GlobSet(p for g in granted for p in g.patterns)
+        _remember(self._caps_memo, agent_id, result)
+        return result
+
+    def blocklist_for(self, agent_id: str) -> GlobSet:
+        """The global blocklist plus the blocklists of every matching ``agents`` entry."""
+        cached = self._block_memo.get(agent_id)
+        if cached is not None:
+            return cached
+        extra = [p for r in self.agents if r.blocklist and r.match.matches(agent_id) for p in r.blocklist.patterns]
+        result = self.blocklist | GlobSet(extra) if extra else self.blocklist
+        _remember(self._block_memo, agent_id, result)
+        return result
+
+    def effect_override(self, tool_name: str) -> Effect | None:
+        """The policy's final word on a tool's effect, or None to classify by name/annotations."""
+        cached = self._effect_memo.get(tool_name, _MISSING)
+        if cached is not _MISSING:
+            return cached  # type: ignore[return-value]
+        result = self._exact_effects.get(tool_name)
+        if result is None:
+            result = next((effect for regex, effect in self._glob_effects if regex.match(tool_name)), None)
+        _remember(self._effect_memo, tool_name, result)
+        return result
+
+    def is_trusted_upstream(self, url: str) -> bool:
+        """Whether annotations from this upstream may lower an effect (SPEC §6)."""
+        return self._trusted.get(normalise_url(url), False)
+
+
+# --------------------------------------------------------------------------- schema interpreter
+
+_SUPPORTED_KEYWORDS: Final = frozenset(
+    {
+        "type",
+        "properties",
+        "additionalProperties",
+        "required",
+        "items",
+        "enum",
+        "minimum",
+        "maximum",
+        "minLength",
+        "pattern",
+        "const",
+        "propertyNames",
+    }
+)
+_ANNOTATION_KEYWORDS: Final = frozenset({"$schema", "$id", "title", "description", "default", "examples", "$comment"})
+
+_TAG = "tag:yaml.org,2002:"
+_STR, _INT, _FLOAT, _BOOL, _NULL = (_TAG + t for t in ("str", "int", "float", "bool", "null"))
+_MAP, _SEQ, _MERGE = _TAG + "map", _TAG + "seq", _TAG + "merge"
+
+_EXPECTED: Final = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "a boolean (true or false)",
+    "null": "an empty value",
+}
+_SCALAR_TAG_NAMES: Final = {
+    _STR: "a string",
+    _INT: "an integer",
+    _FLOAT: "a number",
+    _BOOL: "a boolean",
+    _NULL: "an empty value (null)",
+    _TAG + "timestamp": "a date/time",
+    _TAG + "binary": "binary data",
+}
+
+_SCALAR_TAGS: Final = {
+    "string": (_STR,),
+    "integer": (_INT,),
+    "number": (_INT, _FLOAT),
+    "boolean": (_BOOL,),
+    "null": (_NULL,),
+}
+
+_CONSTRUCTOR: Final = SafeConstructor()
+"""Only its pure scalar converters are used during validation (YAML int/bool spellings)."""
+
+
+def _check_schema_keywords(schema: Any, where: str = "#") -> None:
+    """Refuse a schema that uses keywords this interpreter would silently ignore."""
+    if not isinstance(schema, dict):
+        if isinstance(schema, bool):
+            return
+        raise RuntimeError(f"policy schema: {where} is not a schema object")
+    unknown = set(schema) - _SUPPORTED_KEYWORDS - _ANNOTATION_KEYWORDS
+    if unknown:
+        raise RuntimeError(f"policy schema: {where} uses unsupported keyword(s) {sorted(unknown)}")
+    if not isinstance(schema.get("type", "object"), str) or schema.get("type", "object") not in _EXPECTED:
+        raise RuntimeError(f"policy schema: {where} has an unsupported type {schema.get('type')!r}")
+    for name, sub in schema.get("properties", {}).items():
+        _check_schema_keywords(sub, f"{where}/properties/{name}")
+    for key in ("additionalProperties", "items", "propertyNames"):
+        if key in schema:
+            _check_schema_keywords(schema[key], f"{where}/{key}")
+
+
+@functools.cache
+def policy_schema() -> dict[str, Any]:
+    """The JSON Schema shipped as package data (also published as ``policies/schema.json``)."""
+    text = importlib.resources.files("proxy.core").joinpath("policy_schema.json").read_text(encoding="utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    _check_schema_keywords(schema)
+    return schema
+
+
+@functools.cache
+def _pattern(regex: str) -> re.Pattern[str]:
+    return re.compile(regex)
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _join(path: str, key: str | int) -> str:
+    """Human path: ``agents[0].capabilities[2]``, ``tools["billing-*"].effect``."""
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    if _IDENT.fullmatch(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{json.dumps(key)}]"
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _describe(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    kind = _SCALAR_TAG_NAMES.get(node.tag, f"a value tagged {node.tag}")
+    if node.tag == _NULL:
+        return kind
+    return f"{kind} ({_short(str(node.value))!r})"
+
+
+def _line(node: Node) -> int:
+    return int(node.start_mark.line) + 1
+
+
+class _Validator:
+    """Walks one composed YAML document against the schema, collecting every issue."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.issues: list[PolicyIssue] = []
+        # (node, schema) pairs already checked: aliases share nodes, and re-walking them would
+        # repeat errors and let a "billion laughs" document cost exponential time.
+        self._done: set[tuple[int, int]] = set()
+
+    def error(self, node: Node, message: str) -> None:
+        self.issues.append(PolicyIssue(self.source, _line(node), message))
+
+    def validate(self, node: Node, schema: dict[str, Any] | bool, path: str) -> None:
+        if schema is True:
+            return
+        if schema is False:
+            self.error(node, f"{path}: no value is allowed here")
+            return
+        key = (id(node), id(schema))
+        if key in self._done:
+            return
+        self._done.add(key)
+        where = f"{path}: " if path else ""
+        kind = schema.get("type")
+        if kind is not None and not self._is_type(node, kind):
+            self.error(node, f"{where}expected {_EXPECTED[kind]}, got {_describe(node)}")
+            return
+        if isinstance(node, MappingNode):
+            self._mapping(node, schema, path)
+        elif isinstance(node, SequenceNode):
+            if "items" in schema:
+                for index, item in enumerate(node.value):
+                    self.validate(item, schema["items"], _join(path, index))
+        else:
+            self._scalar(node, schema, path)
+
+    @staticmethod
+    def _is_type(node: Node, kind: str) -> bool:
+        if kind == "object":
+            return isinstance(node, MappingNode) and node.tag == _MAP
+        if kind == "array":
+            return isinstance(node, SequenceNode) and node.tag == _SEQ
+        if not isinstance(node, ScalarNode):
+            return False
+        return node.tag in _SCALAR_TAGS[kind]
+
+    def _mapping(self, node: MappingNode, schema: dict[str, Any], path: str) -> None:
+        where = f"{path}: " if path else ""
+        properties: dict[str, Any] = schema.get("properties", {})
+        additional = schema.get("additionalProperties", True)
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE:
+                self.error(key_node, f"{where}YAML merge keys ('<<') are not supported in policy files")
+                continue
+            if not (isinstance(key_node, ScalarNode) and key_node.tag == _STR):
+                if isinstance(key_node, ScalarNode):
+                    kind = _SCALAR_TAG_NAMES.get(key_node.tag, f"a value tagged {key_node.tag}")
+                    message = f"{where}key {key_node.value!r} is read by YAML as {kind}, not a string; quote it"
+                else:
+                    message = f"{where}keys must be plain strings, not {_describe(key_node)}"
+                self.error(key_node, message)
+                continue
+            name: str = key_node.value
+            child = _join(path, name)
+            if name in seen:
+                self.error(key_node, f"duplicate key {child!r} (first given on line {seen[name]})")
+            else:
+                seen[name] = _line(key_node)
+            if "propertyNames" in schema:
+                self._scalar(key_node, schema["propertyNames"], f"{path} key {json.dumps(name)}".lstrip())
+            if name in properties:
+                self.validate(value_node, properties[name], child)
+            elif additional is False:
+                allowed = sorted(properties)
+                hint = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+                message = f"unknown key {child!r}"
+                if hint:
+                    message += f"; did you mean {hint[0]!r}?"
+                message += f" (allowed here: {', '.join(allowed)})" if allowed else " (no keys are allowed here)"
+                self.error(key_node, message)
+            else:
+                self.validate(value_node, additional, child)
+        for required in schema.get("required", ()):
+            if required not in seen:
+                self.error(node, f"{where}missing required key {required!r}")
+
+    def _scalar(self, node: ScalarNode, schema: dict[str, Any], path: str) -> None:
+        where = f"{path}: " if path else ""
+        value: Any
+        if node.tag == _INT:
+            value = _CONSTRUCTOR.construct_yaml_int(node)
+        elif node.tag == _FLOAT:
+            value = _CONSTRUCTOR.construct_yaml_float(node)
+        elif node.tag == _BOOL:
+            value = _CONSTRUCTOR.construct_yaml_bool(node)
+        elif node.tag == _NULL:
+            value = None
+        else:
+            value = node.value
+        if "const" in schema and not _same(value, schema["const"]):
+            self.error(node, f"{where}must be {json.dumps(schema['const'])}, got {_describe(node)}")
+        if "enum" in schema and not any(_same(value, option) for option in schema["enum"]):
+            options = ", ".join(str(o) for o in schema["enum"])
+            self.error(node, f"{where}{_short(str(value))!r} is not one of: {options}")
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if numeric and "minimum" in schema and value < schema["minimum"]:
+            self.error(node, f"{where}{value} is below the minimum of {schema['minimum']}")
+        if numeric and "maximum" in schema and value > schema["maximum"]:
+            self.error(node, f"{where}{value} is above the maximum of {schema['maximum']}")
+        if isinstance(value, str):
+            if "minLength" in schema and len(value) < schema["minLength"]:
+                limit = schema["minLength"]
+                self.error(node, f"{where}must not be empty" if limit == 1 else f"{where}needs {limit}+ characters")
+            elif "pattern" in schema and not _pattern(schema["pattern"]).search(value):
+                # JSON Schema has no error messages; the description's first sentence says what is expected.
+                expected = schema.get("description", "wrong format").split(". ")[0].rstrip(".")
+                self.error(node, f"{where}invalid value {_short(value)!r}: {expected}")
+
+
+def _same(value: Any, expected: Any) -> bool:
+    """JSON equality: ``True`` is not ``1``."""
+    return type(value) is type(expected) and value == expected
+
+
+# --------------------------------------------------------------------------- loading and merging
+
+
+@dataclass(slots=True)
+class _Layer:
+    """One validated file: its plain data plus its node tree, kept for line numbers."""
+
+    source: str
+    data: dict[str, Any]
+    root: MappingNode
+
+
+def _value_node(root: MappingNode, *keys: str | int) -> Node:
+    """The node at a path known to exist (the document is already validated)."""
+    node: Node = root
+    for key in keys:
+        if isinstance(key, int):
+            node = node.value[key]
+        else:
+            node = next(v for k, v in reversed(node.value) if k.value == key)
+    return node
+
+
+def _read(path: str | Path) -> tuple[str | None, list[PolicyIssue]]:
+    """Read a file as UTF-8 (a BOM is tolerated); failures are issues, not exceptions."""
+    source = str(path)
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        return None, [PolicyIssue(source, 1, f"cannot read policy file: {exc.strerror or exc}")]
+    try:
+        return raw.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        return None, [PolicyIssue(source, line, "policy file is not valid UTF-8")]
+
+
+def _parse(text: str, source: str) -> tuple[_Layer | None, list[PolicyIssue]]:
+    """Compose, validate, check per-file semantics and construct one file."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        message = str(exc.problem or exc.context or "invalid YAML")
+        if exc.context and exc.problem:
+            where = f" on line {exc.context_mark.line + 1}" if exc.context_mark is not None else ""
+            message += f" ({exc.context}{where})"
+        return None, [PolicyIssue(source, line, f"YAML syntax error: {message}")]
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        return None, [PolicyIssue(source, line, f"YAML syntax error: {exc.reason}")]
+    except RecursionError:
+        return None, [PolicyIssue(source, 1, "YAML syntax error: nesting is too deep")]
+    except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error above carries a position
+        return None, [PolicyIssue(source, 1, f"YAML error: {exc}")]
+    if root is None:
+        return None, [PolicyIssue(source, 1, "policy file is empty; it needs at least 'version: 1'")]
+    if not (isinstance(root, MappingNode) and root.tag == _MAP):
+        message = f"a policy file must be a mapping of keys, got {_describe(root)}"
+        return None, [PolicyIssue(source, _line(root), message)]
+    validator = _Validator(source)
+    validator.validate(root, policy_schema(), "")
+    if validator.issues:
+        return None, validator.issues
+    data: dict[str, Any] = SafeConstructor().construct_document(root)
+    issues: list[PolicyIssue] = []
+    first_seen: dict[str, int] = {}
+    for index, upstream in enumerate(data.get("upstreams", ())):
+        url = normalise_url(upstream["url"])
+        node = _value_node(root, "upstreams", index, "url")
+        if url in first_seen:
+            issues.append(
+                PolicyIssue(source, _line(node), f"upstreams[{index}].url: duplicate of upstreams[{first_seen[url]}]")
+            )
+        else:
+            first_seen[url] = index
+    return (None if issues else _Layer(source, data, root)), issues
+
+
+# (section, key) -> Policy field, for the sections where a later file's explicitly given keys win.
+_SCALARS: Final[dict[tuple[str, str], str]] = {
+    ("anonymous", "enabled"): "anonymous_enabled",
+    ("anonymous", "scope"): "anonymous_scope",
+    ("sessions", "ttl_seconds"): "session_ttl_seconds",
+    ("sessions", "max_ttl_seconds"): "session_max_ttl_seconds",
+    ("sessions", "default_scope"): "default_scope",
+    ("defaults", "capabilities"): "default_capabilities",
+}
+
+
+def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
+    """Apply layers in order (later on top) and check what only the merged result can show."""
+    settings: dict[str, Any] = {}
+    origin: dict[str, tuple[int, str, int]] = {}  # field -> (layer index, file, line) where last set
+    agents: list[AgentRule] = []
+    blocklist: list[str] = []
+    upstreams: list[UpstreamRule] = []
+    for index, layer in enumerate(layers):
+        for (section, key), name in _SCALARS.items():
+            block = layer.data.get(section) or {}
+            if key in block:
+                value = block[key]
+                settings[name] = GlobSet(value) if isinstance(value, list) else value
+                origin[name] = (index, layer.source, _line(_value_node(layer.root, section, key)))
+        for entry in layer.data.get("agents", ()):
+            agents.append(
+                AgentRule(
+                    match=GlobSet([entry["match"]]),
+                    capabilities=GlobSet(entry.get("capabilities", ())),
+                    blocklist=GlobSet(entry.get("blocklist", ())),
+                    declares_capabilities="capabilities" in entry,
+                )
+            )
+        blocklist.extend(layer.data.get("blocklist", ()))
+        upstreams.extend(UpstreamRule(u["url"], bool(u.get("trusted", False))) for u in layer.data.get("upstreams", ()))
+    # Later files win per key, and their globs are tried before earlier files' globs.
+    overrides: dict[str, Effect] = {}
+    for layer in reversed(layers):
+        for key, override in (layer.data.get("tools") or {}).items():
+            overrides.setdefault(key, Effect.parse(override["effect"]))
+    policy = Policy(
+        **settings,
+        agents=tuple(agents),
+        blocklist=GlobSet(blocklist),
+        effect_overrides=tuple(overrides.items()),
+        upstreams=tuple(upstreams),
+        sources=tuple(layer.source for layer in layers),
+    )
+    if policy.session_ttl_seconds > policy.session_max_ttl_seconds:
+        # Blame whichever of the two was set last; within one file, ttl_seconds.
+        ttl, cap = origin.get("session_ttl_seconds"), origin.get("session_max_ttl_seconds")
+        at = cap if ttl is None or (cap is not None and cap[0] > ttl[0]) else ttl
+        assert at is not None  # the defaults are consistent, so a file set one of them
+        message = (
+            f"sessions.ttl_seconds ({policy.session_ttl_seconds}) exceeds sessions.max_ttl_seconds "
+            f"({policy.session_max_ttl_seconds}{'' if cap else ', the default'})"
+        )
+        return None, [PolicyIssue(at[1], at[2], message)]
+    return policy, []
+
+
+def _load(sources: Iterable[tuple[str, str | None]], merge: bool = True) -> tuple[Policy | None, list[PolicyIssue]]:
+    """Validate every readable file; merge only when all of them are valid (and all were read,
+    since a merged-result check without a missing file would be guesswork)."""
+    layers: list[_Layer] = []
+    issues: list[PolicyIssue] = []
+    for source, text in sources:
+        if text is None:
+            continue
+        layer, found = _parse(text, source)
+        issues.extend(sorted(found, key=lambda i: i.line))
+        if layer is not None:
+            layers.append(layer)
+    if issues or not merge:
+        return None, issues
+    return _merge(layers)
+
+
+def _load_paths(paths: Sequence[str | Path]) -> tuple[Policy | None, list[PolicyIssue]]:
+    read_issues: list[PolicyIssue] = []
+    texts: list[tuple[str, str | None]] = []
+    for path in paths:
+        text, found = _read(path)
+        read_issues.extend(found)
+        texts.append((str(path), text))
+    policy, issues = _load(texts, merge=not read_issues)
+    if read_issues:
+        order = {str(p): i for i, p in enumerate(paths)}
+        return None, sorted(read_issues + issues, key=lambda i: (order.get(i.file, 0), i.line))
+    return policy, issues
+
+
+def load_policy(paths: Sequence[str | Path]) -> Policy:
+    """Load and merge policy files in order (later on top). No files means the built-in
+    defaults. Raises :class:`PolicyError` listing every issue of every file."""
+    policy, issues = _load_paths(paths)
+    if issues or policy is None:
+        raise PolicyError(issues)
+    return policy
+
+
+def check_files(paths: Sequence[str | Path]) -> list[PolicyIssue]:
+    """Every issue ``load_policy`` would raise for these files, for ``wicket policy check``."""
+    return _load_paths(paths)[1]
+
+
+def parse_policy_text(text: str, source: str = "<string>") -> Policy:
+    """Load one policy from a string (tests, embedded defaults)."""
+    policy, issues = _load([(source, text)])
+    if issues or policy is None:
+        raise PolicyError(issues)
+    return policy

@@ -1,0 +1,57 @@
+"""Runtime settings for one Wicket process: defaults here, flags and environment on top."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+
+MiB = 1024 * 1024
+
+
+def split_host_port(value: str, default_port: int) -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT``, ``[::1]:PORT`` or ``HOST`` -> (host, port)."""
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.lstrip(":")
+        return host, int(port) if port else default_port
+    host, sep, port = value.rpartition(":")
+    if not sep:
+        return value, default_port
+    return host or "0.0.0.0", int(port)
+
+
+@dataclass
+class Settings:
+    upstream: str
+    listen: str = "0.0.0.0:8080"
+    admin_listen: str = "127.0.0.1:9090"
+    policy_files: list[str] = field(default_factory=lambda: ["policies/default.yaml"])
+    audit_log: str = "./wicket-audit.jsonl"
+    audit_fsync: str = "interval"
+    store: str = "memory"
+    max_body_bytes: int = 4 * MiB
+    max_response_bytes: int = 64 * MiB
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    stream_idle_timeout: float = 0.0  # 0 = GET streams may idle forever (closed by either side)
+    upstream_pool_size: int = 100
+    allowed_hosts: list[str] = field(default_factory=list)
+    allowed_origins: list[str] = field(default_factory=list)
+    session_key: bytes = b""
+    admin_token: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.session_key:
+            env = os.environ.get("WICKET_SESSION_KEY", "")
+            self.session_key = env.encode() if env else secrets.token_bytes(32)
+        if self.admin_token is None:
+            self.admin_token = os.environ.get("WICKET_ADMIN_TOKEN") or None
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return split_host_port(self.listen, 8080)
+
+    @property
+    def admin_address(self) -> tuple[str, int]:
+        return split_host_port(self.admin_listen, 9090)

@@ -1,0 +1,29 @@
+"""The one interface Wicket's middle layer uses for shared state.
+
+Keeping it to a handful of byte-oriented calls lets the in-memory default and a
+networked backend (Redis) be swapped without the checker or sessions noticing.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The backing store could not be reached; callers fail closed."""
+
+
+class Store(Protocol):
+    """Async key-value storage with per-key expiry."""
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
+        """Store ``value``; ``ttl`` is seconds until the key disappears (``None``: never)."""
+
+    async def delete(self, key: str) -> None: ...
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable when the store cannot serve requests (for /readyz)."""
+
+    async def close(self) -> None: ...

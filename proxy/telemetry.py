@@ -1,0 +1,68 @@
+"""Prometheus metrics. One registry per Wicket instance, so tests can run several side by side."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from proxy import __version__
+
+_CHECK_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 15.0)
+_UPSTREAM_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0)
+
+
+class Metrics:
+    """Every ``wicket_*`` series, named once here."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.decisions = Counter(
+            "wicket_decisions_total",
+            "Decisions made, by protocol, effect, verdict and deciding tier.",
+            ["protocol", "effect", "decision", "tier"],
+            registry=r,
+        )
+        self.check_seconds = Histogram(
+            "wicket_check_duration_seconds",
+            "Time to decide one action (classification, guardian tiers and the audit write).",
+            ["protocol"],
+            buckets=_CHECK_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "wicket_upstream_duration_seconds",
+            "Time from forwarding a request upstream to its final response byte.",
+            ["protocol"],
+            buckets=_UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "wicket_upstream_errors_total",
+            "Upstream failures: unreachable, timeout, protocol error or oversized response.",
+            ["protocol", "kind"],
+            registry=r,
+        )
+        self.rejections = Counter(
+            "wicket_http_rejections_total",
+            "Requests refused before any decision: bad Host/Origin, size, content type, parse errors, auth.",
+            ["reason"],
+            registry=r,
+        )
+        self.audit_failures = Counter(
+            "wicket_audit_write_failures_total", "Audit events that could not be written.", registry=r
+        )
+        self.integrity_failures = Counter(
+            "wicket_session_integrity_failures_total",
+            "Session records that failed their HMAC check (tampering inside the store).",
+            registry=r,
+        )
+        self.sessions_created = Counter(
+            "wicket_sessions_created_total", "Sessions created, by mode and origin.", ["mode", "origin"], registry=r
+        )
+        self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
+        self.audit_healthy.set(1)
+        info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)
+        info.labels(version=__version__).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,115 @@
+"""Shared fixtures: a real demo MCP server upstream and real Wicket instances on real ports."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+
+from proxy.app import Wicket
+from proxy.core.policy import Policy, load_policy, parse_policy_text
+from proxy.demo.server import DemoUpstream
+from proxy.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_POLICY = ROOT / "policies" / "demo.yaml"
+ADMIN_TOKEN = "test-operator-token-0123456789abcdef"
+SESSION_KEY = b"test-session-key-0123456789abcdef"
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[DemoUpstream]:
+    server = DemoUpstream()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@dataclass
+class RunningWicket:
+    wicket: Wicket
+    audit_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.wicket.data_port}/mcp"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.wicket.admin_port}"
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        if not self.audit_path.exists():
+            return []
+        return [json.loads(line) for line in self.audit_path.read_text().splitlines() if line]
+
+    async def create_session(self, agent_id: str, **fields: Any) -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{self.admin_url}/v1/sessions",
+                json={"agent_id": agent_id, **fields},
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            ) as response,
+        ):
+            assert response.status == 201, await response.text()
+            return dict(await response.json())
+
+
+WicketFactory = Callable[..., Awaitable[RunningWicket]]
+
+
+@pytest.fixture
+async def make_wicket(tmp_path: Path) -> AsyncIterator[WicketFactory]:
+    started: list[Wicket] = []
+
+    async def factory(upstream_url: str, policy: Policy | str | None = None, **overrides: Any) -> RunningWicket:
+        if policy is None:
+            policy = load_policy([DEMO_POLICY])
+        elif isinstance(policy, str):
+            policy = parse_policy_text(policy, "test-policy.yaml")
+        audit_path = tmp_path / f"audit-{len(started)}.jsonl"
+        settings = Settings(
+            upstream=upstream_url,
+            listen="127.0.0.1:0",
+            admin_listen="127.0.0.1:0",
+            audit_log=str(audit_path),
+            session_key=SESSION_KEY,
+            admin_token=ADMIN_TOKEN,
+            **overrides,
+        )
+        wicket = Wicket(settings, policy)
+        await wicket.start()
+        started.append(wicket)
+        return RunningWicket(wicket, audit_path)
+
+    yield factory
+    for wicket in started:
+        await wicket.stop()
+
+
+@pytest.fixture
+async def wicket(upstream: DemoUpstream, make_wicket: WicketFactory) -> RunningWicket:
+    """Wicket with the demo policy (anonymous, read-only) in front of the demo server."""
+    return await make_wicket(upstream.url)
+
+
+@asynccontextmanager
+async def mcp_client(url: str, *, token: str | None = None, mode: str = "legacy", **kwargs: Any) -> AsyncIterator[Any]:
+    """The real mcp SDK client, optionally presenting a Wicket runtime token."""
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with create_mcp_http_client(headers=headers) as http:
+        async with Client(streamable_http_client(url, http_client=http), mode=mode, **kwargs) as client:
+            yield client
+
+
+MODES = ["legacy", "2026-07-28"]

@@ -1,0 +1,512 @@
+"""The hash-chained audit log: sealing, verification, and the file and stdout sinks (real files, real errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import re
+import resource
+import signal
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from proxy.audit.chain import (
+    GENESIS,
+    AuditCorrupt,
+    HashChain,
+    canonical,
+    seal,
+    verify_file,
+    verify_lines,
+)
+from proxy.audit.sink import AuditUnavailable, FileAuditSink, StdoutAuditSink, open_sink
+
+TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def decision(n: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "event": "decision",
+        "agent_id": "agent-1",
+        "session_id": "s-1",
+        "protocol": "mcp",
+        "action": f"tools/call:tool_{n}",
+        "effect": "read",
+        "decision": "allow",
+        "tier": "fast",
+        "reason": "policy allows reads",
+        "confidence": 1.0,
+        **extra,
+    }
+
+
+async def write_log(path: Path, n: int, **kwargs: Any) -> FileAuditSink:
+    sink = FileAuditSink(path, **kwargs)
+    for i in range(n):
+        await sink.append(decision(i))
+    await sink.close()
+    return sink
+
+
+def lines_of(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+def reseal(line: bytes, **changes: Any) -> bytes:
+    """A forger's edit: change fields and recompute this record's own hash."""
+    obj = json.loads(line)
+    obj.update(changes)
+    obj.pop("hash")
+    obj["hash"] = hashlib.sha256(canonical(obj)).hexdigest()
+    return canonical(obj) + b"\n"
+
+
+# -- chain --------------------------------------------------------------------------------------------------
+
+
+def test_canonical_hash_matches_an_independent_computation() -> None:
+    fields = {"event": "decision", "agent_id": "agent-ü", "reason": "café ☕ naïve", "confidence": 0.5, "n": [1, 2]}
+    event = seal(fields, seq=7, prev="ab" * 32, ts="2026-11-22T03:40:00.123Z")
+
+    body = {**fields, "seq": 7, "ts": "2026-11-22T03:40:00.123Z", "prev": "ab" * 32}
+    expected = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    ).hexdigest()
+    assert event["hash"] == expected
+    # Pinned, so that any change to the canonical form (and so to every existing log) is deliberate.
+    assert expected == "e86e59da37e4ddbd265fb037215f2bfdff32890d5b862e8688218faea2962dc7"
+    assert {k: v for k, v in event.items() if k != "hash"} == body
+
+    line = canonical(event)
+    assert "café ☕ naïve".encode() in line and b"\\u" not in line
+    assert line == json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    assert b" " not in line.replace("café ☕ naïve".encode(), b"").replace(b"policy allows reads", b"")
+
+
+def test_seal_refuses_chain_keys_from_the_caller() -> None:
+    for key in ("seq", "ts", "prev", "hash"):
+        with pytest.raises(ValueError, match=key):
+            seal({"event": "decision", key: 1}, seq=1, prev=GENESIS, ts="2026-11-22T03:40:00.123Z")
+
+
+def test_chain_next_does_not_advance_until_told() -> None:
+    chain = HashChain()
+    first, line = chain.next(decision(1))
+    again, _ = chain.next(decision(1))
+    assert (chain.seq, chain.head) == (0, GENESIS)
+    assert first["seq"] == again["seq"] == 1 and first["prev"] == GENESIS
+    assert line == canonical(first) + b"\n"
+    assert TS.fullmatch(first["ts"])
+    chain.advance(first)
+    assert (chain.seq, chain.head) == (1, first["hash"])
+    with pytest.raises(ValueError):
+        chain.advance(again)  # already used: would fork the chain
+    second, _ = chain.next(decision(2))
+    assert second["prev"] == first["hash"] and second["seq"] == 2
+
+
+def test_resume_from_line_checks_the_seal() -> None:
+    event, line = HashChain().next(decision(1))
+    resumed = HashChain.resume_from_line(line)
+    assert (resumed.seq, resumed.head) == (1, event["hash"])
+    assert HashChain.resume_from_line(line.rstrip(b"\n")).head == event["hash"]
+    altered = line.replace(b'"allow"', b'"deny"')
+    for bad in (b"", b"{not json\n", b"[1,2]\n", altered, b'{"seq":1}\n', line[: len(line) // 2]):
+        with pytest.raises(AuditCorrupt):
+            HashChain.resume_from_line(bad)
+
+
+def test_verify_empty() -> None:
+    result = verify_lines([])
+    assert result.ok and result.count == 0 and result.head == GENESIS and result.broken_at is None
+
+
+def test_verify_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    path.write_bytes(b"")
+    result = verify_file(path)
+    assert result.ok and result.count == 0 and result.head == GENESIS
+
+
+# -- tampering ----------------------------------------------------------------------------------------------
+
+
+def change_field(lines: list[bytes]) -> list[bytes]:
+    lines[2] = lines[2].replace(b'"allow"', b'"deny"')
+    return lines
+
+
+def remove_line(lines: list[bytes]) -> list[bytes]:
+    del lines[2]
+    return lines
+
+
+def swap_pair(lines: list[bytes]) -> list[bytes]:
+    lines[1], lines[2] = lines[2], lines[1]
+    return lines
+
+
+def insert_copy(lines: list[bytes]) -> list[bytes]:
+    lines.insert(4, lines[1])
+    return lines
+
+
+def insert_forged(lines: list[bytes]) -> list[bytes]:
+    # A well-sealed record that claims to follow line 2: line 3 itself checks out, line 4 no longer does.
+    prev = json.loads(lines[1])["hash"]
+    lines.insert(2, reseal(lines[2], action="tools/call:forged", prev=prev))
+    return lines
+
+
+def garbage_line(lines: list[bytes]) -> list[bytes]:
+    lines[3] = b"\x00\xffnot a record\n"
+    return lines
+
+
+def truncated_line(lines: list[bytes]) -> list[bytes]:
+    lines[4] = lines[4][:40] + b"\n"
+    return lines
+
+
+def blank_line(lines: list[bytes]) -> list[bytes]:
+    lines.insert(3, b"\n")
+    return lines
+
+
+def altered_and_resealed(lines: list[bytes]) -> list[bytes]:
+    lines[2] = reseal(lines[2], decision="deny")
+    return lines
+
+
+def renumbered(lines: list[bytes]) -> list[bytes]:
+    # Seal every record again, skipping seq 3: the hashes and prevs all check out, the numbering does not.
+    prev = GENESIS
+    out = []
+    for i, line in enumerate(lines):
+        obj = json.loads(line)
+        obj.pop("hash")
+        obj.update(prev=prev, seq=i + 1 if i < 2 else i + 2)
+        obj["hash"] = hashlib.sha256(canonical(obj)).hexdigest()
+        prev = obj["hash"]
+        out.append(canonical(obj) + b"\n")
+    return out
+
+
+def reencoded(lines: list[bytes]) -> list[bytes]:
+    lines[1] = json.dumps(json.loads(lines[1]), sort_keys=True).encode() + b"\n"
+    return lines
+
+
+def duplicate_key(lines: list[bytes]) -> list[bytes]:
+    # Parsers disagree on which duplicate wins; only the last is hashed, so a reader might see "deny".
+    lines[2] = b'{"decision":"deny",' + lines[2][1:]
+    return lines
+
+
+def torn_tail(lines: list[bytes]) -> list[bytes]:
+    lines[-1] = lines[-1][:-1]
+    return lines
+
+
+def missing_start(lines: list[bytes]) -> list[bytes]:
+    del lines[0]
+    return lines
+
+
+@pytest.mark.parametrize(
+    ("tamper", "line", "words"),
+    [
+        (change_field, 3, "hash mismatch"),
+        (remove_line, 3, "prev does not match the hash of line 2"),
+        (swap_pair, 2, "prev does not match the hash of line 1"),
+        (insert_copy, 5, "prev does not match the hash of line 4"),
+        (insert_forged, 4, "prev does not match the hash of line 3"),
+        (garbage_line, 4, "not a valid JSON record"),
+        (truncated_line, 5, "not a valid JSON record"),
+        (blank_line, 4, "not a valid JSON record"),
+        (altered_and_resealed, 4, "prev does not match"),
+        (renumbered, 3, "seq is 4, expected 3"),
+        (reencoded, 2, "canonical"),
+        (duplicate_key, 3, "canonical"),
+        (torn_tail, 6, "not terminated by a newline"),
+        (missing_start, 1, "genesis"),
+    ],
+)
+async def test_verify_names_the_first_broken_record(
+    tmp_path: Path, tamper: Callable[[list[bytes]], list[bytes]], line: int, words: str
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    await write_log(path, 6)
+    original = lines_of(path)
+    assert verify_file(path).ok
+
+    tampered = tamper(list(original))
+    path.write_bytes(b"".join(tampered))
+    result = verify_file(path)
+    assert not result.ok
+    assert result.broken_at == line, result.reason
+    assert result.reason is not None and result.reason.startswith(f"line {line}: ") and words in result.reason
+    # count and head describe the intact prefix
+    assert result.count == line - 1
+    assert result.head == (json.loads(tampered[line - 2])["hash"] if line > 1 else GENESIS)
+
+
+# -- file sink ----------------------------------------------------------------------------------------------
+
+
+async def test_file_sink_appends_a_verifiable_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    assert sink.healthy and sink.problem is None and sink.count == 0 and sink.head == GENESIS
+    events = [await sink.append(decision(i)) for i in range(5)]
+    assert [e["seq"] for e in events] == [1, 2, 3, 4, 5]
+    assert events[0]["prev"] == GENESIS
+    assert all(b["prev"] == a["hash"] for a, b in itertools.pairwise(events))
+    assert all(TS.fullmatch(e["ts"]) for e in events)
+    assert sink.count == 5 and sink.head == events[-1]["hash"]
+
+    # the line is in the file as soon as append returns, before any fsync
+    assert lines_of(path) == [canonical(e) + b"\n" for e in events]
+    result = verify_file(path)
+    assert result.ok and result.count == 5 and result.head == sink.head and result.reason is None
+    await sink.close()
+    assert not sink.healthy and "closed" in (sink.problem or "")
+    with pytest.raises(AuditUnavailable):
+        await sink.append(decision(9))
+
+
+async def test_file_sink_resumes_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    first = await write_log(path, 3)
+    sink = FileAuditSink(path)
+    assert sink.healthy and sink.count == 3 and sink.head == first.head
+    more = [await sink.append(decision(i)) for i in range(2)]
+    await sink.close()
+    assert [e["seq"] for e in more] == [4, 5] and more[0]["prev"] == first.head
+    result = verify_file(path)
+    assert result.ok and result.count == 5 and result.head == more[-1]["hash"]
+
+
+async def test_resume_after_a_record_longer_than_the_tail_chunk(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, fsync="never")
+    await sink.append(decision(0))
+    await sink.append(decision(1, detail="x" * 50_000))
+    await sink.close()
+    again = FileAuditSink(path)
+    assert again.healthy and again.count == 2
+    await again.append(decision(2))
+    await again.close()
+    assert verify_file(path).count == 3
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data + b'{"garbage": true}\n',
+        lambda data: data[:-1],  # torn write: no final newline
+        lambda data: data[:-20] + b"\n",  # truncated record
+        lambda data: data.replace(b'"tools/call:tool_2"', b'"tools/call:tool_X"'),  # altered last record
+        lambda data: b"\n".join(data.split(b"\n")[:-1]) + b"\n\n",  # blank line at the end
+    ],
+    ids=["garbage", "no-final-newline", "truncated", "altered", "blank"],
+)
+async def test_corrupt_tail_fails_closed(tmp_path: Path, damage: Callable[[bytes], bytes]) -> None:
+    path = tmp_path / "audit.jsonl"
+    await write_log(path, 3)
+    path.write_bytes(damage(path.read_bytes()))
+    before = path.read_bytes()
+
+    sink = FileAuditSink(path)
+    assert not sink.healthy
+    assert sink.problem is not None and "corrupt" in sink.problem and f"wicket audit verify {path}" in sink.problem
+    for _ in range(2):
+        with pytest.raises(AuditUnavailable, match="corrupt"):
+            await sink.append(decision(9))
+    await sink.close()
+    assert path.read_bytes() == before
+
+
+async def test_write_failure_on_a_full_disk(caplog: pytest.LogCaptureFixture) -> None:
+    sink = FileAuditSink("/dev/full", fsync="always")
+    assert sink.healthy
+    with pytest.raises(AuditUnavailable, match="No space left"):
+        await sink.append(decision(1, reason="secret-argument-summary"))
+    assert not sink.healthy
+    assert sink.problem is not None and "No space left on device" in sink.problem
+    assert sink.count == 0 and sink.head == GENESIS
+    with pytest.raises(AuditUnavailable):
+        await sink.append(decision(2))  # retried, still failing
+    assert "secret-argument-summary" not in caplog.text  # event contents are never logged
+    await sink.close()
+
+
+async def test_reopen_recovers_and_resumes_the_file_now_at_the_path(tmp_path: Path) -> None:
+    real = tmp_path / "real.jsonl"
+    previous = await write_log(real, 2)
+    path = tmp_path / "audit.jsonl"
+    path.symlink_to("/dev/full")
+
+    sink = FileAuditSink(path, fsync="always")
+    with pytest.raises(AuditUnavailable, match="No space left"):
+        await sink.append(decision(1))
+    assert not sink.healthy
+
+    path.unlink()
+    path.symlink_to(real)
+    await sink.reopen()
+    assert sink.healthy and sink.count == 2 and sink.head == previous.head
+    event = await sink.append(decision(3))
+    assert event["seq"] == 3 and event["prev"] == previous.head
+    await sink.close()
+    result = verify_file(real)
+    assert result.ok and result.count == 3
+
+
+async def test_reopen_after_rotation_starts_a_new_chain(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    await sink.append(decision(1))
+    await sink.append(decision(2))
+    path.rename(tmp_path / "audit.jsonl.1")  # what logrotate does before signalling
+    await sink.append(decision(3))  # still goes to the rotated file
+    await sink.reopen()
+    assert sink.count == 0 and sink.head == GENESIS
+    event = await sink.append(decision(4))
+    assert event["seq"] == 1 and event["prev"] == GENESIS
+    await sink.close()
+    assert verify_file(tmp_path / "audit.jsonl.1").count == 3
+    assert verify_file(path).count == 1
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[Callable[[int], None]]:
+    """Lower RLIMIT_FSIZE for real write failures (EFBIG), including partial writes; restored afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    def limit(size: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+async def test_partial_write_is_truncated_and_the_sink_recovers_by_itself(
+    tmp_path: Path, file_size_limit: Callable[[int], None]
+) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, fsync="never")
+    for i in range(10):
+        await sink.append(decision(i))
+    size = path.stat().st_size
+    head = sink.head
+
+    file_size_limit(size + 25)  # the next line only partly fits
+    try:
+        with pytest.raises(AuditUnavailable, match="File too large"):
+            await sink.append(decision(10))
+        assert path.stat().st_size == size  # the partial line was truncated away
+        assert not sink.healthy and "File too large" in (sink.problem or "")
+        assert sink.count == 10 and sink.head == head
+        with pytest.raises(AuditUnavailable):
+            await sink.append(decision(11))  # still failing: retried, not stuck
+    finally:
+        file_size_limit(resource.RLIM_INFINITY)
+
+    event = await sink.append(decision(12))
+    assert sink.healthy and sink.problem is None
+    assert event["seq"] == 11 and event["prev"] == head
+    await sink.close()
+    result = verify_file(path)
+    assert result.ok and result.count == 11
+
+
+async def test_unopenable_path_recovers_when_it_becomes_writable(tmp_path: Path) -> None:
+    path = tmp_path / "later" / "audit.jsonl"
+    sink = FileAuditSink(path)
+    assert not sink.healthy and "No such file or directory" in (sink.problem or "")
+    with pytest.raises(AuditUnavailable, match="No such file"):
+        await sink.append(decision(1))
+    path.parent.mkdir()
+    event = await sink.append(decision(2))
+    assert sink.healthy and event["seq"] == 1
+    await sink.close()
+    assert verify_file(path).count == 1
+
+
+async def test_unencodable_event_is_refused_without_harming_the_sink(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path)
+    await sink.append(decision(1))
+    for bad in ({"event": "decision", "blob": b"bytes"}, {"event": "decision", "x": float("nan")}, {"seq": 5}):
+        with pytest.raises(AuditUnavailable, match="cannot be encoded"):
+            await sink.append(bad)
+    assert sink.healthy and sink.count == 1
+    await sink.append(decision(2))
+    await sink.close()
+    assert verify_file(path).count == 2
+
+
+@pytest.mark.parametrize("fsync", ["always", "interval", "never"])
+async def test_concurrent_appends_never_interleave(tmp_path: Path, fsync: Any) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, fsync=fsync, fsync_interval=0.01)
+    events = await asyncio.gather(*(sink.append(decision(i, call=i)) for i in range(200)))
+    assert sorted(e["seq"] for e in events) == list(range(1, 201))
+    assert sink.count == 200
+    await sink.close()
+    result = verify_file(path)
+    assert result.ok and result.count == 200 and result.head == sink.head
+    assert len(lines_of(path)) == 200
+
+
+async def test_interval_fsync_task_runs_and_stops_on_close(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    sink = FileAuditSink(path, fsync="interval", fsync_interval=0.01)
+    await sink.append(decision(1))
+    await asyncio.sleep(0.1)
+    assert sink.healthy
+    await sink.close()
+    pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    assert not pending
+
+
+def test_sink_options_are_validated(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        FileAuditSink(tmp_path / "a.jsonl", fsync="sometimes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        FileAuditSink(tmp_path / "a.jsonl", fsync_interval=0)
+    assert isinstance(open_sink("-"), StdoutAuditSink)
+    assert isinstance(open_sink(str(tmp_path / "b.jsonl"), fsync="never"), FileAuditSink)
+
+
+# -- stdout sink --------------------------------------------------------------------------------------------
+
+
+async def test_stdout_sink_writes_chained_lines(capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+    sink = open_sink("-")
+    first = await sink.append(decision(1, reason="café"))
+    second = await sink.append(decision(2))
+    await sink.close()
+    out = capsysbinary.readouterr().out
+    assert out == canonical(first) + b"\n" + canonical(second) + b"\n"
+    assert "café".encode() in out
+    result = verify_lines(out.splitlines(keepends=True))
+    assert result.ok and result.count == 2 and result.head == sink.head == second["hash"]
+    assert sink.count == 2
+
+
+async def test_devices_that_cannot_be_fsynced_are_not_an_error() -> None:
+    sink = FileAuditSink("/dev/null", fsync="always")
+    event = await sink.append(decision(1))
+    assert event["seq"] == 1 and sink.healthy
+    await sink.close()

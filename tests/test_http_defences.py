@@ -1,0 +1,205 @@
+"""Transport defences: every bad request gets the specified answer and nothing reaches upstream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from proxy.demo.server import DemoUpstream, free_port
+from tests.conftest import RunningWicket, WicketFactory
+
+ACCEPT = "application/json, text/event-stream"
+META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+
+
+def call(name: str, arguments: dict[str, Any], request_id: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": name, "arguments": arguments, "_meta": META},
+    }
+
+
+def modern_headers(method: str = "tools/call", name: str | None = None) -> dict[str, str]:
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": ACCEPT,
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": method,
+    }
+    if name is not None:
+        headers["Mcp-Name"] = name
+    return headers
+
+
+async def post(url: str, body: bytes | str, headers: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+    async with aiohttp.ClientSession() as http, http.post(url, data=body, headers=headers) as response:
+        text = await response.text()
+        try:
+            payload = json.loads(text) if text else None
+        except ValueError:
+            payload = text
+        return response.status, dict(response.headers), payload
+
+
+async def test_modern_call_passes(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    status, _, body = await post(
+        wicket.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
+    )
+    assert status == 200, body
+    assert body["result"]["isError"] is False
+    assert upstream.ledger.names() == ["get_weather"]
+
+
+async def test_malformed_json_is_400_parse_error(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    status, _, body = await post(wicket.url, b'{"jsonrpc": "2.0", "id": 1, "method": ', modern_headers())
+    assert status == 400
+    assert body["error"]["code"] == -32700
+    assert body["id"] is None
+
+
+async def test_oversized_body_is_413(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    running = await make_wicket(upstream.url, max_body_bytes=2048)
+    big = json.dumps(call("get_weather", {"city": "x" * 4096}))
+    status, _, body = await post(running.url, big, modern_headers(name="get_weather"))
+    assert status == 413
+    assert body["error"]["code"] == -32600
+    assert upstream.ledger.names() == []
+
+
+async def test_hostile_origin_and_host_are_403(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    body = json.dumps(call("get_weather", {"city": "Oslo"}))
+    status, _, payload = await post(
+        wicket.url, body, {**modern_headers(name="get_weather"), "Origin": "https://evil.example"}
+    )
+    assert status == 403
+    assert "Origin" in payload["error"]["message"]
+    status, _, payload = await post(wicket.url, body, {**modern_headers(name="get_weather"), "Host": "evil.example"})
+    assert status == 403
+    assert "Host" in payload["error"]["message"]
+    status, _, _ = await post(
+        wicket.url, body, {**modern_headers(name="get_weather"), "Origin": "http://localhost:3000"}
+    )
+    assert status == 200
+    assert upstream.ledger.names() == ["get_weather"]
+
+
+async def test_wrong_content_type_is_415(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    headers = {**modern_headers(name="get_weather"), "Content-Type": "text/plain"}
+    status, _, _ = await post(wicket.url, json.dumps(call("get_weather", {"city": "Oslo"})), headers)
+    assert status == 415
+    assert upstream.ledger.names() == []
+
+
+async def test_batch_cannot_smuggle_a_call(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}},
+        call("drop_table", {"table": "users"}, request_id=2),
+    ]
+    status, _, body = await post(wicket.url, json.dumps(batch), modern_headers(method="tools/list"))
+    assert status == 400
+    assert body["error"]["code"] == -32600
+    assert "Batch" in body["error"]["message"]
+    assert upstream.ledger.names() == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        (modern_headers(name="get_weather"), "Mcp-Name header 'get_weather'"),
+        (modern_headers(method="tools/list", name="drop_table"), "Mcp-Method header 'tools/list'"),
+        (modern_headers(name=None), "Mcp-Name header is required"),
+    ],
+)
+async def test_header_body_mismatch_is_400_32020(
+    upstream: DemoUpstream, wicket: RunningWicket, headers: dict[str, str], fragment: str
+) -> None:
+    status, _, body = await post(wicket.url, json.dumps(call("drop_table", {"table": "users"})), headers)
+    assert status == 400
+    assert body["error"]["code"] == -32020
+    assert fragment in body["error"]["message"]
+    assert upstream.ledger.names() == []
+    assert not [e for e in wicket.audit_events() if e["event"] == "decision"], "nothing was decided"
+
+
+async def test_unreachable_upstream_is_502(make_wicket: WicketFactory) -> None:
+    running = await make_wicket(f"http://127.0.0.1:{free_port()}/mcp")
+    status, _, body = await post(
+        running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
+    )
+    assert status == 502
+    assert body["error"]["code"] == -32051
+    assert body["id"] == 1
+    assert "unreachable" in body["error"]["message"]
+    outcome = [e for e in running.audit_events() if e["event"] == "outcome"]
+    assert outcome and outcome[-1]["status"] == "error"
+
+
+async def test_unknown_mcp_session_is_404(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, "Mcp-Session-Id": "not-a-session"}
+    body = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "get_weather", "arguments": {}}}
+    status, _, payload = await post(wicket.url, json.dumps(body), headers)
+    assert status == 404
+    assert payload["error"]["code"] == -32001
+    assert upstream.ledger.names() == []
+
+
+@pytest.fixture
+async def echo_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A plain HTTP server that records the headers it receives (to see what Wicket forwards)."""
+    seen: list[dict[str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        body = await request.json()
+        result = {"content": [{"type": "text", "text": "ok"}], "isError": False}
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result})
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/mcp", seen
+    await runner.cleanup()
+
+
+async def test_hop_by_hop_and_credentials_are_not_forwarded(
+    echo_upstream: tuple[str, list[dict[str, str]]], make_wicket: WicketFactory
+) -> None:
+    url, seen = echo_upstream
+    running = await make_wicket(url)
+    headers = {
+        **modern_headers(name="get_weather"),
+        "Connection": "keep-alive, X-Secret-Hop",
+        "X-Secret-Hop": "1",
+        "Keep-Alive": "timeout=5",
+        "Proxy-Authorization": "Basic Zm9vOmJhcg==",
+        "X-End-To-End": "kept",
+    }
+    status, _, body = await post(running.url, json.dumps(call("get_weather", {"city": "Oslo"})), headers)
+    assert status == 200, body
+    forwarded = {k.lower(): v for k, v in seen[-1].items()}
+    assert forwarded["x-end-to-end"] == "kept"
+    assert forwarded["mcp-name"] == "get_weather"
+    for dropped in ("x-secret-hop", "keep-alive", "proxy-authorization", "authorization", "origin"):
+        assert dropped not in forwarded, dropped
+
+
+async def test_agent_token_is_never_forwarded(
+    echo_upstream: tuple[str, list[dict[str, str]]], make_wicket: WicketFactory
+) -> None:
+    url, seen = echo_upstream
+    running = await make_wicket(url, "version: 1\n")
+    grant = await running.create_session("agent-1")
+    headers = {**modern_headers(name="get_weather"), "Authorization": f"Bearer {grant['token']}"}
+    status, _, _ = await post(running.url, json.dumps(call("get_weather", {"city": "Oslo"})), headers)
+    assert status == 200
+    assert "authorization" not in {k.lower() for k in seen[-1]}

@@ -1,0 +1,693 @@
+"""Policy loading, validation (with line numbers), merging and the per-call queries.
+
+A policy is the operator's only lever, so these tests pin that every mistake is reported
+where it was made and that nothing silently weakens a policy.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from proxy.core.action import Effect
+from proxy.core.patterns import GlobSet
+from proxy.core.policy import (
+    AgentRule,
+    Policy,
+    PolicyError,
+    PolicyIssue,
+    UpstreamRule,
+    check_files,
+    load_policy,
+    normalise_url,
+    parse_policy_text,
+    policy_schema,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+POLICIES = ROOT / "policies"
+SHIPPED = [POLICIES / "default.yaml", POLICIES / "demo.yaml"]
+SCHEMA_FILE = ROOT / "proxy" / "core" / "policy_schema.json"
+
+
+def _text(body: str) -> str:
+    return textwrap.dedent(body).lstrip("\n")
+
+
+def _issues(body: str, source: str = "p.yaml") -> list[PolicyIssue]:
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text(_text(body), source)
+    return info.value.issues
+
+
+def _one(body: str) -> PolicyIssue:
+    issues = _issues(body)
+    assert len(issues) == 1, issues
+    return issues[0]
+
+
+def _write(tmp_path: Path, name: str, body: str) -> Path:
+    path = tmp_path / name
+    path.write_text(_text(body), encoding="utf-8")
+    return path
+
+
+# --------------------------------------------------------------------------- shipped files
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_policies_are_clean(path: Path) -> None:
+    assert check_files([path]) == []
+    policy = load_policy([path])
+    assert policy.sources == (str(path),)
+
+
+def test_default_policy_is_strict() -> None:
+    policy = load_policy([POLICIES / "default.yaml"])
+    assert policy.anonymous_enabled is False
+    assert policy.session_ttl_seconds == 3600
+    assert policy.default_scope == GlobSet(["*"])
+    assert policy.capabilities_for("any-agent") == GlobSet(["*"])
+
+
+def test_demo_policy_admits_anonymous() -> None:
+    policy = load_policy([POLICIES / "demo.yaml"])
+    assert policy.anonymous_enabled is True
+    assert policy.anonymous_scope.matches("get_weather")
+    assert policy.anonymous_scope.matches("create_note")
+
+
+def test_schema_json_is_published_once() -> None:
+    link = POLICIES / "schema.json"
+    assert link.is_symlink()
+    assert Path(link.readlink()) == Path("..") / "proxy" / "core" / "policy_schema.json"
+    assert link.resolve() == SCHEMA_FILE.resolve()
+
+
+def test_empty_paths_give_builtin_defaults() -> None:
+    assert load_policy([]) == Policy()
+    assert check_files([]) == []
+
+
+# --------------------------------------------------------------------------- the schema
+
+
+def test_schema_is_valid_json_with_metadata() -> None:
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    assert schema == policy_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] and schema["title"] and schema["description"]
+
+
+def _walk_schema(schema: dict[str, Any], where: str = "#") -> list[tuple[str, dict[str, Any]]]:
+    found = [(where, schema)]
+    for name, sub in schema.get("properties", {}).items():
+        found += _walk_schema(sub, f"{where}/properties/{name}")
+    for key in ("items", "additionalProperties", "propertyNames"):
+        if isinstance(schema.get(key), dict):
+            found += _walk_schema(schema[key], f"{where}/{key}")
+    return found
+
+
+def test_schema_is_closed_and_described_everywhere() -> None:
+    for where, sub in _walk_schema(policy_schema()):
+        assert sub.get("description", "").strip(), f"{where} has no description"
+        if sub.get("type") == "object" and "additionalProperties" not in sub:
+            pytest.fail(f"{where} is an object without additionalProperties")
+        if "properties" in sub:
+            assert sub["additionalProperties"] is False, where
+
+
+def test_schema_passes_the_reference_metaschema() -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    jsonschema.Draft202012Validator.check_schema(policy_schema())
+
+
+def _described(data: Any, schema: dict[str, Any], where: str) -> None:
+    """Every key in ``data`` must be described in ``schema``, recursively."""
+    assert schema.get("description", "").strip(), f"{where} is not described"
+    if isinstance(data, dict):
+        for key, value in data.items():
+            sub = schema.get("properties", {}).get(key, schema.get("additionalProperties"))
+            assert isinstance(sub, dict), f"{where}.{key} is not in the schema"
+            _described(value, sub, f"{where}.{key}")
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            _described(item, schema["items"], f"{where}[{index}]")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_key_of_shipped_policies_is_described(path: Path) -> None:
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    _described(data, policy_schema(), path.name)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "version: 1\n",
+        "version: 2\n",
+        "version: '1'\n",
+        "version: 1\nanonymous: {enabeld: true}\n",
+        "version: 1\nsessions: {ttl_seconds: 59}\n",
+        "version: 1\nsessions: {max_ttl_seconds: 2592001}\n",
+        "version: 1\ntools: {x: {effect: mutate}}\n",
+        "version: 1\ntools: {x: {}}\n",
+        "version: 1\nagents: [{capabilities: [a]}]\n",
+        "version: 1\nblocklist: ['']\n",
+        "version: 1\nupstreams: [{url: 'ftp://x'}]\n",
+        "version: 1\nupstreams: [{url: 'https://x/mcp', trusted: true}]\n",
+        _text(
+            """
+            version: 1
+            description: everything
+            anonymous: {enabled: true, scope: [get_*]}
+            sessions: {ttl_seconds: 60, max_ttl_seconds: 120, default_scope: ["*"]}
+            defaults: {capabilities: [list_*]}
+            agents: [{match: a-*, capabilities: [x], blocklist: [y]}]
+            blocklist: [z]
+            tools: {drop_cache: {effect: read}}
+            upstreams: [{url: "http://h:1/mcp", trusted: false}]
+            """
+        ),
+    ],
+)
+def test_interpreter_agrees_with_reference_validator(body: str) -> None:
+    """The small interpreter must accept exactly what a full JSON Schema validator accepts."""
+    jsonschema = pytest.importorskip("jsonschema")
+    reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
+    try:
+        parse_policy_text(body)
+        ours_ok = True
+    except PolicyError:
+        ours_ok = False
+    assert ours_ok == reference_ok
+
+
+# --------------------------------------------------------------------------- validation errors
+
+
+def test_unknown_top_level_key_names_file_and_line(tmp_path: Path) -> None:
+    path = _write(tmp_path, "p.yaml", "version: 1\n\nblocklst: [x]\n")
+    [issue] = check_files([path])
+    assert issue.file == str(path)
+    assert issue.line == 3
+    assert "unknown key 'blocklst'" in issue.message
+    assert "did you mean 'blocklist'" in issue.message
+    assert str(issue) == f"{path}:3: {issue.message}"
+
+
+def test_unknown_nested_key_is_reported_at_its_line() -> None:
+    issue = _one(
+        """
+        version: 1
+        anonymous:
+          scope: ["*"]
+          enabeld: true
+        """
+    )
+    assert issue.line == 4
+    assert "anonymous.enabeld" in issue.message and "did you mean 'enabled'" in issue.message
+
+
+def test_unknown_key_in_flow_mapping() -> None:
+    issue = _one("version: 1\n\nanonymous: {enabeld: true}\n")
+    assert issue.line == 3
+    assert "anonymous.enabeld" in issue.message
+
+
+def test_unknown_key_deep_inside_lists() -> None:
+    issue = _one(
+        """
+        version: 1
+        agents:
+          - match: a
+          - match: b
+            capabilites: [x]
+        """
+    )
+    assert issue.line == 5
+    assert "agents[1].capabilites" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "fragment"),
+    [
+        ("version: 1\nanonymous:\n  enabled: 'true'\n", 3, "anonymous.enabled: expected a boolean"),
+        ("version: 1\nsessions:\n  ttl_seconds: '3600'\n", 3, "expected an integer, got a string"),
+        ("version: 1\nsessions:\n  ttl_seconds: 3600.0\n", 3, "expected an integer, got a number"),
+        ("version: 1\nblocklist: shell\n", 2, "blocklist: expected a list, got a string"),
+        ("version: 1\nblocklist: [ok, 3]\n", 2, "blocklist[1]: expected a string, got an integer"),
+        ("version: 1\nanonymous:\n", 2, "anonymous: expected a mapping, got an empty value"),
+        ("version: 1\ndefaults: [capabilities]\n", 2, "defaults: expected a mapping, got a list"),
+        ("version: 1\ndescription: 5\n", 2, "description: expected a string"),
+        (
+            "version: 1\nupstreams:\n  - url: http://x\n    trusted: maybe\n",
+            4,
+            "upstreams[0].trusted: expected a boolean",
+        ),
+    ],
+)
+def test_wrong_types(body: str, line: int, fragment: str) -> None:
+    issue = _one(body)
+    assert issue.line == line
+    assert fragment in issue.message
+
+
+def test_bad_effect_enum() -> None:
+    issue = _one(
+        """
+        version: 1
+        tools:
+          drop_cache:
+            effect: mutate
+        """
+    )
+    assert issue.line == 4
+    assert issue.message == "tools.drop_cache.effect: 'mutate' is not one of: read, mutating, destructive, admin"
+
+
+def test_tool_override_needs_an_effect() -> None:
+    issue = _one("version: 1\ntools:\n  drop_cache: {}\n")
+    assert issue.line == 3
+    assert "tools.drop_cache: missing required key 'effect'" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("value", "fragment"),
+    [("59", "59 is below the minimum of 60"), ("2592001", "2592001 is above the maximum of 2592000")],
+)
+def test_int_out_of_range(value: str, fragment: str) -> None:
+    issue = _one(f"version: 1\nsessions:\n  max_ttl_seconds: {value}\n")
+    assert issue.line == 3
+    assert fragment in issue.message
+
+
+def test_ttl_above_max_is_reported_at_the_later_setting() -> None:
+    issue = _one("version: 1\nsessions:\n  max_ttl_seconds: 600\n  ttl_seconds: 3600\n")
+    assert issue.line == 4
+    assert "exceeds sessions.max_ttl_seconds (600)" in issue.message
+    issue = _one("version: 1\nsessions:\n  ttl_seconds: 100000\n")
+    assert issue.line == 3
+    assert "the default" in issue.message
+
+
+def test_duplicate_key_is_an_error() -> None:
+    issue = _one(
+        """
+        version: 1
+        anonymous:
+          enabled: false
+          enabled: true
+        """
+    )
+    assert issue.line == 4
+    assert "duplicate key 'anonymous.enabled' (first given on line 3)" in issue.message
+
+
+def test_duplicate_top_level_section() -> None:
+    issue = _one("version: 1\nblocklist: [a]\nblocklist: []\n")
+    assert issue.line == 3
+    assert "duplicate key 'blocklist'" in issue.message
+
+
+def test_yaml_syntax_error_at_parser_line() -> None:
+    issue = _one("version: 1\nblocklist: [a, b\nanonymous: {}\n")
+    assert issue.message.startswith("YAML syntax error:")
+    assert issue.line == 3
+
+
+def test_yaml_syntax_error_bad_indentation() -> None:
+    issue = _one("version: 1\nanonymous:\n  enabled: true\n scope: [x]\n")
+    assert issue.message.startswith("YAML syntax error:")
+    assert issue.line == 4
+
+
+@pytest.mark.parametrize("body", ["", "\n\n", "# only a comment\n"])
+def test_empty_file(body: str) -> None:
+    issue = _one(body)
+    assert issue.line == 1
+    assert "empty" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "kind"),
+    [("- version: 1\n", 1, "a list"), ("# comment\n\njust text\n", 3, "a string"), ("42\n", 1, "an integer")],
+)
+def test_non_mapping_file(body: str, line: int, kind: str) -> None:
+    issue = _one(body)
+    assert issue.line == line
+    assert f"must be a mapping of keys, got {kind}" in issue.message
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "fragment"),
+    [
+        ("description: x\nversion: 2\n", 2, "version: must be 1"),
+        ("version: '1'\n", 1, "version: expected an integer"),
+        ("version: true\n", 1, "version: expected an integer, got a boolean"),
+        ("description: no version\n", 1, "missing required key 'version'"),
+    ],
+)
+def test_version_must_be_1(body: str, line: int, fragment: str) -> None:
+    issue = _one(body)
+    assert issue.line == line
+    assert fragment in issue.message
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "fragment"),
+    [
+        ("version: 1\nblocklist: ['']\n", 2, "blocklist[0]: must not be empty"),
+        ("version: 1\nagents:\n  - match: ''\n", 3, "agents[0].match: must not be empty"),
+        ("version: 1\ntools:\n  '': {effect: read}\n", 3, 'tools key "": must not be empty'),
+        ("version: 1\nanonymous: {scope: ['']}\n", 2, "anonymous.scope[0]: must not be empty"),
+    ],
+)
+def test_empty_globs_are_errors(body: str, line: int, fragment: str) -> None:
+    issue = _one(body)
+    assert issue.line == line
+    assert fragment in issue.message
+
+
+@pytest.mark.parametrize("url", ["ftp://host/mcp", "127.0.0.1:3001/mcp", "http://", "http:// spaced", ""])
+def test_upstream_url_must_be_http(url: str) -> None:
+    issue = _one(f"version: 1\nupstreams:\n  - url: {json.dumps(url)}\n")
+    assert issue.line == 3
+    assert "upstreams[0].url: invalid value" in issue.message
+    assert "http://" in issue.message
+
+
+def test_upstream_needs_url_and_no_duplicates() -> None:
+    assert "upstreams[0]: missing required key 'url'" in _one("version: 1\nupstreams:\n  - trusted: true\n").message
+    issue = _one("version: 1\nupstreams:\n  - url: http://h/mcp\n  - url: http://H:80/mcp/\n")
+    assert issue.line == 4
+    assert "duplicate of upstreams[0]" in issue.message
+
+
+def test_non_string_keys_and_merge_keys_are_errors() -> None:
+    issue = _one("version: 1\ntools:\n  on: {effect: read}\n")
+    assert issue.line == 3
+    assert "read by YAML as a boolean" in issue.message and "quote it" in issue.message
+    issues = _issues("version: 1\nbase: &b {enabled: true}\nanonymous:\n  <<: *b\n")
+    # 'base' is unknown (line 2) and the merge key is refused (line 4).
+    assert [i.line for i in issues] == [2, 4]
+    issues = _issues("version: 1\nanonymous:\n  <<: {enabled: true}\n")
+    assert [(i.line, "merge keys" in i.message) for i in issues] == [(3, True)]
+
+
+def test_custom_tags_are_refused() -> None:
+    issue = _one("version: 1\nblocklist: !shell [x]\n")
+    assert issue.line == 2
+    assert "expected a list" in issue.message
+
+
+def test_aliases_are_followed_without_repeating_errors() -> None:
+    issues = _issues("version: 1\nanonymous: {scope: &s [ok, 5]}\nsessions: {default_scope: *s}\n")
+    assert [i.line for i in issues] == [2, 2]  # one per schema location, no blow-up
+    laughs = "version: 1\na: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]\n" for i in range(8)
+    )
+    assert len(_issues(laughs)) == 9  # unknown keys a..i, found instantly
+
+
+def test_multiple_errors_are_all_reported_sorted_by_line() -> None:
+    issues = _issues(
+        """
+        version: 1
+        tools:
+          x: {effect: bogus}
+        anonymous:
+          enabeld: true
+          enabled: 'yes'
+        sessions:
+          ttl_seconds: 1
+        typo_section: {}
+        agents:
+          - capabilities: [a]
+        """
+    )
+    assert [i.line for i in issues] == [3, 5, 6, 8, 9, 11]
+    assert [i.line for i in issues] == sorted(i.line for i in issues)
+    assert all(i.file == "p.yaml" for i in issues)
+
+
+def test_all_files_are_reported_in_order(tmp_path: Path) -> None:
+    first = _write(tmp_path, "a.yaml", "version: 1\nbogus: 1\n")
+    second = _write(tmp_path, "b.yaml", "version: 3\n")
+    good = _write(tmp_path, "c.yaml", "version: 1\n")
+    missing = tmp_path / "missing.yaml"
+    issues = check_files([first, good, second, missing])
+    assert [(Path(i.file).name, i.line) for i in issues] == [("a.yaml", 2), ("b.yaml", 1), ("missing.yaml", 1)]
+    with pytest.raises(PolicyError) as info:
+        load_policy([first, good, second, missing])
+    assert str(info.value) == "\n".join(str(i) for i in issues)
+    assert "cannot read policy file" in issues[-1].message
+
+
+def test_invalid_utf8_is_an_issue(tmp_path: Path) -> None:
+    path = tmp_path / "bin.yaml"
+    path.write_bytes(b"version: 1\ndescription: \xff\n")
+    [issue] = check_files([path])
+    assert (issue.line, issue.message) == (2, "policy file is not valid UTF-8")
+
+
+def test_policy_error_str_joins_issues() -> None:
+    error = PolicyError([PolicyIssue("a", 1, "x"), PolicyIssue("b", 2, "y")])
+    assert str(error) == "a:1: x\nb:2: y"
+    assert error.issues[1].line == 2
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def test_merge_semantics_across_files(tmp_path: Path) -> None:
+    base = _write(
+        tmp_path,
+        "base.yaml",
+        """
+        version: 1
+        anonymous: {enabled: true, scope: ["get_*"]}
+        sessions: {ttl_seconds: 600, max_ttl_seconds: 7200}
+        defaults: {capabilities: ["get_*"]}
+        agents:
+          - match: "billing-*"
+            capabilities: ["get_*"]
+        blocklist: ["*shell*"]
+        tools:
+          drop_cache: {effect: mutating}
+          "db_*": {effect: mutating}
+          "cache_*": {effect: read}
+        upstreams:
+          - {url: "http://a/mcp", trusted: true}
+          - {url: "http://b/mcp", trusted: true}
+        """,
+    )
+    top = _write(
+        tmp_path,
+        "top.yaml",
+        """
+        version: 1
+        anonymous: {enabled: false}
+        sessions: {ttl_seconds: 1200}
+        agents:
+          - match: "billing-*"
+            capabilities: ["create_invoice"]
+        blocklist: ["exec_*"]
+        tools:
+          drop_cache: {effect: destructive}
+          "db_drop*": {effect: destructive}
+        upstreams:
+          - {url: "http://b/mcp/", trusted: false}
+          - {url: "http://c/mcp", trusted: true}
+        """,
+    )
+    policy = load_policy([base, top])
+    assert policy.sources == (str(base), str(top))
+    # Scalar sections: the later file's given keys win, the rest stay.
+    assert policy.anonymous_enabled is False
+    assert policy.anonymous_scope == GlobSet(["get_*"])
+    assert (policy.session_ttl_seconds, policy.session_max_ttl_seconds) == (1200, 7200)
+    assert policy.default_capabilities == GlobSet(["get_*"])
+    assert policy.default_scope == GlobSet(["*"])
+    # Agents concatenate; blocklists union.
+    assert len(policy.agents) == 2
+    assert policy.capabilities_for("billing-1") == GlobSet(["get_*", "create_invoice"])
+    assert policy.blocklist == GlobSet(["*shell*", "exec_*"])
+    # Tools: later wins per key; later globs are tried first.
+    assert policy.effect_override("drop_cache") is Effect.DESTRUCTIVE
+    assert policy.effect_override("db_drop_table") is Effect.DESTRUCTIVE
+    assert policy.effect_override("db_insert") is Effect.MUTATING
+    assert policy.effect_override("cache_get") is Effect.READ
+    # Upstreams concatenate; the last entry for a URL wins.
+    assert policy.is_trusted_upstream("http://a/mcp")
+    assert not policy.is_trusted_upstream("http://b/mcp")
+    assert policy.is_trusted_upstream("http://c/mcp")
+
+
+def test_merge_order_matters(tmp_path: Path) -> None:
+    one = _write(tmp_path, "1.yaml", "version: 1\nanonymous: {enabled: true}\n")
+    two = _write(tmp_path, "2.yaml", "version: 1\nanonymous: {enabled: false}\n")
+    assert load_policy([one, two]).anonymous_enabled is False
+    assert load_policy([two, one]).anonymous_enabled is True
+
+
+def test_merged_ttl_check_blames_the_later_file(tmp_path: Path) -> None:
+    base = _write(tmp_path, "base.yaml", "version: 1\nsessions:\n  ttl_seconds: 7200\n")
+    top = _write(tmp_path, "top.yaml", "version: 1\n\nsessions:\n  max_ttl_seconds: 3600\n")
+    assert check_files([base]) == []
+    assert check_files([top]) == []
+    [issue] = check_files([base, top])
+    assert (issue.file, issue.line) == (str(top), 4)
+    assert "sessions.ttl_seconds (7200) exceeds sessions.max_ttl_seconds (3600)" in issue.message
+
+
+def test_shipped_default_under_a_local_override(tmp_path: Path) -> None:
+    local = _write(tmp_path, "local.yaml", "version: 1\nblocklist: [drop_*]\nsessions: {ttl_seconds: 900}\n")
+    policy = load_policy([POLICIES / "default.yaml", local])
+    assert policy.anonymous_enabled is False
+    assert policy.session_ttl_seconds == 900
+    assert policy.blocklist_for("x").matches("drop_table")
+
+
+# --------------------------------------------------------------------------- queries
+
+
+AGENTS = """
+version: 1
+defaults:
+  capabilities: ["get_*"]
+agents:
+  - match: "billing-*"
+    capabilities: ["list_*", "create_invoice"]
+    blocklist: ["delete_*"]
+  - match: "*-eu"
+    capabilities: ["gdpr_*"]
+  - match: "*-contractor"
+    blocklist: ["*payment*"]
+  - match: "locked"
+    capabilities: []
+blocklist: ["*shell*"]
+"""
+
+
+def test_capabilities_union_across_matching_agents() -> None:
+    policy = parse_policy_text(AGENTS)
+    caps = policy.capabilities_for("billing-eu")
+    assert caps == GlobSet(["list_*", "create_invoice", "gdpr_*"])
+    assert caps.matches("gdpr_export") and caps.matches("create_invoice")
+    assert not caps.matches("get_user")  # a matching grant replaces the defaults
+    assert policy.capabilities_for("billing-us") == GlobSet(["list_*", "create_invoice"])
+
+
+def test_capabilities_fall_back_to_defaults() -> None:
+    policy = parse_policy_text(AGENTS)
+    assert policy.capabilities_for("support") == GlobSet(["get_*"])
+    # A blocklist-only entry narrows without locking the agent out.
+    assert policy.capabilities_for("bob-contractor") == GlobSet(["get_*"])
+    # An explicit empty grant does lock it out.
+    assert not policy.capabilities_for("locked").matches("get_user")
+
+
+def test_blocklist_for_unions_global_and_agent_rules() -> None:
+    policy = parse_policy_text(AGENTS)
+    assert policy.blocklist_for("support") == GlobSet(["*shell*"])
+    assert policy.blocklist_for("billing-contractor") == GlobSet(["*shell*", "delete_*", "*payment*"])
+    assert policy.blocklist_for("billing-1").matches("delete_invoice")
+    assert not policy.blocklist_for("support").matches("delete_invoice")
+
+
+def test_globs_are_case_sensitive_and_whole_name() -> None:
+    policy = parse_policy_text(AGENTS)
+    assert policy.capabilities_for("Billing-1") == GlobSet(["get_*"])
+    assert not policy.capabilities_for("support").matches("Get_user")
+    assert not policy.capabilities_for("support").matches("xget_user")
+
+
+def test_query_results_are_memoised_and_bounded() -> None:
+    policy = parse_policy_text(AGENTS)
+    assert policy.capabilities_for("billing-eu") is policy.capabilities_for("billing-eu")
+    assert policy.blocklist_for("billing-eu") is policy.blocklist_for("billing-eu")
+    for n in range(5000):
+        policy.capabilities_for(f"agent-{n}")
+        policy.effect_override(f"tool_{n}")
+    assert len(policy._caps_memo) <= 4096
+    assert len(policy._effect_memo) <= 4096
+    assert policy.capabilities_for("billing-eu") == GlobSet(["list_*", "create_invoice", "gdpr_*"])
+
+
+def test_effect_override_exact_before_globs_then_file_order() -> None:
+    policy = parse_policy_text(
+        """
+        version: 1
+        tools:
+          "drop_*": {effect: destructive}
+          "*cache*": {effect: read}
+          drop_cache: {effect: mutating}
+        """
+    )
+    assert policy.effect_override("drop_cache") is Effect.MUTATING  # exact wins over earlier globs
+    assert policy.effect_override("drop_cache_all") is Effect.DESTRUCTIVE  # first glob in file order
+    assert policy.effect_override("warm_cache") is Effect.READ
+    assert policy.effect_override("get_user") is None
+    assert policy.effect_override("get_user") is None  # cached None stays None
+
+
+def test_is_trusted_upstream_normalises_urls() -> None:
+    policy = parse_policy_text(
+        """
+        version: 1
+        upstreams:
+          - url: "http://127.0.0.1:3001/mcp"
+            trusted: true
+          - url: "https://Example.COM/mcp/"
+          - url: "https://trusted.example/api"
+            trusted: true
+        """
+    )
+    assert policy.is_trusted_upstream("http://127.0.0.1:3001/mcp/")
+    assert policy.is_trusted_upstream("HTTP://127.0.0.1:3001/mcp")
+    assert policy.is_trusted_upstream("https://TRUSTED.example:443/api")
+    assert not policy.is_trusted_upstream("https://example.com/mcp")  # listed, not trusted
+    assert not policy.is_trusted_upstream("http://127.0.0.1:3002/mcp")
+    assert not policy.is_trusted_upstream("http://127.0.0.1:3001/MCP")  # paths stay case-sensitive
+    assert policy.upstreams[1] == UpstreamRule("https://Example.COM/mcp/", False)
+
+
+def test_normalise_url() -> None:
+    assert normalise_url(" HTTPS://User@Host.Example:443/a/ ") == "https://User@host.example/a"
+    assert normalise_url("http://h:8080/") == "http://h:8080"
+    assert normalise_url("http://[::1") == "http://[::1"
+
+
+def test_policy_is_immutable_hashable_and_comparable() -> None:
+    policy = Policy(
+        agents=(AgentRule(GlobSet(["a*"]), GlobSet(["x"])),),
+        effect_overrides=(("drop_*", Effect.DESTRUCTIVE),),
+        upstreams=(UpstreamRule("http://u/", True),),
+    )
+    policy.capabilities_for("abc")
+    assert policy == Policy(
+        agents=(AgentRule(GlobSet(["a*"]), GlobSet(["x"])),),
+        effect_overrides=(("drop_*", Effect.DESTRUCTIVE),),
+        upstreams=(UpstreamRule("http://u/", True),),
+    )
+    assert hash(policy) == hash(policy)
+    assert "_caps_memo" not in repr(policy)
+    with pytest.raises(AttributeError):
+        policy.anonymous_enabled = True  # type: ignore[misc]
+    assert policy.effect_override("drop_all") is Effect.DESTRUCTIVE
+    assert policy.is_trusted_upstream("http://u")
+    assert policy.capabilities_for("abc") == GlobSet(["x"])
+    assert policy.capabilities_for("zzz") == GlobSet(["*"])
+
+
+def test_parse_policy_text_uses_source_in_issues() -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy_text("version: 1\nnope: 1\n", source="embedded")
+    assert str(info.value).startswith("embedded:2: unknown key 'nope'")
