@@ -143,9 +143,16 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if extra is not None:
-        await extra.start()
-    await wicket.start()
+    try:
+        if extra is not None:
+            await extra.start()
+        await wicket.start()
+    except OSError as exc:
+        print(f"wicket: {exc.strerror or exc}; pick free ports with --listen/--admin-listen", file=sys.stderr)
+        await wicket.stop()
+        if extra is not None:
+            await extra.stop()
+        raise SystemExit(1) from None
     if banner:
         print(banner.format(data=wicket.data_port, admin=wicket.admin_port), flush=True)
     logging.getLogger("wicket").info(

@@ -77,7 +77,7 @@ async def make_wicket(tmp_path: Path) -> AsyncIterator[WicketFactory]:
             policy = load_policy([DEMO_POLICY])
         elif isinstance(policy, str):
             policy = parse_policy_text(policy, "test-policy.yaml")
-        audit_path = tmp_path / f"audit-{len(started)}.jsonl"
+        audit_path = Path(overrides.pop("audit_log", tmp_path / f"audit-{len(started)}.jsonl"))
         settings = Settings(
             upstream=upstream_url,
             listen="127.0.0.1:0",

@@ -143,3 +143,23 @@ async def test_concurrent_clients_each_get_their_own_session(upstream: DemoUpstr
     assert sorted(texts) == sorted(f"It is sunny in c{i}." for i in range(8))
     sessions = {e["session_id"] for e in wicket.audit_events() if e.get("action") == "tools/call:get_weather"}
     assert len(sessions) == 8
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_server_to_client_sampling_round_trip(mode: str, upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    """Legacy: the upstream's sampling request rides the POST's SSE stream and the client's reply
+    is POSTed back through Wicket. 2026-07-28: an input_required result and a retry."""
+    from mcp.types import CreateMessageResult, TextContent
+
+    prompts: list[str] = []
+
+    async def sampling(context: Any, params: Any) -> CreateMessageResult:
+        prompts.append(params.messages[0].content.text)
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="All quiet."), model="t")
+
+    async with mcp_client(wicket.url, mode=mode, sampling_callback=sampling) as client:
+        result = await client.call_tool("get_summary", {})
+    assert not result.is_error, result
+    assert result.content[0].text == "All quiet."
+    assert prompts and prompts[0].startswith("Summarise:")
+    assert upstream.ledger.names() == ["get_summary"]

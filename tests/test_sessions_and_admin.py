@@ -104,6 +104,7 @@ async def test_tampered_session_record_is_denied(upstream: DemoUpstream, make_wi
         assert response.status == 403
         payload = await response.json()
     assert "integrity" in payload["error"]["message"]
+    assert [e["event"] for e in running.audit_events()][-1] == "integrity"
     assert upstream.ledger.names() == []
     metrics = await scrape(running)
     assert "wicket_session_integrity_failures_total 1.0" in metrics
@@ -168,3 +169,28 @@ async def test_read_write_grant_is_audited_and_chain_verifies(upstream: DemoUpst
     assert "secret-value-123" not in raw
     result = verify_file(wicket.audit_path)
     assert result.ok and result.count == len(events)
+
+
+async def test_get_stream_and_delete_follow_the_binding(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    grant = await wicket.create_session("alice")
+    mcp_session_id = await initialize(wicket.url, grant["token"])
+    headers = {
+        "Accept": "text/event-stream",
+        "Mcp-Session-Id": mcp_session_id,
+        "MCP-Protocol-Version": "2025-11-25",
+        "Authorization": f"Bearer {grant['token']}",
+    }
+    async with aiohttp.ClientSession() as http:
+        # The standalone GET stream opens for the owner (headers arrive before any event) ...
+        async with http.get(wicket.url, headers=headers) as response:
+            assert response.status == 200
+            assert response.content_type == "text/event-stream"
+        # ... and not for anyone else.
+        async with http.get(wicket.url, headers={**headers, "Authorization": "Bearer wkt_forged"}) as response:
+            assert response.status == 401
+        async with http.delete(wicket.url, headers=headers) as response:
+            assert response.status == 200
+    status, body = await call_in_session(wicket.url, mcp_session_id, grant["token"], "get_weather")
+    assert status == 404
+    assert body["error"]["code"] == -32001
+    assert upstream.ledger.names() == []

@@ -21,6 +21,7 @@ from aiohttp import web
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
 from proxy.adapters.sse import SseScanner
+from proxy.audit.sink import AuditUnavailable
 from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
@@ -208,7 +209,7 @@ class McpProxy:
             return await self._identity.resolve(request.headers.get("Authorization"))
         except IdentityError as exc:
             if exc.integrity:
-                self._metrics.integrity_failures.inc()
+                await self._integrity_failure(exc.reason)
             raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth") from None
 
     async def _session(
@@ -221,7 +222,7 @@ class McpProxy:
             binding = await self._sessions.mcp_binding(mcp_session_id)
             session = None if binding is None else await self._sessions.get(binding.session_id)
         except SessionIntegrityError as exc:
-            self._metrics.integrity_failures.inc()
+            await self._integrity_failure(str(exc))
             raise Refusal(403, jsonrpc.DENIED, f"Session denied: {exc}.", reason="integrity") from None
         if binding is None or session is None:
             raise Refusal(404, jsonrpc.SESSION_NOT_FOUND, "Session not found: start a new MCP session.")
@@ -242,6 +243,14 @@ class McpProxy:
             decision = await self._checker.refuse(_with_session(action, binding.session_id), binding.session_id, reason)
             raise Refusal(403, jsonrpc.DENIED, reason, data=decision.record(), reason="hijack")
         return session
+
+    async def _integrity_failure(self, reason: str) -> None:
+        """A store record failed its HMAC: count it and leave an audit event for the operator."""
+        self._metrics.integrity_failures.inc()
+        try:
+            await self._checker.audit_event({"event": "integrity", "protocol": PROTOCOL, "reason": reason})
+        except AuditUnavailable:
+            log.error("session integrity failure could not be audited: %s", reason)
 
     # -- forwarding ---------------------------------------------------------------------
 

@@ -10,11 +10,12 @@ import argparse
 import asyncio
 import socket
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import uvicorn
 from mcp.server.mcpserver import MCPServer
-from mcp.types import ToolAnnotations
+from mcp.server.mcpserver.resolve import Resolve, Sample
+from mcp.types import CreateMessageResult, SamplingMessage, TextContent, ToolAnnotations
 
 
 @dataclass
@@ -28,6 +29,12 @@ class Ledger:
 
     def record(self, name: str, **arguments: Any) -> None:
         self.calls.append((name, arguments))
+
+
+def ask_for_summary() -> Sample:
+    """The sampling request behind ``get_summary`` (module level: MCPServer resolves it by name)."""
+    message = SamplingMessage(role="user", content=TextContent(type="text", text="Summarise: the notes service."))
+    return Sample([message], max_tokens=100)
 
 
 def build_demo_server(ledger: Ledger | None = None) -> tuple[MCPServer, Ledger]:
@@ -54,6 +61,13 @@ def build_demo_server(ledger: Ledger | None = None) -> tuple[MCPServer, Ledger]:
             await asyncio.sleep(min(delay_seconds, 60.0))
         ledger.record("search_notes", query=query)
         return [title for title, text in notes.items() if query in text or query in title]
+
+    @server.tool()
+    async def get_summary(summary: Annotated[CreateMessageResult, Resolve(ask_for_summary)]) -> str:
+        """Read: a summary of all notes, written by the client's LLM (MCP sampling)."""
+        ledger.record("get_summary")
+        content = summary.content
+        return content.text if isinstance(content, TextContent) else "(no text)"
 
     @server.tool()
     def create_note(title: str, text: str) -> str:
@@ -126,10 +140,17 @@ class DemoUpstream:
         return f"http://{self.host}:{self.port}/mcp"
 
     async def start(self) -> None:
+        with socket.socket() as probe:  # uvicorn exits the process on a busy port; say why instead
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((self.host, self.port))
+            except OSError as exc:
+                message = f"demo MCP server cannot listen on {self.host}:{self.port}: {exc.strerror}"
+                raise OSError(exc.errno, message) from None
         self._task = asyncio.create_task(self._uvicorn.serve())
         while not self._uvicorn.started:
             if self._task.done():
-                self._task.result()
+                raise OSError(f"demo MCP server failed to start on {self.host}:{self.port}")
             await asyncio.sleep(0.01)
 
     async def stop(self) -> None:
