@@ -143,6 +143,8 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    # logrotate: move the file away, then SIGHUP makes Wicket continue the chain in a new file.
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(wicket.audit.reopen()))
     try:
         if extra is not None:
             await extra.start()
