@@ -71,7 +71,9 @@ async def forward(request: web.Request) -> web.StreamResponse:
 
 async def _client_ctx(app: web.Application) -> AsyncIterator[None]:
     """One pooled client session for the proxy's lifetime, like a real proxy keeps its pool warm."""
-    connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=30)
+    # Idle upstream connections are dropped after 4 s, before uvicorn's (and Node's) 5 s server-side
+    # keep-alive closes them: reusing one the server is closing at that moment yields a spurious 502.
+    connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=4)
     app[CLIENT_KEY] = aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,

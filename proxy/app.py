@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -12,12 +13,16 @@ from aiohttp import web
 from proxy.adapters.mcp import McpProxy
 from proxy.admin.api import AdminApi
 from proxy.audit.sink import AuditSink, open_sink
+from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.checker import Checker
 from proxy.core.effects import EffectClassifier
-from proxy.core.guardian import FastGuard, GuardianRouter
+from proxy.core.guardian import FastGuard, GuardianRouter, ReviewTier
 from proxy.core.identity import IdentityResolver
 from proxy.core.policy import Policy
 from proxy.core.sessions import RecordSigner, SessionManager
+from proxy.core.spot import SpotGuard
+from proxy.guardians.deep import DeepGuard, deep_from_env
+from proxy.guardians.remote import RemoteTier, remote_tiers
 from proxy.settings import Settings
 from proxy.state.base import Store
 from proxy.state.memory import MemoryStore
@@ -48,11 +53,47 @@ class Wicket:
         classifier = EffectClassifier(
             overrides=self.policy.effect_override, is_trusted_upstream=self.policy.is_trusted_upstream
         )
-        self.checker = Checker(classifier, GuardianRouter(FastGuard(self.policy)), self.audit, self.metrics)
+        self.remote_tiers: tuple[RemoteTier, ...] = ()
+        self.deep: ReviewTier | None = None
+        self.checker = Checker(
+            policy=self.policy,
+            classifier=classifier,
+            analyser=ArgumentAnalyser(),
+            router=self._router(),
+            activity=self.store,
+            audit=self.audit,
+            metrics=self.metrics,
+        )
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
         self.data_port = 0
         self.admin_port = 0
+
+    def _router(self) -> GuardianRouter:
+        """Fast always in process; Spot and Deep in process, or at the guardian service with --guardian-url."""
+        g = self.policy.guardian
+        spot: ReviewTier | None = SpotGuard(g.spot)
+        if self.settings.guardian_url:
+            # Only the service holds the LLM key. No WICKET_GUARDIAN_KEY: SystemExit before any port opens.
+            spot, self.deep = self.remote_tiers = remote_tiers(
+                self.settings.guardian_url,
+                self.settings.environ,
+                client_id=self.settings.guardian_client_id or socket.gethostname(),
+                spot_timeout=g.spot_timeout,
+                deep_timeout=g.deep_timeout,
+            )
+        else:
+            self.deep = deep_from_env(self.policy, self.settings.environ)
+        return GuardianRouter(
+            FastGuard(self.policy),
+            spot=spot,
+            deep=self.deep,
+            spot_timeout=g.spot_timeout,
+            deep_timeout=g.deep_timeout,
+            breaker_failures=g.breaker_failures,
+            breaker_cooldown=g.breaker_cooldown_seconds,
+            metrics=self.metrics,
+        )
 
     def _client_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
@@ -118,6 +159,10 @@ class Wicket:
         if self._client is not None:
             await self._client.close()
             self._client = None
+        for tier in self.remote_tiers:
+            await tier.close()
+        if isinstance(self.deep, DeepGuard):
+            await self.deep.aclose()
         await self.audit.close()
         await self.store.close()
 

@@ -51,6 +51,14 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str) -> None:
     parser.add_argument(
         "--stream-idle-timeout", type=float, default=0.0, help="longest silence on a GET SSE stream (0: none)"
     )
+    parser.add_argument(
+        "--guardian-url",
+        metavar="URL",
+        help="central guardian service (wicket guardian serve) for Spot and Deep; needs WICKET_GUARDIAN_KEY",
+    )
+    parser.add_argument(
+        "--guardian-client-id", metavar="ID", help="this sidecar's name in guardian tokens (default: the hostname)"
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -87,6 +95,17 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--intent", metavar="TEXT")
     create.add_argument("--ttl", type=int, metavar="SECONDS")
     create.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
+
+    guardian = sub.add_parser("guardian", help="the central guardian service")
+    guardian_sub = guardian.add_subparsers(dest="guardian_command", required=True)
+    gserve = guardian_sub.add_parser(
+        "serve", help="run Spot and Deep for many sidecars (needs WICKET_GUARDIAN_KEY; Deep needs ANTHROPIC_API_KEY)"
+    )
+    gserve.add_argument(
+        "--listen", default="127.0.0.1:9400", metavar="HOST:PORT", help="listen address (default 127.0.0.1:9400)"
+    )
+    gserve.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
+    gserve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
 
@@ -98,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "policy": cmd_policy_check,
         "audit": cmd_audit_verify,
         "sessions": cmd_sessions_create,
+        "guardian": cmd_guardian_serve,
     }[args.command]
     return handler(args)
 
@@ -117,6 +137,8 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str]) 
         stream_idle_timeout=args.stream_idle_timeout,
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
+        guardian_url=args.guardian_url,
+        guardian_client_id=args.guardian_client_id or "",
     )
 
 
@@ -244,6 +266,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
         .replace("{policy}", ", ".join(files))
     )
     asyncio.run(_serve_until_signal(wicket, banner, extra=upstream))
+    return 0
+
+
+def cmd_guardian_serve(args: argparse.Namespace) -> int:
+    from proxy.guardians.service import serve_guardian
+
+    _configure_logging(args.log_level)
+    asyncio.run(serve_guardian(args.listen, args.policy or ["policies/default.yaml"], os.environ))
     return 0
 
 

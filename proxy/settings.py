@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 MiB = 1024 * 1024
@@ -40,6 +41,10 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)
     session_key: bytes = b""
     admin_token: str | None = None
+    guardian_url: str | None = None  # central guardian service for Spot and Deep (None: in process)
+    guardian_client_id: str = ""  # this sidecar's name (JWT iss) towards the guardian service
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    """Where ANTHROPIC_*, WICKET_DEEP_MODEL and WICKET_GUARDIAN_KEY are read (tests pass their own)."""
 
     def __post_init__(self) -> None:
         if not self.session_key:

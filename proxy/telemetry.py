@@ -59,6 +59,31 @@ class Metrics:
         self.sessions_created = Counter(
             "wicket_sessions_created_total", "Sessions created, by mode and origin.", ["mode", "origin"], registry=r
         )
+        self.tier_seconds = Histogram(
+            "wicket_guardian_tier_duration_seconds",
+            "Time one guardian tier beyond Fast took to review an action.",
+            ["tier"],
+            buckets=_CHECK_BUCKETS,
+            registry=r,
+        )
+        self.tier_errors = Counter(
+            "wicket_guardian_tier_errors_total",
+            "Guardian tier failures: timeout, error, circuit_open or unconfigured.",
+            ["tier", "kind"],
+            registry=r,
+        )
+        self.tier_verdicts = Counter(
+            "wicket_guardian_tier_verdicts_total",
+            "Verdicts returned by each guardian tier.",
+            ["tier", "verdict"],
+            registry=r,
+        )
+        self.breaker_open = Gauge(
+            "wicket_guardian_breaker_open", "1 while a tier's circuit breaker is open.", ["tier"], registry=r
+        )
+        self.escalations = Counter(
+            "wicket_anomaly_escalations_total", "Actions whose effect anomaly escalation raised one tier.", registry=r
+        )
         self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
         self.audit_healthy.set(1)
         info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)

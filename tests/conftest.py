@@ -85,6 +85,7 @@ async def make_wicket(tmp_path: Path) -> AsyncIterator[WicketFactory]:
             audit_log=str(audit_path),
             session_key=SESSION_KEY,
             admin_token=ADMIN_TOKEN,
+            environ=overrides.pop("environ", {}),
             **overrides,
         )
         wicket = Wicket(settings, policy)

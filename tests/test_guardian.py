@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from proxy.core.action import Action, Decision, Effect, Tier, Verdict
+from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.guardian import FastGuard, GuardianRouter
 from proxy.core.policy import parse_policy_text
 from proxy.core.sessions import Session
@@ -32,7 +32,9 @@ class Reviewer:
         self.fail = fail
         self.calls = 0
 
-    async def review(self, action: Action, session: Session, effect: Effect, prior: Decision) -> Decision:
+    async def review(
+        self, action: Action, session: Session, effect: Effect, prior: Decision, context: ReviewContext
+    ) -> Decision:
         self.calls += 1
         if self.delay:
             await asyncio.sleep(self.delay)
@@ -108,3 +110,13 @@ async def test_fast_denials_short_circuit_every_tier() -> None:
     assert "scope ceiling" in out_of_scope.reason
     assert all(d.tier is Tier.FAST and d.verdict is Verdict.DENY for d in (read_only, blocked, out_of_scope))
     assert spot.calls == deep.calls == 0
+
+
+async def test_circuit_breaker_stops_calling_a_failing_tier() -> None:
+    deep = Reviewer(Tier.DEEP, fail=True)
+    r = GuardianRouter(FastGuard(POLICY), spot=Reviewer(Tier.SPOT), deep=deep, breaker_failures=2, breaker_cooldown=60)
+    for _ in range(4):
+        decision = await r.decide(action("delete_x"), session(), Effect.DESTRUCTIVE)
+        assert decision.verdict is Verdict.DENY and decision.tier is Tier.DEEP
+    assert deep.calls == 2, "after two failures the breaker opens and Deep is no longer called"
+    assert "circuit open" in decision.reason

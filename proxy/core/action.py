@@ -113,3 +113,38 @@ class Decision:
         if self.escalated_from is not None:
             out["escalated_from"] = self.escalated_from.label
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Something the argument analysis noticed: which detector, the effect it implies, and why.
+
+    ``message`` names the pattern, never the argument's value, so findings are safe to audit.
+    """
+
+    detector: str
+    effect: Effect
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """A session's behaviour *before* the call being decided, as the store counted it."""
+
+    calls: int = 0
+    denials: int = 0
+    writes: int = 0  # calls whose effect was mutating or higher
+    window_calls: int = 0  # calls inside the Spot window
+    minute_calls: int = 0  # calls in the last 60 s (velocity)
+    window_by_effect: tuple[int, int, int, int] = (0, 0, 0, 0)  # read, mutating, destructive, admin
+    repeat_denials: int = 0  # earlier denials of this very action in this session
+    history: tuple[str, ...] = ()  # recent "action=verdict" entries, oldest first
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewContext:
+    """What the tiers beyond Fast get to see besides the Action and the session."""
+
+    activity: Activity = Activity()
+    findings: tuple[Finding, ...] = ()
+    violations: tuple[str, ...] = ()  # policy parameter constraints the arguments break

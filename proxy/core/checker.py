@@ -7,18 +7,23 @@ It never learns which wire protocol the Action came from.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.audit.sink import AuditSink, AuditUnavailable
-from proxy.core.action import Action, Decision, Effect, Tier, Verdict
+from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
+from proxy.core.anomaly import raise_effect
+from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.effects import EffectClassifier
 from proxy.core.guardian import GuardianRouter
+from proxy.core.policy import Policy
 from proxy.core.sessions import Session
+from proxy.state.base import Store
 from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -33,19 +38,67 @@ def arguments_digest(arguments: Mapping[str, Any]) -> str:
 
 
 class Checker:
-    def __init__(self, classifier: EffectClassifier, router: GuardianRouter, audit: AuditSink, metrics: Metrics):
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        classifier: EffectClassifier,
+        analyser: ArgumentAnalyser,
+        router: GuardianRouter,
+        activity: Store,
+        audit: AuditSink,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.classifier = classifier
+        self._policy = policy
+        self._analyser = analyser
         self._router = router
+        self._activity = activity
         self._audit = audit
         self._metrics = metrics
+        self._clock = clock
 
     async def check(self, action: Action, session: Session) -> Decision:
         """Decide ``action`` in ``session``; the returned Decision is already audited."""
         started = time.perf_counter()
         effect = self.classifier.classify(action)
-        decision = await self._router.decide(action, session, effect)
+        if not action.is_tool_call:
+            # Protocol housekeeping executes nothing upstream: Fast Guard alone, no history.
+            decision = await self._router.decide(action, session, effect)
+        else:
+            decision = await self._check_call(action, session, effect)
+            await self._activity.note_verdict(
+                session.session_id, action.label, f"{action.label}={decision.verdict.value}", not decision.allowed
+            )
         decision = await self._record(action, session.session_id, decision)
         self._metrics.check_seconds.labels(action.protocol).observe(time.perf_counter() - started)
+        return decision
+
+    async def _check_call(self, action: Action, session: Session, effect: Effect) -> Decision:
+        """Arguments, session history and anomaly escalation, then the guardian tiers."""
+        report = self._analyser.analyse(action, self._policy)
+        if report.effect is not None and report.effect > effect:
+            effect = report.effect
+        guardian = self._policy.guardian
+        activity = await self._activity.note_call(
+            session.session_id, action.label, int(effect), self._clock(), guardian.spot.window_seconds
+        )
+        raised, why = raise_effect(effect, activity, guardian.anomaly)
+        context = ReviewContext(activity=activity, findings=report.findings, violations=report.violations)
+        decision = await self._router.decide(action, session, raised, context)
+        notes: list[str] = []
+        if report.findings:
+            notes.append("Argument findings: " + "; ".join(f"{f.detector}: {f.message}" for f in report.findings) + ".")
+        if why is not None:
+            self._metrics.escalations.inc()
+            notes.append(f"Effect raised from {effect.label} to {raised.label} by anomaly escalation: {why}.")
+        if notes:
+            decision = dataclasses.replace(
+                decision,
+                reason=" ".join([decision.reason, *notes]),
+                escalated_from=effect if why is not None else None,
+            )
         return decision
 
     async def refuse(self, action: Action, session_id: str, reason: str, effect: Effect | None = None) -> Decision:

@@ -10,22 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
-from proxy.core.action import Action, Decision, Effect, Tier, Verdict
+from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
+from proxy.core.breaker import CircuitBreaker
 from proxy.core.policy import Policy
 from proxy.core.sessions import Session
+from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
+_NO_CONTEXT = ReviewContext()
 
 
 class FastGuard:
-    """Capabilities, blocklists, the session's scope ceiling and read-only mode. No I/O."""
+    """Capabilities, blocklists, parameter constraints, the scope ceiling and read-only mode. No I/O."""
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
 
-    def review(self, action: Action, session: Session, effect: Effect) -> Decision:
+    def review(self, action: Action, session: Session, effect: Effect, context: ReviewContext) -> Decision:
         name = action.name
         if action.is_tool_call:
             if self._policy.blocklist_for(action.agent_id).matches(name):
@@ -37,15 +43,16 @@ class FastGuard:
                     effect,
                     f"Tool '{name}' is outside this session's scope ceiling ({', '.join(session.scope) or 'empty'}).",
                 )
+            if context.violations:
+                return _deny(effect, "The arguments break policy: " + "; ".join(context.violations) + ".")
         if effect is not Effect.READ and session.read_only:
             return _deny(
                 effect,
                 f"This session is read-only and '{name}' is a {effect.label} action: it needs a human-approved, "
                 "time-boxed elevation. Do not retry; ask the operator to grant write access for this task.",
             )
-        return Decision(
-            Verdict.ALLOW, effect, Tier.FAST, f"Allowed by Fast Guard: '{name}' is a {effect.label} action."
-        )
+        reason = f"Allowed by Fast Guard: '{name}' is a {effect.label} action."
+        return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
 
 
 def _deny(effect: Effect, reason: str, tier: Tier = Tier.FAST) -> Decision:
@@ -57,15 +64,30 @@ class ReviewTier(Protocol):
 
     tier: Tier
 
-    async def review(self, action: Action, session: Session, effect: Effect, prior: Decision) -> Decision:
+    async def review(
+        self, action: Action, session: Session, effect: Effect, prior: Decision, context: ReviewContext
+    ) -> Decision:
         """Return this tier's decision; raise when the tier cannot reach a verdict."""
 
 
 _TIER_LABEL = {Tier.SPOT: "Spot Guard", Tier.DEEP: "Deep Guard"}
 
 
+@dataclass
+class _Slot:
+    tier: Tier
+    reviewer: ReviewTier | None
+    timeout: float
+    breaker: CircuitBreaker
+
+
 class GuardianRouter:
-    """Routes by effect: read -> Fast; mutating -> Fast, Spot; destructive/admin -> Fast, Spot, Deep."""
+    """Routes by effect: read -> Fast; mutating -> Fast, Spot; destructive/admin -> Fast, Spot, Deep.
+
+    Each tier beyond Fast gets a deadline and a circuit breaker. An unavailable tier (not
+    configured, failing, slow, or its breaker open) makes a mutating action fall back to
+    Fast's verdict and a destructive or admin action fail closed.
+    """
 
     def __init__(
         self,
@@ -75,44 +97,91 @@ class GuardianRouter:
         deep: ReviewTier | None = None,
         spot_timeout: float = 0.5,
         deep_timeout: float = 15.0,
+        breaker_failures: int = 5,
+        breaker_cooldown: float = 30.0,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._fast = fast
-        self._tiers: tuple[tuple[Tier, ReviewTier | None, float], ...] = (
-            (Tier.SPOT, spot, spot_timeout),
-            (Tier.DEEP, deep, deep_timeout),
+        self._metrics = metrics
+        self._slots = (
+            _Slot(Tier.SPOT, spot, spot_timeout, CircuitBreaker(breaker_failures, breaker_cooldown, clock)),
+            _Slot(Tier.DEEP, deep, deep_timeout, CircuitBreaker(breaker_failures, breaker_cooldown, clock)),
         )
 
-    async def decide(self, action: Action, session: Session, effect: Effect) -> Decision:
-        decision = self._fast.review(action, session, effect)
+    async def decide(
+        self, action: Action, session: Session, effect: Effect, context: ReviewContext = _NO_CONTEXT
+    ) -> Decision:
+        decision = self._fast.review(action, session, effect, context)
         if not decision.allowed or effect is Effect.READ:
             return decision
-        if effect >= Effect.DESTRUCTIVE and self._tiers[1][1] is None:
+        deep = self._slots[1]
+        if effect >= Effect.DESTRUCTIVE and deep.reviewer is None:
             # Nothing can approve this action, so do not spend a Spot review on it.
+            self._count_error(Tier.DEEP, "unconfigured")
             return _deny(effect, _unavailable(Tier.DEEP, effect, "not configured"), Tier.DEEP)
-        for tier, reviewer, timeout in self._tiers:
-            if tier is Tier.DEEP and effect < Effect.DESTRUCTIVE:
+        for slot in self._slots:
+            if slot.tier is Tier.DEEP and effect < Effect.DESTRUCTIVE:
                 break
-            label = _TIER_LABEL[tier]
-            problem = ""
-            if reviewer is None:
-                problem = "not configured"
-            else:
-                try:
-                    verdict = await asyncio.wait_for(reviewer.review(action, session, effect, decision), timeout)
-                except TimeoutError:
-                    problem = f"timed out after {timeout:g}s"
-                except Exception as exc:  # a tier fault must never turn into an allow
-                    log.warning("%s failed: %s", label, exc.__class__.__name__)
-                    problem = f"failed ({exc.__class__.__name__})"
-                else:
-                    if not verdict.allowed:
-                        return verdict
-                    decision = verdict
-                    continue
+            verdict, problem = await self._ask(slot, action, session, effect, decision, context)
+            if verdict is not None:
+                if not verdict.allowed:
+                    return verdict
+                decision = verdict
+                continue
             if effect is Effect.MUTATING:
                 return decision  # SPEC §7: a mutating action falls back to Fast's verdict
-            return _deny(effect, _unavailable(tier, effect, problem), tier)
+            return _deny(effect, _unavailable(slot.tier, effect, problem), slot.tier)
         return decision
+
+    async def _ask(
+        self,
+        slot: _Slot,
+        action: Action,
+        session: Session,
+        effect: Effect,
+        prior: Decision,
+        context: ReviewContext,
+    ) -> tuple[Decision | None, str]:
+        """The tier's decision, or None and why it is unavailable."""
+        tier = slot.tier
+        if slot.reviewer is None:
+            self._count_error(tier, "unconfigured")
+            return None, "not configured"
+        if not slot.breaker.allow():
+            self._count_error(tier, "circuit_open")
+            return None, f"circuit open after repeated failures; retrying in up to {slot.breaker.cooldown:g}s"
+        started = time.perf_counter()
+        try:
+            verdict = await asyncio.wait_for(
+                slot.reviewer.review(action, session, effect, prior, context), slot.timeout
+            )
+        except TimeoutError:
+            problem, kind = f"timed out after {slot.timeout:g}s", "timeout"
+        except Exception as exc:  # a tier fault must never turn into an allow
+            log.warning("%s failed: %s", _TIER_LABEL[tier], exc.__class__.__name__)
+            problem, kind = f"failed ({exc.__class__.__name__})", "error"
+        else:
+            slot.breaker.success()
+            self._observe(tier, started, verdict)
+            return verdict, ""
+        slot.breaker.failure()
+        self._count_error(tier, kind)
+        self._observe(tier, started, None)
+        return None, problem
+
+    def _observe(self, tier: Tier, started: float, verdict: Decision | None) -> None:
+        if self._metrics is None:
+            return
+        self._metrics.tier_seconds.labels(tier.value).observe(time.perf_counter() - started)
+        if verdict is not None:
+            self._metrics.tier_verdicts.labels(tier.value, verdict.verdict.value).inc()
+        for slot in self._slots:
+            self._metrics.breaker_open.labels(slot.tier.value).set(1 if slot.breaker.is_open else 0)
+
+    def _count_error(self, tier: Tier, kind: str) -> None:
+        if self._metrics is not None:
+            self._metrics.tier_errors.labels(tier.value, kind).inc()
 
 
 def _unavailable(tier: Tier, effect: Effect, problem: str) -> str:

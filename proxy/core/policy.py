@@ -13,11 +13,13 @@ import fnmatch
 import functools
 import importlib.resources
 import json
+import math
+import posixpath
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -29,9 +31,14 @@ from proxy.core.patterns import GlobSet
 
 __all__ = [
     "AgentRule",
+    "AnomalySettings",
+    "Constraint",
+    "DeepSettings",
+    "GuardianSettings",
     "Policy",
     "PolicyError",
     "PolicyIssue",
+    "SpotSettings",
     "UpstreamRule",
     "check_files",
     "load_policy",
@@ -39,6 +46,8 @@ __all__ = [
     "parse_policy_text",
     "policy_schema",
 ]
+
+_T = TypeVar("_T")
 
 _MEMO_LIMIT: Final = 4096
 """Agent ids and tool names come from the wire, so per-instance memo caches must stay bounded."""
@@ -119,7 +128,78 @@ def normalise_url(url: str) -> str:
     return urlunsplit((scheme, userinfo + at + hostport, parts.path.rstrip("/"), parts.query, parts.fragment))
 
 
+@dataclass(frozen=True, slots=True)
+class AnomalySettings:
+    """SPEC §8 anomaly escalation: when a session's rates raise the effect one tier."""
+
+    min_calls: int = 5
+    denial_rate: float = 0.3
+    write_ratio: float = 0.8
+
+
+@dataclass(frozen=True, slots=True)
+class SpotSettings:
+    """The Spot risk engine's window and the score thresholds that map risk to a verdict."""
+
+    window_seconds: int = 300
+    approval_at: float = 0.5
+    deny_at: float = 0.8
+    max_session_age_seconds: int = 86400
+    max_calls_per_minute: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class DeepSettings:
+    """How far Deep Guard's (LLM) verdicts are trusted, and how long they are reused."""
+
+    min_confidence: float = 0.7
+    low_confidence: str = "approval_required"  # "deny" | "approval_required"
+    timeout_seconds: float = 10.0
+    cache_ttl_seconds: int = 60
+
+
+@dataclass(frozen=True, slots=True)
+class GuardianSettings:
+    """Everything under ``guardian:``; tier deadlines and breakers are flattened for the router."""
+
+    anomaly: AnomalySettings = AnomalySettings()
+    spot: SpotSettings = SpotSettings()
+    deep: DeepSettings = DeepSettings()
+    spot_timeout: float = 0.5
+    deep_timeout: float = 15.0
+    breaker_failures: int = 5
+    breaker_cooldown_seconds: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """The rules one ``tools.<key>.constraints`` entry puts on one top-level argument.
+
+    Every rule given must hold; all but ``required`` apply only when the argument is present.
+    """
+
+    argument: str
+    regex: re.Pattern[str] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    enum: tuple[Any, ...] | None = None
+    glob: str | None = None
+    required: bool = False
+
+
 _MISSING: Final = object()
+
+
+def _split_keys(pairs: Iterable[tuple[str, _T]]) -> tuple[dict[str, _T], tuple[tuple[re.Pattern[str], _T], ...]]:
+    """Exact tool keys (first entry wins) and compiled glob keys (in order) of a precedence list."""
+    exact: dict[str, _T] = {}
+    globs: list[tuple[re.Pattern[str], _T]] = []
+    for key, value in pairs:
+        if _GLOB_CHARS.isdisjoint(key):
+            exact.setdefault(key, value)
+        else:
+            globs.append((re.compile(fnmatch.translate(key)), value))
+    return exact, tuple(globs)
 
 
 def _remember(memo: dict[str, Any], key: str, value: Any) -> None:
@@ -149,6 +229,11 @@ class Policy:
     """Precedence order: exact names always win; globs are tried in this order."""
     upstreams: tuple[UpstreamRule, ...] = ()
     """Later entries for the same (normalised) URL win."""
+    guardian: GuardianSettings = GuardianSettings()
+    path_roots: tuple[str, ...] = ()
+    """Normalised absolute directories that path-like arguments must stay inside; empty = no check."""
+    tool_constraints: tuple[tuple[str, tuple[Constraint, ...]], ...] = ()
+    """Same precedence as ``effect_overrides``: exact keys win, then globs in this order."""
     sources: tuple[str, ...] = ()
 
     _exact_effects: dict[str, Effect] = field(init=False, repr=False, compare=False)
@@ -157,23 +242,26 @@ class Policy:
     _caps_memo: dict[str, GlobSet] = field(init=False, repr=False, compare=False)
     _block_memo: dict[str, GlobSet] = field(init=False, repr=False, compare=False)
     _effect_memo: dict[str, Effect | None] = field(init=False, repr=False, compare=False)
+    _exact_constraints: dict[str, tuple[Constraint, ...]] = field(init=False, repr=False, compare=False)
+    _glob_constraints: tuple[tuple[re.Pattern[str], tuple[Constraint, ...]], ...] = field(
+        init=False, repr=False, compare=False
+    )
+    _constraints_memo: dict[str, tuple[Constraint, ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        exact: dict[str, Effect] = {}
-        globs: list[tuple[re.Pattern[str], Effect]] = []
-        for key, effect in self.effect_overrides:
-            if _GLOB_CHARS.isdisjoint(key):
-                exact.setdefault(key, effect)
-            else:
-                globs.append((re.compile(fnmatch.translate(key)), effect))
+        exact_effects, glob_effects = _split_keys(self.effect_overrides)
+        exact_constraints, glob_constraints = _split_keys(self.tool_constraints)
         trusted = {normalise_url(u.url): u.trusted for u in self.upstreams}
         for name, value in (
-            ("_exact_effects", exact),
-            ("_glob_effects", tuple(globs)),
+            ("_exact_effects", exact_effects),
+            ("_glob_effects", glob_effects),
+            ("_exact_constraints", exact_constraints),
+            ("_glob_constraints", glob_constraints),
             ("_trusted", trusted),
             ("_caps_memo", {}),
             ("_block_memo", {}),
             ("_effect_memo", {}),
+            ("_constraints_memo", {}),
         ):
             object.__setattr__(self, name, value)
 
@@ -214,6 +302,17 @@ class Policy:
         _remember(self._effect_memo, tool_name, result)
         return result
 
+    def constraints_for(self, tool_name: str) -> tuple[Constraint, ...]:
+        """The argument constraints of the exact key, else of the first matching glob key; () if none."""
+        cached = self._constraints_memo.get(tool_name)
+        if cached is not None:
+            return cached
+        result = self._exact_constraints.get(tool_name)
+        if result is None:
+            result = next((rules for regex, rules in self._glob_constraints if regex.match(tool_name)), ())
+        _remember(self._constraints_memo, tool_name, result)
+        return result
+
     def is_trusted_upstream(self, url: str) -> bool:
         """Whether annotations from this upstream may lower an effect (SPEC §6)."""
         return self._trusted.get(normalise_url(url), False)
@@ -232,6 +331,8 @@ _SUPPORTED_KEYWORDS: Final = frozenset(
         "minimum",
         "maximum",
         "minLength",
+        "minItems",
+        "minProperties",
         "pattern",
         "const",
         "propertyNames",
@@ -283,8 +384,9 @@ def _check_schema_keywords(schema: Any, where: str = "#") -> None:
     unknown = set(schema) - _SUPPORTED_KEYWORDS - _ANNOTATION_KEYWORDS
     if unknown:
         raise RuntimeError(f"policy schema: {where} uses unsupported keyword(s) {sorted(unknown)}")
-    if not isinstance(schema.get("type", "object"), str) or schema.get("type", "object") not in _EXPECTED:
-        raise RuntimeError(f"policy schema: {where} has an unsupported type {schema.get('type')!r}")
+    kinds = schema.get("type", "object")
+    if not all(isinstance(k, str) and k in _EXPECTED for k in (kinds if isinstance(kinds, list) else [kinds])):
+        raise RuntimeError(f"policy schema: {where} has an unsupported type {kinds!r}")
     for name, sub in schema.get("properties", {}).items():
         _check_schema_keywords(sub, f"{where}/properties/{name}")
     for key in ("additionalProperties", "items", "propertyNames"):
@@ -362,12 +464,17 @@ class _Validator:
         self._done.add(key)
         where = f"{path}: " if path else ""
         kind = schema.get("type")
-        if kind is not None and not self._is_type(node, kind):
-            self.error(node, f"{where}expected {_EXPECTED[kind]}, got {_describe(node)}")
+        kinds: list[str] = [] if kind is None else kind if isinstance(kind, list) else [kind]
+        if kinds and not any(self._is_type(node, k) for k in kinds):
+            expected = [_EXPECTED[k] for k in kinds]
+            wanted = expected[0] if len(expected) == 1 else ", ".join(expected[:-1]) + " or " + expected[-1]
+            self.error(node, f"{where}expected {wanted}, got {_describe(node)}")
             return
         if isinstance(node, MappingNode):
             self._mapping(node, schema, path)
         elif isinstance(node, SequenceNode):
+            if len(node.value) < schema.get("minItems", 0):
+                self.error(node, f"{where}must not be empty" if schema["minItems"] == 1 else f"{where}is too short")
             if "items" in schema:
                 for index, item in enumerate(node.value):
                     self.validate(item, schema["items"], _join(path, index))
@@ -424,6 +531,13 @@ class _Validator:
         for required in schema.get("required", ()):
             if required not in seen:
                 self.error(node, f"{where}missing required key {required!r}")
+        if len(seen) < schema.get("minProperties", 0):
+            if schema["minProperties"] == 1 and properties:
+                names = [repr(p) for p in properties]
+                either = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+                self.error(node, f"{where}missing required key {either}")
+            else:
+                self.error(node, f"{where}needs at least {schema['minProperties']} keys")
 
     def _scalar(self, node: ScalarNode, schema: dict[str, Any], path: str) -> None:
         where = f"{path}: " if path else ""
@@ -444,6 +558,9 @@ class _Validator:
             options = ", ".join(str(o) for o in schema["enum"])
             self.error(node, f"{where}{_short(str(value))!r} is not one of: {options}")
         numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if isinstance(value, float) and not math.isfinite(value):
+            self.error(node, f"{where}must be a finite number, got {_describe(node)}")
+            return
         if numeric and "minimum" in schema and value < schema["minimum"]:
             self.error(node, f"{where}{value} is below the minimum of {schema['minimum']}")
         if numeric and "maximum" in schema and value > schema["maximum"]:
@@ -540,7 +657,50 @@ def _parse(text: str, source: str) -> tuple[_Layer | None, list[PolicyIssue]]:
             )
         else:
             first_seen[url] = index
+    issues.extend(_check_constraints(data, root, source))
     return (None if issues else _Layer(source, data, root)), issues
+
+
+def _check_constraints(data: dict[str, Any], root: MappingNode, source: str) -> list[PolicyIssue]:
+    """What the schema cannot say about constraints: regexes compile, and min is not above max."""
+    issues: list[PolicyIssue] = []
+    for key, entry in (data.get("tools") or {}).items():
+        for argument, rules in (entry.get("constraints") or {}).items():
+            where = _join(_join(_join("tools", key), "constraints"), argument)
+            keys = ("tools", key, "constraints", argument)
+            if "regex" in rules:
+                try:
+                    re.compile(rules["regex"])
+                except (re.error, OverflowError, RecursionError, ValueError) as exc:
+                    detail = getattr(exc, "msg", None) or str(exc)
+                    position = getattr(exc, "pos", None)
+                    at = f" at position {position}" if position is not None else ""
+                    line = _line(_value_node(root, *keys, "regex"))
+                    message = f"{where}.regex: invalid regular expression: {detail}{at}"
+                    issues.append(PolicyIssue(source, line, message))
+            if "min" in rules and "max" in rules and rules["min"] > rules["max"]:
+                line = _line(_value_node(root, *keys, "max"))
+                issues.append(PolicyIssue(source, line, f"{where}.max ({rules['max']}) is below min ({rules['min']})"))
+    return issues
+
+
+def _constraint(argument: str, rules: dict[str, Any]) -> Constraint:
+    """One validated constraints entry as the analyser uses it (regex compiled once, here)."""
+    return Constraint(
+        argument=argument,
+        regex=re.compile(rules["regex"]) if "regex" in rules else None,
+        minimum=rules.get("min"),
+        maximum=rules.get("max"),
+        enum=tuple(rules["enum"]) if "enum" in rules else None,
+        glob=rules.get("glob"),
+        required=bool(rules.get("required", False)),
+    )
+
+
+def _normalise_root(root: str) -> str:
+    """``/srv//data/./`` -> ``/srv/data``; POSIX keeps a leading ``//``, which no root needs."""
+    path = posixpath.normpath(root)
+    return "/" + path.lstrip("/")
 
 
 # (section, key) -> Policy field, for the sections where a later file's explicitly given keys win.
@@ -553,6 +713,27 @@ _SCALARS: Final[dict[tuple[str, str], str]] = {
     ("defaults", "capabilities"): "default_capabilities",
 }
 
+# guardian.<section>.<key> -> (settings group, field, type), where a later file's given keys win.
+# Group None is GuardianSettings itself. Types make ``10`` and ``10.0`` the same policy.
+_GUARDIAN: Final[dict[tuple[str, str], tuple[str | None, str, type]]] = {
+    ("anomaly", "min_calls"): ("anomaly", "min_calls", int),
+    ("anomaly", "denial_rate"): ("anomaly", "denial_rate", float),
+    ("anomaly", "write_ratio"): ("anomaly", "write_ratio", float),
+    ("spot", "window_seconds"): ("spot", "window_seconds", int),
+    ("spot", "approval_at"): ("spot", "approval_at", float),
+    ("spot", "deny_at"): ("spot", "deny_at", float),
+    ("spot", "max_session_age_seconds"): ("spot", "max_session_age_seconds", int),
+    ("spot", "max_calls_per_minute"): ("spot", "max_calls_per_minute", int),
+    ("deep", "min_confidence"): ("deep", "min_confidence", float),
+    ("deep", "low_confidence"): ("deep", "low_confidence", str),
+    ("deep", "timeout_seconds"): ("deep", "timeout_seconds", float),
+    ("deep", "cache_ttl_seconds"): ("deep", "cache_ttl_seconds", int),
+    ("timeouts", "spot"): (None, "spot_timeout", float),
+    ("timeouts", "deep"): (None, "deep_timeout", float),
+    ("circuit_breaker", "failures"): (None, "breaker_failures", int),
+    ("circuit_breaker", "cooldown_seconds"): (None, "breaker_cooldown_seconds", float),
+}
+
 
 def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
     """Apply layers in order (later on top) and check what only the merged result can show."""
@@ -561,6 +742,7 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
     agents: list[AgentRule] = []
     blocklist: list[str] = []
     upstreams: list[UpstreamRule] = []
+    guardian: dict[str | None, dict[str, Any]] = {"anomaly": {}, "spot": {}, "deep": {}, None: {}}
     for index, layer in enumerate(layers):
         for (section, key), name in _SCALARS.items():
             block = layer.data.get(section) or {}
@@ -568,6 +750,14 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
                 value = block[key]
                 settings[name] = GlobSet(value) if isinstance(value, list) else value
                 origin[name] = (index, layer.source, _line(_value_node(layer.root, section, key)))
+        for (section, key), (group, name, kind) in _GUARDIAN.items():
+            block = (layer.data.get("guardian") or {}).get(section) or {}
+            if key in block:
+                guardian[group][name] = kind(block[key])
+                line = _line(_value_node(layer.root, "guardian", section, key))
+                origin[f"{section}.{name}"] = (index, layer.source, line)
+        if "roots" in (layer.data.get("arguments") or {}):
+            settings["path_roots"] = tuple(dict.fromkeys(_normalise_root(r) for r in layer.data["arguments"]["roots"]))
         for entry in layer.data.get("agents", ()):
             agents.append(
                 AgentRule(
@@ -579,17 +769,30 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
             )
         blocklist.extend(layer.data.get("blocklist", ()))
         upstreams.extend(UpstreamRule(u["url"], bool(u.get("trusted", False))) for u in layer.data.get("upstreams", ()))
-    # Later files win per key, and their globs are tried before earlier files' globs.
+    # Later files win per key (separately for effect and constraints), and their globs are
+    # tried before earlier files' globs.
     overrides: dict[str, Effect] = {}
+    constraints: dict[str, tuple[Constraint, ...]] = {}
     for layer in reversed(layers):
         for key, override in (layer.data.get("tools") or {}).items():
-            overrides.setdefault(key, Effect.parse(override["effect"]))
+            if "effect" in override:
+                overrides.setdefault(key, Effect.parse(override["effect"]))
+            if "constraints" in override and key not in constraints:
+                rules = override["constraints"] or {}
+                constraints[key] = tuple(_constraint(argument, r) for argument, r in rules.items())
     policy = Policy(
         **settings,
         agents=tuple(agents),
         blocklist=GlobSet(blocklist),
         effect_overrides=tuple(overrides.items()),
         upstreams=tuple(upstreams),
+        guardian=GuardianSettings(
+            anomaly=AnomalySettings(**guardian["anomaly"]),
+            spot=SpotSettings(**guardian["spot"]),
+            deep=DeepSettings(**guardian["deep"]),
+            **guardian[None],
+        ),
+        tool_constraints=tuple(constraints.items()),
         sources=tuple(layer.source for layer in layers),
     )
     if policy.session_ttl_seconds > policy.session_max_ttl_seconds:
@@ -600,6 +803,16 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
         message = (
             f"sessions.ttl_seconds ({policy.session_ttl_seconds}) exceeds sessions.max_ttl_seconds "
             f"({policy.session_max_ttl_seconds}{'' if cap else ', the default'})"
+        )
+        return None, [PolicyIssue(at[1], at[2], message)]
+    spot = policy.guardian.spot
+    if spot.deny_at < spot.approval_at:
+        deny, approval = origin.get("spot.deny_at"), origin.get("spot.approval_at")
+        at = deny if approval is None or (deny is not None and deny[0] > approval[0]) else approval
+        assert at is not None  # the defaults are consistent, so a file set one of them
+        message = (
+            f"guardian.spot.deny_at ({spot.deny_at:g}{'' if deny else ', the default'}) is below "
+            f"guardian.spot.approval_at ({spot.approval_at:g}{'' if approval else ', the default'})"
         )
         return None, [PolicyIssue(at[1], at[2], message)]
     return policy, []

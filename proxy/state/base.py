@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from proxy.core.action import Activity
+
 
 class StoreUnavailable(Exception):
     """The backing store could not be reached; callers fail closed."""
@@ -22,6 +24,16 @@ class Store(Protocol):
         """Store ``value``; ``ttl`` is seconds until the key disappears (``None``: never)."""
 
     async def delete(self, key: str) -> None: ...
+
+    async def note_call(self, session_id: str, action_key: str, effect: int, now: float, window: float) -> Activity:
+        """Count one call atomically and return the session's activity *before* it.
+
+        ``effect`` is the Effect's integer value; ``window`` the Spot window in seconds.
+        This is the one store round trip on the hot path of a tool call.
+        """
+
+    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool) -> None:
+        """Record the verdict: the history entry, and the denial counters when ``denied``."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot serve requests (for /readyz)."""

@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass, field
+
+from proxy.core.action import Activity
+
+HISTORY = 20
+MAX_SESSIONS = 100_000
+WINDOW_CAP = 10_000  # per-session bound on remembered calls; beyond it the oldest are forgotten
 
 
 class MemoryStore:
@@ -18,6 +26,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._writes = 0
+        self._activity: OrderedDict[str, _Activity] = OrderedDict()
 
     async def get(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -38,14 +47,68 @@ class MemoryStore:
     async def delete(self, key: str) -> None:
         self._data.pop(key, None)
 
+    async def note_call(self, session_id: str, action_key: str, effect: int, now: float, window: float) -> Activity:
+        state = self._activity.get(session_id)
+        if state is None:
+            state = self._activity[session_id] = _Activity()
+            if len(self._activity) > MAX_SESSIONS:
+                self._activity.popitem(last=False)  # the least recently active session goes first
+        else:
+            self._activity.move_to_end(session_id)
+        recent, counts, minute = state.recent, state.window_counts, state.minute
+        horizon = now - window
+        while recent and (recent[0][0] <= horizon or len(recent) >= WINDOW_CAP):
+            counts[recent.popleft()[1]] -= 1
+        while minute and (minute[0] <= now - 60.0 or len(minute) >= WINDOW_CAP):
+            minute.popleft()
+        before = Activity(
+            calls=state.calls,
+            denials=state.denials,
+            writes=state.writes,
+            window_calls=len(recent),
+            minute_calls=len(minute),
+            window_by_effect=(counts[0], counts[1], counts[2], counts[3]),
+            repeat_denials=state.denied[action_key],
+            history=tuple(state.history),
+        )
+        state.calls += 1
+        if effect >= 1:
+            state.writes += 1
+        recent.append((now, effect))
+        counts[effect] += 1
+        minute.append(now)
+        return before
+
+    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool) -> None:
+        state = self._activity.get(session_id)
+        if state is None:
+            return
+        state.history.append(entry)
+        if denied:
+            state.denials += 1
+            state.denied[action_key] += 1
+
     async def ping(self) -> None:
         return None
 
     async def close(self) -> None:
         self._data.clear()
+        self._activity.clear()
 
     def _sweep(self) -> None:
         now = time.monotonic()
         dead = [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]
         for key in dead:
             del self._data[key]
+
+
+@dataclass
+class _Activity:
+    calls: int = 0
+    denials: int = 0
+    writes: int = 0
+    recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, effect) inside the window
+    window_counts: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    minute: deque[float] = field(default_factory=deque)
+    denied: Counter[str] = field(default_factory=Counter)
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=HISTORY))

@@ -1,0 +1,993 @@
+"""Argument-aware effect analysis: what a tool call's arguments say about the harm it can do.
+
+A tool's name is only half the story: ``run_query`` is a read until its ``sql`` says
+``DROP TABLE``. Detectors look at the arguments of every tool call in Fast Guard and report
+findings that can raise the call's effect; policy constraints and path roots report
+violations that deny it. Everything here is pure and bounded, because it runs on every
+call and the arguments are written by the agent, possibly a hostile one:
+
+* the walk stops at ``MAX_DEPTH`` levels, ``MAX_NODES`` values and ``MAX_STRINGS`` strings,
+  and a detector reads only the first ``MAX_SCAN`` characters of a string;
+* scanners are linear regex passes with bounded look-ahead, never shlex or a parser
+  (shlex costs ~1.6 us per character in pure Python: a 4 MiB body would take seconds).
+
+Detectors err towards a higher effect: a false positive costs a review, a false negative
+lets a ``DROP`` through as a read. Findings and violations name the argument and the
+pattern, never the value, since values may be secrets.
+"""
+
+from __future__ import annotations
+
+import codecs
+import fnmatch
+import json
+import math
+import posixpath
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+from urllib.parse import unquote, urlsplit
+
+from proxy.core.action import Action, Effect, Finding
+from proxy.core.effects import tokenize
+from proxy.core.policy import Constraint, Policy
+
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_SCAN",
+    "MAX_STRINGS",
+    "ArgumentAnalyser",
+    "ArgumentReport",
+    "Detector",
+    "HttpMethodDetector",
+    "Leaf",
+    "ShellDetector",
+    "SqlDetector",
+    "check_constraints",
+    "check_paths",
+    "default_detectors",
+    "iter_strings",
+    "iter_values",
+    "shell_effects",
+    "sql_effects",
+]
+
+MAX_DEPTH: Final = 8
+"""Nesting levels below the arguments object that are looked at."""
+MAX_NODES: Final = 4096
+"""Values (of any type) visited per walk."""
+MAX_STRINGS: Final = 512
+"""String values handed to detectors per walk."""
+MAX_SCAN: Final = 64 * 1024
+"""Characters of one string a detector reads."""
+MAX_FINDINGS: Final = 64
+"""Findings (and violations) kept per call; Spot scores each one, the wire caps lists at 256."""
+_MAX_LABEL: Final = 80
+_MAX_NESTED: Final = 3
+"""How deep detectors follow code inside code (``bash -c``, ``$(...)``, ``EXECUTE '...'``)."""
+
+
+# --------------------------------------------------------------------------- the report
+
+
+class Detector(Protocol):
+    """A pluggable argument inspector. ``inspect`` must be pure and fast; it runs in Fast Guard."""
+
+    name: str
+
+    def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
+        """Findings about ``arguments`` of a call to ``tool_name`` (whose words are ``tool_words``)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ArgumentReport:
+    """What the analysis found: findings may raise the effect, violations deny the call."""
+
+    findings: tuple[Finding, ...] = ()
+    violations: tuple[str, ...] = ()
+
+    @property
+    def effect(self) -> Effect | None:
+        """The highest effect among the findings, or None when nothing was found."""
+        return max((f.effect for f in self.findings), default=None)
+
+
+_EMPTY: Final = ArgumentReport()
+
+
+# --------------------------------------------------------------------------- walking the arguments
+
+
+@dataclass(frozen=True, slots=True)
+class Leaf:
+    """One value inside the arguments: where it is (for messages), its nearest key, and itself."""
+
+    path: str  # "sql", "options.path", "files[2]": names the argument, never its value
+    key: str  # the nearest mapping key above the value ("files" for files[2])
+    value: Any
+
+
+_IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+
+def _label(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        step = f"[{key}]"
+    elif _IDENT.fullmatch(key):
+        step = f".{key}" if path else key
+    else:
+        step = f"[{json.dumps(key[:_MAX_LABEL])}]"
+    joined = path + step
+    return joined if len(joined) <= _MAX_LABEL else joined[: _MAX_LABEL - 3] + "..."
+
+
+def iter_values(arguments: Mapping[str, Any]) -> Iterator[Leaf]:
+    """Every value under ``arguments``, depth first in order, within the walk bounds."""
+    budget = [MAX_NODES]
+
+    def walk(value: Any, path: str, key: str, depth: int) -> Iterator[Leaf]:
+        if isinstance(value, Mapping):
+            children: Iterable[tuple[str | int, Any]] = ((str(k), v) for k, v in value.items())
+        elif isinstance(value, list | tuple):
+            children = enumerate(value)
+        else:
+            return
+        for child_key, child in children:
+            if budget[0] <= 0:
+                return
+            budget[0] -= 1
+            child_path = _label(path, child_key)
+            nearest = child_key if isinstance(child_key, str) else key
+            yield Leaf(child_path, nearest, child)
+            if depth < MAX_DEPTH:
+                yield from walk(child, child_path, nearest, depth + 1)
+
+    if isinstance(arguments, Mapping):
+        yield from walk(arguments, "", "", 1)
+
+
+def iter_strings(arguments: Mapping[str, Any]) -> Iterator[Leaf]:
+    """The string values under ``arguments`` (at most ``MAX_STRINGS``), cut to ``MAX_SCAN`` characters."""
+    count = 0
+    for leaf in iter_values(arguments):
+        if isinstance(leaf.value, str):
+            yield leaf if len(leaf.value) <= MAX_SCAN else Leaf(leaf.path, leaf.key, leaf.value[:MAX_SCAN])
+            count += 1
+            if count >= MAX_STRINGS:
+                return
+
+
+def _key_words(key: str) -> frozenset[str]:
+    return frozenset(tokenize(key[:_MAX_LABEL]))
+
+
+# --------------------------------------------------------------------------- SQL
+
+_D, _M, _A = Effect.DESTRUCTIVE, Effect.MUTATING, Effect.ADMIN
+
+_SQL_TOOL_WORDS: Final = frozenset(
+    {"query", "sql", "execute", "exec", "db", "database", "postgres", "postgresql", "pg", "psql", "mysql", "sqlite"}
+)
+_SQL_STRICT_KEYS: Final = frozenset({"sql", "stmt", "statement", "statements"})
+_SQL_SOFT_KEYS: Final = frozenset({"query", "queries", "command", "cmd", "q"})
+"""Keys that hold SQL on a database tool but prose elsewhere (a search tool's ``query``)."""
+
+_SQL_HINT: Final = re.compile(
+    r"delete|drop|truncate|alter|update|insert|merge|replace|upsert|create|copy|load|rename|grant|revoke|role"
+    r"|authorization|outfile|dumpfile|exec|call|prepare|\bdo\b"
+)
+_COMMENT: Final = "\x00"
+"""Stands in for a comment in lexed SQL, so both readings (token gap or nothing) can be tried."""
+
+# Statement shapes found anywhere: they catch stacked statements, CTEs, EXPLAIN ANALYZE and
+# T-SQL batches that need no ';'. Each starts with a literal (so the regex engine skips to
+# it) and has bounded look-ahead (so no input is quadratic); the word boundary before it is
+# checked in _has_shape.
+_OBJECTS: Final = (
+    r"table|database|schema|view|index|sequence|function|procedure|trigger|type|extension|domain|policy|rule|event"
+    r"|collection|keyspace|materialized|temporary|temp|unique|column|constraint|owned|aggregate|operator|server"
+    r"|tablespace|publication|subscription|statistics|synonym|package"
+)
+_PRINCIPALS: Final = r"(?:or replace )?(?:user|role|login|group)\b"
+_PRIVILEGES: Final = (
+    r"(?:all|select|insert|update|delete|usage|execute|create|connect|temp\w*|references|trigger|truncate|alter|drop"
+    r"|index|super|file|process|reload|shutdown|proxy|replication|maintain|[\w.]{1,64} (?:to|on|from))\b"
+)
+_SQL_SHAPES: Final[tuple[tuple[re.Pattern[str], Effect, str], ...]] = tuple(
+    (re.compile(pattern), effect, label)
+    for pattern, effect, label in (
+        (rf"create {_PRINCIPALS}", _A, "CREATE USER/ROLE"),
+        (rf"alter {_PRINCIPALS}", _A, "ALTER USER/ROLE"),
+        (rf"drop {_PRINCIPALS}", _A, "DROP USER/ROLE"),
+        (r"alter system\b", _A, "ALTER SYSTEM"),
+        (rf"grant {_PRIVILEGES}", _A, "GRANT"),
+        (rf"revoke (?:grant option for |admin option for )?{_PRIVILEGES}", _A, "REVOKE"),
+        (r"set (?:local |session )?(?:role|session authorization)\b", _A, "SET ROLE"),
+        (rf"drop (?:{_OBJECTS})\b", _D, "DROP"),
+        (r"truncate table\b", _D, "TRUNCATE"),
+        (r"delete (?:[\w.]{1,128} )?from\b", _D, "DELETE"),
+        (rf"alter (?:{_OBJECTS})\b", _D, "ALTER"),
+        (r"update [\w.]{1,128}(?: (?:as )?\w{1,64})? set\b", _M, "UPDATE"),
+        (r"insert (?:ignore |or \w{1,16} )?into\b", _M, "INSERT"),
+        (r"replace (?:ignore )?into\b", _M, "REPLACE"),
+        (r"upsert into\b", _M, "UPSERT"),
+        (r"merge into\b", _M, "MERGE"),
+        (rf"create (?:or replace )?(?:(?:global|local|unlogged|external|virtual) )?(?:{_OBJECTS})\b", _M, "CREATE"),
+        (r"into (?:outfile|dumpfile)\b", _M, "SELECT INTO OUTFILE"),
+    )
+)
+# The first verb of each statement, for strings known to be SQL ("TRUNCATE x", "CALL p()").
+_SQL_VERBS: Final[dict[str, Effect]] = {
+    "delete": _D,
+    "drop": _D,
+    "truncate": _D,
+    "alter": _D,  # schema changes lose data (DROP COLUMN, type changes) and are hard to undo
+    "update": _M,
+    "insert": _M,
+    "merge": _M,
+    "replace": _M,
+    "upsert": _M,
+    "create": _M,
+    "copy": _M,
+    "load": _M,
+    "rename": _M,
+    "call": _M,  # procedures, DO blocks and dynamic SQL run code we cannot see: at least mutating
+    "do": _M,
+    "exec": _M,
+    "execute": _M,
+    "prepare": _M,
+    "grant": _A,
+    "revoke": _A,
+}
+_SQL_LEADING: Final = re.compile(
+    r"(?:^|;)[\s(]*"
+    r"(?:explain\b(?:\s*\([^)]{0,200}\)|\s+(?:analy[sz]e|verbose|query plan|extended|format\s*=\s*\w+))*\s*)?"
+    r"(" + "|".join(_SQL_VERBS) + r")(?=[\s(;]|$)"
+)
+_SQL_DYNAMIC: Final = re.compile(r"exec|\bdo\b|\bcall\b|\bprepare\b")
+_SQL_DYNAMIC_VERBS: Final = frozenset({"exec", "execute", "do", "call", "prepare"})
+
+# Lexers. Standard/PostgreSQL: -- and nested /* */ comments, '' strings (E'' with
+# backslashes), "" identifiers, $tag$ strings. MySQL: '--' needs a space, # comments, flat
+# /* */ with /*! executable */ content, backslash escapes in '' and "" strings, `` identifiers.
+_LEX_STANDARD: Final = re.compile(r"--|/\*|['\"]|\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
+_LEX_MYSQL: Final = re.compile(r"--(?=[\s\x00-\x1f]|$)|#|/\*|\*/|['\"`]")
+_NESTED: Final = re.compile(r"/\*|\*/")
+_EXEC_COMMENT: Final = re.compile(r"/\*M?!\d*")
+_BODY_PLAIN: Final = {q: re.compile(f"[^{q}]*(?:{q}{q}[^{q}]*)*") for q in "'\"`"}
+_BODY_ESCAPED: Final = {q: re.compile(rf"[^{q}\\]*(?:(?:\\.|{q}{q})[^{q}\\]*)*", re.S) for q in "'\""}
+_BARE_WORD: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_WORD_CHAR: Final = re.compile(r"[\w$]")
+_WHITESPACE: Final = re.compile(r"\s+")
+
+
+def _nested_comment_end(text: str, start: int) -> int:
+    depth = 1
+    for mark in _NESTED.finditer(text, start):
+        depth += 1 if mark.group() == "/*" else -1
+        if depth == 0:
+            return mark.end()
+    return len(text)
+
+
+def _lex_sql(text: str, mysql: bool) -> tuple[str, list[str]]:
+    """Code with literals blanked and comments marked, plus the literals' contents."""
+    special = _LEX_MYSQL if mysql else _LEX_STANDARD
+    out: list[str] = []
+    literals: list[str] = []
+    pos, size, executable = 0, len(text), False
+    while pos < size:
+        match = special.search(text, pos)
+        if match is None:
+            out.append(text[pos:])
+            break
+        out.append(text[pos : match.start()])
+        token, pos = match.group(), match.end()
+        if token in ("--", "#"):
+            end = text.find("\n", pos)
+            pos = size if end < 0 else end
+            out.append(_COMMENT)
+        elif token == "/*":
+            if mysql:
+                executable_mark = _EXEC_COMMENT.match(text, match.start())
+                if executable_mark is not None:  # MySQL runs what is inside /*! ... */
+                    pos, executable = executable_mark.end(), True
+                    out.append(" ")
+                    continue
+                end = text.find("*/", pos)
+                pos = size if end < 0 else end + 2
+            else:
+                pos = _nested_comment_end(text, pos)
+            out.append(_COMMENT)
+        elif token == "*/":
+            out.append(" " if executable else "*/")
+            executable = False
+        elif token.startswith("$"):
+            if match.start() > 0 and _WORD_CHAR.match(text, match.start() - 1):
+                out.append(token)  # part of an identifier such as a$b$
+                continue
+            end = text.find(token, pos)
+            literals.append(text[pos : size if end < 0 else end])
+            pos = size if end < 0 else end + len(token)
+            out.append(" '' ")
+        else:
+            at = match.start()
+            prefix = text[at - 1] if at >= 1 else ""
+            e_string = token == "'" and prefix in ("e", "E") and (at == 1 or not _WORD_CHAR.match(text[at - 2]))
+            escaped = (mysql and token != "`") or (not mysql and e_string)
+            body = (_BODY_ESCAPED if escaped else _BODY_PLAIN)[token].match(text, pos)
+            assert body is not None  # both patterns match the empty string
+            content, pos = body.group(), min(body.end() + 1, size)
+            if token == "'" or (mysql and token == '"'):
+                literals.append(content)
+                out.append(" '' ")
+            else:  # a quoted identifier: "DROP" reads as drop, anything else as a name
+                out.append(f" {content} " if _BARE_WORD.fullmatch(content) else " _q_ ")
+    return "".join(out), literals
+
+
+def _has_shape(pattern: re.Pattern[str], code: str) -> bool:
+    """Whether ``pattern`` occurs in ``code`` at the start of a word."""
+    for match in pattern.finditer(code):
+        at = match.start()
+        if at == 0 or not (code[at - 1].isalnum() or code[at - 1] == "_"):
+            return True
+    return False
+
+
+def _classify_sql(code: str, strict: bool) -> set[tuple[Effect, str]]:
+    found = {(effect, label) for pattern, effect, label in _SQL_SHAPES if _has_shape(pattern, code)}
+    if strict:
+        for match in _SQL_LEADING.finditer(code):
+            verb = match.group(1)
+            found.add((_SQL_VERBS[verb], verb.upper()))
+    return found
+
+
+def sql_effects(text: str, strict: bool = True, _depth: int = 0) -> set[tuple[Effect, str]]:
+    """(effect, statement kind) pairs that SQL ``text`` implies; empty for reads.
+
+    ``strict`` says the text is known to be SQL, so each statement's leading verb counts;
+    otherwise only unmistakable statement shapes (``DELETE FROM``, ``DROP TABLE``) do.
+    Both dialect families are tried (standard/PostgreSQL and MySQL quoting and comments),
+    and a comment both as a gap and as nothing (``DR/**/OP``); the highest reading wins.
+    """
+    text = text[:MAX_SCAN].replace(_COMMENT, " ")
+    if "/*" not in text and not _SQL_HINT.search(text.lower()):
+        return set()
+    found: set[tuple[Effect, str]] = set()
+    seen: set[str] = set()
+    nested: set[tuple[str, bool]] = set()
+    for mysql in (False, True):
+        code, literals = _lex_sql(text, mysql)
+        normal = ""
+        for gap in ("", " "):
+            normal = _WHITESPACE.sub(" ", code.replace(_COMMENT, gap)).lower()
+            if normal not in seen:  # no comments, or both dialects read it alike: nothing new to learn
+                seen.add(normal)
+                found |= _classify_sql(normal, strict)
+        # Dynamic SQL (EXECUTE 'DROP ...', DO $$ ... $$, sp_executesql N'...') runs its literals:
+        # read them as SQL when a statement starts with such a verb, else by shape only.
+        if _depth < _MAX_NESTED and literals and _SQL_DYNAMIC.search(normal):
+            verbs = {m.group(1) for m in _SQL_LEADING.finditer(normal)}
+            nested_strict = bool(verbs & _SQL_DYNAMIC_VERBS) or "executesql" in normal
+            nested.update((literal, nested_strict) for literal in literals[:32])
+    for literal, nested_strict in nested:
+        found |= sql_effects(literal, nested_strict, _depth + 1)
+    return found
+
+
+class SqlDetector:
+    """SQL in arguments: destructive (DELETE, DROP, TRUNCATE, ALTER), mutating (UPDATE,
+    INSERT, MERGE, REPLACE, CREATE, ...) and admin (GRANT, REVOKE, users and roles) statements.
+
+    Strict (leading verbs count) for keys named sql/statement/stmt, and for query/command/q
+    on database tools; shapes only for any other string of a database tool and for
+    query/command keys of other tools (where ``query`` is usually prose).
+    """
+
+    name = "sql"
+
+    def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
+        sql_tool = not _SQL_TOOL_WORDS.isdisjoint(tool_words)
+        for leaf in iter_strings(arguments):
+            words = _key_words(leaf.key)
+            soft = not _SQL_SOFT_KEYS.isdisjoint(words)
+            strict = not _SQL_STRICT_KEYS.isdisjoint(words) or (sql_tool and soft)
+            if not (strict or sql_tool or soft):
+                continue
+            for effect, kind in sorted(sql_effects(leaf.value, strict), key=lambda f: (-f[0], f[1])):
+                yield Finding(self.name, effect, f"argument {leaf.path!r}: SQL {kind} statement")
+
+
+# --------------------------------------------------------------------------- shell
+
+_SHELL_TOOL_WORDS: Final = frozenset(
+    {"shell", "exec", "execute", "run", "command", "cmd", "bash", "sh", "zsh", "terminal", "console", "ssh", "script"}
+)
+_SHELL_KEYS: Final = frozenset({"cmd", "command", "commands", "script", "args", "argv", "cmdline", "commandline"})
+_ARGV_KEYS: Final = ("args", "argv", "arguments")
+
+_DOWNLOADERS: Final = frozenset({"curl", "wget", "fetch", "aria2c", "http", "https", "lwp-request", "lwp-download"})
+_SHELLS: Final = frozenset({"sh", "bash", "zsh", "dash", "ksh", "mksh", "ash", "fish", "csh", "tcsh"})
+_SCRIPT_LANGUAGES: Final = frozenset({"python", "python3", "perl", "ruby", "node", "php"})
+_KEYWORDS: Final = frozenset({"{", "}", "!", "if", "then", "else", "elif", "do", "while", "until"})
+_PRIVILEGE: Final = frozenset({"sudo", "su", "doas", "pkexec", "run0"})
+_ACCOUNT_TOOLS: Final = frozenset(
+    {"passwd", "chpasswd", "usermod", "useradd", "userdel", "adduser", "deluser", "groupadd", "groupmod", "gpasswd"}
+    | {"visudo", "chage"}
+)
+_WRAPPERS: Final[dict[str, frozenset[str]]] = {
+    # wrapper -> its options that take a separate value
+    "env": frozenset({"-u", "-C", "-S", "--unset", "--chdir"}),
+    "nice": frozenset({"-n", "--adjustment"}),
+    "ionice": frozenset({"-c", "-n", "-p"}),
+    "nohup": frozenset(),
+    "time": frozenset({"-f", "-o"}),
+    "timeout": frozenset({"-s", "-k", "--signal", "--kill-after"}),
+    "exec": frozenset({"-a"}),
+    "command": frozenset(),
+    "builtin": frozenset(),
+    "stdbuf": frozenset({"-i", "-o", "-e"}),
+    "xargs": frozenset({"-I", "-i", "-n", "-P", "-d", "-L", "-l", "-s", "-a", "-E", "-e", "--delimiter"}),
+    "watch": frozenset({"-n", "-d", "--interval"}),
+    "chroot": frozenset(),
+    "strace": frozenset({"-e", "-o", "-p", "-s"}),
+    "unbuffer": frozenset(),
+    "setsid": frozenset(),
+    "busybox": frozenset(),
+    "flock": frozenset({"-w", "-E"}),
+}
+_PRIVILEGE_OPTIONS: Final = frozenset({"-u", "-g", "-C", "-D", "-h", "-p", "-r", "-t", "-U", "-T", "-R", "--user"})
+_SSH_OPTIONS: Final = frozenset("-b -c -D -E -e -F -I -i -J -L -l -m -O -o -p -Q -R -S -W -w -B".split())
+_DANGEROUS_NAMES: Final = (
+    frozenset({"rm", "rmdir", "unlink", "shred", "wipefs", "mkfs", "mke2fs", "dd", "find", "chmod", "chown", "chgrp"})
+    | _PRIVILEGE
+    | _ACCOUNT_TOOLS
+    | _SHELLS
+    | _SCRIPT_LANGUAGES
+    | {"eval", "source", "ssh"}
+)
+_SYSTEM_DIRS: Final = frozenset(
+    {"/", "/*", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var", "/boot", "/root", "/home", "/opt", "/srv"}
+)
+_BLOCK_DEVICE: Final = re.compile(r"/dev/(?:sd|hd|vd|xvd|nvme|mmcblk|disk|mapper/)")
+
+_HINT_NAMES: Final = sorted(
+    _DANGEROUS_NAMES | _DOWNLOADERS | _SCRIPT_LANGUAGES | set(_WRAPPERS) | {"chgrp", "."}, key=len, reverse=True
+)
+_SHELL_HINT: Final = re.compile(
+    rf"(?<![\w.-])(?:mkfs[\w.]*|{'|'.join(map(re.escape, _HINT_NAMES))})(?![\w-])"
+    r"|[*?\[{`]|\$[('{]|[<>]\(|\(\s*\)|\$ifs|/dev/"
+)
+"""Cheap pre-check on the text with quotes and backslashes removed: a string with none of
+these cannot produce a shell finding, so most strings skip tokenising."""
+_HINT_NOISE: Final = re.compile(r"\\\n|['\"\\]")
+_IFS: Final = re.compile(r"\$\{IFS\}|\$IFS\b")
+_SUBST_OPEN: Final = re.compile(r"\$\(|[<>]\(|`")
+_PARENS: Final = re.compile(r"[()]")
+_DOWNLOAD_WORD: Final = re.compile(r"(?<![\w.-])(?:curl|wget|fetch|aria2c|https?|lwp-\w+)(?![\w-])")
+_SUBST_WORD, _DOWNLOAD_SUBST = "__wicket_subst__", "__wicket_download__"
+_FORK_BOMB: Final = re.compile(r"([\w:.-]{1,64})\s*\(\s*\)\s*\{[^}]{0,256}?\1\s*\|\s*\1\s*&")
+_SHELL_TOKEN: Final = re.compile(
+    r"(?P<space>[ \t\r\f\v]+)"
+    r"|(?P<op>&&|\|\||;;|\|&|&>>?|[<>]{1,2}&?|<<<|[;&|\n()])"
+    r"""|(?P<word>(?:[^\s'"\\;&|()<>]+|\$'[^'\\]*(?:\\.[^'\\]*)*'|'[^']*'|"[^"\\]*(?:\\.[^"\\]*)*"|\\.)+)"""
+    r"|(?P<junk>.)",  # a lone quote or a trailing backslash
+    re.S,
+)
+_QUOTING: Final = re.compile(r"['\"\\]")
+_WORD_PART: Final = re.compile(
+    r"""\\\n|\$'((?:[^'\\]|\\.)*)'|'([^']*)'|"((?:[^"\\]|\\.)*)"|\\(.)""",
+    re.S,
+)
+_DQ_ESCAPE: Final = re.compile(r"\\([$`\"\\\n])")
+_SEPARATORS: Final = frozenset({";", "&&", "||", "|", "|&", "&", "\n", "(", ")", ";;"})
+_ASSIGNMENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+?=")
+_BRACES: Final = re.compile(r"\{([^{}\s]*,[^{}\s]*)\}")
+_GLOB_CHARS: Final = frozenset("*?[")
+_CODE_STRING: Final = re.compile(r"'([^'\\]*(?:\\.[^'\\]*)*)'" r'|"([^"\\]*(?:\\.[^"\\]*)*)"', re.S)
+
+
+def _ansi_c(body: str) -> str:
+    """``$'\\x72m'`` -> ``rm``: bash decodes C escapes inside ``$'...'``."""
+    try:
+        return codecs.decode(body.encode("latin-1", "backslashreplace"), "unicode_escape")
+    except (UnicodeDecodeError, ValueError):
+        return body
+
+
+def _unquote_part(match: re.Match[str]) -> str:
+    if match.group(0) == "\\\n":
+        return ""  # line continuation
+    ansi, single, double, escaped = match.groups()
+    if ansi is not None:
+        return _ansi_c(ansi)
+    if single is not None:
+        return single
+    if double is not None:
+        return _DQ_ESCAPE.sub(r"\1", double)
+    return escaped or ""
+
+
+def _shell_tokens(text: str) -> list[tuple[bool, str]]:
+    """POSIX-shell words and operators as (is_operator, text), quotes removed. An unbalanced
+    quote is skipped (the shell would refuse the line; reading on is the safe side)."""
+    tokens: list[tuple[bool, str]] = []
+    for match in _SHELL_TOKEN.finditer(text):
+        kind, token = match.lastgroup, match.group()
+        if kind == "word":
+            tokens.append((False, _WORD_PART.sub(_unquote_part, token) if _QUOTING.search(token) else token))
+        elif kind == "op":
+            tokens.append((True, token))
+    return tokens
+
+
+def _substitutions(text: str) -> tuple[str, list[str]]:
+    """Replace ``$(...)``, ``<(...)``, ``>(...)`` and backticks with placeholder words,
+    returning their contents too: the shell runs them even inside double quotes."""
+    out: list[str] = []
+    inner: list[str] = []
+    pos = 0
+    while (opener := _SUBST_OPEN.search(text, pos)) is not None:
+        out.append(text[pos : opener.start()])
+        start = opener.end()
+        if opener.group() == "`":
+            end = text.find("`", start)
+            end = len(text) if end < 0 else end
+            content, pos = text[start:end], end + 1
+        else:
+            level, end = 1, len(text)
+            for paren in _PARENS.finditer(text, start):
+                level += 1 if paren.group() == "(" else -1
+                if level == 0:
+                    end = paren.start()
+                    break
+            content, pos = text[start:end], end + 1
+        inner.append(content)
+        word = _DOWNLOAD_SUBST if _DOWNLOAD_WORD.search(content.lower()) else _SUBST_WORD
+        out.append(f" {word} ")
+    out.append(text[pos:])
+    return "".join(out), inner
+
+
+def _name(word: str) -> str:
+    """The program a command word runs: ``/usr/bin/RM`` -> ``rm``, ``\\rm`` -> ``rm``."""
+    return word.rsplit("/", 1)[-1].lstrip("\\").lower()
+
+
+def _flags(args: Sequence[str]) -> tuple[set[str], set[str]]:
+    """Short option letters and long options among ``args`` (``-rf`` -> r, f)."""
+    short: set[str] = set()
+    long: set[str] = set()
+    for arg in args:
+        if arg.startswith("--"):
+            long.add(arg.split("=", 1)[0])
+        elif arg.startswith("-") and len(arg) > 1:
+            short.update(arg[1:])
+    return short, long
+
+
+def _operands(args: Sequence[str]) -> list[str]:
+    return [a for a in args if not a.startswith("-") or a == "-"]
+
+
+class _ShellScan:
+    """One scan of a command line; collects (effect, pattern) pairs.
+
+    Code inside code (``$(...)``, ``bash -c``, ``eval``, ``ssh host cmd``) is scanned too,
+    each distinct text once and at most ``_MAX_NESTED`` levels deep, so the work stays a
+    small multiple of the input. The budget is a backstop no honest command reaches; a
+    command that exhausts it is reported rather than waved through.
+    """
+
+    def __init__(self, budget: int = 8 * MAX_SCAN) -> None:
+        self.found: set[tuple[Effect, str]] = set()
+        self._budget = budget
+        self._seen: set[str] = set()
+
+    def text(self, text: str, depth: int = 0) -> None:
+        text = _IFS.sub(" ", text[:MAX_SCAN])
+        if text in self._seen:
+            return
+        self._seen.add(text)
+        self._budget -= len(text) + 1
+        if self._budget < 0:
+            self.found.add((_D, "command too complex to analyse"))
+            return
+        if "(" in text and "{" in text and _FORK_BOMB.search(text):
+            self.found.add((_D, "fork bomb"))
+        outer, inner = _substitutions(text) if depth < _MAX_NESTED else (text, [])
+        for content in inner:
+            self.text(content, depth + 1)
+        command: list[str] = []
+        downloaded = False  # an earlier stage of this pipeline downloads something
+        redirect_next = False
+        for is_operator, token in [*_shell_tokens(outer), (True, ";")]:
+            if not is_operator:
+                if redirect_next and _BLOCK_DEVICE.match(token):
+                    self.found.add((_D, "write to a block device"))
+                redirect_next = False
+                command.append(token)
+            elif token not in _SEPARATORS:
+                redirect_next = token.startswith(">") or token.endswith(">")
+            else:
+                if command:
+                    name = self.command(command, downloaded, depth)
+                    downloaded = token in ("|", "|&") and (downloaded or name in _DOWNLOADERS)
+                elif token not in ("|", "|&"):
+                    downloaded = False
+                command = []
+
+    def nested(self, script: str, depth: int) -> None:
+        if depth < _MAX_NESTED:
+            self.text(script, depth + 1)
+
+    def command(self, words: list[str], downloaded: bool, depth: int) -> str:
+        """Analyse one simple command; return the name of the program it runs."""
+        index = 0
+        while index < len(words):
+            word = words[index]
+            name = _name(word)
+            if _ASSIGNMENT.match(word) or word in _KEYWORDS:
+                index += 1
+            elif name in _PRIVILEGE:
+                self.found.add((_A, f"privilege escalation ({name})"))
+                if name == "su":  # su [user] [-c script]: the rest are su's own arguments
+                    rest = words[index + 1 :]
+                    for at, arg in enumerate(rest):
+                        if arg in ("-c", "--command") and at + 1 < len(rest):
+                            self.nested(rest[at + 1], depth)
+                        elif arg.startswith("--command="):
+                            self.nested(arg.split("=", 1)[1], depth)
+                    return name
+                index += 1
+                while index < len(words) and words[index].startswith("-"):
+                    index += 2 if words[index] in _PRIVILEGE_OPTIONS else 1
+            elif name in _WRAPPERS:
+                takes_value = _WRAPPERS[name]
+                index += 1
+                while index < len(words) and (words[index].startswith("-") or _ASSIGNMENT.match(words[index])):
+                    index += 2 if words[index] in takes_value else 1
+                if name == "timeout" and index < len(words):
+                    index += 1  # the duration
+            else:
+                break
+        if index >= len(words):
+            return ""
+        head = words[index]
+        brace = _BRACES.fullmatch(head)
+        if brace is not None:  # {rm,-rf,/} expands to rm -rf /
+            words = [*words[:index], *brace.group(1).split(","), *words[index + 1 :]]
+            head = words[index]
+        name = _name(head)
+        call = _Call(words[index + 1 :], downloaded, depth)
+        if _GLOB_CHARS.isdisjoint(name):
+            self.program(name, call)
+        else:  # /bin/r? runs rm if that is what the glob finds
+            for candidate in sorted(n for n in _DANGEROUS_NAMES if fnmatch.fnmatchcase(n, name)):
+                self.program(candidate, call)
+        return name
+
+    def program(self, name: str, call: _Call) -> None:
+        args, short, long = call.args, call.short, call.long
+        if name == "rm":
+            if short & {"r", "R", "f"} or long & {"--recursive", "--force", "--no-preserve-root"}:
+                self.found.add((_D, "rm -r/-f (recursive or forced delete)"))
+            else:
+                self.found.add((_D, "rm (file deletion)"))
+        elif name == "rmdir":
+            self.found.add((_M, "rmdir (empty directory removal)"))
+        elif name in ("unlink", "shred", "wipefs"):
+            self.found.add((_D, name))
+        elif name.startswith("mkfs") or name == "mke2fs":
+            self.found.add((_D, "mkfs (filesystem creation)"))
+        elif name == "dd":
+            if call.raw_write:
+                self.found.add((_D, "dd of= (raw write)"))
+        elif name == "find":
+            if "-delete" in args:
+                self.found.add((_D, "find -delete"))
+            for at, arg in enumerate(args):
+                if arg in ("-exec", "-execdir", "-ok", "-okdir"):
+                    rest = list(_exec_command(args[at + 1 :]))
+                    if rest and call.depth < _MAX_NESTED:
+                        self.command(rest, False, call.depth + 1)
+        elif name in ("chmod", "chown", "chgrp"):
+            recursive = "R" in short or "--recursive" in long
+            if recursive and any(_system_dir(target) for target in call.operands[1:]):
+                self.found.add((_D, f"{name} -R on a system directory"))
+            if name == "chown" and call.operands and re.match(r"(?:root|0)(?:[:.]|$)", call.operands[0]):
+                self.found.add((_A, "chown to root"))
+        elif name in _ACCOUNT_TOOLS:
+            self.found.add((_A, f"account administration ({name})"))
+        elif name in _SHELLS or name in ("eval", "source", "."):
+            if call.downloaded:
+                self.found.add((_D, "download piped to a shell"))
+            if call.download_subst:
+                self.found.add((_D, "downloaded script run by a shell"))
+            if name == "eval":
+                self.nested(" ".join(args), call.depth)
+            elif "c" in short and call.operands:
+                self.nested(call.operands[0], call.depth)
+        elif name in _SCRIPT_LANGUAGES and short & {"c", "e"} and call.operands:
+            # python -c "os.system('rm -rf /')": the code's string literals are often commands.
+            for literal in _CODE_STRING.finditer(call.operands[0][:MAX_SCAN]):
+                self.nested(literal.group(1) or literal.group(2) or "", call.depth)
+        elif name == "ssh":
+            index = 0
+            while index < len(args) and args[index].startswith("-"):
+                index += 2 if args[index] in _SSH_OPTIONS else 1
+            if index + 1 < len(args):
+                self.nested(" ".join(args[index + 1 :]), call.depth)
+
+
+class _Call:
+    """One command's arguments, parsed once however many glob candidates look at them."""
+
+    __slots__ = ("args", "depth", "download_subst", "downloaded", "long", "operands", "raw_write", "short")
+
+    def __init__(self, args: list[str], downloaded: bool, depth: int) -> None:
+        self.args, self.downloaded, self.depth = args, downloaded, depth
+        self.short, self.long = _flags(args)
+        self.operands = _operands(args)
+        self.download_subst = any(_DOWNLOAD_SUBST in a for a in args)  # bash <(curl ...)
+        self.raw_write = any(a.startswith("of=") for a in args)  # dd of=
+
+
+def _exec_command(args: Sequence[str]) -> Iterator[str]:
+    """The command after ``find -exec``: everything up to its ``;`` or ``+`` terminator."""
+    for arg in args:
+        if arg in (";", "+"):
+            return
+        yield arg
+
+
+def _system_dir(target: str) -> bool:
+    """``/``, ``/etc/``, ``//usr``, ``/*``: a recursive chmod/chown there breaks the machine."""
+    path = "/" + posixpath.normpath(target).lstrip("/") if target.startswith("/") else ""
+    return path in _SYSTEM_DIRS or path.removesuffix("/*") in _SYSTEM_DIRS
+
+
+def shell_effects(command: str | Sequence[str]) -> set[tuple[Effect, str]]:
+    """(effect, pattern) pairs for a shell command line, or an argv list run without a shell."""
+    scan = _ShellScan()
+    if isinstance(command, str):
+        text = command[:MAX_SCAN]
+        if "$'" not in text and not _SHELL_HINT.search(_HINT_NOISE.sub("", text).lower()):
+            return set()
+        scan.text(text)
+    else:  # argv: no shell parses it, so its words are taken as they are
+        argv = [a[:MAX_SCAN] for a in command[:MAX_STRINGS] if isinstance(a, str)]
+        if argv:
+            scan.command(argv, False, 0)
+    return scan.found
+
+
+class ShellDetector:
+    """Shell commands in arguments: mass deletion, filesystem wiping, raw disk writes,
+    download-and-run, fork bombs (destructive); sudo/su, account tools, chown root (admin).
+
+    Looks at every string of a shell-like tool, and at cmd/command/script/args keys of any
+    tool; a list under such a key (or ``command`` plus an ``args`` list) is read as argv.
+    """
+
+    name = "shell"
+
+    def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
+        shell_tool = not _SHELL_TOOL_WORDS.isdisjoint(tool_words)
+        found: dict[tuple[Effect, str], str] = {}
+        for leaf in iter_values(arguments):
+            value = leaf.value
+            keyed = not _SHELL_KEYS.isdisjoint(_key_words(leaf.key))
+            if isinstance(value, str) and (shell_tool or keyed):
+                for item in shell_effects(value):
+                    found.setdefault(item, leaf.path)
+            elif isinstance(value, list) and (shell_tool or keyed) and value and all(isinstance(v, str) for v in value):
+                for item in shell_effects(value):
+                    found.setdefault(item, leaf.path)
+            elif isinstance(value, Mapping) and (shell_tool or keyed):
+                argv = _combined_argv(value)
+                if argv:
+                    for item in shell_effects(argv):
+                        found.setdefault(item, leaf.path)
+        argv = _combined_argv(arguments)
+        if argv:
+            for item in shell_effects(argv):
+                found.setdefault(item, "command")
+        for (effect, pattern), path in sorted(found.items(), key=lambda i: (-i[0][0], i[0][1])):
+            yield Finding(self.name, effect, f"argument {path!r}: {pattern}")
+
+
+def _combined_argv(mapping: Mapping[str, Any]) -> list[str] | None:
+    """``{"command": "rm", "args": ["-rf", "/"]}`` -> ``["rm", "-rf", "/"]`` (MCP shell tools' shape)."""
+    command = mapping.get("command", mapping.get("cmd"))
+    args = next((mapping[k] for k in _ARGV_KEYS if isinstance(mapping.get(k), list)), None)
+    if not isinstance(command, str) or args is None:
+        return None
+    return [*_shell_words(command), *(a for a in args[:MAX_STRINGS] if isinstance(a, str))]
+
+
+def _shell_words(text: str) -> list[str]:
+    return [token for is_operator, token in _shell_tokens(text[:MAX_SCAN]) if not is_operator]
+
+
+# --------------------------------------------------------------------------- HTTP method
+
+_HTTP_TOOL_WORDS: Final = frozenset(
+    {"fetch", "http", "https", "request", "requests", "curl", "api", "call", "web", "url", "rest", "webhook"}
+)
+_HTTP_READS: Final = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+_HTTP_DESTRUCTIVE: Final = frozenset({"DELETE", "PURGE"})
+_HTTP_NAMED: Final = frozenset(
+    {"DELETE", "PURGE", "PUT", "POST", "PATCH", "MOVE", "COPY", "MKCOL", "PROPPATCH", "LOCK", "UNLOCK", "CONNECT"}
+)
+
+
+class HttpMethodDetector:
+    """An HTTP tool's method argument: DELETE is destructive; PUT, POST, PATCH (and any
+    method that is not GET, HEAD, OPTIONS or TRACE) mutating."""
+
+    name = "http_method"
+
+    def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
+        if _HTTP_TOOL_WORDS.isdisjoint(tool_words):
+            return
+        seen: set[str] = set()
+        for leaf in iter_strings(arguments):
+            words = tokenize(leaf.key[:_MAX_LABEL])
+            if not words or words[-1] not in ("method", "verb"):
+                continue
+            method = leaf.value.strip().upper()[:32]
+            if not method or method in _HTTP_READS or method in seen:
+                continue
+            seen.add(method)
+            effect = _D if method in _HTTP_DESTRUCTIVE else _M
+            shown = method if method in _HTTP_NAMED else "non-standard"  # an odd value might be anything
+            yield Finding(self.name, effect, f"argument {leaf.path!r}: HTTP {shown} request")
+
+
+def default_detectors() -> list[Detector]:
+    """The detectors an :class:`ArgumentAnalyser` uses when given none."""
+    return [SqlDetector(), ShellDetector(), HttpMethodDetector()]
+
+
+# --------------------------------------------------------------------------- policy checks
+
+_PATH_WORDS: Final = frozenset(
+    {"path", "paths", "file", "files", "filename", "filenames", "filepath", "pathname", "dir", "dirs", "directory"}
+    | {"directories", "dirname", "folder", "target", "dest", "destination", "src", "source", "cwd", "workdir"}
+)
+_URL_SCHEME: Final = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def _inside(path: str, roots: Sequence[str]) -> bool:
+    return any(root == "/" or path == root or path.startswith(root + "/") for root in roots)
+
+
+def _path_allowed(value: str, roots: Sequence[str]) -> bool:
+    if value.lower().startswith("file://"):
+        value = unquote(urlsplit(value).path) or "/"
+    if value.startswith("~"):
+        return False  # a home directory: unknown here, so never inside a root
+    if value.startswith("/"):
+        return _inside(posixpath.normpath("/" + value.lstrip("/")), roots)
+    return any(_inside(posixpath.normpath(posixpath.join(root, value)), [root]) for root in roots)
+
+
+def check_paths(arguments: Mapping[str, Any], roots: Sequence[str]) -> list[str]:
+    """Violations for path-like string arguments outside every root (``..`` resolved).
+
+    A string is path-like when its key names a path (path, file, dir, target, dest, src,
+    ...), or, under any other key, when it has no whitespace and starts with ``/`` or
+    ``~`` or contains ``../``. Relative paths are read relative to each root in turn.
+    URLs other than ``file://`` are not paths. Symlinks are not resolved (no I/O here).
+    """
+    if not roots:
+        return []
+    roots = ["/" + posixpath.normpath(root).lstrip("/") for root in roots]
+    violations: list[str] = []
+    for leaf in iter_strings(arguments):
+        value = leaf.value
+        if not value or (_URL_SCHEME.match(value) and not value.lower().startswith("file://")):
+            continue
+        keyed = not _PATH_WORDS.isdisjoint(_key_words(leaf.key)) or leaf.key.lower() in _PATH_WORDS
+        looks_like_path = (value[0] in "/~" or "../" in value or value == "..") and not any(c.isspace() for c in value)
+        if (keyed or looks_like_path or value.lower().startswith("file://")) and not _path_allowed(value, roots):
+            violations.append(f"argument {leaf.path!r} is outside the allowed roots")
+    return violations
+
+
+def _json_equal(value: Any, option: Any) -> bool:
+    """JSON equality: ``true`` is not ``1``, but ``1`` is ``1.0``."""
+    if isinstance(value, bool) or isinstance(option, bool):
+        return isinstance(value, bool) and isinstance(option, bool) and value == option
+    if isinstance(value, int | float) and isinstance(option, int | float):
+        return value == option
+    return isinstance(value, str) and isinstance(option, str) and value == option
+
+
+def _as_text(value: Any) -> str | None:
+    """What a regex constraint is matched against: a string as is, anything else as JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def check_constraints(arguments: Mapping[str, Any], constraints: Sequence[Constraint]) -> list[str]:
+    """Violations of the policy's parameter constraints, naming argument and rule, never the value.
+
+    ``required`` applies always; every other rule only when the argument is present.
+    ``regex`` uses ``re.search`` (anchor it to match the whole value); ``min``/``max`` need
+    a finite number (a boolean is not one); ``enum`` compares as JSON; ``glob`` needs a
+    string and matches it whole, case-sensitively.
+    """
+    violations: list[str] = []
+    for rule in constraints:
+        name = rule.argument
+        if name not in arguments:
+            if rule.required:
+                violations.append(f"argument {name!r} is required but missing")
+            continue
+        value = arguments[name]
+        if rule.regex is not None:
+            text = _as_text(value)
+            if text is None or rule.regex.search(text) is None:
+                violations.append(f"argument {name!r} does not match the pattern the policy requires (regex)")
+        if rule.minimum is not None or rule.maximum is not None:
+            number = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            if not number:
+                violations.append(f"argument {name!r} must be a number (min/max)")
+            elif rule.minimum is not None and value < rule.minimum:
+                violations.append(f"argument {name!r} is below the minimum of {rule.minimum:g}")
+            elif rule.maximum is not None and value > rule.maximum:
+                violations.append(f"argument {name!r} is above the maximum of {rule.maximum:g}")
+        if rule.enum is not None and not any(_json_equal(value, option) for option in rule.enum):
+            violations.append(f"argument {name!r} is not one of the allowed values (enum)")
+        if rule.glob is not None and not (isinstance(value, str) and fnmatch.fnmatchcase(value, rule.glob)):
+            violations.append(f"argument {name!r} does not match the allowed glob {rule.glob!r}")
+    return violations
+
+
+# --------------------------------------------------------------------------- the analyser
+
+
+class ArgumentAnalyser:
+    """Runs the detectors and the policy's argument checks over one tool call.
+
+    A detector that raises is reported as a destructive finding rather than ignored, so a
+    broken plug-in sends calls to review (and fails closed) instead of waving them through.
+    """
+
+    def __init__(self, detectors: Sequence[Detector] | None = None) -> None:
+        self.detectors: tuple[Detector, ...] = tuple(default_detectors() if detectors is None else detectors)
+
+    def analyse(self, action: Action, policy: Policy) -> ArgumentReport:
+        if not action.is_tool_call:
+            return _EMPTY
+        arguments = action.arguments if isinstance(action.arguments, Mapping) else {}
+        constraints = policy.constraints_for(action.name)
+        if not arguments and not constraints:
+            return _EMPTY
+        words = tokenize(action.name)
+        findings: dict[Finding, None] = {}
+        for detector in self.detectors:
+            try:
+                for finding in detector.inspect(action.name, words, arguments):
+                    if len(findings) >= MAX_FINDINGS:
+                        break
+                    findings.setdefault(finding, None)
+            except Exception as exc:
+                name = getattr(detector, "name", type(detector).__name__)
+                message = f"detector failed ({exc.__class__.__name__}); treated as destructive"
+                findings.setdefault(Finding(str(name), Effect.DESTRUCTIVE, message), None)
+        violations = check_constraints(arguments, constraints) + check_paths(arguments, policy.path_roots)
+        if not findings and not violations:
+            return _EMPTY
+        return ArgumentReport(tuple(findings), tuple(dict.fromkeys(violations))[:MAX_FINDINGS])
