@@ -70,6 +70,12 @@ def build_demo_server(ledger: Ledger | None = None) -> tuple[MCPServer, Ledger]:
         return content.text if isinstance(content, TextContent) else "(no text)"
 
     @server.tool()
+    def run_query(sql: str) -> str:
+        """Read by name, but Wicket reads the SQL: a DELETE or DROP makes the call destructive."""
+        ledger.record("run_query", sql=sql)
+        return "0 rows"
+
+    @server.tool()
     def create_note(title: str, text: str) -> str:
         """Mutating: add a note."""
         ledger.record("create_note", title=title)
