@@ -97,7 +97,9 @@ class Wicket:
 
     def _client_session(self) -> aiohttp.ClientSession:
         connector = aiohttp.TCPConnector(
-            limit=self.settings.upstream_pool_size, keepalive_timeout=30, enable_cleanup_closed=True
+            limit=self.settings.upstream_pool_size,
+            keepalive_timeout=self.settings.upstream_keepalive,
+            enable_cleanup_closed=True,
         )
         return aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",), trust_env=False

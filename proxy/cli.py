@@ -52,6 +52,12 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str) -> None:
         "--stream-idle-timeout", type=float, default=0.0, help="longest silence on a GET SSE stream (0: none)"
     )
     parser.add_argument(
+        "--upstream-keepalive",
+        type=float,
+        default=4.0,
+        help="seconds an idle upstream connection is kept for reuse; keep it below the upstream's own (default 4)",
+    )
+    parser.add_argument(
         "--guardian-url",
         metavar="URL",
         help="central guardian service (wicket guardian serve) for Spot and Deep; needs WICKET_GUARDIAN_KEY",
@@ -135,6 +141,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str]) 
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
         stream_idle_timeout=args.stream_idle_timeout,
+        upstream_keepalive=args.upstream_keepalive,
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
         guardian_url=args.guardian_url,

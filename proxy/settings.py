@@ -37,6 +37,7 @@ class Settings:
     read_timeout: float = 300.0
     stream_idle_timeout: float = 0.0  # 0 = GET streams may idle forever (closed by either side)
     upstream_pool_size: int = 100
+    upstream_keepalive: float = 4.0  # below the 5 s idle timeout of uvicorn and Node servers
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
     session_key: bytes = b""

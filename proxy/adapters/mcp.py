@@ -266,13 +266,23 @@ class McpProxy:
         timeout = self._stream_timeout if request.method == "GET" else self._post_timeout
         started = time.perf_counter()
         watcher = _ResponseWatcher(decided[2] if decided else None, decided[0].method if decided else None)
+        # A pooled connection the upstream closed while idle fails before any byte of the
+        # request is processed; resending is safe only for what cannot change state.
+        attempts = 2 if decided is None or decided[1].effect is Effect.READ else 1
         try:
-            async with self._client.request(
-                request.method, self._upstream, data=body or None, headers=headers, timeout=timeout
-            ) as upstream:
-                if bind_to is not None and upstream.status == 200 and (sid := upstream.headers.get("Mcp-Session-Id")):
-                    await self._sessions.bind_mcp(sid, bind_to)
-                response = await self._relay(request, upstream, watcher)
+            for attempt in range(attempts):
+                try:
+                    async with self._client.request(
+                        request.method, self._upstream, data=body or None, headers=headers, timeout=timeout
+                    ) as upstream:
+                        sid = upstream.headers.get("Mcp-Session-Id")
+                        if bind_to is not None and upstream.status == 200 and sid:
+                            await self._sessions.bind_mcp(sid, bind_to)
+                        response = await self._relay(request, upstream, watcher)
+                    break
+                except aiohttp.ServerDisconnectedError:
+                    if attempt + 1 >= attempts:
+                        raise
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "unreachable"
             watcher.failed(f"upstream {kind}: {exc.__class__.__name__}")
@@ -307,14 +317,20 @@ class McpProxy:
             response = web.StreamResponse(status=upstream.status, headers=headers)
             await response.prepare(request)
             scanner = SseScanner()
-            async for chunk in upstream.content.iter_any():
-                for data in scanner.feed(chunk):
-                    watcher.observe_text(data)
-                try:
-                    await response.write(chunk)
-                except ConnectionError:
-                    watcher.failed("client disconnected before the response ended")
-                    return response  # leaving the context closes the upstream stream (cancels the call)
+            try:
+                async for chunk in upstream.content.iter_any():
+                    for data in scanner.feed(chunk):
+                        watcher.observe_text(data)
+                    try:
+                        await response.write(chunk)
+                    except ConnectionError:
+                        watcher.failed("client disconnected before the response ended")
+                        return response  # leaving the context closes the upstream stream (cancels the call)
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                # The stream has started, so the status is sent: end it where the upstream did.
+                watcher.failed(f"upstream stream ended abnormally ({exc.__class__.__name__})")
+                self._metrics.upstream_errors.labels(PROTOCOL, "stream").inc()
+                return response
             await response.write_eof()
             return response
         limit = self._settings.max_response_bytes

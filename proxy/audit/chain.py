@@ -144,9 +144,27 @@ class HashChain:
         return f"HashChain(seq={self.seq}, head={self.head[:12]}...)"
 
     def next(self, fields: Mapping[str, Any], *, ts: str | None = None) -> tuple[dict[str, Any], bytes]:
-        """The sealed next event and its line bytes (canonical JSON + newline), WITHOUT advancing."""
-        event = seal(fields, seq=self.seq + 1, prev=self.head, ts=ts if ts is not None else now_rfc3339())
-        return event, canonical(event) + b"\n"
+        """The sealed next event and its line bytes (canonical JSON + newline), WITHOUT advancing.
+
+        This runs for every audited call, so the event is serialised once: the keys sorting
+        before and after ``hash`` are dumped as two halves, joined for the digest, and the
+        hash is spliced between them for the line (byte-identical to ``canonical(event)``).
+        """
+        clash = RESERVED.intersection(fields)
+        if clash:
+            raise ValueError(f"audit fields must not set {', '.join(sorted(clash))}: the chain sets them")
+        event: dict[str, Any] = {
+            "seq": self.seq + 1,
+            "ts": ts if ts is not None else now_rfc3339(),
+            **fields,
+            "prev": self.head,
+        }
+        low = canonical({k: v for k, v in event.items() if k < "hash"})[1:-1]
+        high = canonical({k: v for k, v in event.items() if k > "hash"})[1:-1]
+        digest = hashlib.sha256(b"{" + b",".join(p for p in (low, high) if p) + b"}").hexdigest()
+        event["hash"] = digest
+        spliced = b",".join(p for p in (low, b'"hash":"' + digest.encode() + b'"', high) if p)
+        return event, b"{" + spliced + b"}\n"
 
     def advance(self, event: Mapping[str, Any]) -> None:
         """Make ``event`` (from :meth:`next`) the head; call only after its line was written."""

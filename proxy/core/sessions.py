@@ -103,10 +103,31 @@ class McpBinding:
 class SessionManager:
     """Creates and loads sessions, tokens and MCP-session bindings through a Store."""
 
+    _VERIFIED_MAX = 10_000
+
     def __init__(self, store: Store, signer: RecordSigner, clock: Callable[[], float] = time.time) -> None:
         self._store = store
         self._signer = signer
         self._clock = clock
+        # store key -> (raw bytes last verified, what they decoded to). A record is only
+        # re-verified when the store hands back different bytes, so a tampered record is
+        # still caught on the next read while an unchanged one costs a bytes comparison.
+        self._verified: dict[str, tuple[bytes, Any]] = {}
+
+    async def _load(self, key: str, build: Callable[[dict[str, Any]], Any]) -> Any:
+        """Read ``key`` from the store and verify it, or ``None`` when it is absent."""
+        raw = await self._store.get(key)
+        if raw is None:
+            self._verified.pop(key, None)
+            return None
+        cached = self._verified.get(key)
+        if cached is not None and (cached[0] is raw or cached[0] == raw):
+            return cached[1]
+        value = build(self._signer.decode(key, raw))
+        if len(self._verified) >= self._VERIFIED_MAX:
+            self._verified.clear()
+        self._verified[key] = (raw, value)
+        return value
 
     # -- sessions -------------------------------------------------------------------
 
@@ -151,21 +172,16 @@ class SessionManager:
     async def get(self, session_id: str) -> Session | None:
         """Load and verify a session; ``None`` if unknown or expired."""
         key = self._session_key(session_id)
-        raw = await self._store.get(key)
-        if raw is None:
+        session: Session | None = await self._load(key, lambda r: Session(**{**r, "scope": tuple(r["scope"])}))
+        if session is None:
             return None
-        record = self._signer.decode(key, raw)
-        session = Session(**{**record, "scope": tuple(record["scope"])})
         if session.session_id != session_id:
             raise SessionIntegrityError(f"record {key!r} names another session")
         return None if session.expired(self._clock()) else session
 
     async def by_token(self, token: str) -> Session | None:
-        key = self._token_key(token)
-        raw = await self._store.get(key)
-        if raw is None:
-            return None
-        return await self.get(self._signer.decode(key, raw)["session_id"])
+        session_id: str | None = await self._load(self._token_key(token), lambda r: r["session_id"])
+        return None if session_id is None else await self.get(session_id)
 
     async def anonymous(self, agent_id: str, scope: Sequence[str], ttl_seconds: float) -> Session:
         """The per-agent default session for callers without a credential.
@@ -190,12 +206,10 @@ class SessionManager:
         await self._store.put(key, self._signer.encode(key, record), ttl=ttl)
 
     async def mcp_binding(self, mcp_session_id: str) -> McpBinding | None:
-        key = self._binding_key(mcp_session_id)
-        raw = await self._store.get(key)
-        if raw is None:
-            return None
-        record = self._signer.decode(key, raw)
-        return McpBinding(session_id=record["session_id"], agent_id=record["agent_id"])
+        return await self._load(
+            self._binding_key(mcp_session_id),
+            lambda r: McpBinding(session_id=r["session_id"], agent_id=r["agent_id"]),
+        )
 
     async def unbind_mcp(self, mcp_session_id: str) -> None:
         await self._store.delete(self._binding_key(mcp_session_id))
