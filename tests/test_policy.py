@@ -18,9 +18,14 @@ from proxy.core.action import Effect
 from proxy.core.patterns import GlobSet
 from proxy.core.policy import (
     AgentRule,
+    AnomalySettings,
+    Constraint,
+    DeepSettings,
+    GuardianSettings,
     Policy,
     PolicyError,
     PolicyIssue,
+    SpotSettings,
     UpstreamRule,
     check_files,
     load_policy,
@@ -691,3 +696,308 @@ def test_parse_policy_text_uses_source_in_issues() -> None:
     with pytest.raises(PolicyError) as info:
         parse_policy_text("version: 1\nnope: 1\n", source="embedded")
     assert str(info.value).startswith("embedded:2: unknown key 'nope'")
+
+
+# --------------------------------------------------------------------------- guardian, arguments, constraints
+
+FULL_GUARDIAN = """
+version: 1
+guardian:
+  anomaly: {min_calls: 10, denial_rate: 0.5, write_ratio: 1}
+  spot:
+    window_seconds: 60
+    approval_at: 0.4
+    deny_at: 0.9
+    max_session_age_seconds: 3600
+    max_calls_per_minute: 30
+  deep: {min_confidence: 0.9, low_confidence: deny, timeout_seconds: 5, cache_ttl_seconds: 0}
+  timeouts: {spot: 0.25, deep: 20}
+  circuit_breaker: {failures: 3, cooldown_seconds: 10}
+arguments:
+  roots: ["/srv//data/", "/tmp/agent", "//srv/other"]
+tools:
+  run_query:
+    effect: read
+    constraints:
+      sql: {regex: "^\\\\s*SELECT\\\\b", required: true}
+      limit: {min: 1, max: 1000}
+      mode: {enum: ["fast", "safe", 3, true]}
+      path: {glob: "/srv/data/*"}
+      target: {required: true}
+  "db_*":
+    constraints:
+      table: {enum: ["users"]}
+"""
+
+
+def test_guardian_arguments_and_constraints_parse() -> None:
+    policy = parse_policy_text(FULL_GUARDIAN)
+    guardian = policy.guardian
+    assert guardian.anomaly == AnomalySettings(min_calls=10, denial_rate=0.5, write_ratio=1.0)
+    assert isinstance(guardian.anomaly.write_ratio, float)  # `1` in YAML, a float setting
+    assert guardian.spot == SpotSettings(60, 0.4, 0.9, 3600, 30)
+    assert guardian.deep == DeepSettings(0.9, "deny", 5.0, 0)
+    assert (guardian.spot_timeout, guardian.deep_timeout) == (0.25, 20.0)
+    assert (guardian.breaker_failures, guardian.breaker_cooldown_seconds) == (3, 10.0)
+    assert policy.path_roots == ("/srv/data", "/tmp/agent", "/srv/other")
+    assert policy.effect_override("run_query") is Effect.READ
+    assert policy.effect_override("db_users") is None  # constraints only: no effect override
+    sql, limit, mode, path, target = policy.constraints_for("run_query")
+    assert sql.argument == "sql" and sql.required and sql.regex is not None
+    assert sql.regex.search("  select 1") is None and sql.regex.search("  SELECT 1")
+    assert (limit.minimum, limit.maximum, limit.enum) == (1, 1000, None)
+    assert mode.enum == ("fast", "safe", 3, True)
+    assert path.glob == "/srv/data/*" and not path.required
+    assert target == Constraint("target", required=True)
+    assert policy.constraints_for("db_users") == (Constraint("table", enum=("users",)),)
+    assert policy.constraints_for("other") == ()
+
+
+def test_guardian_defaults_without_the_section() -> None:
+    policy = parse_policy_text("version: 1\n")
+    assert policy.guardian == GuardianSettings()
+    assert policy.guardian.spot.window_seconds == 300
+    assert policy.guardian.deep.low_confidence == "approval_required"
+    assert policy.path_roots == ()
+    assert policy.constraints_for("anything") == ()
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "fragment"),
+    [
+        ("guardian:\n  anomaly:\n    min_calls: 0\n", 4, "guardian.anomaly.min_calls: 0 is below the minimum of 1"),
+        ("guardian:\n  anomaly:\n    min_calls: 1001\n", 4, "1001 is above the maximum of 1000"),
+        ("guardian:\n  anomaly:\n    min_calls: 2.5\n", 4, "min_calls: expected an integer, got a number"),
+        ("guardian:\n  anomaly:\n    denial_rate: 1.5\n", 4, "denial_rate: 1.5 is above the maximum of 1"),
+        ("guardian:\n  anomaly:\n    denial_rate: '0.3'\n", 4, "denial_rate: expected a number, got a string"),
+        ("guardian:\n  anomaly:\n    write_ratio: -0.1\n", 4, "write_ratio: -0.1 is below the minimum of 0"),
+        ("guardian:\n  spot:\n    window_seconds: 5\n", 4, "window_seconds: 5 is below the minimum of 10"),
+        ("guardian:\n  spot:\n    approval_at: 2\n", 4, "approval_at: 2 is above the maximum of 1"),
+        ("guardian:\n  spot:\n    max_session_age_seconds: 59\n", 4, "59 is below the minimum of 60"),
+        ("guardian:\n  spot:\n    max_calls_per_minute: 0\n", 4, "max_calls_per_minute: 0 is below the minimum"),
+        ("guardian:\n  deep:\n    min_confidence: 1.1\n", 4, "min_confidence: 1.1 is above the maximum of 1"),
+        ("guardian:\n  deep:\n    low_confidence: allow\n", 4, "'allow' is not one of: deny, approval_required"),
+        ("guardian:\n  deep:\n    timeout_seconds: 0.1\n", 4, "timeout_seconds: 0.1 is below the minimum of 0.5"),
+        ("guardian:\n  deep:\n    cache_ttl_seconds: 3601\n", 4, "cache_ttl_seconds: 3601 is above the maximum"),
+        ("guardian:\n  timeouts:\n    spot: 0\n", 4, "guardian.timeouts.spot: 0 is below the minimum of 0.01"),
+        ("guardian:\n  timeouts:\n    spot: 31\n", 4, "guardian.timeouts.spot: 31 is above the maximum of 30"),
+        ("guardian:\n  timeouts:\n    deep: .nan\n", 4, "guardian.timeouts.deep: must be a finite number"),
+        ("guardian:\n  timeouts:\n    deep: .inf\n", 4, "guardian.timeouts.deep: must be a finite number"),
+        ("guardian:\n  circuit_breaker:\n    failures: 0\n", 4, "failures: 0 is below the minimum of 1"),
+        ("guardian:\n  circuit_breaker:\n    cooldown_seconds: 0.5\n", 4, "cooldown_seconds: 0.5 is below the minimum"),
+        ("guardian:\n  spot:\n    deny: 0.9\n", 4, "unknown key 'guardian.spot.deny'; did you mean 'deny_at'?"),
+        ("guardian:\n  tiers: {}\n", 3, "unknown key 'guardian.tiers'"),
+        ("guardian: []\n", 2, "guardian: expected a mapping, got a list"),
+        ("arguments:\n  roots: [srv/data]\n", 3, "arguments.roots[0]: invalid value 'srv/data': An absolute POSIX"),
+        ("arguments:\n  roots: /srv\n", 3, "arguments.roots: expected a list, got a string"),
+        ("arguments:\n  root: [/srv]\n", 3, "unknown key 'arguments.root'; did you mean 'roots'?"),
+        ("tools:\n  x: {}\n", 3, "tools.x: missing required key 'effect' or 'constraints'"),
+        ("tools:\n  x:\n    constraints: []\n", 4, "tools.x.constraints: expected a mapping, got a list"),
+        ("tools:\n  x:\n    constraints:\n      '': {required: true}\n", 5, 'tools.x.constraints key "": must not be'),
+        (
+            "tools:\n  x:\n    constraints:\n      sql: {}\n",
+            5,
+            "tools.x.constraints.sql: missing required key 'regex', 'min', 'max', 'enum', 'glob' or 'required'",
+        ),
+        ("tools:\n  x:\n    constraints:\n      sql:\n        regex: 5\n", 6, "sql.regex: expected a string"),
+        ("tools:\n  x:\n    constraints:\n      sql:\n        regex: ''\n", 6, "sql.regex: must not be empty"),
+        ("tools:\n  x:\n    constraints:\n      n:\n        min: '1'\n", 6, "n.min: expected a number, got a string"),
+        ("tools:\n  x:\n    constraints:\n      n:\n        max: true\n", 6, "n.max: expected a number, got a boolean"),
+        ("tools:\n  x:\n    constraints:\n      m:\n        enum: []\n", 6, "m.enum: must not be empty"),
+        (
+            "tools:\n  x:\n    constraints:\n      m:\n        enum: [a, [b]]\n",
+            6,
+            "m.enum[1]: expected a string, a number or a boolean (true or false), got a list",
+        ),
+        ("tools:\n  x:\n    constraints:\n      m:\n        enum: [~]\n", 6, "got an empty value"),
+        ("tools:\n  x:\n    constraints:\n      p:\n        glob: ''\n", 6, "p.glob: must not be empty"),
+        ("tools:\n  x:\n    constraints:\n      p:\n        required: 'true'\n", 6, "p.required: expected a boolean"),
+        ("tools:\n  x:\n    constraints:\n      p:\n        maxx: 3\n", 6, "unknown key 'tools.x.constraints.p.maxx'"),
+    ],
+)
+def test_new_keys_invalid_forms(body: str, line: int, fragment: str) -> None:
+    issue = _one("version: 1\n" + body)
+    assert issue.line == line, issue
+    assert fragment in issue.message, issue
+
+
+def test_constraint_regex_must_compile_reported_at_its_line() -> None:
+    issue = _one(
+        """
+        version: 1
+        tools:
+          run_query:
+            constraints:
+              limit: {min: 1}
+              sql:
+                required: true
+                regex: "^(SELECT"
+        """
+    )
+    assert issue.line == 8
+    assert issue.message.startswith("tools.run_query.constraints.sql.regex: invalid regular expression: missing )")
+    assert "at position 1" in issue.message
+    issue = _one('version: 1\ntools:\n  "db-*":\n    constraints: {q: {regex: "a{2,1}"}}\n')
+    assert issue.line == 4
+    assert 'tools["db-*"].constraints.q.regex: invalid regular expression' in issue.message
+
+
+def test_constraint_min_above_max_reported_at_max() -> None:
+    issue = _one("version: 1\ntools:\n  t:\n    constraints:\n      n:\n        max: 1\n        min: 5\n")
+    assert issue.line == 6
+    assert issue.message == "tools.t.constraints.n.max (1) is below min (5)"
+    assert parse_policy_text("version: 1\ntools: {t: {constraints: {n: {min: 2, max: 2}}}}\n")
+
+
+def test_deny_at_below_approval_at_is_an_error() -> None:
+    issue = _one("version: 1\nguardian:\n  spot:\n    deny_at: 0.6\n    approval_at: 0.7\n")
+    assert issue.line == 5  # within one file: the later of the two
+    assert issue.message == "guardian.spot.deny_at (0.6) is below guardian.spot.approval_at (0.7)"
+    issue = _one("version: 1\nguardian:\n  spot:\n    deny_at: 0.3\n")
+    assert issue.line == 4
+    assert "is below guardian.spot.approval_at (0.5, the default)" in issue.message
+    policy = parse_policy_text("version: 1\nguardian: {spot: {deny_at: 0.5, approval_at: 0.5}}\n")
+    assert policy.guardian.spot.deny_at == policy.guardian.spot.approval_at == 0.5
+
+
+def test_deny_at_check_runs_on_the_merged_result(tmp_path: Path) -> None:
+    base = _write(tmp_path, "base.yaml", "version: 1\nguardian:\n  spot:\n    approval_at: 0.2\n")
+    top = _write(tmp_path, "top.yaml", "version: 1\n\nguardian:\n  spot: {deny_at: 0.3}\n")
+    assert check_files([base, top]) == []
+    lower = _write(tmp_path, "lower.yaml", "version: 1\nguardian:\n  spot:\n    approval_at: 0.35\n")
+    [issue] = check_files([top, lower])
+    assert (issue.file, issue.line) == (str(lower), 4)
+    assert "guardian.spot.deny_at (0.3) is below guardian.spot.approval_at (0.35)" in issue.message
+
+
+def test_merge_of_guardian_arguments_and_constraints(tmp_path: Path) -> None:
+    base = _write(
+        tmp_path,
+        "base.yaml",
+        """
+        version: 1
+        guardian:
+          anomaly: {min_calls: 8, denial_rate: 0.4}
+          timeouts: {spot: 0.2}
+        arguments:
+          roots: ["/srv/data", "/tmp/agent"]
+        tools:
+          run_query:
+            effect: read
+            constraints:
+              sql: {regex: "^SELECT"}
+              limit: {max: 10}
+          "db_*":
+            constraints: {table: {required: true}}
+          "db_admin_*":
+            constraints: {table: {enum: [audit]}}
+          purge_cache:
+            effect: mutating
+            constraints: {scope: {enum: [all]}}
+        """,
+    )
+    top = _write(
+        tmp_path,
+        "top.yaml",
+        """
+        version: 1
+        guardian:
+          anomaly: {denial_rate: 0.2}
+          deep: {low_confidence: deny}
+        arguments:
+          roots: ["/srv/other"]
+        tools:
+          run_query:
+            constraints:
+              limit: {max: 100}
+          "db_admin_*":
+            constraints: {table: {enum: [users]}}
+          purge_cache:
+            constraints: {}
+        """,
+    )
+    policy = load_policy([base, top])
+    # guardian: per key, the last file that gives it wins.
+    assert policy.guardian.anomaly == AnomalySettings(min_calls=8, denial_rate=0.2, write_ratio=0.8)
+    assert policy.guardian.spot_timeout == 0.2
+    assert policy.guardian.deep.low_confidence == "deny"
+    # arguments.roots: replaced as a whole.
+    assert policy.path_roots == ("/srv/other",)
+    # tools: constraints replaced per key as a whole; an entry without effect keeps the earlier one.
+    assert policy.effect_override("run_query") is Effect.READ
+    assert policy.constraints_for("run_query") == (Constraint("limit", maximum=100),)
+    assert policy.constraints_for("purge_cache") == ()  # `{}` removed them
+    assert policy.effect_override("purge_cache") is Effect.MUTATING
+    # Later files' globs first: db_admin_* (top) before db_* (base).
+    assert policy.constraints_for("db_admin_x") == (Constraint("table", enum=("users",)),)
+    assert policy.constraints_for("db_x") == (Constraint("table", required=True),)
+    # Order matters the other way round too.
+    flipped = load_policy([top, base])
+    assert flipped.path_roots == ("/srv/data", "/tmp/agent")
+    assert [c.argument for c in flipped.constraints_for("run_query")] == ["sql", "limit"]
+    assert flipped.constraints_for("purge_cache") == (Constraint("scope", enum=("all",)),)
+
+
+def test_constraints_for_exact_before_glob_then_file_order_and_memoised() -> None:
+    policy = parse_policy_text(
+        """
+        version: 1
+        tools:
+          "run_*": {constraints: {a: {required: true}}}
+          "*query*": {constraints: {b: {required: true}}}
+          run_query: {effect: read}
+          run_report: {constraints: {c: {required: true}}}
+        """
+    )
+    assert [c.argument for c in policy.constraints_for("run_query")] == ["a"]  # exact key has no constraints
+    assert [c.argument for c in policy.constraints_for("run_report")] == ["c"]  # exact key wins
+    assert [c.argument for c in policy.constraints_for("my_query")] == ["b"]
+    assert policy.constraints_for("get_user") == ()
+    assert policy.constraints_for("run_x") is policy.constraints_for("run_x")
+    for n in range(5000):
+        policy.constraints_for(f"tool_{n}")
+    assert len(policy._constraints_memo) <= 4096
+    assert [c.argument for c in policy.constraints_for("run_query")] == ["a"]
+
+
+def test_policy_with_new_fields_stays_immutable_and_hashable() -> None:
+    policy = parse_policy_text(FULL_GUARDIAN)
+    again = parse_policy_text(FULL_GUARDIAN)
+    assert policy == again and hash(policy) == hash(again)
+    assert policy != parse_policy_text(FULL_GUARDIAN.replace("min_calls: 10", "min_calls: 11"))
+    with pytest.raises(AttributeError):
+        policy.guardian = GuardianSettings()  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        policy.guardian.spot.deny_at = 0.1  # type: ignore[misc]
+    assert "_constraints_memo" not in repr(policy)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        FULL_GUARDIAN,
+        "version: 1\ntools: {x: {constraints: {}}}\n",
+        "version: 1\ntools: {x: {constraints: {a: {}}}}\n",
+        "version: 1\ntools: {x: {constraints: {a: {enum: []}}}}\n",
+        "version: 1\ntools: {x: {constraints: {a: {enum: [1, a, true, 2.5]}}}}\n",
+        "version: 1\ntools: {x: {constraints: {a: {enum: [[1]]}}}}\n",
+        "version: 1\ntools: {x: {constraints: {a: {enum: [{b: 1}]}}}}\n",
+        "version: 1\ntools: {x: {constraints: {a: {min: 1.5, max: 2}}}}\n",
+        "version: 1\ntools: {x: {effect: read, constraints: {a: {required: false}}}}\n",
+        "version: 1\narguments: {roots: []}\n",
+        "version: 1\narguments: {roots: [relative]}\n",
+        "version: 1\nguardian: {spot: {}, deep: {}, anomaly: {}}\n",
+        "version: 1\nguardian: {deep: {low_confidence: allow}}\n",
+        "version: 1\nguardian: {anomaly: {min_calls: 0}}\n",
+        "version: 1\nguardian: {timeouts: {spot: 30.5}}\n",
+    ],
+)
+def test_interpreter_agrees_with_reference_validator_on_new_keys(body: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
+    try:
+        parse_policy_text(body)
+        ours_ok = True
+    except PolicyError:
+        ours_ok = False
+    assert ours_ok == reference_ok

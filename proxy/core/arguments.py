@@ -8,8 +8,11 @@ call and the arguments are written by the agent, possibly a hostile one:
 
 * the walk stops at ``MAX_DEPTH`` levels, ``MAX_NODES`` values and ``MAX_STRINGS`` strings,
   and a detector reads only the first ``MAX_SCAN`` characters of a string;
-* scanners are linear regex passes with bounded look-ahead, never shlex or a parser
-  (shlex costs ~1.6 us per character in pure Python: a 4 MiB body would take seconds).
+* C-speed pre-checks (substring and set tests) skip strings that cannot match, and each
+  detector analyses at most ``MAX_TOTAL_SCAN`` characters per call;
+* the scanners are regexes with bounded look-ahead and small lexers, not shlex: shlex
+  costs ~1.6 us per character in pure Python, so a 4 MiB body would take seconds. The
+  shell tokenizer follows POSIX quoting (tests hold it to ``shlex.split``).
 
 Detectors err towards a higher effect: a false positive costs a review, a false negative
 lets a ``DROP`` through as a read. Findings and violations name the argument and the
@@ -24,6 +27,7 @@ import json
 import math
 import posixpath
 import re
+import string
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -38,6 +42,7 @@ __all__ = [
     "MAX_NODES",
     "MAX_SCAN",
     "MAX_STRINGS",
+    "MAX_TOTAL_SCAN",
     "ArgumentAnalyser",
     "ArgumentReport",
     "Detector",
@@ -62,6 +67,10 @@ MAX_STRINGS: Final = 512
 """String values handed to detectors per walk."""
 MAX_SCAN: Final = 64 * 1024
 """Characters of one string a detector reads."""
+MAX_TOTAL_SCAN: Final = 64 * 1024
+"""Characters one detector analyses per call, over all strings that pass its cheap pre-check.
+Beyond it the detector reports a destructive finding instead of reading on, so padding the
+arguments can neither slow Fast Guard down nor push a payload past the analysis."""
 MAX_FINDINGS: Final = 64
 """Findings (and violations) kept per call; Spot scores each one, the wire caps lists at 256."""
 _MAX_LABEL: Final = 80
@@ -164,6 +173,32 @@ def _key_words(key: str) -> frozenset[str]:
     return frozenset(tokenize(key[:_MAX_LABEL]))
 
 
+class _Budget:
+    """A detector's per-call allowance of analysed characters (``MAX_TOTAL_SCAN``)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_TOTAL_SCAN
+
+    def spend(self, text: str | Sequence[str]) -> bool:
+        """Whether the budget covers ``text`` (which is then charged); one full string always fits."""
+        size = min(_size(text), MAX_SCAN)
+        if size > self.left:
+            self.left = 0
+            return False
+        self.left -= size
+        return True
+
+
+def _size(text: str | Sequence[str]) -> int:
+    return len(text) if isinstance(text, str) else sum(len(s) for s in text[:MAX_STRINGS]) + len(text)
+
+
+def _too_large(detector: str) -> Finding:
+    return Finding(detector, Effect.DESTRUCTIVE, "arguments too large to analyse fully; treated as destructive")
+
+
 # --------------------------------------------------------------------------- SQL
 
 _D, _M, _A = Effect.DESTRUCTIVE, Effect.MUTATING, Effect.ADMIN
@@ -175,10 +210,10 @@ _SQL_STRICT_KEYS: Final = frozenset({"sql", "stmt", "statement", "statements"})
 _SQL_SOFT_KEYS: Final = frozenset({"query", "queries", "command", "cmd", "q"})
 """Keys that hold SQL on a database tool but prose elsewhere (a search tool's ``query``)."""
 
-_SQL_HINT: Final = re.compile(
-    r"delete|drop|truncate|alter|update|insert|merge|replace|upsert|create|copy|load|rename|grant|revoke|role"
-    r"|authorization|outfile|dumpfile|exec|call|prepare|\bdo\b"
-)
+_SQL_HINTS: Final = (
+    "delete drop truncate alter update insert merge replace upsert create copy load rename grant revoke role"
+    " authorization outfile dumpfile exec call prepare"
+).split()
 _COMMENT: Final = "\x00"
 """Stands in for a comment in lexed SQL, so both readings (token gap or nothing) can be tried."""
 
@@ -209,6 +244,7 @@ _SQL_SHAPES: Final[tuple[tuple[re.Pattern[str], Effect, str], ...]] = tuple(
         (rf"drop (?:{_OBJECTS})\b", _D, "DROP"),
         (r"truncate table\b", _D, "TRUNCATE"),
         (r"delete (?:[\w.]{1,128} )?from\b", _D, "DELETE"),
+        (r"then delete\b", _D, "MERGE ... DELETE"),
         (rf"alter (?:{_OBJECTS})\b", _D, "ALTER"),
         (r"update [\w.]{1,128}(?: (?:as )?\w{1,64})? set\b", _M, "UPDATE"),
         (r"insert (?:ignore |or \w{1,16} )?into\b", _M, "INSERT"),
@@ -265,6 +301,8 @@ _WHITESPACE: Final = re.compile(r"\s+")
 
 
 def _nested_comment_end(text: str, start: int) -> int:
+    if text.find("*/", start) < 0:
+        return len(text)  # unterminated: a comment to the end, without walking every "/*"
     depth = 1
     for mark in _NESTED.finditer(text, start):
         depth += 1 if mark.group() == "/*" else -1
@@ -347,6 +385,15 @@ def _classify_sql(code: str, strict: bool) -> set[tuple[Effect, str]]:
     return found
 
 
+def _sql_candidate(text: str) -> bool:
+    """Cheap pre-check: text without a comment or a write verb cannot produce a SQL finding."""
+    if "/*" in text:
+        return True
+    lowered = text.lower()
+    # Substring tests are C-speed; DO needs a body, which is a $$ or '' literal.
+    return any(hint in lowered for hint in _SQL_HINTS) or ("do" in lowered and ("$" in text or "'" in text))
+
+
 def sql_effects(text: str, strict: bool = True, _depth: int = 0) -> set[tuple[Effect, str]]:
     """(effect, statement kind) pairs that SQL ``text`` implies; empty for reads.
 
@@ -356,7 +403,7 @@ def sql_effects(text: str, strict: bool = True, _depth: int = 0) -> set[tuple[Ef
     and a comment both as a gap and as nothing (``DR/**/OP``); the highest reading wins.
     """
     text = text[:MAX_SCAN].replace(_COMMENT, " ")
-    if "/*" not in text and not _SQL_HINT.search(text.lower()):
+    if not _sql_candidate(text):
         return set()
     found: set[tuple[Effect, str]] = set()
     seen: set[str] = set()
@@ -393,12 +440,16 @@ class SqlDetector:
 
     def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
         sql_tool = not _SQL_TOOL_WORDS.isdisjoint(tool_words)
+        budget = _Budget()
         for leaf in iter_strings(arguments):
             words = _key_words(leaf.key)
             soft = not _SQL_SOFT_KEYS.isdisjoint(words)
             strict = not _SQL_STRICT_KEYS.isdisjoint(words) or (sql_tool and soft)
-            if not (strict or sql_tool or soft):
+            if not (strict or sql_tool or soft) or not _sql_candidate(leaf.value):
                 continue
+            if not budget.spend(leaf.value):
+                yield _too_large(self.name)
+                return
             for effect, kind in sorted(sql_effects(leaf.value, strict), key=lambda f: (-f[0], f[1])):
                 yield Finding(self.name, effect, f"argument {leaf.path!r}: SQL {kind} statement")
 
@@ -449,39 +500,40 @@ _DANGEROUS_NAMES: Final = (
     | _ACCOUNT_TOOLS
     | _SHELLS
     | _SCRIPT_LANGUAGES
-    | {"eval", "source", "ssh"}
+    | {"eval", "source", ".", "ssh"}
 )
 _SYSTEM_DIRS: Final = frozenset(
     {"/", "/*", "/etc", "/usr", "/bin", "/sbin", "/lib", "/lib64", "/var", "/boot", "/root", "/home", "/opt", "/srv"}
 )
 _BLOCK_DEVICE: Final = re.compile(r"/dev/(?:sd|hd|vd|xvd|nvme|mmcblk|disk|mapper/)")
 
-_HINT_NAMES: Final = sorted(
-    _DANGEROUS_NAMES | _DOWNLOADERS | _SCRIPT_LANGUAGES | set(_WRAPPERS) | {"chgrp", "."}, key=len, reverse=True
+_HINT_NAMES: Final = _DANGEROUS_NAMES | _DOWNLOADERS | _SCRIPT_LANGUAGES | frozenset(_WRAPPERS)
+_HINT_MARKS: Final = ("$'", "$(", "<(", ">(", "`", "{", "*", "?", "[", "/dev/")
+_HINT_TABLE: Final = str.maketrans(
+    {
+        **{c: " " for c in string.punctuation + string.whitespace if c not in "._-'\"\\"},
+        "'": None,
+        '"': None,
+        "\\": None,
+    }
 )
-_SHELL_HINT: Final = re.compile(
-    rf"(?<![\w.-])(?:mkfs[\w.]*|{'|'.join(map(re.escape, _HINT_NAMES))})(?![\w-])"
-    r"|[*?\[{`]|\$[('{]|[<>]\(|\(\s*\)|\$ifs|/dev/"
-)
-"""Cheap pre-check on the text with quotes and backslashes removed: a string with none of
-these cannot produce a shell finding, so most strings skip tokenising."""
-_HINT_NOISE: Final = re.compile(r"\\\n|['\"\\]")
+"""Quotes and backslashes vanish (as the shell removes them), other punctuation splits words."""
 _IFS: Final = re.compile(r"\$\{IFS\}|\$IFS\b")
 _SUBST_OPEN: Final = re.compile(r"\$\(|[<>]\(|`")
 _PARENS: Final = re.compile(r"[()]")
 _DOWNLOAD_WORD: Final = re.compile(r"(?<![\w.-])(?:curl|wget|fetch|aria2c|https?|lwp-\w+)(?![\w-])")
 _SUBST_WORD, _DOWNLOAD_SUBST = "__wicket_subst__", "__wicket_download__"
-_FORK_BOMB: Final = re.compile(r"([\w:.-]{1,64})\s*\(\s*\)\s*\{[^}]{0,256}?\1\s*\|\s*\1\s*&")
+_FORK_BOMB: Final = re.compile(r"([\w:.-]{1,64})\s*\(\s*\)\s*\{[^}]{0,64}?\1\s*\|\s*\1\s*&")
 _SHELL_TOKEN: Final = re.compile(
-    r"(?P<space>[ \t\r\f\v]+)"
-    r"|(?P<op>&&|\|\||;;|\|&|&>>?|[<>]{1,2}&?|<<<|[;&|\n()])"
-    r"""|(?P<word>(?:[^\s'"\\;&|()<>]+|\$'[^'\\]*(?:\\.[^'\\]*)*'|'[^']*'|"[^"\\]*(?:\\.[^"\\]*)*"|\\.)+)"""
-    r"|(?P<junk>.)",  # a lone quote or a trailing backslash
+    r"[ \t\r\f\v]*"
+    r"(?:(&&|\|\||;;|\|&|&>>?|[<>]{1,2}&?|<<<|[;&|\n()])"  # an operator
+    r"""|((?:[^\s'"\\;&|()<>]+|\$'[^'\\]*(?:\\.[^'\\]*)*'|'[^']*'|"[^"\\]*(?:\\.[^"\\]*)*"|\\.)+)"""  # a word
+    r"|.)",  # a lone quote or a trailing backslash: skipped
     re.S,
 )
 _QUOTING: Final = re.compile(r"['\"\\]")
 _WORD_PART: Final = re.compile(
-    r"""\\\n|\$'((?:[^'\\]|\\.)*)'|'([^']*)'|"((?:[^"\\]|\\.)*)"|\\(.)""",
+    r"""\\\n|\$'([^'\\]*(?:\\.[^'\\]*)*)'|'([^']*)'|"([^"\\]*(?:\\.[^"\\]*)*)"|\\(.)""",
     re.S,
 )
 _DQ_ESCAPE: Final = re.compile(r"\\([$`\"\\\n])")
@@ -489,6 +541,7 @@ _SEPARATORS: Final = frozenset({";", "&&", "||", "|", "|&", "&", "\n", "(", ")",
 _ASSIGNMENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\+?=")
 _BRACES: Final = re.compile(r"\{([^{}\s]*,[^{}\s]*)\}")
 _GLOB_CHARS: Final = frozenset("*?[")
+_PREFIXES: Final = _PRIVILEGE | frozenset(_WRAPPERS)
 _CODE_STRING: Final = re.compile(r"'([^'\\]*(?:\\.[^'\\]*)*)'" r'|"([^"\\]*(?:\\.[^"\\]*)*)"', re.S)
 
 
@@ -516,14 +569,12 @@ def _unquote_part(match: re.Match[str]) -> str:
 def _shell_tokens(text: str) -> list[tuple[bool, str]]:
     """POSIX-shell words and operators as (is_operator, text), quotes removed. An unbalanced
     quote is skipped (the shell would refuse the line; reading on is the safe side)."""
-    tokens: list[tuple[bool, str]] = []
-    for match in _SHELL_TOKEN.finditer(text):
-        kind, token = match.lastgroup, match.group()
-        if kind == "word":
-            tokens.append((False, _WORD_PART.sub(_unquote_part, token) if _QUOTING.search(token) else token))
-        elif kind == "op":
-            tokens.append((True, token))
-    return tokens
+    unquote, quoting = _WORD_PART.sub, _QUOTING.search
+    return [
+        (True, op) if op else (False, unquote(_unquote_part, word) if quoting(word) else word)
+        for op, word in _SHELL_TOKEN.findall(text)
+        if op or word
+    ]
 
 
 def _substitutions(text: str) -> tuple[str, list[str]]:
@@ -541,7 +592,8 @@ def _substitutions(text: str) -> tuple[str, list[str]]:
             content, pos = text[start:end], end + 1
         else:
             level, end = 1, len(text)
-            for paren in _PARENS.finditer(text, start):
+            closers = text.count(")", start)
+            for paren in _PARENS.finditer(text, start) if closers else ():
                 level += 1 if paren.group() == "(" else -1
                 if level == 0:
                     end = paren.start()
@@ -584,7 +636,7 @@ class _ShellScan:
     command that exhausts it is reported rather than waved through.
     """
 
-    def __init__(self, budget: int = 8 * MAX_SCAN) -> None:
+    def __init__(self, budget: int) -> None:
         self.found: set[tuple[Effect, str]] = set()
         self._budget = budget
         self._seen: set[str] = set()
@@ -598,7 +650,7 @@ class _ShellScan:
         if self._budget < 0:
             self.found.add((_D, "command too complex to analyse"))
             return
-        if "(" in text and "{" in text and _FORK_BOMB.search(text):
+        if "{" in text and "|" in text and "&" in text and _FORK_BOMB.search(text):
             self.found.add((_D, "fork bomb"))
         outer, inner = _substitutions(text) if depth < _MAX_NESTED else (text, [])
         for content in inner:
@@ -629,6 +681,28 @@ class _ShellScan:
     def command(self, words: list[str], downloaded: bool, depth: int) -> str:
         """Analyse one simple command; return the name of the program it runs."""
         index = 0
+        first = words[0]
+        if first in _KEYWORDS or "=" in first or "{" in first or _name(first) in _PREFIXES:
+            index = self._prefixes(words, depth)
+        if index >= len(words):
+            return ""
+        head = words[index]
+        if "{" in head and (brace := _BRACES.fullmatch(head)) is not None:  # {rm,-rf,/} expands to rm -rf /
+            words = [*words[:index], *brace.group(1).split(","), *words[index + 1 :]]
+            head = words[index]
+        name = _name(head)
+        if _GLOB_CHARS.isdisjoint(name):
+            if name in _DANGEROUS_NAMES or name.startswith("mkfs"):
+                self.program(name, _Call(words[index + 1 :], downloaded, depth))
+        elif any(c.isalnum() for c in name):  # /bin/r? runs rm if that is what the glob finds
+            call = _Call(words[index + 1 :], downloaded, depth)
+            for candidate in sorted(n for n in _DANGEROUS_NAMES if fnmatch.fnmatchcase(n, name)):
+                self.program(candidate, call)
+        return name
+
+    def _prefixes(self, words: list[str], depth: int) -> int:
+        """Skip assignments, keywords, sudo and wrappers (noting sudo); the index of the program."""
+        index = 0
         while index < len(words):
             word = words[index]
             name = _name(word)
@@ -643,7 +717,7 @@ class _ShellScan:
                             self.nested(rest[at + 1], depth)
                         elif arg.startswith("--command="):
                             self.nested(arg.split("=", 1)[1], depth)
-                    return name
+                    return len(words)
                 index += 1
                 while index < len(words) and words[index].startswith("-"):
                     index += 2 if words[index] in _PRIVILEGE_OPTIONS else 1
@@ -656,23 +730,12 @@ class _ShellScan:
                     index += 1  # the duration
             else:
                 break
-        if index >= len(words):
-            return ""
-        head = words[index]
-        brace = _BRACES.fullmatch(head)
-        if brace is not None:  # {rm,-rf,/} expands to rm -rf /
-            words = [*words[:index], *brace.group(1).split(","), *words[index + 1 :]]
-            head = words[index]
-        name = _name(head)
-        call = _Call(words[index + 1 :], downloaded, depth)
-        if _GLOB_CHARS.isdisjoint(name):
-            self.program(name, call)
-        else:  # /bin/r? runs rm if that is what the glob finds
-            for candidate in sorted(n for n in _DANGEROUS_NAMES if fnmatch.fnmatchcase(n, name)):
-                self.program(candidate, call)
-        return name
+        return index
 
     def program(self, name: str, call: _Call) -> None:
+        outcomes = _OUTCOMES.get(name)
+        if outcomes is not None and outcomes <= self.found:
+            return  # nothing this program can add (and it runs no nested code): skip the parsing
         args, short, long = call.args, call.short, call.long
         if name == "rm":
             if short & {"r", "R", "f"} or long & {"--recursive", "--force", "--no-preserve-root"}:
@@ -726,16 +789,58 @@ class _ShellScan:
 
 
 class _Call:
-    """One command's arguments, parsed once however many glob candidates look at them."""
+    """One command's arguments, parsed on demand and once, however many glob candidates look."""
 
-    __slots__ = ("args", "depth", "download_subst", "downloaded", "long", "operands", "raw_write", "short")
+    __slots__ = ("_flags", "_operands", "_scans", "args", "depth", "downloaded")
 
     def __init__(self, args: list[str], downloaded: bool, depth: int) -> None:
         self.args, self.downloaded, self.depth = args, downloaded, depth
-        self.short, self.long = _flags(args)
-        self.operands = _operands(args)
-        self.download_subst = any(_DOWNLOAD_SUBST in a for a in args)  # bash <(curl ...)
-        self.raw_write = any(a.startswith("of=") for a in args)  # dd of=
+        self._flags: tuple[set[str], set[str]] | None = None
+        self._operands: list[str] | None = None
+        self._scans: tuple[bool, bool] | None = None
+
+    @property
+    def short(self) -> set[str]:
+        if self._flags is None:
+            self._flags = _flags(self.args)
+        return self._flags[0]
+
+    @property
+    def long(self) -> set[str]:
+        if self._flags is None:
+            self._flags = _flags(self.args)
+        return self._flags[1]
+
+    @property
+    def operands(self) -> list[str]:
+        if self._operands is None:
+            self._operands = _operands(self.args)
+        return self._operands
+
+    @property
+    def download_subst(self) -> bool:
+        """A downloaded script among the arguments: ``bash <(curl ...)``."""
+        return self._scan()[0]
+
+    @property
+    def raw_write(self) -> bool:
+        """``dd of=``."""
+        return self._scan()[1]
+
+    def _scan(self) -> tuple[bool, bool]:
+        if self._scans is None:
+            self._scans = (any(_DOWNLOAD_SUBST in a for a in self.args), any(a.startswith("of=") for a in self.args))
+        return self._scans
+
+
+_OUTCOMES: Final[dict[str, frozenset[tuple[Effect, str]]]] = {
+    "rm": frozenset({(_D, "rm -r/-f (recursive or forced delete)"), (_D, "rm (file deletion)")}),
+    "rmdir": frozenset({(_M, "rmdir (empty directory removal)")}),
+    "dd": frozenset({(_D, "dd of= (raw write)")}),
+    **{name: frozenset({(_D, name)}) for name in ("unlink", "shred", "wipefs")},
+    **{name: frozenset({(_A, f"account administration ({name})")}) for name in _ACCOUNT_TOOLS},
+}
+"""Every finding a program that runs no nested code can produce, so repeats can be skipped."""
 
 
 def _exec_command(args: Sequence[str]) -> Iterator[str]:
@@ -752,14 +857,22 @@ def _system_dir(target: str) -> bool:
     return path in _SYSTEM_DIRS or path.removesuffix("/*") in _SYSTEM_DIRS
 
 
+def _shell_candidate(text: str) -> bool:
+    """Cheap pre-check: text that names no risky program and has no shell trickery cannot
+    produce a shell finding (quotes and backslashes are removed first, as the shell would)."""
+    text = text[:MAX_SCAN]
+    if any(mark in text for mark in _HINT_MARKS):
+        return True
+    words = text.replace("\\\n", "").translate(_HINT_TABLE).lower()
+    return "mkfs" in words or not _HINT_NAMES.isdisjoint(words.split())
+
+
 def shell_effects(command: str | Sequence[str]) -> set[tuple[Effect, str]]:
     """(effect, pattern) pairs for a shell command line, or an argv list run without a shell."""
-    scan = _ShellScan()
+    scan = _ShellScan(budget=2 * min(_size(command), MAX_SCAN) + 4096)  # nested code is re-read once
     if isinstance(command, str):
-        text = command[:MAX_SCAN]
-        if "$'" not in text and not _SHELL_HINT.search(_HINT_NOISE.sub("", text).lower()):
-            return set()
-        scan.text(text)
+        if _shell_candidate(command):
+            scan.text(command[:MAX_SCAN])
     else:  # argv: no shell parses it, so its words are taken as they are
         argv = [a[:MAX_SCAN] for a in command[:MAX_STRINGS] if isinstance(a, str)]
         if argv:
@@ -779,27 +892,32 @@ class ShellDetector:
 
     def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
         shell_tool = not _SHELL_TOOL_WORDS.isdisjoint(tool_words)
+        budget = _Budget()
         found: dict[tuple[Effect, str], str] = {}
-        for leaf in iter_values(arguments):
-            value = leaf.value
-            keyed = not _SHELL_KEYS.isdisjoint(_key_words(leaf.key))
-            if isinstance(value, str) and (shell_tool or keyed):
-                for item in shell_effects(value):
-                    found.setdefault(item, leaf.path)
-            elif isinstance(value, list) and (shell_tool or keyed) and value and all(isinstance(v, str) for v in value):
-                for item in shell_effects(value):
-                    found.setdefault(item, leaf.path)
-            elif isinstance(value, Mapping) and (shell_tool or keyed):
-                argv = _combined_argv(value)
-                if argv:
-                    for item in shell_effects(argv):
-                        found.setdefault(item, leaf.path)
+        candidates: list[tuple[str, str | list[str]]] = []
         argv = _combined_argv(arguments)
         if argv:
-            for item in shell_effects(argv):
-                found.setdefault(item, "command")
+            candidates.append(("command", argv))
+        for leaf in iter_values(arguments):
+            value = leaf.value
+            if not (shell_tool or not _SHELL_KEYS.isdisjoint(_key_words(leaf.key))):
+                continue
+            if isinstance(value, str):
+                if _shell_candidate(value):
+                    candidates.append((leaf.path, value))
+            elif isinstance(value, list):
+                if value and all(isinstance(v, str) for v in value[:MAX_STRINGS]):
+                    candidates.append((leaf.path, value))
+            elif isinstance(value, Mapping) and (argv := _combined_argv(value)):
+                candidates.append((leaf.path, argv))
+        for path, command in candidates:
+            if not budget.spend(command):
+                found.setdefault((Effect.DESTRUCTIVE, "arguments too large to analyse fully"), "*")
+                break
+            for item in shell_effects(command):
+                found.setdefault(item, path)
         for (effect, pattern), path in sorted(found.items(), key=lambda i: (-i[0][0], i[0][1])):
-            yield Finding(self.name, effect, f"argument {path!r}: {pattern}")
+            yield _too_large(self.name) if path == "*" else Finding(self.name, effect, f"argument {path!r}: {pattern}")
 
 
 def _combined_argv(mapping: Mapping[str, Any]) -> list[str] | None:

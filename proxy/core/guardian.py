@@ -59,6 +59,11 @@ def _deny(effect: Effect, reason: str, tier: Tier = Tier.FAST) -> Decision:
     return Decision(Verdict.DENY, effect, tier, reason)
 
 
+class TierUnavailable(Exception):
+    """Raised by a tier that cannot reach a verdict. Its message is shown in the denial
+    reason, so tiers keep it free of secrets and of anything the agent sent."""
+
+
 class ReviewTier(Protocol):
     """A guardian tier beyond Fast (Spot, Deep), in-process or a remote guardian service."""
 
@@ -158,6 +163,9 @@ class GuardianRouter:
             )
         except TimeoutError:
             problem, kind = f"timed out after {slot.timeout:g}s", "timeout"
+        except TierUnavailable as exc:
+            log.warning("%s unavailable: %s", _TIER_LABEL[tier], exc)
+            problem, kind = str(exc)[:200] or exc.__class__.__name__, "error"
         except Exception as exc:  # a tier fault must never turn into an allow
             log.warning("%s failed: %s", _TIER_LABEL[tier], exc.__class__.__name__)
             problem, kind = f"failed ({exc.__class__.__name__})", "error"

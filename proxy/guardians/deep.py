@@ -29,6 +29,7 @@ import anthropic
 from anthropic.types import Message, ToolParam
 
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, new_decision_id
+from proxy.core.guardian import TierUnavailable
 from proxy.core.policy import Policy
 from proxy.core.sessions import Session
 from proxy.guardians.redact import redact, redact_string
@@ -95,7 +96,7 @@ VERDICT_TOOL: ToolParam = {
 _WHITESPACE = re.compile(r"\s+")
 
 
-class DeepGuardError(Exception):
+class DeepGuardError(TierUnavailable):
     """Deep Guard reached no verdict (timeout, API error, malformed reply): the router fails closed."""
 
 

@@ -14,6 +14,7 @@ from typing import Final
 import aiohttp
 
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier
+from proxy.core.guardian import TierUnavailable
 from proxy.core.sessions import Session
 from proxy.guardians.wire import (
     check_key,
@@ -29,7 +30,7 @@ MAX_REPLY_BYTES: Final = 256 * 1024
 REVIEW_PATH: Final = "/v1/review"
 
 
-class RemoteTierError(Exception):
+class RemoteTierError(TierUnavailable):
     """The guardian service gave no usable decision. ``status`` is its HTTP status, if it answered."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
