@@ -55,6 +55,7 @@ METHOD_EFFECTS: dict[str, Effect] = {
         "subscriptions/listen",
     )
 }
+STREAM_METHODS = frozenset({"subscriptions/listen"})
 # Methods whose target travels in ``Mcp-Name`` (2026-07-28) and in this body parameter.
 NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 # Never forwarded: the agent's credential (MCP forbids token passthrough), the browser's
@@ -263,7 +264,9 @@ class McpProxy:
         bind_to: Session | None = None,
     ) -> web.StreamResponse:
         headers = forward_headers(request.headers, _DROP_UPSTREAM)
-        timeout = self._stream_timeout if request.method == "GET" else self._post_timeout
+        # Standalone streams (legacy GET, 2026-07-28 subscriptions/listen) may idle for long.
+        streaming = request.method == "GET" or (decided is not None and decided[0].method in STREAM_METHODS)
+        timeout = self._stream_timeout if streaming else self._post_timeout
         started = time.perf_counter()
         watcher = _ResponseWatcher(decided[2] if decided else None, decided[0].method if decided else None)
         # A pooled connection the upstream closed while idle fails before any byte of the
