@@ -23,6 +23,7 @@ from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
 from proxy.guardians.deep import DeepGuard, deep_from_env
 from proxy.guardians.remote import RemoteTier, remote_tiers
+from proxy.identity_providers.oidc import OidcVerifier, oauth_routes
 from proxy.settings import Settings
 from proxy.state.base import Store
 from proxy.state.memory import MemoryStore
@@ -37,6 +38,27 @@ def open_store(url: str) -> Store:
     raise SystemExit(f"wicket: unsupported --store {url!r}: only 'memory' is available in this build.")
 
 
+def oidc_verifier(settings: Settings) -> OidcVerifier | None:
+    """SPEC §3 step 2 from the --oidc-* flags; a half-configured issuer refuses to start."""
+    if not settings.oidc_issuer:
+        if settings.oidc_audience or settings.oidc_jwks_url:
+            raise SystemExit("wicket: --oidc-audience and --oidc-jwks-url need --oidc-issuer.")
+        return None
+    if not settings.oidc_audience:
+        raise SystemExit(
+            "wicket: --oidc-issuer needs --oidc-audience: the aud your identity provider puts in agents' tokens."
+        )
+    try:
+        return OidcVerifier(
+            issuer=settings.oidc_issuer,
+            audience=settings.oidc_audience,
+            jwks_url=settings.oidc_jwks_url,
+            agent_claim=settings.oidc_agent_claim,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"wicket: {exc}") from None
+
+
 @dataclass
 class Wicket:
     """One running sidecar: both listening sockets and everything behind them."""
@@ -49,7 +71,8 @@ class Wicket:
         self.store: Store = open_store(self.settings.store)
         self.audit: AuditSink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
         self.sessions = SessionManager(self.store, RecordSigner(self.settings.session_key))
-        self.identity = IdentityResolver(self.sessions, self.policy)
+        self.oidc = oidc_verifier(self.settings)
+        self.identity = IdentityResolver(self.sessions, self.policy, oidc=self.oidc)
         classifier = EffectClassifier(
             overrides=self.policy.effect_override, is_trusted_upstream=self.policy.is_trusted_upstream
         )
@@ -119,6 +142,9 @@ class Wicket:
         # own limit is kept just above it as a backstop.
         app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
         app.add_routes(proxy.routes())
+        if self.settings.oidc_issuer:
+            public = self.settings.public_url
+            app.add_routes(oauth_routes(public.rstrip("/") + "/mcp" if public else None, self.settings.oidc_issuer))
         return app
 
     def admin_app(self) -> web.Application:
@@ -139,6 +165,8 @@ class Wicket:
         self._client = self._client_session()
         if not self.audit.healthy:
             log.error("audit log unavailable: %s; only reads will be allowed", self.audit.problem)
+        if self.oidc is not None and not await self.oidc.warm():
+            log.error("OIDC: the keys of %s are unreachable; agents' JWTs get 503 until they are", self.oidc.issuer)
         data_host, data_port = self.settings.listen_address
         admin_host, admin_port = self.settings.admin_address
         self.data_port = await self._serve(self.data_app(), data_host, data_port)
@@ -163,6 +191,8 @@ class Wicket:
             self._client = None
         for tier in self.remote_tiers:
             await tier.close()
+        if self.oidc is not None:
+            await self.oidc.close()
         if isinstance(self.deep, DeepGuard):
             await self.deep.aclose()
         await self.audit.close()

@@ -65,6 +65,19 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str) -> None:
     parser.add_argument(
         "--guardian-client-id", metavar="ID", help="this sidecar's name in guardian tokens (default: the hostname)"
     )
+    parser.add_argument("--oidc-issuer", metavar="URL", help="accept agents' JWTs from this OIDC issuer")
+    parser.add_argument(
+        "--oidc-audience", metavar="AUD", help="the aud agents' JWTs must carry (required with --oidc-issuer)"
+    )
+    parser.add_argument("--oidc-jwks-url", metavar="URL", help="the issuer's JWKS (default: OIDC discovery)")
+    parser.add_argument(
+        "--oidc-agent-claim", default="sub", metavar="NAME", help="the JWT claim naming the agent (default: sub)"
+    )
+    parser.add_argument(
+        "--public-url",
+        metavar="URL",
+        help="the data port's external base URL, e.g. https://mcp.example.com (default: each request's Host)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
 
 
@@ -146,6 +159,11 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str]) 
         allowed_origins=args.allowed_origin,
         guardian_url=args.guardian_url,
         guardian_client_id=args.guardian_client_id or "",
+        oidc_issuer=args.oidc_issuer,
+        oidc_audience=args.oidc_audience,
+        oidc_jwks_url=args.oidc_jwks_url,
+        oidc_agent_claim=args.oidc_agent_claim,
+        public_url=args.public_url,
     )
 
 

@@ -44,6 +44,12 @@ class Settings:
     admin_token: str | None = None
     guardian_url: str | None = None  # central guardian service for Spot and Deep (None: in process)
     guardian_client_id: str = ""  # this sidecar's name (JWT iss) towards the guardian service
+    oidc_issuer: str | None = None  # SPEC §3 step 2: accept agents' JWTs from this issuer
+    oidc_audience: str | None = None  # the aud those JWTs must carry (required with oidc_issuer)
+    oidc_jwks_url: str | None = None  # None: discovered from {issuer}/.well-known/openid-configuration
+    oidc_agent_claim: str = "sub"
+    public_url: str | None = None
+    """The data port's external base URL (RFC 9728 ``resource``); None: each request's own scheme and Host."""
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     """Where ANTHROPIC_*, WICKET_DEEP_MODEL and WICKET_GUARDIAN_KEY are read (tests pass their own)."""
 

@@ -26,6 +26,7 @@ from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
+from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
 from proxy.settings import Settings
 from proxy.telemetry import Metrics
 
@@ -67,13 +68,23 @@ _DROP_DOWNSTREAM = frozenset({"server", "date"})
 class Refusal(Exception):
     """A request answered by Wicket itself before anything is forwarded."""
 
-    def __init__(self, status: int, code: int, message: str, *, data: Any = None, reason: str = "refused") -> None:
+    def __init__(
+        self,
+        status: int,
+        code: int,
+        message: str,
+        *,
+        data: Any = None,
+        reason: str = "refused",
+        challenge: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
         self.data = data
         self.reason = reason
+        self.challenge = challenge  # the WWW-Authenticate value of a 401
 
 
 class McpProxy:
@@ -211,7 +222,20 @@ class McpProxy:
         except IdentityError as exc:
             if exc.integrity:
                 await self._integrity_failure(exc.reason)
-            raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth") from None
+            challenge = self._challenge(request) if exc.status == 401 else None
+            raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth", challenge=challenge) from None
+
+    def _challenge(self, request: web.Request) -> str:
+        """SPEC §3 / RFC 9728 §5.1: a 401 names the resource metadata, which names the IdP.
+
+        ``error="invalid_token"`` (RFC 6750) only when a bearer token was presented and refused.
+        """
+        presented = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+        error = "invalid_token" if presented else None
+        if not self._settings.oidc_issuer:
+            return 'Bearer realm="wicket"' + (f', error="{error}"' if error else "")
+        base = self._settings.public_url or f"{request.scheme}://{request.host}"
+        return www_authenticate(resource_metadata_url(base.rstrip("/") + "/mcp"), error=error)
 
     async def _session(
         self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: Action | None
@@ -373,7 +397,9 @@ class McpProxy:
 
     def _refusal_response(self, refusal: Refusal) -> web.Response:
         self._metrics.rejections.labels(refusal.reason).inc()
-        headers = {"WWW-Authenticate": 'Bearer realm="wicket"'} if refusal.status == 401 else None
+        headers = None
+        if refusal.status == 401:
+            headers = {"WWW-Authenticate": refusal.challenge or 'Bearer realm="wicket"'}
         data = refusal.data if refusal.data is not None else jsonrpc.NODATA
         return web.Response(
             status=refusal.status,

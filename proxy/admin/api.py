@@ -108,7 +108,7 @@ class AdminApi:
         if unknown:
             return _problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
         agent_id = body.get("agent_id")
-        if not isinstance(agent_id, str) or not AGENT_ID.match(agent_id) or agent_id in RESERVED_AGENTS:
+        if not isinstance(agent_id, str) or not AGENT_ID.fullmatch(agent_id) or agent_id in RESERVED_AGENTS:
             return _problem(400, "agent_id must be 1-128 characters of [A-Za-z0-9._:@/-] and not 'anonymous'.")
         scope = body.get("scope", list(self._policy.default_scope.patterns))
         if isinstance(scope, str):

@@ -6,12 +6,17 @@ API) resolves callers the same way.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from proxy.core.policy import Policy
 from proxy.core.sessions import TOKEN_PREFIX, Session, SessionIntegrityError, SessionManager
 
 ANONYMOUS = "anonymous"
+TOOL_SCOPE_PREFIX = "tool:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +26,37 @@ class Caller:
     agent_id: str
     session: Session | None
     anonymous: bool = False
+    inbound_token: str | None = field(default=None, repr=False)
+    """The agent's OIDC JWT: only the subject token for exchange-mode credentials, never forwarded or logged."""
+
+
+class ExternalIdentity(Protocol):
+    """An agent verified by an external identity provider (SPEC §3 step 2)."""
+
+    @property
+    def agent_id(self) -> str: ...
+    @property
+    def scopes(self) -> tuple[str, ...]: ...
+    @property
+    def expires_at(self) -> float: ...
+    @property
+    def token_id(self) -> str: ...
+
+
+class TokenVerifier(Protocol):
+    """Verifies a bearer JWT; raises ``IdentityError`` (401, or 503 when the IdP is unreachable)."""
+
+    async def identify(self, token: str) -> ExternalIdentity: ...
+
+
+def scope_ceiling(scopes: Sequence[str], default: Sequence[str]) -> tuple[str, ...]:
+    """A token's ``tool:<glob>`` scopes are its session's ceiling; a token with none gets ``default``.
+
+    Other scopes (``openid``, ``profile``, an API's own) say nothing about MCP tools and are ignored.
+    """
+    globs = tuple(s[len(TOOL_SCOPE_PREFIX) :] for s in scopes if s.startswith(TOOL_SCOPE_PREFIX))
+    globs = tuple(g for g in globs if g)
+    return globs or tuple(default)
 
 
 class IdentityError(Exception):
@@ -34,11 +70,20 @@ class IdentityError(Exception):
 
 
 class IdentityResolver:
-    """Steps 1 and 4 of SPEC §3; OIDC and federation plug in ahead of anonymous later."""
+    """Steps 1, 2 and 4 of SPEC §3; federation plugs in ahead of anonymous later."""
 
-    def __init__(self, sessions: SessionManager, policy: Policy) -> None:
+    def __init__(
+        self,
+        sessions: SessionManager,
+        policy: Policy,
+        *,
+        oidc: TokenVerifier | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._sessions = sessions
         self._policy = policy
+        self._oidc = oidc
+        self._clock = clock
 
     async def resolve(self, authorization: str | None) -> Caller:
         if not authorization:
@@ -50,9 +95,11 @@ class IdentityResolver:
         if scheme.lower() != "bearer" or not credential:
             raise IdentityError(401, "Unsupported Authorization header: use 'Bearer <token>'.")
         if not credential.startswith(TOKEN_PREFIX):
-            raise IdentityError(
-                401, "Bearer token is not a Wicket runtime token, and no OIDC issuer is configured to verify it."
-            )
+            if self._oidc is None:
+                raise IdentityError(
+                    401, "Bearer token is not a Wicket runtime token, and no OIDC issuer is configured to verify it."
+                )
+            return await self._oidc_caller(self._oidc, credential)
         try:
             session = await self._sessions.by_token(credential)
         except SessionIntegrityError as exc:
@@ -60,6 +107,28 @@ class IdentityResolver:
         if session is None:
             raise IdentityError(401, "Runtime token is unknown, expired or revoked.")
         return Caller(agent_id=session.agent_id, session=session)
+
+    async def _oidc_caller(self, oidc: TokenVerifier, token: str) -> Caller:
+        """SPEC §3 step 2: one read-only session per verified token, expiring with it.
+
+        The session id is derived from the agent, the token's id and its ceiling, so every
+        request carrying the same token lands in the same session (and its activity counts).
+        """
+        identity = await oidc.identify(token)
+        policy = self._policy
+        scope = scope_ceiling(identity.scopes, policy.default_scope.patterns)
+        digest = hashlib.sha256("\0".join((identity.agent_id, identity.token_id, *scope)).encode()).hexdigest()
+        session_id = "ses_oidc_" + digest[:32]
+        try:
+            session = await self._sessions.get(session_id)
+        except SessionIntegrityError as exc:
+            raise IdentityError(403, f"Session denied: {exc}.", integrity=True) from exc
+        if session is None:
+            ttl = min(max(identity.expires_at - self._clock(), 1.0), policy.session_max_ttl_seconds)
+            session = await self._sessions.create(
+                identity.agent_id, scope=scope, mode="read-only", ttl_seconds=ttl, session_id=session_id
+            )
+        return Caller(agent_id=identity.agent_id, session=session, inbound_token=token)
 
     async def session_for(self, caller: Caller, *, fresh: bool = False) -> Session:
         """The session a request runs in: the token's, else an anonymous one.
