@@ -791,7 +791,7 @@ def test_guardian_defaults_without_the_section() -> None:
         ("arguments:\n  roots: [srv/data]\n", 3, "arguments.roots[0]: invalid value 'srv/data': An absolute POSIX"),
         ("arguments:\n  roots: /srv\n", 3, "arguments.roots: expected a list, got a string"),
         ("arguments:\n  root: [/srv]\n", 3, "unknown key 'arguments.root'; did you mean 'roots'?"),
-        ("tools:\n  x: {}\n", 3, "tools.x: missing required key 'effect' or 'constraints'"),
+        ("tools:\n  x: {}\n", 3, "tools.x: missing required key 'effect', 'constraints' or 'credentials'"),
         ("tools:\n  x:\n    constraints: []\n", 4, "tools.x.constraints: expected a mapping, got a list"),
         ("tools:\n  x:\n    constraints:\n      '': {required: true}\n", 5, 'tools.x.constraints key "": must not be'),
         (
@@ -993,6 +993,204 @@ def test_policy_with_new_fields_stays_immutable_and_hashable() -> None:
     ],
 )
 def test_interpreter_agrees_with_reference_validator_on_new_keys(body: str) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
+    try:
+        parse_policy_text(body)
+        ours_ok = True
+    except PolicyError:
+        ours_ok = False
+    assert ours_ok == reference_ok
+
+
+# --------------------------------------------------------------------------- upstream credentials
+
+CREDENTIALS = """\
+version: 1
+upstreams:
+  - url: "http://127.0.0.1:3001/mcp"
+    credentials:
+      mode: minted
+      ttl_seconds: 30
+      scope: ["notes:read", "notes:write"]
+  - url: "https://billing.example/mcp/"
+    credentials: {mode: static, header: X-Api-Key, value_env: BILLING_KEY}
+  - url: "https://other.example/mcp"
+tools:
+  export_notes:
+    credentials: {scope: ["notes:export"]}
+  "legacy_*":
+    credentials: {mode: passthrough}
+  legacy_ok: {effect: read}
+"""
+
+
+def test_credentials_default_to_minted() -> None:
+    from proxy.core.policy import CredentialSettings
+
+    assert Policy().credentials_for("http://any/mcp", "get_x") == CredentialSettings()
+    assert CredentialSettings().mode == "minted" and CredentialSettings().ttl_seconds == 60
+
+
+def test_credentials_tool_wins_over_upstream() -> None:
+    policy = parse_policy_text(CREDENTIALS)
+    notes = policy.credentials_for("HTTP://127.0.0.1:3001/mcp/", "get_note")
+    assert (notes.mode, notes.ttl_seconds, notes.scope) == ("minted", 30, ("notes:read", "notes:write"))
+    exported = policy.credentials_for("http://127.0.0.1:3001/mcp", "export_notes")
+    assert (exported.mode, exported.ttl_seconds, exported.scope) == ("minted", 30, ("notes:export",))
+    assert policy.credentials_for("http://127.0.0.1:3001/mcp", "legacy_sync").mode == "passthrough"
+    assert policy.credentials_for("http://127.0.0.1:3001/mcp", "legacy_ok").mode == "passthrough"  # effect-only key
+    billing = policy.credentials_for("https://billing.example/mcp", None)
+    assert (billing.mode, billing.header, billing.value_env, billing.value_file) == (
+        "static",
+        "X-Api-Key",
+        "BILLING_KEY",
+        None,
+    )
+    assert policy.credentials_for("https://other.example/mcp", "get_x").mode == "minted"
+    assert policy.credentials_for("https://unlisted.example/mcp", "export_notes").scope == ("notes:export",)
+    first = policy.credentials_for("http://127.0.0.1:3001/mcp", "get_note")
+    assert policy.credentials_for("http://127.0.0.1:3001/mcp", "get_note") is first  # memoised
+    assert policy == parse_policy_text(CREDENTIALS) and hash(policy) == hash(parse_policy_text(CREDENTIALS))
+
+
+def test_credential_variants_cover_every_effective_setting() -> None:
+    policy = parse_policy_text(CREDENTIALS)
+    variants = {(url, key): s.mode for url, key, s in policy.credential_variants()}
+    assert variants[(None, None)] == "minted"  # other.example lists no credentials
+    assert variants[("https://billing.example/mcp", None)] == "static"
+    assert variants[("http://127.0.0.1:3001/mcp", "legacy_*")] == "passthrough"
+    assert variants[("http://127.0.0.1:3001/mcp", "export_notes")] == "minted"
+
+
+def test_tool_secret_source_replaces_the_upstreams() -> None:
+    policy = parse_policy_text(
+        "version: 1\nupstreams:\n  - url: http://u/mcp\n    credentials: {mode: static, value_env: A}\n"
+        "tools:\n  t:\n    credentials: {value_file: /run/secrets/t}\n"
+    )
+    settings = policy.credentials_for("http://u/mcp", "t")
+    assert (settings.mode, settings.value_env, settings.value_file) == ("static", None, "/run/secrets/t")
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "message"),
+    [
+        (
+            "upstreams:\n  - url: http://u/mcp\n    credentials: {mode: static}\n",
+            4,
+            "upstreams[0].credentials: mode 'static' needs exactly one of value_env or value_file",
+        ),
+        (
+            "upstreams:\n  - url: http://u/mcp\n    credentials:\n      mode: static\n      value_env: A\n"
+            "      value_file: /f\n",
+            5,
+            "needs exactly one of value_env or value_file (both are given)",
+        ),
+        (
+            "upstreams:\n  - url: http://u/mcp\n    credentials: {mode: exchange, client_id: w, client_secret_env: S}"
+            "\n",
+            4,
+            "upstreams[0].credentials: mode 'exchange' needs token_endpoint",
+        ),
+        (
+            "upstreams:\n  - url: http://u/mcp\n    credentials: {value_env: A}\n",
+            4,
+            "upstreams[0].credentials: value_env does not apply to mode 'minted'",
+        ),
+        (
+            "upstreams:\n  - url: http://u/mcp\n    credentials: {mode: static, value_env: A}\n"
+            "tools:\n  t:\n    credentials: {scope: [x]}\n",
+            7,
+            "tools.t.credentials: scope does not apply to mode 'static'",
+        ),
+        (
+            "tools:\n  t:\n    credentials: {mode: static, header: Mcp-Session-Id, value_env: A}\n",
+            4,
+            "header 'Mcp-Session-Id' is set by Wicket or the MCP transport",
+        ),
+        (
+            "tools:\n  t:\n    credentials: {value_env: A}\n",
+            4,
+            "tools.t.credentials: value_env does not apply to mode 'minted'",
+        ),
+        (
+            "upstreams:\n  - url: http://a/mcp\n    credentials: {mode: passthrough}\n  - url: http://b/mcp\n"
+            "    credentials: {mode: static, value_env: B}\ntools:\n  t:\n    credentials: {ttl_seconds: 9}\n",
+            9,
+            "tools.t.credentials: ttl_seconds does not apply to mode 'passthrough' or 'static'",
+        ),
+        ("upstreams:\n  - url: http://u/mcp\n    credentials: {ttl_seconds: 4}\n", 4, "4 is below the minimum of 5"),
+        ("upstreams:\n  - url: http://u/mcp\n    credentials: {ttl_seconds: 3601}\n", 4, "above the maximum of 3600"),
+        ("upstreams:\n  - url: http://u/mcp\n    credentials: {mode: mint}\n", 4, "'mint' is not one of: minted"),
+        ("upstreams:\n  - url: http://u/mcp\n    credentials: {scope: ['a b']}\n", 4, "invalid value 'a b'"),
+        ("upstreams:\n  - url: http://u/mcp\n    credentials: {header: 'X Key'}\n", 4, "invalid value 'X Key'"),
+        (
+            "upstreams:\n  - url: http://u/mcp\n    credentials: {secret: x}\n",
+            4,
+            "unknown key 'upstreams[0].credentials.secret'",
+        ),
+        (
+            "upstreams:\n  - url: http://u/mcp\n    credentials: {mode: exchange, token_endpoint: idp, client_id: w, "
+            "client_secret_env: S}\n",
+            4,
+            "token_endpoint: invalid value 'idp'",
+        ),
+    ],
+)
+def test_credentials_errors_name_the_line(body: str, line: int, message: str) -> None:
+    issue = _one("version: 1\n" + body)
+    assert issue.line == line, issue
+    assert message in issue.message, issue
+
+
+def test_credentials_merge_across_files(tmp_path: Path) -> None:
+    base = _write(
+        tmp_path,
+        "base.yaml",
+        """
+        version: 1
+        upstreams:
+          - url: http://u/mcp
+            credentials: {mode: static, value_env: A}
+        tools:
+          t: {credentials: {scope: [x]}, effect: read}
+        """,
+    )
+    keeps = _write(tmp_path, "keeps.yaml", "version: 1\nupstreams:\n  - url: http://u/mcp\n    trusted: true\n")
+    replaces = _write(
+        tmp_path,
+        "replaces.yaml",
+        """
+        version: 1
+        upstreams:
+          - url: http://U/mcp/
+            credentials: {ttl_seconds: 10}
+        tools:
+          t: {credentials: {scope: [y]}}
+        """,
+    )
+    with pytest.raises(PolicyError) as info:
+        load_policy([base, keeps])  # t's scope under a static upstream
+    assert "tools.t.credentials: scope does not apply to mode 'static'" in str(info.value)
+    policy = load_policy([base, keeps, replaces])
+    assert policy.credentials_for("http://u/mcp", None).ttl_seconds == 10
+    assert policy.credentials_for("http://u/mcp", "t").scope == ("y",)
+    assert policy.credentials_for("http://u/mcp", "t").mode == "minted"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "version: 1\nupstreams: [{url: 'http://u', credentials: {}}]\n",
+        "version: 1\nupstreams: [{url: 'http://u', credentials: {mode: passthrough}}]\n",
+        "version: 1\nupstreams: [{url: 'http://u', credentials: {ttl_seconds: 5, scope: []}}]\n",
+        "version: 1\nupstreams: [{url: 'http://u', credentials: {ttl_seconds: 1}}]\n",
+        "version: 1\nupstreams: [{url: 'http://u', credentials: {scope: ['a\"b']}}]\n",
+        "version: 1\ntools: {x: {credentials: {mode: static, value_file: /s, header: X-K}}}\n",
+        "version: 1\ntools: {x: {credentials: {subject_token_type: id_token}}}\n",
+    ],
+)
+def test_interpreter_agrees_with_reference_validator_on_credentials(body: str) -> None:
     jsonschema = pytest.importorskip("jsonschema")
     reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
     try:

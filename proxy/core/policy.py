@@ -16,7 +16,7 @@ import json
 import math
 import posixpath
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, TypeVar
@@ -33,6 +33,7 @@ __all__ = [
     "AgentRule",
     "AnomalySettings",
     "Constraint",
+    "CredentialSettings",
     "DeepSettings",
     "GuardianSettings",
     "Policy",
@@ -126,6 +127,98 @@ def normalise_url(url: str) -> str:
     if default_port and hostport.endswith(default_port):
         hostport = hostport[: -len(default_port)]
     return urlunsplit((scheme, userinfo + at + hostport, parts.path.rstrip("/"), parts.query, parts.fragment))
+
+
+# Which ``credentials`` keys mean something in which mode: a key given for another mode is a
+# mistake (a forgotten ``mode: static``), never silently ignored.
+_CREDENTIAL_KEYS: Final[dict[str, frozenset[str]]] = {
+    "minted": frozenset({"ttl_seconds", "scope"}),
+    "static": frozenset({"header", "value_env", "value_file"}),
+    "exchange": frozenset(
+        {"scope", "token_endpoint", "client_id", "client_secret_env", "audience", "subject_token_type"}
+    ),
+    "passthrough": frozenset(),
+}
+# Headers a static secret must not replace: the proxy or the MCP transport owns them.
+_RESERVED_HEADERS: Final = frozenset(
+    {
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "accept",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "mcp-method",
+        "mcp-name",
+        "last-event-id",
+    }
+)
+
+CredentialBlock = tuple[tuple[str, Any], ...]
+"""One validated ``credentials`` mapping, frozen as sorted (key, value) pairs (lists become tuples)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSettings:
+    """The effective ``credentials`` for one upstream and tool: the upstream's keys, the tool's on top.
+
+    The broker (``proxy.credentials``) turns these into the header sent upstream; ``None``
+    means not configured (``audience`` then defaults to the upstream's normalised URL).
+    """
+
+    mode: str = "minted"
+    ttl_seconds: int = 60
+    scope: tuple[str, ...] = ()
+    header: str = "Authorization"
+    value_env: str | None = None
+    value_file: str | None = None
+    token_endpoint: str | None = None
+    client_id: str | None = None
+    client_secret_env: str | None = None
+    audience: str | None = None
+    subject_token_type: str = "jwt"
+
+
+_DEFAULT_CREDENTIALS: Final = CredentialSettings()
+
+
+def _freeze_credentials(block: Mapping[str, Any]) -> CredentialBlock:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in block.items()))
+
+
+def _effective_credentials(upstream: CredentialBlock, tool: CredentialBlock) -> dict[str, Any]:
+    """Tool keys win over upstream keys; a tool naming a secret source replaces the upstream's source."""
+    merged = dict(upstream)
+    given = dict(tool)
+    if "value_env" in given or "value_file" in given:
+        merged.pop("value_env", None)
+        merged.pop("value_file", None)
+    merged.update(given)
+    return merged
+
+
+def _credential_problems(merged: Mapping[str, Any], given: Iterable[str]) -> list[str]:
+    """What is wrong with one effective credentials setting; ``given`` are the keys to blame."""
+    mode = merged.get("mode", "minted")
+    problems: list[str] = []
+    stray = sorted(k for k in given if k != "mode" and k not in _CREDENTIAL_KEYS[mode])
+    if stray:
+        names = ", ".join(stray)
+        problems.append(f"{names} {'does' if len(stray) == 1 else 'do'} not apply to mode '{mode}'")
+    if mode == "static":
+        sources = [k for k in ("value_env", "value_file") if k in merged]
+        if len(sources) != 1:
+            both = " (both are given)" if sources else ""
+            problems.append(f"mode 'static' needs exactly one of value_env or value_file{both}")
+        if str(merged.get("header", "Authorization")).lower() in _RESERVED_HEADERS:
+            problems.append(f"header {merged['header']!r} is set by Wicket or the MCP transport; choose another")
+    elif mode == "exchange":
+        missing = [k for k in ("token_endpoint", "client_id", "client_secret_env") if k not in merged]
+        if missing:
+            problems.append(f"mode 'exchange' needs {', '.join(missing)}")
+    return problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +327,12 @@ class Policy:
     """Normalised absolute directories that path-like arguments must stay inside; empty = no check."""
     tool_constraints: tuple[tuple[str, tuple[Constraint, ...]], ...] = ()
     """Same precedence as ``effect_overrides``: exact keys win, then globs in this order."""
+    upstream_credentials: tuple[tuple[str, CredentialBlock], ...] = ()
+    """Normalised upstream URL -> its ``credentials`` (the last entry that gives them wins)."""
+    tool_credentials: tuple[tuple[str, CredentialBlock], ...] = ()
+    """Same precedence as ``effect_overrides``: exact keys win, then globs in this order."""
+    credentials_default_used: bool = True
+    """Whether an upstream without ``credentials`` may be proxied (listed without them, or none listed)."""
     sources: tuple[str, ...] = ()
 
     _exact_effects: dict[str, Effect] = field(init=False, repr=False, compare=False)
@@ -247,10 +346,15 @@ class Policy:
         init=False, repr=False, compare=False
     )
     _constraints_memo: dict[str, tuple[Constraint, ...]] = field(init=False, repr=False, compare=False)
+    _upstream_creds: dict[str, CredentialBlock] = field(init=False, repr=False, compare=False)
+    _exact_creds: dict[str, CredentialBlock] = field(init=False, repr=False, compare=False)
+    _glob_creds: tuple[tuple[re.Pattern[str], CredentialBlock], ...] = field(init=False, repr=False, compare=False)
+    _creds_memo: dict[str, CredentialSettings] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         exact_effects, glob_effects = _split_keys(self.effect_overrides)
         exact_constraints, glob_constraints = _split_keys(self.tool_constraints)
+        exact_creds, glob_creds = _split_keys(self.tool_credentials)
         trusted = {normalise_url(u.url): u.trusted for u in self.upstreams}
         for name, value in (
             ("_exact_effects", exact_effects),
@@ -258,6 +362,10 @@ class Policy:
             ("_exact_constraints", exact_constraints),
             ("_glob_constraints", glob_constraints),
             ("_trusted", trusted),
+            ("_upstream_creds", {normalise_url(url): block for url, block in self.upstream_credentials}),
+            ("_exact_creds", exact_creds),
+            ("_glob_creds", glob_creds),
+            ("_creds_memo", {}),
             ("_caps_memo", {}),
             ("_block_memo", {}),
             ("_effect_memo", {}),
@@ -316,6 +424,44 @@ class Policy:
     def is_trusted_upstream(self, url: str) -> bool:
         """Whether annotations from this upstream may lower an effect (SPEC §6)."""
         return self._trusted.get(normalise_url(url), False)
+
+    def credentials_for(self, upstream_url: str, tool_name: str | None) -> CredentialSettings:
+        """How to derive the credential for a call to ``tool_name`` (``None``: protocol housekeeping)
+        at ``upstream_url``: the upstream's ``credentials``, then the tool's (exact key, else the
+        first matching glob) on top; ``mode: minted`` with its defaults when neither says anything."""
+        memo_key = f"{upstream_url}\x00{tool_name}" if tool_name is not None else f"{upstream_url}\x01"
+        cached = self._creds_memo.get(memo_key)
+        if cached is not None:
+            return cached
+        upstream = self._upstream_creds.get(normalise_url(upstream_url), ())
+        tool: CredentialBlock = ()
+        if tool_name is not None:
+            found = self._exact_creds.get(tool_name)
+            if found is None:
+                found = next((block for regex, block in self._glob_creds if regex.match(tool_name)), ())
+            tool = found
+        result = _credential_settings(_effective_credentials(upstream, tool))
+        _remember(self._creds_memo, memo_key, result)
+        return result
+
+    def credential_variants(self) -> tuple[tuple[str | None, str | None, CredentialSettings], ...]:
+        """Every effective credentials setting a call can get, as (upstream URL or ``None`` for one
+        without ``credentials``, tool key or ``None``, settings): what the broker prepares at start-up
+        (static secrets, exchange clients) and what start-up warnings are about."""
+        uppers: list[tuple[str | None, CredentialBlock]] = list(self.upstream_credentials)
+        if self.credentials_default_used or not uppers:
+            uppers.insert(0, (None, ()))
+        return tuple(
+            (url, key, _credential_settings(_effective_credentials(block, tool_block)))
+            for url, block in uppers
+            for key, tool_block in ((None, ()), *self.tool_credentials)
+        )
+
+
+def _credential_settings(merged: Mapping[str, Any]) -> CredentialSettings:
+    if not merged:
+        return _DEFAULT_CREDENTIALS
+    return CredentialSettings(**{k: tuple(v) if k == "scope" else v for k, v in merged.items()})
 
 
 # --------------------------------------------------------------------------- schema interpreter
@@ -743,6 +889,10 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
     blocklist: list[str] = []
     upstreams: list[UpstreamRule] = []
     guardian: dict[str | None, dict[str, Any]] = {"anomaly": {}, "spot": {}, "deep": {}, None: {}}
+    # Where each credentials block was given, for line numbers: key -> (block, file, line, label).
+    upstream_creds: dict[str, tuple[CredentialBlock, str, int, str]] = {}
+    tool_creds: dict[str, tuple[CredentialBlock, str, int, str]] = {}
+    listed: set[str] = set()
     for index, layer in enumerate(layers):
         for (section, key), name in _SCALARS.items():
             block = layer.data.get(section) or {}
@@ -769,6 +919,13 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
             )
         blocklist.extend(layer.data.get("blocklist", ()))
         upstreams.extend(UpstreamRule(u["url"], bool(u.get("trusted", False))) for u in layer.data.get("upstreams", ()))
+        for position, entry in enumerate(layer.data.get("upstreams", ())):
+            url = normalise_url(entry["url"])
+            listed.add(url)
+            if "credentials" in entry:
+                line = _line(_value_node(layer.root, "upstreams", position, "credentials"))
+                label = f"upstreams[{position}].credentials"
+                upstream_creds[url] = (_freeze_credentials(entry["credentials"]), layer.source, line, label)
     # Later files win per key (separately for effect and constraints), and their globs are
     # tried before earlier files' globs.
     overrides: dict[str, Effect] = {}
@@ -780,6 +937,14 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
             if "constraints" in override and key not in constraints:
                 rules = override["constraints"] or {}
                 constraints[key] = tuple(_constraint(argument, r) for argument, r in rules.items())
+            if "credentials" in override and key not in tool_creds:
+                line = _line(_value_node(layer.root, "tools", key, "credentials"))
+                label = _join(_join("tools", key), "credentials")
+                tool_creds[key] = (_freeze_credentials(override["credentials"]), layer.source, line, label)
+    default_used = not upstream_creds or bool(listed - upstream_creds.keys())
+    credential_issues = _check_credentials(upstream_creds, tool_creds, default_used)
+    if credential_issues:
+        return None, credential_issues
     policy = Policy(
         **settings,
         agents=tuple(agents),
@@ -793,6 +958,9 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
             **guardian[None],
         ),
         tool_constraints=tuple(constraints.items()),
+        upstream_credentials=tuple((url, entry[0]) for url, entry in upstream_creds.items()),
+        tool_credentials=tuple((key, entry[0]) for key, entry in tool_creds.items()),
+        credentials_default_used=default_used,
         sources=tuple(layer.source for layer in layers),
     )
     if policy.session_ttl_seconds > policy.session_max_ttl_seconds:
@@ -816,6 +984,43 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
         )
         return None, [PolicyIssue(at[1], at[2], message)]
     return policy, []
+
+
+def _check_credentials(
+    upstreams: Mapping[str, tuple[CredentialBlock, str, int, str]],
+    tools: Mapping[str, tuple[CredentialBlock, str, int, str]],
+    default_used: bool,
+) -> list[PolicyIssue]:
+    """Check every effective credentials setting a call can get (each upstream's, alone and under
+    each tool's), blaming the block that makes it wrong: a tool block inherits upstream keys, so a
+    missing ``value_env`` may only show once the two are combined.
+
+    ``tools`` keys apply to every upstream, so a tool block without ``mode`` is only blamed for a
+    key that applies under none of the upstreams it can combine with."""
+    issues: dict[PolicyIssue, None] = {}
+    uppers: list[tuple[str | None, tuple[CredentialBlock, str, int, str] | None]] = list(upstreams.items())
+    if default_used:
+        uppers.insert(0, (None, None))
+    for _, upper in uppers:
+        if upper is not None:
+            for problem in _credential_problems(_effective_credentials(upper[0], ()), dict(upper[0])):
+                issues[PolicyIssue(upper[1], upper[2], f"{upper[3]}: {problem}")] = None
+    for tool_block, source, line, label in tools.values():
+        given = dict(tool_block)
+        modes: dict[str, None] = {}
+        for url, upper in uppers:
+            merged = _effective_credentials(upper[0] if upper else (), tool_block)
+            modes[merged.get("mode", "minted")] = None
+            for problem in _credential_problems(merged, given if "mode" in given else ()):
+                context = f" (under the credentials of upstream {url})" if url and "mode" not in given else ""
+                issues[PolicyIssue(source, line, f"{label}: {problem}{context}")] = None
+        if "mode" not in given:
+            stray = sorted(k for k in given if all(k not in _CREDENTIAL_KEYS[m] for m in modes))
+            if stray:
+                names, verb = ", ".join(stray), "does" if len(stray) == 1 else "do"
+                applies = " or ".join(repr(m) for m in modes)
+                issues[PolicyIssue(source, line, f"{label}: {names} {verb} not apply to mode {applies}")] = None
+    return list(issues)
 
 
 def _load(sources: Iterable[tuple[str, str | None]], merge: bool = True) -> tuple[Policy | None, list[PolicyIssue]]:

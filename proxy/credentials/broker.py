@@ -1,0 +1,334 @@
+"""The credential one forwarded call carries upstream, derived per call from policy.
+
+The agent's own token never travels upstream (the MCP spec forbids token passthrough)
+unless the operator opts in with ``mode: passthrough``. Whatever the mode, only a
+credential's id and fingerprint leave this module for logs and audit, never its value.
+
+Scope rule (minted and exchange): the policy's ``scope`` for the upstream/tool is the grant;
+the session ceiling is a set of tool-name globs. A grant entry is kept exactly when the
+session's ceiling admits the tool being called; a call the ceiling excludes gets no scope.
+Protocol housekeeping (``initialize``, ``tools/list``, notifications: no tool) keeps the
+upstream's grant, since the ceiling says nothing about it. An empty grant still mints, with
+``scope: ""``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+
+from proxy.core.action import Action
+from proxy.core.policy import CredentialSettings, Policy, normalise_url
+from proxy.core.sessions import TOKEN_PREFIX, Session
+from proxy.credentials.exchange import CredentialError, TokenExchanger
+from proxy.credentials.keys import KeyRing
+
+log = logging.getLogger(__name__)
+
+_FILE_RECHECK_SECONDS = 1.0
+
+
+class CredentialConfigError(ValueError):
+    """The policy's credentials cannot be served (a missing secret, no exchanger): refuse to start."""
+
+
+@dataclass(frozen=True)
+class IssuedCredential:
+    """What one forwarded call carries. ``headers`` hold the secret and are kept out of ``repr``."""
+
+    mode: str
+    headers: dict[str, str] = field(repr=False)
+    credential_id: str | None
+    fingerprint: str | None
+    """First 16 hex digits of SHA-256 of the credential value: correlates, never reveals."""
+
+    def audit(self) -> dict[str, str]:
+        """The fields an outcome audit event records about the credential."""
+        fields = {"credential_mode": self.mode}
+        if self.credential_id is not None:
+            fields["credential_id"] = self.credential_id
+        if self.fingerprint is not None:
+            fields["credential_fingerprint"] = self.fingerprint
+        return fields
+
+
+def fingerprint(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:16]
+
+
+def arguments_sha256(arguments: Mapping[str, Any]) -> str:
+    """SHA-256 of the canonical JSON of a call's arguments: sorted keys, no whitespace, UTF-8
+    (``json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
+    Upstreams recompute it from the ``arguments`` they receive (absent arguments are ``{}``)."""
+    blob = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def narrow_scope(grant: Sequence[str], session: Session, tool: str | None) -> tuple[str, ...]:
+    """The module docstring's scope rule: the grant, or nothing when the ceiling excludes ``tool``."""
+    if tool is not None and not session.scope_globs.matches(tool):
+        return ()
+    return tuple(dict.fromkeys(grant))
+
+
+def _bearer(token: str | None) -> str | None:
+    """The bare token, whether given as ``<token>`` or as a ``Bearer <token>`` header value."""
+    if token is None:
+        return None
+    scheme, sep, rest = token.strip().partition(" ")
+    token = rest.strip() if sep and scheme.lower() == "bearer" else token.strip()
+    return token or None
+
+
+def _jwt_id(token: str) -> str | None:
+    """The ``jti`` of a JWT-shaped token (unverified: only used as an audit id), else ``None``."""
+    try:
+        jti = jwt.decode(token, options={"verify_signature": False}).get("jti")
+    except jwt.PyJWTError:
+        return None
+    return jti if isinstance(jti, str) and jti else None
+
+
+def _looks_like_jwt(token: str) -> bool:
+    try:
+        jwt.get_unverified_header(token)
+    except jwt.PyJWTError:
+        return False
+    return token.count(".") == 2
+
+
+def _where(url: str | None, tool_key: str | None) -> str:
+    upstream = f"upstream {url}" if url else "upstreams without credentials"
+    return upstream if tool_key is None else f"tools[{tool_key!r}] at {upstream}"
+
+
+def passthrough_warnings(policy: Policy) -> list[str]:
+    """One start-up warning per place the policy forwards the agent's own token upstream."""
+    warnings: dict[str, None] = {}
+    for url, tool_key, settings in policy.credential_variants():
+        if settings.mode == "passthrough":
+            message = (
+                f"credentials mode 'passthrough' for {_where(url, tool_key)}: the agent's own Authorization "
+                "header is forwarded upstream (the MCP spec forbids token passthrough); every use is audited"
+            )
+            warnings[message] = None
+    return list(warnings)
+
+
+class _StaticSecret:
+    """A secret from the environment, or from a file re-read when it changes (mounted secrets rotate)."""
+
+    def __init__(self, settings: CredentialSettings, env: Mapping[str, str], clock: Callable[[], float]) -> None:
+        self._path = settings.value_file
+        self._clock = clock
+        self._checked = 0.0
+        self._stamp: tuple[int, int] | None = None
+        if settings.value_env is not None:
+            self.source = f"environment variable {settings.value_env}"
+            self._value = self._valid(env.get(settings.value_env, ""))
+        else:
+            assert self._path is not None  # the policy guarantees exactly one source
+            self.source = f"file {self._path}"
+            self._value = self._valid(self._read())
+        self._checked = clock()
+
+    def _valid(self, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise CredentialConfigError(f"static credential: {self.source} is not set or empty")
+        if any(ch in value for ch in "\r\n\x00"):
+            raise CredentialConfigError(f"static credential: {self.source} holds a line break or NUL")
+        return value
+
+    def _read(self) -> str:
+        assert self._path is not None
+        try:
+            stat = os.stat(self._path)
+            with open(self._path, encoding="utf-8") as handle:
+                text = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
+            raise CredentialConfigError(f"static credential: cannot read {self.source}: {detail}") from None
+        self._stamp = (stat.st_mtime_ns, stat.st_size)
+        return text
+
+    def value(self) -> str:
+        if self._path is None or self._clock() - self._checked < _FILE_RECHECK_SECONDS:
+            return self._value
+        self._checked = self._clock()
+        try:
+            stat = os.stat(self._path)
+            if (stat.st_mtime_ns, stat.st_size) != self._stamp:
+                self._value = self._valid(self._read())
+                log.info("static credential: %s changed; using the new secret", self.source)
+        except (OSError, CredentialConfigError) as exc:
+            log.warning("static credential: keeping the last good secret: %s", exc)
+        return self._value
+
+
+class CredentialBroker:
+    """Derives the upstream credential of each forwarded call from the policy's ``credentials``."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        keys: KeyRing,
+        *,
+        issuer: str,
+        env: Mapping[str, str],
+        exchange: TokenExchanger | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._policy = policy
+        self._keys = keys
+        self._issuer = issuer
+        self._exchange = exchange
+        self._clock = clock
+        self._statics: dict[tuple[str | None, str | None], _StaticSecret] = {}
+        self._client_secrets: dict[str, str] = {}
+        # Read every secret now, so a missing one stops start-up instead of failing calls later.
+        for url, tool_key, settings in policy.credential_variants():
+            if settings.mode == "static":
+                source = (settings.value_env, settings.value_file)
+                if source not in self._statics:
+                    try:
+                        self._statics[source] = _StaticSecret(settings, env, clock)
+                    except CredentialConfigError as exc:
+                        raise CredentialConfigError(f"{exc} (needed by {_where(url, tool_key)})") from None
+            elif settings.mode == "exchange":
+                if exchange is None:
+                    raise CredentialConfigError(
+                        f"credentials mode 'exchange' for {_where(url, tool_key)} needs a token exchanger"
+                    )
+                name = settings.client_secret_env
+                assert name is not None  # the policy guarantees it
+                if not env.get(name, "").strip():
+                    raise CredentialConfigError(
+                        f"exchange credential: environment variable {name} (client_secret_env) is not set "
+                        f"(needed by {_where(url, tool_key)})"
+                    )
+                self._client_secrets[name] = env[name].strip()
+
+    async def issue(self, action: Action, session: Session, *, inbound_token: str | None) -> IssuedCredential:
+        """The credential for forwarding ``action``; raises :class:`CredentialError` (fail closed)."""
+        tool = action.name if action.is_tool_call else None
+        settings = self._policy.credentials_for(action.upstream, tool)
+        if settings.mode == "minted":
+            return self._mint(action, session, settings, tool)
+        if settings.mode == "static":
+            return self._static(settings)
+        if settings.mode == "exchange":
+            return await self._exchanged(action, session, settings, tool, _bearer(inbound_token))
+        if settings.mode == "passthrough":
+            return self._passthrough(_bearer(inbound_token))
+        raise CredentialError(f"unknown credentials mode {settings.mode!r}")
+
+    async def issue_for_request(
+        self, session: Session, *, upstream: str, method: str, inbound_token: str | None, protocol: str = "mcp"
+    ) -> IssuedCredential:
+        """For a forward that carries no checked Action: a notification, a reply to the server, an
+        SSE ``GET`` or a session ``DELETE`` (``method`` is the JSON-RPC method or the HTTP method)."""
+        action = Action(
+            protocol=protocol,
+            method=method,
+            name=method,
+            arguments={},
+            agent_id=session.agent_id,
+            session_id=session.session_id,
+            upstream=upstream,
+        )
+        return await self.issue(action, session, inbound_token=inbound_token)
+
+    def _mint(
+        self, action: Action, session: Session, settings: CredentialSettings, tool: str | None
+    ) -> IssuedCredential:
+        now = int(self._clock())
+        exp = min(now + max(5, min(settings.ttl_seconds, 3600)), int(session.expires_at))
+        if exp <= now:
+            raise CredentialError("the session has expired: no credential is minted for it")
+        jti = secrets.token_urlsafe(16)
+        claims: dict[str, Any] = {
+            "iss": self._issuer,
+            "sub": action.agent_id,
+            "aud": normalise_url(action.upstream),
+            "scope": " ".join(narrow_scope(settings.scope, session, tool)),
+            "method": action.method,
+            "args_sha256": arguments_sha256(action.arguments),
+            "sid": session.session_id,
+            "jti": jti,
+            "iat": now,
+            "nbf": now,
+            "exp": exp,
+        }
+        if tool is not None:
+            claims["tool"] = tool
+        token = self._keys.sign(claims)
+        return IssuedCredential("minted", {"Authorization": f"Bearer {token}"}, jti, fingerprint(token))
+
+    def _static(self, settings: CredentialSettings) -> IssuedCredential:
+        static = self._statics.get((settings.value_env, settings.value_file))
+        if static is None:  # only for an upstream the policy does not list while every listed one has credentials
+            raise CredentialError("no static secret was loaded at start-up for this upstream: list it under upstreams")
+        secret = static.value()
+        value = secret
+        if settings.header.lower() == "authorization" and " " not in secret:
+            value = f"Bearer {secret}"
+        return IssuedCredential("static", {settings.header: value}, f"static:{settings.header}", fingerprint(secret))
+
+    async def _exchanged(
+        self,
+        action: Action,
+        session: Session,
+        settings: CredentialSettings,
+        tool: str | None,
+        inbound: str | None,
+    ) -> IssuedCredential:
+        if inbound is None:
+            raise CredentialError("exchange mode needs the agent's inbound JWT, and this caller presented no token")
+        if inbound.startswith(TOKEN_PREFIX) or not _looks_like_jwt(inbound):
+            raise CredentialError(
+                "exchange mode needs the agent's inbound JWT from the identity provider; this caller presented "
+                "a Wicket runtime token or another opaque token, which cannot be exchanged"
+            )
+        scope = narrow_scope(settings.scope, session, tool)
+        if settings.scope and not scope:
+            raise CredentialError(f"the session's scope ceiling excludes {tool!r}: there is no scope to request")
+        client_secret = self._client_secrets.get(settings.client_secret_env or "")
+        if self._exchange is None or client_secret is None or not settings.token_endpoint or not settings.client_id:
+            raise CredentialError(
+                "token exchange for this upstream was not prepared at start-up: list it under upstreams"
+            )
+        issued = await self._exchange.exchange(
+            inbound,
+            token_endpoint=settings.token_endpoint,
+            client_id=settings.client_id,
+            client_secret=client_secret,
+            audience=settings.audience or normalise_url(action.upstream),
+            scope=scope,
+            subject_token_type=settings.subject_token_type,
+        )
+        token = issued.access_token
+        print_ = fingerprint(token)
+        return IssuedCredential(
+            "exchange", {"Authorization": f"Bearer {token}"}, _jwt_id(token) or f"sha256:{print_}", print_
+        )
+
+    def _passthrough(self, inbound: str | None) -> IssuedCredential:
+        if inbound is None:
+            return IssuedCredential("passthrough", {}, None, None)
+        if inbound.startswith(TOKEN_PREFIX):
+            # A runtime token is Wicket's own credential: forwarded, it would let the upstream act as the agent here.
+            raise CredentialError("passthrough refused: the caller's token is a Wicket runtime token")
+        print_ = fingerprint(inbound)
+        return IssuedCredential(
+            "passthrough", {"Authorization": f"Bearer {inbound}"}, _jwt_id(inbound) or f"sha256:{print_}", print_
+        )

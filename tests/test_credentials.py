@@ -1,0 +1,822 @@
+"""Upstream credentials: minted JWTs verified by a real upstream through Wicket's JWKS, keys and
+rotation, static secrets, passthrough, and RFC 8693 exchange against a real local issuer.
+
+The upstream here is a real MCP server (uvicorn, real port) behind the small verifying
+middleware an operator would put in front of their own server: it is also the reference for
+how upstreams verify minted credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+import uvicorn
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from proxy.core.action import Action
+from proxy.core.policy import Policy, normalise_url, parse_policy_text
+from proxy.core.sessions import Session
+from proxy.credentials import (
+    JWKS_PATH,
+    CredentialBroker,
+    CredentialConfigError,
+    CredentialError,
+    IssuedCredential,
+    KeyRing,
+    SigningKeyError,
+    TokenExchanger,
+    arguments_sha256,
+    fingerprint,
+    jwk_thumbprint,
+    jwks_handler,
+    narrow_scope,
+    passthrough_warnings,
+)
+from proxy.demo.server import Ledger, build_demo_server, free_port
+from tests import oidc_issuer as issuer_module
+from tests.oidc_issuer import JWT_TOKEN_TYPE, TOKEN_EXCHANGE, OidcIssuer
+
+oidc_issuer = issuer_module.oidc_issuer
+
+NOTES = "http://127.0.0.1:3001/mcp"
+
+
+def _policy(body: str) -> Policy:
+    return parse_policy_text("version: 1\n" + body, "test-policy.yaml")
+
+
+def _session(scope: tuple[str, ...] = ("*",), agent: str = "billing-bot", ttl: float = 3600) -> Session:
+    now = time.time()
+    return Session(
+        session_id="ses_test", agent_id=agent, scope=scope, mode="read-write", created_at=now, expires_at=now + ttl
+    )
+
+
+def _call(tool: str, arguments: dict[str, Any] | None = None, upstream: str = NOTES) -> Action:
+    return Action(
+        protocol="mcp",
+        method="tools/call",
+        name=tool,
+        arguments=arguments or {},
+        agent_id="billing-bot",
+        session_id="ses_test",
+        upstream=upstream,
+        is_tool_call=True,
+    )
+
+
+def _claims(credential: IssuedCredential) -> dict[str, Any]:
+    token = credential.headers["Authorization"].removeprefix("Bearer ")
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def _broker(policy: Policy | None = None, keys: KeyRing | None = None, **kwargs: Any) -> CredentialBroker:
+    options: dict[str, Any] = {"issuer": "https://wicket.test", "env": {}, "exchange": None, **kwargs}
+    return CredentialBroker(policy or Policy(), keys or KeyRing.generate(), **options)
+
+
+# --------------------------------------------------------------------------- the verifying upstream
+
+
+class Refused(Exception):
+    pass
+
+
+class VerifyingMiddleware:
+    """What an upstream does with a minted credential (pure ASGI, in front of any MCP server).
+
+    1. Fetch Wicket's JWKS; re-fetch when a ``kid`` is unknown (rotation).
+    2. Verify the JWT: only EdDSA/ES256 with the key the ``kid`` names, ``aud`` == this
+       server's canonical URI, ``iss`` == the Wicket it trusts, ``exp``/``nbf``.
+    3. Bind it to the request: ``method``, and for ``tools/call`` the ``tool`` and
+       ``args_sha256`` (SHA-256 of the canonical JSON of ``params.arguments``).
+    4. Refuse a ``jti`` seen before (kept until the credential's ``exp``).
+    """
+
+    def __init__(self, app: Any, *, audience: str, issuer: str, jwks_url: str) -> None:
+        self.app = app
+        self.audience = audience
+        self.issuer = issuer
+        self.jwks_url = jwks_url
+        self.keys: dict[str, jwt.PyJWK] = {}
+        self.jwks_fetches = 0
+        self.seen_jti: dict[str, float] = {}
+        self.accepted: list[dict[str, Any]] = []
+        self.refusals: list[str] = []
+        self.request_headers: list[dict[str, str]] = []
+
+    async def _key(self, kid: Any) -> jwt.PyJWK:
+        if not isinstance(kid, str):
+            raise Refused("no kid")
+        if kid not in self.keys:
+            async with aiohttp.ClientSession() as http, http.get(self.jwks_url) as response:
+                document = await response.json()
+            self.jwks_fetches += 1
+            self.keys = {k["kid"]: jwt.PyJWK(k) for k in document["keys"]}
+        if kid not in self.keys:
+            raise Refused("unknown kid")
+        return self.keys[kid]
+
+    async def verify(self, headers: dict[str, str], http_method: str, body: bytes) -> dict[str, Any]:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise Refused("no bearer credential")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Refused("malformed credential") from None
+        key = await self._key(header.get("kid"))
+        if header.get("alg") != key.algorithm_name or key.algorithm_name not in ("EdDSA", "ES256"):
+            raise Refused("unexpected algorithm")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                key.key,
+                algorithms=[key.algorithm_name],
+                audience=self.audience,
+                issuer=self.issuer,
+                options={"require": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "method", "args_sha256"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Refused("expired") from None
+        except jwt.InvalidAudienceError:
+            raise Refused("wrong audience") from None
+        except jwt.PyJWTError as exc:
+            raise Refused(f"invalid credential: {exc}") from None
+        message = json.loads(body) if body else {}
+        method = message.get("method", http_method)
+        if claims["method"] != method:
+            raise Refused("minted for another method")
+        if method == "tools/call":
+            params = message.get("params") or {}
+            if claims.get("tool") != params.get("name"):
+                raise Refused("minted for another tool")
+            canonical = json.dumps(
+                params.get("arguments") or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+            if hashlib.sha256(canonical.encode()).hexdigest() != claims["args_sha256"]:
+                raise Refused("minted for other arguments")
+        now = time.time()
+        self.seen_jti = {jti: exp for jti, exp in self.seen_jti.items() if exp > now}
+        if claims["jti"] in self.seen_jti:
+            raise Refused("jti reused")
+        self.seen_jti[claims["jti"]] = claims["exp"]
+        return claims
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        self.request_headers.append(headers)
+        try:
+            claims = await self.verify(headers, scope["method"], body)
+        except Refused as exc:
+            self.refusals.append(str(exc))
+            payload = json.dumps({"error": "invalid_token", "error_description": str(exc)}).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 401,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"www-authenticate", b'Bearer error="invalid_token"'),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+            return
+        self.accepted.append(claims)
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return dict(await receive())
+
+        await self.app(scope, replay, send)
+
+
+@dataclass
+class VerifiedUpstream:
+    url: str
+    issuer: str
+    keys: KeyRing
+    ledger: Ledger
+    verifier: VerifyingMiddleware
+
+    async def post(self, credential: IssuedCredential, message: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        headers = {"Accept": "application/json, text/event-stream", **credential.headers}
+        async with aiohttp.ClientSession() as http, http.post(self.url, json=message, headers=headers) as response:
+            return response.status, dict(await response.json(content_type=None))
+
+    async def call(
+        self, credential: IssuedCredential, tool: str, arguments: dict[str, Any]
+    ) -> tuple[int, dict[str, Any]]:
+        message = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+        return await self.post(credential, message)
+
+
+@pytest.fixture
+async def verified_upstream() -> AsyncIterator[VerifiedUpstream]:
+    keys = KeyRing.generate()
+    jwks_app = web.Application()
+    jwks_app.router.add_get(JWKS_PATH, jwks_handler(keys))
+    runner = web.AppRunner(jwks_app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    issuer = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+
+    server, ledger = build_demo_server()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    verifier = VerifyingMiddleware(
+        server.streamable_http_app(json_response=True, stateless_http=True),
+        audience=normalise_url(url),
+        issuer=issuer,
+        jwks_url=issuer + JWKS_PATH,
+    )
+    uv = uvicorn.Server(uvicorn.Config(verifier, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        assert not task.done(), "the verifying upstream failed to start"
+        await asyncio.sleep(0.01)
+    yield VerifiedUpstream(url=url, issuer=issuer, keys=keys, ledger=ledger, verifier=verifier)
+    uv.should_exit = True
+    await task
+    await runner.cleanup()
+
+
+def _upstream_broker(up: VerifiedUpstream, **kwargs: Any) -> CredentialBroker:
+    policy = _policy(f'upstreams:\n  - url: "{up.url}"\n    credentials: {{scope: ["weather:read"]}}\n')
+    return CredentialBroker(policy, up.keys, issuer=up.issuer, env={}, exchange=None, **kwargs)
+
+
+async def test_upstream_accepts_a_minted_credential(verified_upstream: VerifiedUpstream) -> None:
+    up = verified_upstream
+    session = _session()
+    credential = await _upstream_broker(up).issue(
+        _call("get_weather", {"city": "Oslo"}, up.url), session, inbound_token=None
+    )
+    status, body = await up.call(credential, "get_weather", {"city": "Oslo"})
+    assert status == 200, body
+    assert body["result"]["content"][0]["text"] == "It is sunny in Oslo."
+    assert up.ledger.calls == [("get_weather", {"city": "Oslo"})]
+    claims = up.verifier.accepted[0]
+    assert claims["iss"] == up.issuer
+    assert claims["sub"] == "billing-bot"
+    assert claims["aud"] == normalise_url(up.url)
+    assert claims["tool"] == "get_weather" and claims["method"] == "tools/call"
+    assert claims["scope"] == "weather:read"
+    assert claims["sid"] == session.session_id
+    assert claims["exp"] - claims["iat"] == 60 and claims["nbf"] == claims["iat"]
+    assert claims["jti"] == credential.credential_id
+    assert claims["args_sha256"] == arguments_sha256({"city": "Oslo"})
+    # The upstream saw Wicket's credential and nothing else that authenticates.
+    assert up.verifier.request_headers[-1]["authorization"] == credential.headers["Authorization"]
+
+
+async def test_upstream_accepts_housekeeping_credentials(verified_upstream: VerifiedUpstream) -> None:
+    up = verified_upstream
+    broker = _upstream_broker(up)
+    credential = await broker.issue_for_request(_session(), upstream=up.url, method="tools/list", inbound_token=None)
+    status, body = await up.post(credential, {"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+    assert status == 200, body
+    assert any(tool["name"] == "get_weather" for tool in body["result"]["tools"])
+    assert "tool" not in up.verifier.accepted[0]
+
+
+async def test_upstream_refuses_a_wrong_audience(verified_upstream: VerifiedUpstream) -> None:
+    up = verified_upstream
+    other = up.url.replace("/mcp", "/other-mcp")
+    credential = await _upstream_broker(up).issue(
+        _call("get_weather", {"city": "Oslo"}, other), _session(), inbound_token=None
+    )
+    status, body = await up.call(credential, "get_weather", {"city": "Oslo"})
+    assert (status, body["error_description"]) == (401, "wrong audience")
+    assert up.ledger.calls == []
+
+
+async def test_upstream_refuses_an_expired_credential(verified_upstream: VerifiedUpstream) -> None:
+    up = verified_upstream
+    broker = _upstream_broker(up, clock=lambda: time.time() - 120)  # minted two minutes ago, 60 s ttl
+    credential = await broker.issue(_call("get_weather", {"city": "Oslo"}, up.url), _session(), inbound_token=None)
+    status, body = await up.call(credential, "get_weather", {"city": "Oslo"})
+    assert (status, body["error_description"]) == (401, "expired")
+    assert up.ledger.calls == []
+
+
+@pytest.mark.parametrize(
+    ("tool", "arguments", "reason"),
+    [
+        ("get_weather", {"city": "Paris"}, "minted for other arguments"),
+        ("get_weather", {"city": "Oslo", "extra": 1}, "minted for other arguments"),
+        ("create_note", {"title": "x", "text": "y"}, "minted for another tool"),
+    ],
+)
+async def test_upstream_refuses_a_credential_replayed_with_another_call(
+    verified_upstream: VerifiedUpstream, tool: str, arguments: dict[str, Any], reason: str
+) -> None:
+    up = verified_upstream
+    credential = await _upstream_broker(up).issue(
+        _call("get_weather", {"city": "Oslo"}, up.url), _session(), inbound_token=None
+    )
+    status, body = await up.call(credential, tool, arguments)
+    assert (status, body["error_description"]) == (401, reason)
+    assert up.ledger.calls == []
+
+
+async def test_upstream_refuses_a_reused_jti(verified_upstream: VerifiedUpstream) -> None:
+    up = verified_upstream
+    credential = await _upstream_broker(up).issue(
+        _call("get_weather", {"city": "Oslo"}, up.url), _session(), inbound_token=None
+    )
+    assert (await up.call(credential, "get_weather", {"city": "Oslo"}))[0] == 200
+    status, body = await up.call(credential, "get_weather", {"city": "Oslo"})
+    assert (status, body["error_description"]) == (401, "jti reused")
+    assert up.ledger.names() == ["get_weather"]
+
+
+async def test_upstream_follows_a_key_rotation_through_the_jwks(verified_upstream: VerifiedUpstream) -> None:
+    up = verified_upstream
+    broker = _upstream_broker(up)
+    session = _session()
+    before = await broker.issue(_call("get_weather", {"city": "Oslo"}, up.url), session, inbound_token=None)
+    assert (await up.call(before, "get_weather", {"city": "Oslo"}))[0] == 200
+    old_kid = up.keys.kid
+    in_flight = await broker.issue(_call("get_weather", {"city": "Rome"}, up.url), session, inbound_token=None)
+    new_kid = up.keys.rotate(ed25519.Ed25519PrivateKey.generate())
+    after = await broker.issue(_call("get_weather", {"city": "Lima"}, up.url), session, inbound_token=None)
+    assert jwt.get_unverified_header(after.headers["Authorization"][7:])["kid"] == new_kid != old_kid
+    assert (await up.call(after, "get_weather", {"city": "Lima"}))[0] == 200  # unknown kid: JWKS re-fetched
+    assert (await up.call(in_flight, "get_weather", {"city": "Rome"}))[0] == 200  # the old key is still published
+    assert up.verifier.jwks_fetches == 2
+    assert up.ledger.names() == ["get_weather"] * 3
+
+
+# --------------------------------------------------------------------------- minted claims and scope
+
+
+def test_scope_rule_keeps_the_grant_only_for_tools_inside_the_ceiling() -> None:
+    session = _session(scope=("get_*", "list_*"))
+    assert narrow_scope(["notes:read", "notes:read", "notes:list"], session, "get_note") == ("notes:read", "notes:list")
+    assert narrow_scope(["notes:read"], session, "delete_note") == ()
+    assert narrow_scope(["notes:read"], session, None) == ("notes:read",)  # housekeeping keeps the upstream grant
+    assert narrow_scope([], session, "get_note") == ()
+
+
+async def test_minted_scope_is_the_tool_grant_within_the_session_ceiling() -> None:
+    policy = _policy(
+        f"""
+upstreams:
+  - url: "{NOTES}/"
+    credentials: {{mode: minted, ttl_seconds: 30, scope: ["notes:read", "notes:write"]}}
+tools:
+  export_notes:
+    credentials: {{scope: ["notes:export"], ttl_seconds: 5}}
+  "list_*":
+    credentials: {{scope: []}}
+"""
+    )
+    broker = _broker(policy)
+    wide = _session(scope=("*",))
+    narrow = _session(scope=("get_*", "list_*"))
+    assert _claims(await broker.issue(_call("get_note"), wide, inbound_token=None))["scope"] == "notes:read notes:write"
+    exported = _claims(await broker.issue(_call("export_notes"), wide, inbound_token=None))
+    assert exported["scope"] == "notes:export"
+    assert exported["exp"] - exported["iat"] == 5
+    # The ceiling excludes export_notes: the credential carries no scope at all.
+    assert _claims(await broker.issue(_call("export_notes"), narrow, inbound_token=None))["scope"] == ""
+    # An empty grant still mints, with an empty scope.
+    listed = _claims(await broker.issue(_call("list_notes"), narrow, inbound_token=None))
+    assert listed["scope"] == "" and listed["exp"] - listed["iat"] == 30
+    assert listed["aud"] == NOTES  # canonical: no trailing slash
+
+
+async def test_minted_defaults_and_session_expiry_cap() -> None:
+    broker = _broker()
+    claims = _claims(
+        await broker.issue(_call("get_note", upstream="HTTP://Notes.Example:80/mcp/"), _session(), inbound_token=None)
+    )
+    assert claims["aud"] == "http://notes.example/mcp"
+    assert claims["exp"] - claims["iat"] == 60 and claims["scope"] == ""
+    short = _session(ttl=10)
+    capped = _claims(await broker.issue(_call("get_note"), short, inbound_token=None))
+    assert capped["exp"] <= short.expires_at
+    with pytest.raises(CredentialError, match="session has expired"):
+        await broker.issue(_call("get_note"), _session(ttl=-5), inbound_token=None)
+
+
+def test_arguments_digest_is_canonical_json() -> None:
+    expected = hashlib.sha256('{"a":[1,2],"b":"é","c":{"x":null}}'.encode()).hexdigest()
+    assert arguments_sha256({"c": {"x": None}, "b": "é", "a": [1, 2]}) == expected
+    assert arguments_sha256({}) == hashlib.sha256(b"{}").hexdigest()
+
+
+async def test_minted_credential_never_carries_the_agents_token() -> None:
+    agent_token = "wkt_agent-secret-token"
+    credential = await _broker().issue(_call("get_note"), _session(), inbound_token=agent_token)
+    assert credential.mode == "minted"
+    assert all(agent_token not in value for value in credential.headers.values())
+    assert credential.fingerprint == fingerprint(credential.headers["Authorization"][7:])
+    assert credential.fingerprint not in credential.headers["Authorization"]
+    assert "Bearer" not in repr(credential)
+    assert credential.audit() == {
+        "credential_mode": "minted",
+        "credential_id": credential.credential_id,
+        "credential_fingerprint": credential.fingerprint,
+    }
+
+
+# --------------------------------------------------------------------------- keys, JWKS, rotation
+
+
+def test_kid_is_the_rfc7638_thumbprint() -> None:
+    # RFC 8037 appendix A.3: the thumbprint of the RFC 8037 A.2 Ed25519 public key.
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}
+    assert jwk_thumbprint(jwk) == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+    seed = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+    keys = KeyRing(ed25519.Ed25519PrivateKey.from_private_bytes(seed))
+    assert keys.kid == "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+def test_jwks_publishes_only_public_keys_with_kid_alg_use() -> None:
+    keys = KeyRing.generate()
+    (published,) = keys.jwks()["keys"]
+    assert published.keys() == {"kty", "crv", "x", "kid", "alg", "use"}
+    assert (published["kty"], published["crv"], published["alg"], published["use"]) == (
+        "OKP",
+        "Ed25519",
+        "EdDSA",
+        "sig",
+    )
+    assert published["kid"] == keys.kid == jwk_thumbprint(published)
+    token = keys.sign({"sub": "a"})
+    assert jwt.get_unverified_header(token) == {"alg": "EdDSA", "kid": keys.kid, "typ": "JWT"}
+    assert jwt.decode(token, jwt.PyJWK(published).key, algorithms=["EdDSA"]) == {"sub": "a"}
+
+
+def _pem(key: Any) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+
+
+def test_es256_key_from_the_environment() -> None:
+    keys = KeyRing.from_env({"WICKET_SIGNING_KEY": _pem(ec.generate_private_key(ec.SECP256R1()))})
+    (published,) = keys.jwks()["keys"]
+    assert (published["kty"], published["crv"], published["alg"]) == ("EC", "P-256", "ES256")
+    assert published["kid"] == jwk_thumbprint(published) and not keys.ephemeral
+    token = keys.sign({"sub": "a"})
+    assert jwt.decode(token, jwt.PyJWK(published).key, algorithms=["ES256"]) == {"sub": "a"}
+
+
+def test_signing_key_from_a_file_and_clear_errors(tmp_path: Path) -> None:
+    path = tmp_path / "signing.pem"
+    key = ed25519.Ed25519PrivateKey.generate()
+    path.write_text(_pem(key))
+    assert KeyRing.from_env({"WICKET_SIGNING_KEY": str(path)}).kid == KeyRing(key).kid
+    with pytest.raises(SigningKeyError, match=r"cannot read key file .*missing\.pem"):
+        KeyRing.from_env({"WICKET_SIGNING_KEY": str(tmp_path / "missing.pem")})
+    garbage = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(SigningKeyError) as info:
+        KeyRing.from_env({"WICKET_SIGNING_KEY": garbage})
+    assert "bm90IGEga2V5" not in str(info.value) and "not a PEM key" in str(info.value)
+    rsa_key = _pem(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(SigningKeyError, match="Ed25519 or EC P-256"):
+        KeyRing.from_env({"WICKET_SIGNING_KEY": rsa_key})
+
+
+def test_embedded_default_is_an_ephemeral_key_and_logs_no_material(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="proxy.credentials.keys"):
+        keys = KeyRing.from_env({})
+    assert keys.ephemeral and keys.alg == "EdDSA"
+    assert "ephemeral" in caplog.text and keys.kid in caplog.text
+    assert "PRIVATE" not in caplog.text and keys.jwks()["keys"][0]["x"] not in caplog.text
+
+
+def test_rotation_keeps_the_old_key_until_its_last_credential_expired() -> None:
+    now = [1_000_000.0]
+    keys = KeyRing.generate(max_ttl=60, clock=lambda: now[0])
+    old = keys.kid
+    new = keys.rotate(ed25519.Ed25519PrivateKey.generate())
+    assert jwt.get_unverified_header(keys.sign({}))["kid"] == new
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [new, old]
+    now[0] += 59
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [new, old]
+    now[0] += 1
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [new]
+    assert keys.rotate(ec.generate_private_key(ec.SECP256R1())) != new and keys.alg == "ES256"
+
+
+def test_previous_key_from_the_environment_stays_published() -> None:
+    now = [0.0]
+    previous = ed25519.Ed25519PrivateKey.generate()
+    env = {
+        "WICKET_SIGNING_KEY": _pem(ec.generate_private_key(ec.SECP256R1())),
+        "WICKET_SIGNING_KEY_PREVIOUS": _pem(previous),
+    }
+    keys = KeyRing.from_env(env, max_ttl=60, clock=lambda: now[0])
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [keys.kid, KeyRing(previous).kid]
+    now[0] = 61
+    assert [k["kid"] for k in keys.jwks()["keys"]] == [keys.kid]
+
+
+async def test_jwks_handler_serves_the_current_set() -> None:
+    keys = KeyRing.generate()
+    app = web.Application()
+    app.router.add_get(JWKS_PATH, jwks_handler(keys))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{JWKS_PATH}") as response:
+            assert response.status == 200
+            assert "max-age" in response.headers["Cache-Control"]
+            assert await response.json() == keys.jwks()
+    finally:
+        await runner.cleanup()
+
+
+# --------------------------------------------------------------------------- static
+
+
+def _static_policy(source: str, header: str | None = None) -> Policy:
+    extra = f", header: {header}" if header else ""
+    return _policy(f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{mode: static, {source}{extra}}}\n')
+
+
+async def test_static_secret_from_the_environment() -> None:
+    broker = _broker(_static_policy("value_env: NOTES_API_KEY", "X-Api-Key"), env={"NOTES_API_KEY": "s3cret-value"})
+    credential = await broker.issue(_call("get_note"), _session(), inbound_token="wkt_agent")
+    assert credential.mode == "static"
+    assert credential.headers == {"X-Api-Key": "s3cret-value"}
+    assert credential.credential_id == "static:X-Api-Key"
+    assert credential.fingerprint == hashlib.sha256(b"s3cret-value").hexdigest()[:16] != "s3cret-value"
+    assert "s3cret" not in repr(credential) and "s3cret" not in json.dumps(credential.audit())
+
+
+async def test_static_secret_in_authorization_gets_a_scheme() -> None:
+    bare = _broker(_static_policy("value_env: K"), env={"K": "abc123"})
+    assert (await bare.issue(_call("x"), _session(), inbound_token=None)).headers == {"Authorization": "Bearer abc123"}
+    schemed = _broker(_static_policy("value_env: K"), env={"K": "Basic dXNlcjpwdw=="})
+    assert (await schemed.issue(_call("x"), _session(), inbound_token=None)).headers == {
+        "Authorization": "Basic dXNlcjpwdw=="
+    }
+
+
+async def test_static_secret_from_a_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "notes-secret"
+    path.write_text("first-secret\n")
+    now = [100.0]
+    broker = _broker(_static_policy(f'value_file: "{path}"', "X-Api-Key"), clock=lambda: now[0])
+    assert (await broker.issue(_call("x"), _session(), inbound_token=None)).headers == {"X-Api-Key": "first-secret"}
+    path.write_text("second-secret-longer\n")
+    now[0] += 2
+    credential = await broker.issue(_call("x"), _session(), inbound_token=None)
+    assert credential.headers == {"X-Api-Key": "second-secret-longer"}
+    assert credential.fingerprint == fingerprint("second-secret-longer")
+    path.unlink()  # a vanished file keeps the last good secret
+    now[0] += 2
+    assert (await broker.issue(_call("x"), _session(), inbound_token=None)).headers == {
+        "X-Api-Key": "second-secret-longer"
+    }
+
+
+def test_missing_static_secret_fails_at_start_with_a_clear_message(tmp_path: Path) -> None:
+    with pytest.raises(CredentialConfigError, match="environment variable NOTES_API_KEY is not set or empty"):
+        _broker(_static_policy("value_env: NOTES_API_KEY"), env={})
+    missing = tmp_path / "nope"
+    with pytest.raises(CredentialConfigError, match=f"cannot read file {missing}: No such file"):
+        _broker(_static_policy(f'value_file: "{missing}"'))
+    with pytest.raises(CredentialConfigError, match="line break"):
+        _broker(_static_policy("value_env: K"), env={"K": "a\nInjected: yes"})
+
+
+# --------------------------------------------------------------------------- passthrough
+
+
+async def test_passthrough_is_marked_and_warned_about() -> None:
+    policy = _policy(
+        f'upstreams:\n  - url: "{NOTES}"\ntools:\n  legacy_tool:\n    credentials: {{mode: passthrough}}\n'
+    )
+    broker = _broker(policy)
+    agent_jwt = jwt.encode({"sub": "agent", "jti": "agent-jti-1"}, "k" * 32, algorithm="HS256")
+    credential = await broker.issue(_call("legacy_tool"), _session(), inbound_token=f"Bearer {agent_jwt}")
+    assert credential.mode == "passthrough"
+    assert credential.headers == {"Authorization": f"Bearer {agent_jwt}"}
+    assert (credential.credential_id, credential.fingerprint) == ("agent-jti-1", fingerprint(agent_jwt))
+    opaque = await broker.issue(_call("legacy_tool"), _session(), inbound_token="opaque-token")
+    assert opaque.credential_id == f"sha256:{fingerprint('opaque-token')}"
+    assert (await broker.issue(_call("legacy_tool"), _session(), inbound_token=None)).headers == {}
+    with pytest.raises(CredentialError, match="Wicket runtime token"):
+        await broker.issue(_call("legacy_tool"), _session(), inbound_token="wkt_runtime")
+    # Other tools stay minted; the agent's token goes nowhere else.
+    assert (await broker.issue(_call("get_note"), _session(), inbound_token=agent_jwt)).mode == "minted"
+    (warning,) = passthrough_warnings(policy)
+    assert "'legacy_tool'" in warning and "passthrough" in warning
+    assert passthrough_warnings(Policy()) == []
+
+
+# --------------------------------------------------------------------------- exchange
+
+
+def _exchange_policy(issuer: OidcIssuer, *, extra: str = "") -> Policy:
+    return _policy(
+        f"""
+upstreams:
+  - url: "{NOTES}"
+    credentials:
+      mode: exchange
+      token_endpoint: "{issuer.token_endpoint}"
+      client_id: {issuer.client_id}
+      client_secret_env: WICKET_EXCHANGE_SECRET
+      scope: ["notes:read", "notes:write"]{extra}
+tools:
+  export_notes:
+    credentials: {{scope: ["notes:export"], audience: "https://export.example"}}
+"""
+    )
+
+
+@pytest.fixture
+async def exchanger() -> AsyncIterator[Callable[..., TokenExchanger]]:
+    made: list[TokenExchanger] = []
+
+    def make(**kwargs: Any) -> TokenExchanger:
+        made.append(TokenExchanger(**kwargs))
+        return made[-1]
+
+    yield make
+    for item in made:
+        await item.close()
+
+
+ExchangerFactory = Callable[..., TokenExchanger]
+
+
+async def test_exchange_end_to_end_with_the_local_issuer(oidc_issuer: OidcIssuer, exchanger: ExchangerFactory) -> None:
+    now = [time.time()]
+    xchg = exchanger(clock=lambda: now[0])
+    env = {"WICKET_EXCHANGE_SECRET": oidc_issuer.client_secret}
+    broker = _broker(_exchange_policy(oidc_issuer), env=env, exchange=xchg)
+    agent = oidc_issuer.mint(sub="billing-agent", scope="notes:read notes:write notes:export openid")
+    session = _session(scope=("get_*", "export_*"))
+
+    credential = await broker.issue(_call("get_note", {"id": 1}), session, inbound_token=agent)
+    assert credential.mode == "exchange"
+    token = credential.headers["Authorization"].removeprefix("Bearer ")
+    assert token != agent
+    claims = oidc_issuer.decode(token, audience=NOTES)
+    assert (claims["sub"], claims["scope"], claims["act"]) == (
+        "billing-agent",
+        "notes:read notes:write",
+        {"sub": "wicket-sidecar"},
+    )
+    assert credential.credential_id == claims["jti"] and credential.fingerprint == fingerprint(token)
+    (sent,) = oidc_issuer.exchanges
+    assert sent.client_id == oidc_issuer.client_id and sent.status == 200
+    assert sent.form["grant_type"] == TOKEN_EXCHANGE and sent.form["subject_token_type"] == JWT_TOKEN_TYPE
+    assert (sent.form["subject_token"], sent.form["audience"], sent.form["scope"]) == (
+        agent,
+        NOTES,
+        "notes:read notes:write",
+    )
+
+    # Cached per (subject, audience, scope) until 30 s before expires_in (300 s here).
+    again = await broker.issue(_call("get_note", {"id": 2}), session, inbound_token=f"Bearer {agent}")
+    assert again.headers == credential.headers and len(oidc_issuer.exchanges) == 1
+    exported = await broker.issue(_call("export_notes"), session, inbound_token=agent)
+    export_claims = oidc_issuer.decode(exported.headers["Authorization"][7:], audience="https://export.example")
+    assert export_claims["scope"] == "notes:export" and len(oidc_issuer.exchanges) == 2
+    now[0] += 300 - 30
+    await broker.issue(_call("get_note", {"id": 3}), session, inbound_token=agent)
+    assert len(oidc_issuer.exchanges) == 3
+
+    # The ceiling excludes delete_notes: nothing is requested at all.
+    with pytest.raises(CredentialError, match="scope ceiling excludes 'delete_notes'"):
+        await broker.issue(_call("delete_notes"), session, inbound_token=agent)
+    assert len(oidc_issuer.exchanges) == 3
+
+
+async def test_concurrent_exchanges_share_one_request(oidc_issuer: OidcIssuer, exchanger: ExchangerFactory) -> None:
+    xchg = exchanger()
+    broker = _broker(
+        _exchange_policy(oidc_issuer), env={"WICKET_EXCHANGE_SECRET": oidc_issuer.client_secret}, exchange=xchg
+    )
+    agent = oidc_issuer.mint(scope="notes:read notes:write")
+    results = await asyncio.gather(
+        *(broker.issue(_call("get_note"), _session(), inbound_token=agent) for _ in range(5))
+    )
+    assert len({r.headers["Authorization"] for r in results}) == 1
+    assert len(oidc_issuer.exchanges) == 1 and xchg.requests == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "match"),
+    [
+        ("bad_secret", "HTTP 401: invalid_client"),
+        ("fail", "HTTP 503: temporarily_unavailable"),
+        ("wide_scope", "HTTP 400: invalid_scope"),
+        ("unreachable", "failed: Client"),
+    ],
+)
+async def test_exchange_failures_fail_the_call_closed(
+    oidc_issuer: OidcIssuer, exchanger: ExchangerFactory, setup: str, match: str
+) -> None:
+    secret = "wrong" if setup == "bad_secret" else oidc_issuer.client_secret
+    policy = _exchange_policy(oidc_issuer)
+    if setup == "unreachable":
+        dead = f"http://127.0.0.1:{free_port()}/token"
+        policy = _policy(
+            f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{mode: exchange, token_endpoint: "{dead}", '
+            "client_id: c, client_secret_env: WICKET_EXCHANGE_SECRET}\n"
+        )
+    if setup == "fail":
+        oidc_issuer.fail_exchange = (503, "temporarily_unavailable")
+    agent = oidc_issuer.mint(scope="notes:read" if setup == "wide_scope" else "notes:read notes:write")
+    broker = _broker(policy, env={"WICKET_EXCHANGE_SECRET": secret}, exchange=exchanger())
+    with pytest.raises(CredentialError, match=match) as info:
+        await broker.issue(_call("get_note"), _session(), inbound_token=agent)
+    assert agent not in info.value.reason and secret not in info.value.reason
+
+
+async def test_exchange_needs_the_agents_inbound_jwt(oidc_issuer: OidcIssuer, exchanger: ExchangerFactory) -> None:
+    broker = _broker(
+        _exchange_policy(oidc_issuer), env={"WICKET_EXCHANGE_SECRET": oidc_issuer.client_secret}, exchange=exchanger()
+    )
+    with pytest.raises(CredentialError, match="presented no token"):
+        await broker.issue(_call("get_note"), _session(), inbound_token=None)
+    with pytest.raises(CredentialError, match="Wicket runtime token"):
+        await broker.issue(_call("get_note"), _session(), inbound_token="wkt_abc.def.ghi")
+    with pytest.raises(CredentialError, match="cannot be exchanged"):
+        await broker.issue(_call("get_note"), _session(), inbound_token="opaque")
+    assert oidc_issuer.exchanges == []
+
+
+async def test_exchange_with_the_access_token_subject_type(
+    oidc_issuer: OidcIssuer, exchanger: ExchangerFactory
+) -> None:
+    policy = _exchange_policy(oidc_issuer, extra="\n      subject_token_type: access_token")
+    broker = _broker(policy, env={"WICKET_EXCHANGE_SECRET": oidc_issuer.client_secret}, exchange=exchanger())
+    await broker.issue(_call("get_note"), _session(), inbound_token=oidc_issuer.mint(scope="notes:read notes:write"))
+    assert oidc_issuer.exchanges[0].form["subject_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    assert oidc_issuer.exchanges[0].client_id == oidc_issuer.client_id  # client_secret_basic accepted
+
+
+def test_exchange_configuration_is_checked_at_start(oidc_issuer: OidcIssuer) -> None:
+    policy = _exchange_policy(oidc_issuer)
+    with pytest.raises(CredentialConfigError, match="needs a token exchanger"):
+        _broker(policy, env={"WICKET_EXCHANGE_SECRET": "x"})
+    with pytest.raises(CredentialConfigError, match="WICKET_EXCHANGE_SECRET \\(client_secret_env\\) is not set"):
+        _broker(policy, env={}, exchange=TokenExchanger())
+
+
+async def test_no_mode_but_passthrough_forwards_the_agents_token(
+    oidc_issuer: OidcIssuer, exchanger: ExchangerFactory
+) -> None:
+    agent = oidc_issuer.mint(scope="notes:read notes:write")
+    env = {"WICKET_EXCHANGE_SECRET": oidc_issuer.client_secret, "K": "static-secret"}
+    brokers: list[CredentialBroker] = [
+        _broker(env=env),
+        _broker(_static_policy("value_env: K"), env=env),
+        _broker(_exchange_policy(oidc_issuer), env=env, exchange=exchanger()),
+    ]
+    for broker in brokers:
+        credential = await broker.issue(_call("get_note"), _session(), inbound_token=agent)
+        assert credential.mode != "passthrough"
+        assert all(agent not in value for value in credential.headers.values())
+
+
+async def test_unlisted_upstream_without_a_prepared_secret_fails_closed() -> None:
+    policy = _policy(
+        f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{mode: static, value_env: A}}\n'
+        "tools:\n  t:\n    credentials: {mode: static, header: X-K}\n"
+    )
+    broker = _broker(policy, env={"A": "secret-a"})
+    assert (await broker.issue(_call("t"), _session(), inbound_token=None)).headers == {"X-K": "secret-a"}
+    with pytest.raises(CredentialError, match="list it under upstreams"):
+        await broker.issue(_call("t", upstream="http://unlisted.example/mcp"), _session(), inbound_token=None)
