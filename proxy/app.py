@@ -21,6 +21,16 @@ from proxy.core.identity import IdentityResolver
 from proxy.core.policy import Policy
 from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
+from proxy.credentials import (
+    JWKS_PATH,
+    CredentialBroker,
+    CredentialConfigError,
+    KeyRing,
+    SigningKeyError,
+    TokenExchanger,
+    jwks_handler,
+    passthrough_warnings,
+)
 from proxy.guardians.deep import DeepGuard, deep_from_env
 from proxy.guardians.remote import RemoteTier, remote_tiers
 from proxy.identity_providers.oidc import OidcVerifier, oauth_routes
@@ -87,6 +97,21 @@ class Wicket:
             audit=self.audit,
             metrics=self.metrics,
         )
+        try:
+            self.keys = KeyRing.from_env(self.settings.environ)
+            needs_exchange = any(s.mode == "exchange" for _, _, s in self.policy.credential_variants())
+            self.exchanger: TokenExchanger | None = TokenExchanger() if needs_exchange else None
+            self.credentials = CredentialBroker(
+                self.policy,
+                self.keys,
+                issuer=self.settings.credential_issuer,
+                env=self.settings.environ,
+                exchange=self.exchanger,
+            )
+        except (SigningKeyError, CredentialConfigError) as exc:
+            raise SystemExit(f"wicket: {exc}") from None
+        for warning in passthrough_warnings(self.policy):
+            log.warning(warning)
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
         self.data_port = 0
@@ -137,11 +162,13 @@ class Wicket:
             sessions=self.sessions,
             metrics=self.metrics,
             client=self._client,
+            credentials=self.credentials,
         )
         # The body limit is enforced by the adapter (413 with a JSON-RPC error); aiohttp's
         # own limit is kept just above it as a backstop.
         app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
         app.add_routes(proxy.routes())
+        app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         if self.settings.oidc_issuer:
             public = self.settings.public_url
             app.add_routes(oauth_routes(public.rstrip("/") + "/mcp" if public else None, self.settings.oidc_issuer))
@@ -159,6 +186,7 @@ class Wicket:
         )
         app = web.Application(client_max_size=64 * 1024)
         app.add_routes(api.routes())
+        app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         return app
 
     async def start(self) -> None:
@@ -193,6 +221,8 @@ class Wicket:
             await tier.close()
         if self.oidc is not None:
             await self.oidc.close()
+        if self.exchanger is not None:
+            await self.exchanger.close()
         if isinstance(self.deep, DeepGuard):
             await self.deep.aclose()
         await self.audit.close()

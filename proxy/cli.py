@@ -58,6 +58,12 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str) -> None:
         help="seconds an idle upstream connection is kept for reuse; keep it below the upstream's own (default 4)",
     )
     parser.add_argument(
+        "--credential-issuer",
+        default=os.environ.get("WICKET_ISSUER", "wicket"),
+        metavar="URL",
+        help="iss of minted upstream credentials; upstreams fetch its /.well-known/jwks.json (env WICKET_ISSUER)",
+    )
+    parser.add_argument(
         "--guardian-url",
         metavar="URL",
         help="central guardian service (wicket guardian serve) for Spot and Deep; needs WICKET_GUARDIAN_KEY",
@@ -157,6 +163,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str]) 
         upstream_keepalive=args.upstream_keepalive,
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
+        credential_issuer=args.credential_issuer,
         guardian_url=args.guardian_url,
         guardian_client_id=args.guardian_client_id or "",
         oidc_issuer=args.oidc_issuer,

@@ -42,6 +42,7 @@ class Settings:
     allowed_origins: list[str] = field(default_factory=list)
     session_key: bytes = b""
     admin_token: str | None = None
+    credential_issuer: str = "wicket"  # iss of minted upstream credentials: set it to Wicket's public base URL
     guardian_url: str | None = None  # central guardian service for Spot and Deep (None: in process)
     guardian_client_id: str = ""  # this sidecar's name (JWT iss) towards the guardian service
     oidc_issuer: str | None = None  # SPEC §3 step 2: accept agents' JWTs from this issuer

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 from aiohttp import web
 
@@ -189,17 +191,33 @@ async def test_hop_by_hop_and_credentials_are_not_forwarded(
     forwarded = {k.lower(): v for k, v in seen[-1].items()}
     assert forwarded["x-end-to-end"] == "kept"
     assert forwarded["mcp-name"] == "get_weather"
-    for dropped in ("x-secret-hop", "keep-alive", "proxy-authorization", "authorization", "origin"):
+    for dropped in ("x-secret-hop", "keep-alive", "proxy-authorization", "origin"):
         assert dropped not in forwarded, dropped
+    # The only Authorization upstream is the credential Wicket minted for this one call.
+    assert forwarded["authorization"].startswith("Bearer ey")
 
 
 async def test_agent_token_is_never_forwarded(
     echo_upstream: tuple[str, list[dict[str, str]]], make_wicket: WicketFactory
 ) -> None:
+    """MCP forbids token passthrough: upstream sees a credential scoped to this call, verifiable
+    through Wicket's JWKS, and never the agent's own token."""
     url, seen = echo_upstream
     running = await make_wicket(url, "version: 1\n")
     grant = await running.create_session("agent-1")
     headers = {**modern_headers(name="get_weather"), "Authorization": f"Bearer {grant['token']}"}
     status, _, _ = await post(running.url, json.dumps(call("get_weather", {"city": "Oslo"})), headers)
     assert status == 200
-    assert "authorization" not in {k.lower() for k in seen[-1]}
+    forwarded = {k.lower(): v for k, v in seen[-1].items()}
+    assert grant["token"] not in json.dumps(seen)
+    token = forwarded["authorization"].removeprefix("Bearer ")
+    async with aiohttp.ClientSession() as http, http.get(running.url.replace("/mcp", "/.well-known/jwks.json")) as r:
+        jwks = await r.json()
+    key = jwt.PyJWK(jwks["keys"][0])
+    claims = jwt.decode(token, key.key, algorithms=[key.algorithm_name], audience=url)
+    assert claims["sub"] == "agent-1" and claims["tool"] == "get_weather" and claims["sid"] == grant["session_id"]
+    assert claims["exp"] - claims["iat"] == 60
+    assert claims["args_sha256"] == hashlib.sha256(b'{"city":"Oslo"}').hexdigest()
+    outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
+    assert outcome["credential_mode"] == "minted" and outcome["credential_id"] == claims["jti"]
+    assert token not in running.audit_path.read_text()

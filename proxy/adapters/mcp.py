@@ -26,6 +26,7 @@ from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
+from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
 from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
 from proxy.settings import Settings
 from proxy.telemetry import Metrics
@@ -99,6 +100,7 @@ class McpProxy:
         sessions: SessionManager,
         metrics: Metrics,
         client: aiohttp.ClientSession,
+        credentials: CredentialBroker,
     ) -> None:
         self._settings = settings
         self._upstream = settings.upstream
@@ -107,6 +109,7 @@ class McpProxy:
         self._sessions = sessions
         self._metrics = metrics
         self._client = client
+        self._credentials = credentials
         self._origins = OriginPolicy(settings.allowed_hosts, settings.allowed_origins)
         self._annotations: dict[str, dict[str, Any]] = {}
         self._post_timeout = aiohttp.ClientTimeout(
@@ -161,8 +164,8 @@ class McpProxy:
         is_request = method is not None and "id" in message
         if not is_request:
             # Notifications and the client's replies to server requests execute nothing upstream.
-            await self._session(caller, mcp_session_id, method, None)
-            return await self._forward(request, body, None)
+            session = await self._session(caller, mcp_session_id, method, None)
+            return await self._forward(request, body, None, session=session, caller=caller, method=method or "reply")
 
         action_name = params.get(NAME_PARAMS.get(method, ""), method) if method in NAME_PARAMS else method
         if not isinstance(action_name, str):
@@ -189,7 +192,13 @@ class McpProxy:
         if not decision.allowed:
             return _denial(action, decision, request_id, modern=_is_modern(request, params))
         return await self._forward(
-            request, body, (action, decision, request_id), bind_to=session if method == "initialize" else None
+            request,
+            body,
+            (action, decision, request_id),
+            session=session,
+            caller=caller,
+            method=method,
+            bind_to=session if method == "initialize" else None,
         )
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -208,8 +217,8 @@ class McpProxy:
         if not mcp_session_id:
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"{request.method} /mcp needs an Mcp-Session-Id header.")
         caller = await self._caller(request)
-        await self._session(caller, mcp_session_id, request.method, None)
-        response = await self._forward(request, b"", None)
+        session = await self._session(caller, mcp_session_id, request.method, None)
+        response = await self._forward(request, b"", None, session=session, caller=caller, method=request.method)
         if request.method == "DELETE" and 200 <= response.status < 300:
             await self._sessions.unbind_mcp(mcp_session_id)
         return response
@@ -285,9 +294,13 @@ class McpProxy:
         body: bytes,
         decided: tuple[Action, Decision, Any] | None,
         *,
+        session: Session,
+        caller: Caller,
+        method: str,
         bind_to: Session | None = None,
     ) -> web.StreamResponse:
         headers = forward_headers(request.headers, _DROP_UPSTREAM)
+        credential: IssuedCredential | None = None
         # Standalone streams (legacy GET, 2026-07-28 subscriptions/listen) may idle for long.
         streaming = request.method == "GET" or (decided is not None and decided[0].method in STREAM_METHODS)
         timeout = self._stream_timeout if streaming else self._post_timeout
@@ -298,6 +311,11 @@ class McpProxy:
         attempts = 2 if decided is None or decided[1].effect is Effect.READ else 1
         try:
             for attempt in range(attempts):
+                # A fresh credential per attempt: a retry must not reuse a jti the upstream may have seen.
+                credential = await self._credential(decided, session, method, caller)
+                for name, value in credential.headers.items():
+                    headers.popall(name, None)  # the agent cannot supply its own value for an injected header
+                    headers[name] = value
                 try:
                     async with self._client.request(
                         request.method, self._upstream, data=body or None, headers=headers, timeout=timeout
@@ -329,12 +347,40 @@ class McpProxy:
             self._learn_tools(watcher.tools)
         if watcher.tools_changed:
             self._annotations.clear()
+        audit = credential.audit() if credential is not None else None
         if decided is not None:
             action, decision, _ = decided
             await self._checker.outcome(
-                action, decision, status=watcher.status, duration=elapsed, detail=watcher.detail
+                action, decision, status=watcher.status, duration=elapsed, detail=watcher.detail, credential=audit
             )
+        elif credential is not None and credential.mode == "passthrough" and credential.headers:
+            # Passthrough is audited on every use, including forwards that carry no decision.
+            event = {"event": "credential", "protocol": PROTOCOL, "action": method, **(audit or {})}
+            event.update(agent_id=session.agent_id, session_id=session.session_id)
+            try:
+                await self._checker.audit_event(event)
+            except AuditUnavailable:
+                log.error("a passthrough credential use could not be audited")
         return response
+
+    async def _credential(
+        self, decided: tuple[Action, Decision, Any] | None, session: Session, method: str, caller: Caller
+    ) -> IssuedCredential:
+        """The credential this one forward carries upstream (never the agent's own token)."""
+        try:
+            if decided is not None:
+                return await self._credentials.issue(decided[0], session, inbound_token=caller.inbound_token)
+            return await self._credentials.issue_for_request(
+                session, upstream=self._upstream, method=method, inbound_token=caller.inbound_token
+            )
+        except CredentialError as exc:
+            self._metrics.upstream_errors.labels(PROTOCOL, "credential").inc()
+            raise Refusal(
+                502,
+                jsonrpc.UPSTREAM_UNAVAILABLE,
+                f"Wicket could not obtain an upstream credential: {exc.reason}. Nothing was executed.",
+                reason="credential",
+            ) from None
 
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, watcher: _ResponseWatcher

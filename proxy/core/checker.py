@@ -109,7 +109,14 @@ class Checker:
         return await self._record(action, session_id, decision)
 
     async def outcome(
-        self, action: Action, decision: Decision, *, status: str, duration: float, detail: str | None = None
+        self,
+        action: Action,
+        decision: Decision,
+        *,
+        status: str,
+        duration: float,
+        detail: str | None = None,
+        credential: Mapping[str, str] | None = None,
     ) -> None:
         """Audit what happened to a forwarded call: ``status`` is success, tool_error or error."""
         fields: dict[str, Any] = {
@@ -125,6 +132,8 @@ class Checker:
         }
         if detail:
             fields["detail"] = detail
+        if credential:
+            fields.update(credential)  # mode, id (jti) and fingerprint: never the credential itself
         try:
             await self._audit.append(fields)
         except AuditUnavailable:
