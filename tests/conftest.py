@@ -11,13 +11,14 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from proxy.app import Wicket
 from proxy.core.policy import Policy, load_policy, parse_policy_text
-from proxy.demo.server import DemoUpstream
+from proxy.demo.server import DemoUpstream, free_port
 from proxy.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +33,27 @@ async def upstream() -> AsyncIterator[DemoUpstream]:
     await server.start()
     yield server
     await server.stop()
+
+
+@pytest.fixture
+async def echo_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
+    """A plain HTTP server that records the headers it receives (to see what Wicket forwards)."""
+    seen: list[dict[str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        body = await request.json()
+        result = {"content": [{"type": "text", "text": "ok"}], "isError": False}
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result})
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    yield f"http://127.0.0.1:{port}/mcp", seen
+    await runner.cleanup()
 
 
 @dataclass

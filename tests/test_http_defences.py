@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 import jwt
 import pytest
-from aiohttp import web
 
 from proxy.demo.server import DemoUpstream, free_port
 from tests.conftest import RunningWicket, WicketFactory
@@ -150,27 +148,6 @@ async def test_unknown_mcp_session_is_404(upstream: DemoUpstream, wicket: Runnin
     assert status == 404
     assert payload["error"]["code"] == -32001
     assert upstream.ledger.names() == []
-
-
-@pytest.fixture
-async def echo_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
-    """A plain HTTP server that records the headers it receives (to see what Wicket forwards)."""
-    seen: list[dict[str, str]] = []
-
-    async def handle(request: web.Request) -> web.Response:
-        seen.append(dict(request.headers))
-        body = await request.json()
-        result = {"content": [{"type": "text", "text": "ok"}], "isError": False}
-        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result})
-
-    app = web.Application()
-    app.router.add_post("/mcp", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/mcp", seen
-    await runner.cleanup()
 
 
 async def test_hop_by_hop_and_credentials_are_not_forwarded(
