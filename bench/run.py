@@ -1,11 +1,17 @@
-"""Direct vs bare pass-through vs Wicket, measured in one run on one machine.
+"""Direct vs bare pass-through vs Wicket, for Wicket's Fast-only and Fast+Spot paths, in one run.
 
 Starts the demo MCP server, the floor proxy (``bench/floor.py``) and Wicket as subprocesses on
-127.0.0.1, then drives the same ``tools/call get_weather`` through each with an aiohttp load
-generator in this process. Every phase is interleaved across the three targets so machine noise
-hits them alike. See ``bench/README.md`` for how to read the output.
+127.0.0.1, then drives two workloads through each with an aiohttp load generator in this process:
 
-Run: ``.venv/bin/python bench/run.py [--calls 1000] [--concurrency 32] [--json out.json] [--sse]``
+* ``read``: ``tools/call get_weather`` as an anonymous caller. Wicket routes a read through Fast
+  Guard only.
+* ``write``: ``tools/call create_note`` in a read-write Wicket session created on the admin API.
+  Wicket routes a mutating call through Fast Guard and then Spot Guard (the in-process risk engine).
+
+Every phase is interleaved across the six targets (2 workloads x direct, floor, Wicket) so machine
+noise hits them alike. See ``bench/README.md`` for how to read the output.
+
+Run: ``.venv/bin/python bench/run.py [--calls 600] [--concurrency 32] [--json out.json] [--sse]``
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import itertools
 import json
 import math
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -27,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,11 +47,37 @@ ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 MODERN = "2026-07-28"
 LEGACY = "2025-11-25"
-TOOL = "get_weather"
 MAX_FAILURES = 20  # stop a phase early once this many calls failed: the numbers are invalid anyway
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Keep every byte of traffic on loopback: no LLM tier, no shared store, no proxies from the env.
 SCRUBBED_ENV = ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "REDIS_URL", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+# Anomaly escalation (SPEC section 8) raises the effect of a session whose write ratio is >= 80%
+# once it has made ``min_calls`` calls; the write workload is 100% writes, so its sessions would
+# turn destructive (and be denied: no Deep Guard here) after 5 calls. The bench policy raises
+# ``min_calls`` to the schema's maximum, and the write target never makes more calls than that in
+# one Wicket session: it moves to a fresh session between phases, never inside one.
+SESSION_CALLS = 1000
+BENCH_POLICY = f"""\
+# Written by bench/run.py. Layered on policies/demo.yaml for the benchmark only.
+version: 1
+guardian:
+  anomaly: {{min_calls: {SESSION_CALLS}}}
+"""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """One kind of tool call, and the Wicket guardian path it takes."""
+
+    name: str
+    path: str
+    tool: str
+    arguments: dict[str, Any]
+
+
+READ = Workload("read", "Fast only", "get_weather", {"city": "Oslo"})
+WRITE = Workload("write", "Fast + Spot", "create_note", {"title": "bench", "text": "Written by the Wicket benchmark."})
+WORKLOADS = (READ, WRITE)
 
 
 class BenchError(RuntimeError):
@@ -84,14 +119,21 @@ class Proc:
             raise BenchError(f"{self.name} exited with code {code}; its log ends with:\n{self.log_tail()}")
 
 
-def spawn(name: str, argv: Sequence[str], workdir: Path) -> Proc:
+def spawn(name: str, argv: Sequence[str], workdir: Path, extra_env: dict[str, str] | None = None) -> Proc:
     """Start a child in its own session so a terminal Ctrl-C reaches only us; we stop it in order."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra_env or {})
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         popen = subprocess.Popen(
-            list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+            list(argv),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return Proc(name, popen, log)
 
@@ -134,28 +176,60 @@ class CallFailed(Exception):
 
 
 @dataclass
-class Target:
-    """One thing to measure: a URL, a pooled client session, and the process that serves it."""
+class SessionGrant:
+    """Issues read-write Wicket sessions on the admin API (``POST /v1/sessions``)."""
 
-    name: str
+    admin_url: str
+    admin_token: str
+    issued: int = 0
+
+    async def issue(self, http: aiohttp.ClientSession) -> str:
+        body = {"agent_id": "bench", "mode": "read-write", "ttl_seconds": 3600}
+        headers = {"Authorization": f"Bearer {self.admin_token}"}
+        async with http.post(f"{self.admin_url}/v1/sessions", json=body, headers=headers) as resp:
+            raw = await resp.read()
+            if resp.status != 201:
+                raise BenchError(f"POST /v1/sessions: HTTP {resp.status}: {raw[:300]!r}")
+        token = json.loads(raw).get("token")
+        if not isinstance(token, str) or not token.startswith("wkt_"):
+            raise BenchError(f"POST /v1/sessions: no wkt_ token in {raw[:300]!r}")
+        self.issued += 1
+        return token
+
+
+@dataclass
+class Target:
+    """One thing to measure: a workload, a URL, a pooled client session, and the process that serves it."""
+
+    name: str  # direct | floor | wicket
+    workload: Workload
     url: str
     proxy: str | None  # name of the proxy process in front of the upstream, if any
     sse: bool
+    grant: SessionGrant | None = None  # set for Wicket's write target: calls carry a read-write session
     session: aiohttp.ClientSession | None = None
     mcp_session_id: str | None = None
+    bearer: str | None = None
+    session_calls: int = 0  # calls sent with the current bearer token
+
+    @property
+    def label(self) -> str:
+        return f"{self.workload.name}/{self.name}"
 
     def headers(self) -> dict[str, str]:
         h = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if self.bearer:
+            h["Authorization"] = f"Bearer {self.bearer}"
         if self.sse:  # legacy generation: session-bound, answered as an SSE stream
             h["MCP-Protocol-Version"] = LEGACY
             if self.mcp_session_id:
                 h["Mcp-Session-Id"] = self.mcp_session_id
         else:
-            h.update({"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": TOOL})
+            h.update({"MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call", "Mcp-Name": self.workload.tool})
         return h
 
     def body(self, call_id: int) -> bytes:
-        params: dict[str, Any] = {"name": TOOL, "arguments": {"city": "Oslo"}}
+        params: dict[str, Any] = {"name": self.workload.tool, "arguments": self.workload.arguments}
         if not self.sse:
             params["_meta"] = {
                 "io.modelcontextprotocol/protocolVersion": MODERN,
@@ -172,8 +246,26 @@ class Target:
                 timeout=aiohttp.ClientTimeout(total=10),
                 trust_env=False,
             )
+        await self.reserve(0)
         if self.sse and self.mcp_session_id is None:
             await self._initialize()
+
+    async def reserve(self, calls: int) -> None:
+        """Make sure the next ``calls`` calls fit in the current Wicket session, else start a new one.
+
+        Called between phases only, outside any timed section or CPU snapshot.
+        """
+        if self.grant is None:
+            return
+        if calls > SESSION_CALLS:
+            raise BenchError(f"{self.label}: a phase of {calls} calls does not fit in one session ({SESSION_CALLS})")
+        if self.bearer is None or self.session_calls + calls > SESSION_CALLS:
+            assert self.session is not None
+            self.bearer = await self.grant.issue(self.session)
+            self.session_calls = 0
+            self.mcp_session_id = None
+            if self.sse:  # a legacy MCP session belongs to the Wicket session that opened it
+                await self._initialize()
 
     async def _initialize(self) -> None:
         """Legacy handshake: initialize, then notifications/initialized, on one MCP session."""
@@ -189,6 +281,8 @@ class Target:
             },
         }
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        if self.bearer:
+            headers["Authorization"] = f"Bearer {self.bearer}"
         async with self.session.post(self.url, json=init, headers=headers) as resp:
             raw = await resp.read()
             if resp.status != 200 or "Mcp-Session-Id" not in resp.headers:
@@ -209,6 +303,7 @@ class Target:
         """One tool call; returns its latency in seconds, or raises CallFailed."""
         assert self.session is not None
         body, headers = self.body(call_id), self.headers()
+        self.session_calls += 1
         t0 = time.perf_counter()
         try:
             async with self.session.post(self.url, data=body, headers=headers) as resp:
@@ -279,7 +374,7 @@ class Bench:
         self.pids = pids
         self.concurrency = concurrency
         self.ids = itertools.count(1)
-        self.stats = {t.name: Stats() for t in targets}
+        self.stats = {t.label: Stats() for t in targets}
 
     def _cpu(self) -> dict[str, float]:
         snap = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
@@ -310,9 +405,9 @@ class Bench:
 
     def _raise_on_failures(self, target: Target, failures: Failures, phase: str) -> None:
         if failures.count:
-            self.stats[target.name].failures = failures
+            self.stats[target.label].failures = failures
             samples = "\n".join(f"    {s}" for s in failures.samples)
-            raise BenchError(f"{target.name}: {failures.count}+ failed calls in {phase}; first ones:\n{samples}")
+            raise BenchError(f"{target.label}: {failures.count}+ failed calls in {phase}; first ones:\n{samples}")
 
     async def _warm(self, target: Target, calls: int, concurrency: int) -> None:
         """Unmeasured calls. A rare failure here is tolerated and reported, not fatal.
@@ -322,7 +417,8 @@ class Bench:
         measured. That is a robustness finding, not a cost; the re-warm absorbs it so the measured
         phase that follows runs on a pool that was just used end to end.
         """
-        stats = self.stats[target.name]
+        stats = self.stats[target.label]
+        await target.reserve(calls)
         await self._run(target, calls, concurrency, stats.warmup_failures)
         stats.warmup_calls += calls
         if stats.warmup_failures.count > max(2, stats.warmup_calls // 20):
@@ -334,7 +430,8 @@ class Bench:
             await self._warm(target, calls * 2, self.concurrency)
 
     async def latency_round(self, target: Target, calls: int) -> None:
-        stats, failures = self.stats[target.name], Failures()
+        stats, failures = self.stats[target.label], Failures()
+        await target.reserve(2 * self.concurrency + calls)  # re-warm and measured calls share a session
         await self._warm(target, 2 * self.concurrency, self.concurrency)
         before = self._cpu()
         stats.lat_c1 += await self._run(target, calls, 1, failures)
@@ -343,7 +440,8 @@ class Bench:
         self._raise_on_failures(target, failures, "the c=1 latency phase")
 
     async def throughput_round(self, target: Target, calls: int) -> None:
-        stats, failures = self.stats[target.name], Failures()
+        stats, failures = self.stats[target.label], Failures()
+        await target.reserve(2 * self.concurrency + calls)
         await self._warm(target, 2 * self.concurrency, self.concurrency)
         before = self._cpu()
         t0 = time.perf_counter()
@@ -411,53 +509,84 @@ def percentile(values: Sequence[float], p: float) -> float:
     return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
 
 
-def div(a: float, b: float) -> float | None:
-    return a / b if b > 0 else None
+def div(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b is not None and b > 0 else None
 
 
-def summarise(bench: Bench, targets: list[Target]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for t in targets:
-        s = bench.stats[t.name]
-        cn, c1 = max(s.tput_calls, 1), max(s.c1_calls, 1)
-        out[t.name] = {
-            "p50_ms": percentile(s.lat_c1, 50) * 1e3,
-            "p99_ms": percentile(s.lat_c1, 99) * 1e3,
-            "p50_ms_cN": percentile(s.lat_cn, 50) * 1e3,
-            "p99_ms_cN": percentile(s.lat_cn, 99) * 1e3,
-            "calls_c1": s.c1_calls,
-            "calls_cN": s.tput_calls,
-            "calls_per_s": s.tput_calls / s.tput_seconds,
-            "proxy_cpu_us_per_call": s.cpu_cn[t.proxy] / cn * 1e6 if t.proxy else None,
-            "proxy_cpu_us_per_call_c1": s.cpu_c1[t.proxy] / c1 * 1e6 if t.proxy else None,
-            "upstream_cpu_us_per_call": s.cpu_cn["upstream"] / cn * 1e6,
-            "client_cpu_us_per_call": s.cpu_cn["client"] / cn * 1e6,
-            "warmup_calls": s.warmup_calls,
-            "warmup_failures": s.warmup_failures.count,
-            "warmup_failure_samples": s.warmup_failures.samples,
-        }
-    d, f, w = out["direct"], out["floor"], out["wicket"]
+def sub(a: float | None, b: float | None) -> float | None:
+    return a - b if a is not None and b is not None else None
+
+
+def target_figures(s: Stats, proxy: str | None) -> dict[str, Any]:
+    cn, c1 = max(s.tput_calls, 1), max(s.c1_calls, 1)
+    return {
+        "p50_ms": percentile(s.lat_c1, 50) * 1e3,
+        "p99_ms": percentile(s.lat_c1, 99) * 1e3,
+        "p50_ms_cN": percentile(s.lat_cn, 50) * 1e3,
+        "p99_ms_cN": percentile(s.lat_cn, 99) * 1e3,
+        "calls_c1": s.c1_calls,
+        "calls_cN": s.tput_calls,
+        "calls_per_s": s.tput_calls / s.tput_seconds,
+        "proxy_cpu_us_per_call": s.cpu_cn[proxy] / cn * 1e6 if proxy else None,
+        "proxy_cpu_us_per_call_c1": s.cpu_c1[proxy] / c1 * 1e6 if proxy else None,
+        "upstream_cpu_us_per_call": s.cpu_cn["upstream"] / cn * 1e6,
+        "client_cpu_us_per_call": s.cpu_cn["client"] / cn * 1e6,
+        "warmup_calls": s.warmup_calls,
+        "warmup_failures": s.warmup_failures.count,
+        "warmup_failure_samples": s.warmup_failures.samples,
+    }
+
+
+def workload_ratios(out: dict[str, Any]) -> dict[str, Any]:
+    """Wicket (and the floor, when measured) against the direct call of the same workload."""
+    d, f, w = out["direct"], out.get("floor"), out["wicket"]
     ratios: dict[str, Any] = {}
     for q in ("p50", "p99"):
-        w_add, f_add = w[f"{q}_ms"] - d[f"{q}_ms"], f[f"{q}_ms"] - d[f"{q}_ms"]
+        w_add = w[f"{q}_ms"] - d[f"{q}_ms"]
+        f_add = f[f"{q}_ms"] - d[f"{q}_ms"] if f else None
         ratios[f"wicket_added_{q}_ms"] = w_add
         ratios[f"wicket_{q}_vs_direct"] = div(w[f"{q}_ms"], d[f"{q}_ms"])
         ratios[f"floor_added_{q}_ms"] = f_add
         ratios[f"wicket_added_over_floor_added_{q}"] = div(w_add, f_add)
-        ratios[f"wicket_own_{q}_ms"] = w_add - f_add
+        ratios[f"wicket_own_{q}_ms"] = sub(w_add, f_add)
     ratios["wicket_throughput_vs_direct"] = div(w["calls_per_s"], d["calls_per_s"])
-    ratios["wicket_throughput_vs_floor"] = div(w["calls_per_s"], f["calls_per_s"])
-    ratios["floor_throughput_vs_direct"] = div(f["calls_per_s"], d["calls_per_s"])
-    ratios["wicket_cpu_vs_floor_cpu"] = div(w["proxy_cpu_us_per_call"], f["proxy_cpu_us_per_call"])
-    return {"targets": out, "ratios": ratios}
+    ratios["wicket_throughput_vs_floor"] = div(w["calls_per_s"], f["calls_per_s"]) if f else None
+    ratios["floor_throughput_vs_direct"] = div(f["calls_per_s"], d["calls_per_s"]) if f else None
+    ratios["wicket_cpu_us_per_call"] = w["proxy_cpu_us_per_call"]
+    ratios["wicket_cpu_vs_floor_cpu"] = div(w["proxy_cpu_us_per_call"], f["proxy_cpu_us_per_call"]) if f else None
+    ratios["wicket_own_cpu_us_per_call"] = sub(w["proxy_cpu_us_per_call"], f["proxy_cpu_us_per_call"]) if f else None
+    return ratios
 
 
-def fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
-    return "n/a" if value is None else f"{value:{spec}}{suffix}"
+def summarise(bench: Bench, targets: list[Target]) -> dict[str, Any]:
+    workloads: dict[str, Any] = {}
+    for wl in WORKLOADS:
+        out = {t.name: target_figures(bench.stats[t.label], t.proxy) for t in targets if t.workload is wl}
+        workloads[wl.name] = {"path": wl.path, "tool": wl.tool, "targets": out, "ratios": workload_ratios(out)}
+    r, w = workloads["read"]["ratios"], workloads["write"]["ratios"]
+    rt, wt = workloads["read"]["targets"], workloads["write"]["targets"]
+    spot = {  # what the write (Fast + Spot) path costs on top of the read (Fast only) path
+        "added_p50_ms": w["wicket_added_p50_ms"] - r["wicket_added_p50_ms"],
+        "added_p99_ms": w["wicket_added_p99_ms"] - r["wicket_added_p99_ms"],
+        "wicket_cpu_us_per_call": sub(wt["wicket"]["proxy_cpu_us_per_call"], rt["wicket"]["proxy_cpu_us_per_call"]),
+        "wicket_cpu_us_per_call_c1": sub(
+            wt["wicket"]["proxy_cpu_us_per_call_c1"], rt["wicket"]["proxy_cpu_us_per_call_c1"]
+        ),
+        "floor_cpu_us_per_call": (
+            sub(wt["floor"]["proxy_cpu_us_per_call"], rt["floor"]["proxy_cpu_us_per_call"])
+            if "floor" in wt and "floor" in rt
+            else None
+        ),
+    }
+    return {"workloads": workloads, "spot_over_fast": spot}
+
+
+def fmt(value: float | None, spec: str = ".2f", suffix: str = "", prefix: str = "") -> str:
+    return "n/a" if value is None else f"{prefix}{value:{spec}}{suffix}"
 
 
 def render(summary: dict[str, Any], concurrency: int) -> str:
-    t, r = summary["targets"], summary["ratios"]
+    wls = summary["workloads"]
     cols = [
         ("p50 c=1 ms", "p50_ms", ".3f"),
         ("p99 c=1 ms", "p99_ms", ".3f"),
@@ -467,35 +596,91 @@ def render(summary: dict[str, Any], concurrency: int) -> str:
         ("upstream CPU µs/call", "upstream_cpu_us_per_call", ".0f"),
         ("client CPU µs/call", "client_cpu_us_per_call", ".0f"),
     ]
-    lines = ["| target | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for name in ("direct", "floor", "wicket"):
-        lines.append(f"| {name} | " + " | ".join(fmt(t[name][k], s) for _, k, s in cols) + " |")
+    lines = ["| path (tool) | target | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
+    for wl in wls.values():
+        for name, t in wl["targets"].items():
+            figures = " | ".join(fmt(t[k], s) for _, k, s in cols)
+            lines.append(f"| {wl['path']} ({wl['tool']}) | {name} | {figures} |")
+
+    def row(label: str, cell: Callable[[dict[str, Any], str], str]) -> str:
+        return f"| {label} | " + " | ".join(cell(wl["ratios"], q) for wl in wls.values() for q in ("p50", "p99")) + " |"
+
     lines += [
         "",
-        "| ratio | p50 | p99 |",
-        "|---|---|---|",
-        "| Wicket added latency vs direct | "
-        + " | ".join(
-            f"{fmt(r[f'wicket_added_{q}_ms'], '+.3f')} ms (x{fmt(r[f'wicket_{q}_vs_direct'])})" for q in ("p50", "p99")
-        )
-        + " |",
-        "| floor added latency vs direct | "
-        + " | ".join(f"{fmt(r[f'floor_added_{q}_ms'], '+.3f')} ms" for q in ("p50", "p99"))
-        + " |",
-        "| Wicket added / floor added | "
-        + " | ".join(f"x{fmt(r[f'wicket_added_over_floor_added_{q}'])}" for q in ("p50", "p99"))
-        + " |",
-        "| Wicket's own work (Wicket added - floor added) | "
-        + " | ".join(f"{fmt(r[f'wicket_own_{q}_ms'], '+.3f')} ms" for q in ("p50", "p99"))
-        + " |",
+        "| ratio | " + " | ".join(f"{wl['path']} {q}" for wl in wls.values() for q in ("p50", "p99")) + " |",
+        "|---" * (1 + 2 * len(wls)) + "|",
+        row(
+            "Wicket added latency vs direct",
+            lambda r, q: (
+                f"{fmt(r[f'wicket_added_{q}_ms'], '+.3f', ' ms')} ({fmt(r[f'wicket_{q}_vs_direct'], prefix='x')})"
+            ),
+        ),
+        row("floor added latency vs direct", lambda r, q: fmt(r[f"floor_added_{q}_ms"], "+.3f", " ms")),
+        row("Wicket added / floor added", lambda r, q: fmt(r[f"wicket_added_over_floor_added_{q}"], prefix="x")),
+        row("Wicket's own work (Wicket added - floor added)", lambda r, q: fmt(r[f"wicket_own_{q}_ms"], "+.3f", " ms")),
         "",
-        f"- Wicket throughput (c={concurrency}): {fmt(r['wicket_throughput_vs_direct'], '.0%')} of direct, "
-        f"{fmt(r['wicket_throughput_vs_floor'], '.0%')} of floor "
-        f"(floor: {fmt(r['floor_throughput_vs_direct'], '.0%')} of direct)",
-        f"- Wicket CPU per call: x{fmt(r['wicket_cpu_vs_floor_cpu'])} the floor's "
-        f"({fmt(t['wicket']['proxy_cpu_us_per_call'], '.0f')} vs {fmt(t['floor']['proxy_cpu_us_per_call'], '.0f')} µs)",
     ]
+    for wl in wls.values():
+        r, t = wl["ratios"], wl["targets"]
+        floor_cpu = t["floor"]["proxy_cpu_us_per_call"] if "floor" in t else None
+        lines += [
+            f"- {wl['path']} ({wl['tool']}): Wicket throughput (c={concurrency}) "
+            f"{fmt(r['wicket_throughput_vs_direct'], '.0%')} of direct, {fmt(r['wicket_throughput_vs_floor'], '.0%')} "
+            f"of floor (floor: {fmt(r['floor_throughput_vs_direct'], '.0%')} of direct); Wicket CPU "
+            f"{fmt(r['wicket_cpu_us_per_call'], '.0f', ' µs/call')}, {fmt(r['wicket_cpu_vs_floor_cpu'], prefix='x')} "
+            f"the floor's {fmt(floor_cpu, '.0f', ' µs')} ({fmt(r['wicket_own_cpu_us_per_call'], '+.0f', ' µs')} "
+            "of Wicket's own work)",
+        ]
+    s = summary["spot_over_fast"]
+    lines.append(
+        f"- Spot path over Fast path (Wicket-write added minus Wicket-read added): p50 "
+        f"{fmt(s['added_p50_ms'], '+.3f', ' ms')}, p99 {fmt(s['added_p99_ms'], '+.3f', ' ms')}; Wicket CPU "
+        f"{fmt(s['wicket_cpu_us_per_call'], '+.0f', ' µs/call')} at c={concurrency} "
+        f"({fmt(s['wicket_cpu_us_per_call_c1'], '+.0f')} at c=1; the floor's own write-minus-read: "
+        f"{fmt(s['floor_cpu_us_per_call'], '+.0f', ' µs')})"
+    )
     return "\n".join(lines)
+
+
+def audit_summary(audit: Path) -> dict[str, Any]:
+    """Count Wicket's audit records; every tool-call decision must be an allow by the expected tier."""
+    records, decisions, escalations, spot_reasons = 0, Counter[str](), 0, Counter[str]()
+    if audit.exists():
+        with audit.open() as f:
+            for line in f:
+                records += 1
+                event = json.loads(line)
+                if event.get("event") != "decision":
+                    continue
+                decisions[f"{event.get('action')} {event.get('tier')} {event.get('decision')}"] += 1
+                escalations += "escalated_from" in event
+                if event.get("tier") == "spot":
+                    risk = str(event.get("reason", "")).partition(";")[0]
+                    spot_reasons[risk] += 1
+    return {
+        "records": records,
+        "decisions": dict(decisions),
+        "escalations": escalations,
+        "spot_verdicts": dict(spot_reasons),
+    }
+
+
+def check_audit(summary: dict[str, Any]) -> str | None:
+    """Why the audit log shows the run did not measure what it claims, or None."""
+    wrong = {
+        key: n
+        for key, n in summary["decisions"].items()
+        if not key.endswith(" allow")
+        or (READ.tool in key and " fast " not in key)
+        or (WRITE.tool in key and " spot " not in key)
+    }
+    if wrong:
+        return f"unexpected decisions in Wicket's audit log: {wrong}"
+    if summary["escalations"]:
+        return f"{summary['escalations']} decisions were raised by anomaly escalation"
+    if not any(WRITE.tool in key for key in summary["decisions"]):
+        return f"no {WRITE.tool} decision in Wicket's audit log"
+    return None
 
 
 def machine() -> dict[str, Any]:
@@ -520,6 +705,8 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
     py = sys.executable
     up, fl, wk, adm = free_port(), free_port(), free_port(), free_port()
     audit = workdir / "audit.jsonl"
+    bench_policy = workdir / "bench-policy.yaml"
+    bench_policy.write_text(BENCH_POLICY)
     upstream_argv = [py, "-m", "proxy.demo.server", "--host", HOST, "--port", str(up)]
     if not args.sse:
         upstream_argv.append("--json-response")
@@ -535,28 +722,36 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
         py, "-m", "proxy", "run",
         "--upstream", f"http://{HOST}:{up}/mcp",
         "--policy", str(ROOT / "policies" / "demo.yaml"),
+        "--policy", str(bench_policy),
         "--listen", f"{HOST}:{wk}",
         "--admin-listen", f"{HOST}:{adm}",
         "--audit-log", str(audit),
         *args.wicket_arg,
     ]  # fmt: skip
-    procs.append(spawn("wicket", wicket_argv, workdir))
+    admin_token = secrets.token_urlsafe(32)
+    procs.append(spawn("wicket", wicket_argv, workdir, {"WICKET_ADMIN_TOKEN": admin_token}))
     by_name = {p.name: p for p in procs}
+    grant = SessionGrant(f"http://{HOST}:{adm}", admin_token)
 
-    targets = [
-        Target("direct", f"http://{HOST}:{up}/mcp", None, args.sse),
-        Target("floor", f"http://{HOST}:{fl}/mcp", "floor", args.sse),
-        Target("wicket", f"http://{HOST}:{wk}/mcp", "wicket", args.sse),
-    ]
+    targets: list[Target] = []
+    for wl in WORKLOADS:
+        targets.append(Target("direct", wl, f"http://{HOST}:{up}/mcp", None, args.sse))
+        if wl is READ or not args.no_write_floor:
+            targets.append(Target("floor", wl, f"http://{HOST}:{fl}/mcp", "floor", args.sse))
+        targets.append(
+            Target("wicket", wl, f"http://{HOST}:{wk}/mcp", "wicket", args.sse, grant=grant if wl is WRITE else None)
+        )
     try:
         deadline = time.monotonic() + args.startup_timeout
-        await wait_until("upstream", [by_name["upstream"]], lambda: probe_call(targets[0], args.concurrency), deadline)
-        await wait_until("floor", [by_name["floor"]], lambda: probe_call(targets[1], args.concurrency), deadline)
         await wait_until(
             "wicket /readyz", [by_name["wicket"]], lambda: probe_readyz(f"http://{HOST}:{adm}/readyz"), deadline
         )
-        await wait_until("wicket", [by_name["wicket"]], lambda: probe_call(targets[2], args.concurrency), deadline)
-        print(f"all three targets answer; warming up ({args.warmup} + {2 * args.warmup} calls each)", flush=True)
+        for t in targets:
+            proc = by_name[t.proxy or "upstream"]
+            await wait_until(t.label, [proc], functools.partial(probe_call, t, args.concurrency), deadline)
+        print(
+            f"all {len(targets)} targets answer; warming up ({args.warmup} + {2 * args.warmup} calls each)", flush=True
+        )
 
         bench = Bench(targets, {p.name: p.pid for p in procs}, args.concurrency)
         await bench.warm_up(args.warmup)
@@ -579,6 +774,8 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
             "warmup": args.warmup,
             "transport": "legacy 2025-11-25 session, SSE responses" if args.sse else f"{MODERN} stateless, JSON",
             "wicket_args": args.wicket_arg,
+            "bench_policy": BENCH_POLICY,
+            "write_sessions": grant.issued,
             "measured_seconds": measured,
         },
         **summarise(bench, targets),
@@ -586,27 +783,38 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description="Benchmark: direct vs bare pass-through proxy vs Wicket.")
-    p.add_argument("--calls", type=int, default=1000, help="sequential calls per target at c=1 (default 1000)")
+    p = argparse.ArgumentParser(
+        description="Benchmark: direct vs bare pass-through proxy vs Wicket, for a read (Fast Guard only) "
+        "and a write (Fast + Spot Guard)."
+    )
+    p.add_argument("--calls", type=int, default=600, help="sequential calls per target at c=1 (default 600)")
     p.add_argument("--concurrency", type=int, default=32, help="workers in the throughput phase (default 32)")
     p.add_argument(
-        "--throughput-calls", type=int, default=4000, help="calls per target in the throughput phase (default 4000)"
+        "--throughput-calls", type=int, default=2400, help="calls per target in the throughput phase (default 2400)"
     )
     p.add_argument("--rounds", type=int, default=4, help="interleaved rounds the calls are split into (default 4)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up calls per target at c=1 (default 100; 2x at c=N)")
+    p.add_argument("--no-write-floor", action="store_true", help="skip the floor for the write workload (faster)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sse", action="store_true", help="legacy MCP session with SSE responses instead of JSON")
     p.add_argument(
         "--wicket-arg", action="append", default=[], metavar="ARG", help="extra `wicket run` argument (repeatable)"
     )
     p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and audit log")
-    p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for all three to become ready")
+    p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for all targets to become ready")
     p.add_argument("--max-seconds", type=float, default=300.0, help="hard limit for the whole run (default 300)")
     args = p.parse_args(argv)
     if min(args.calls, args.throughput_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
         p.error("--calls, --throughput-calls, --concurrency and --rounds must be positive")
     if args.rounds > min(args.calls, args.throughput_calls):
         p.error("--rounds cannot exceed --calls or --throughput-calls")
+    # Each phase of the write workload (with its re-warm) must fit in one Wicket session.
+    phase = 2 * args.concurrency + math.ceil(max(args.calls, args.throughput_calls) / args.rounds)
+    if phase > SESSION_CALLS or 2 * args.warmup > SESSION_CALLS:
+        p.error(
+            f"a write phase would make {max(phase, 2 * args.warmup)} calls in one Wicket session (at most "
+            f"{SESSION_CALLS}, the anomaly min_calls of the bench policy): raise --rounds or lower the call counts"
+        )
     return args
 
 
@@ -621,6 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="wicket-bench-"))
     failure: str | None = None
+    audit: dict[str, Any] = {}
     try:
         result = asyncio.run(asyncio.wait_for(run_bench(args, workdir, procs), args.max_seconds))
     except BenchError as exc:
@@ -629,31 +838,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure = f"still running after --max-seconds {args.max_seconds}"
     finally:
         stop_all(procs)
-        audit = workdir / "audit.jsonl"  # counted once Wicket has exited and flushed
-        audit_records = sum(1 for _ in audit.open()) if audit.exists() else 0
+        if failure is None:  # read once Wicket has exited and flushed
+            audit = audit_summary(workdir / "audit.jsonl")
+            failure = check_audit(audit)
         if failure is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     if failure is not None:
         print(f"bench: INVALID RUN: {failure}\n(logs and audit log kept in {workdir})", file=sys.stderr)
         return 1
-    result["audit_records"] = audit_records
+    result["audit"] = audit
     if args.keep:
         print(f"logs and audit log kept in {workdir}")
     m, c = result["machine"], result["config"]
+    decisions = ", ".join(f"{k}: {n}" for k, n in sorted(audit["decisions"].items()))
+    spot = ", ".join(f"{k} ({n})" for k, n in audit["spot_verdicts"].items())
     print(
         f"\n{m['date']}  nproc={m['nproc']}  python {m['python']}  {m['cpu']}\n"
         f"transport: {c['transport']};  c=1: {c['calls']} calls/target;  c={c['concurrency']}: "
-        f"{c['throughput_calls']} calls/target;  {c['rounds']} interleaved rounds;  "
-        f"audit records written by Wicket: {result['audit_records']}\n"
+        f"{c['throughput_calls']} calls/target;  {c['rounds']} interleaved rounds\n"
+        f"Wicket audit: {audit['records']} records; decisions: {decisions}; "
+        f"{c['write_sessions']} read-write sessions\nSpot verdicts: {spot}\n"
     )
     print(render(result, args.concurrency))
-    for name, t in result["targets"].items():
-        if t["warmup_failures"]:
-            print(
-                f"\nWARNING: {name}: {t['warmup_failures']} of {t['warmup_calls']} unmeasured warm-up calls failed "
-                "(tolerated; measured calls all succeeded). First ones:\n"
-                + "\n".join(f"    {x}" for x in t["warmup_failure_samples"])
-            )
+    for wl in result["workloads"].values():
+        for name, t in wl["targets"].items():
+            if t["warmup_failures"]:
+                print(
+                    f"\nWARNING: {wl['tool']} via {name}: {t['warmup_failures']} of {t['warmup_calls']} unmeasured "
+                    "warm-up calls failed (tolerated; measured calls all succeeded). First ones:\n"
+                    + "\n".join(f"    {x}" for x in t["warmup_failure_samples"])
+                )
     print(f"\nmeasured in {c['measured_seconds']:.1f} s, {time.perf_counter() - started:.1f} s in all")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
