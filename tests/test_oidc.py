@@ -499,19 +499,12 @@ async def test_issuer_token_exchange(oidc_issuer: OidcIssuer) -> None:
 # -- end to end through Wicket (live once the --oidc-* wiring is in Settings) -------------------
 
 
-def _wired() -> bool:
-    from proxy.settings import Settings
-
-    return "oidc_issuer" in Settings.__dataclass_fields__
-
-
 STRICT_POLICY = """
 version: 1
 anonymous: {enabled: false}
 """
 
 
-@pytest.mark.skipif(not _wired(), reason="the --oidc-* settings are not wired into Wicket yet")
 async def test_agents_authenticate_with_idp_jwts_end_to_end(oidc_issuer: OidcIssuer, upstream: Any, make_wicket: Any):
     from tests.conftest import mcp_client
 
