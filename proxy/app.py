@@ -19,6 +19,7 @@ from proxy.core.effects import EffectClassifier
 from proxy.core.guardian import FastGuard, GuardianRouter, ReviewTier
 from proxy.core.identity import IdentityResolver
 from proxy.core.policy import Policy
+from proxy.core.revocations import RevocationList
 from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
 from proxy.credentials import (
@@ -35,7 +36,7 @@ from proxy.guardians.deep import DeepGuard, deep_from_env
 from proxy.guardians.remote import RemoteTier, remote_tiers
 from proxy.identity_providers.oidc import OidcVerifier, oauth_routes
 from proxy.settings import Settings
-from proxy.state.base import Store
+from proxy.state.base import Store, StoreUnavailable
 from proxy.state.memory import MemoryStore
 from proxy.telemetry import Metrics
 
@@ -82,7 +83,8 @@ class Wicket:
         self.audit: AuditSink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
         self.sessions = SessionManager(self.store, RecordSigner(self.settings.session_key))
         self.oidc = oidc_verifier(self.settings)
-        self.identity = IdentityResolver(self.sessions, self.policy, oidc=self.oidc)
+        self.revocations = RevocationList()
+        self.identity = IdentityResolver(self.sessions, self.policy, oidc=self.oidc, revocations=self.revocations)
         classifier = EffectClassifier(
             overrides=self.policy.effect_override, is_trusted_upstream=self.policy.is_trusted_upstream
         )
@@ -112,6 +114,7 @@ class Wicket:
             raise SystemExit(f"wicket: {exc}") from None
         for warning in passthrough_warnings(self.policy):
             log.warning(warning)
+        self._resync: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
         self.data_port = 0
@@ -191,6 +194,9 @@ class Wicket:
 
     async def start(self) -> None:
         self._client = self._client_session()
+        await self._sync_revocations()
+        await self.store.subscribe_revocations(self.revocations.add)
+        self._resync = asyncio.create_task(self._resync_revocations())
         if not self.audit.healthy:
             log.error("audit log unavailable: %s; only reads will be allowed", self.audit.problem)
         if self.oidc is not None and not await self.oidc.warm():
@@ -210,7 +216,24 @@ class Wicket:
         sockets = getattr(server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
+    async def _sync_revocations(self) -> bool:
+        try:
+            self.revocations.replace(await self.store.revocations())
+            return True
+        except StoreUnavailable as exc:
+            log.error("revocations could not be loaded: %s", exc)
+            return False
+
+    async def _resync_revocations(self) -> None:
+        """Pub/sub makes revocations instant; this full reload covers any message a replica missed."""
+        while True:
+            await asyncio.sleep(self.settings.revocation_resync_seconds)
+            await self._sync_revocations()
+
     async def stop(self) -> None:
+        if self._resync is not None:
+            self._resync.cancel()
+            self._resync = None
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--ttl", type=int, metavar="SECONDS")
     create.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
 
+    revoke = sub.add_parser("revoke", help="revoke an agent, a session or a token on every replica")
+    revoke.add_argument("kind", choices=("agent", "session", "token"))
+    revoke.add_argument("id", metavar="ID", help="agent id, session id, or token (wkt_...) / token fingerprint")
+    revoke.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
+
     guardian = sub.add_parser("guardian", help="the central guardian service")
     guardian_sub = guardian.add_subparsers(dest="guardian_command", required=True)
     gserve = guardian_sub.add_parser(
@@ -143,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "audit": cmd_audit_verify,
         "sessions": cmd_sessions_create,
         "guardian": cmd_guardian_serve,
+        "revoke": cmd_revoke,
     }[args.command]
     return handler(args)
 
@@ -335,11 +341,25 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 1
 
 
-def cmd_sessions_create(args: argparse.Namespace) -> int:
+def _operator_token() -> str:
     token = os.environ.get("WICKET_ADMIN_TOKEN")
     if not token:
         print("wicket: set WICKET_ADMIN_TOKEN to the operator token", file=sys.stderr)
-        return 2
+        raise SystemExit(2)
+    return token
+
+
+def cmd_revoke(args: argparse.Namespace) -> int:
+    status, body = _admin_call(args.admin_url, "/v1/revocations", _operator_token(), {"kind": args.kind, "id": args.id})
+    if status >= 300:
+        print(f"wicket: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
+
+
+def cmd_sessions_create(args: argparse.Namespace) -> int:
+    token = _operator_token()
     payload: dict[str, Any] = {"agent_id": args.agent, "mode": args.mode}
     if args.scope:
         payload["scope"] = args.scope

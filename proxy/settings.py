@@ -37,6 +37,7 @@ class Settings:
     read_timeout: float = 300.0
     stream_idle_timeout: float = 0.0  # 0 = GET streams may idle forever (closed by either side)
     upstream_pool_size: int = 100
+    revocation_resync_seconds: float = 5.0
     upstream_keepalive: float = 4.0  # below the 5 s idle timeout of uvicorn and Node servers
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
@@ -55,11 +56,12 @@ class Settings:
     """Where ANTHROPIC_*, WICKET_DEEP_MODEL and WICKET_GUARDIAN_KEY are read (tests pass their own)."""
 
     def __post_init__(self) -> None:
+        self.session_key_explicit = bool(self.session_key or self.environ.get("WICKET_SESSION_KEY"))
         if not self.session_key:
-            env = os.environ.get("WICKET_SESSION_KEY", "")
+            env = self.environ.get("WICKET_SESSION_KEY", "")
             self.session_key = env.encode() if env else secrets.token_bytes(32)
         if self.admin_token is None:
-            self.admin_token = os.environ.get("WICKET_ADMIN_TOKEN") or None
+            self.admin_token = self.environ.get("WICKET_ADMIN_TOKEN") or None
 
     @property
     def listen_address(self) -> tuple[str, int]:

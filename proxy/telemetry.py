@@ -84,6 +84,9 @@ class Metrics:
         self.escalations = Counter(
             "wicket_anomaly_escalations_total", "Actions whose effect anomaly escalation raised one tier.", registry=r
         )
+        self.revocations = Counter(
+            "wicket_revocations_total", "Revocations issued through this replica, by kind.", ["kind"], registry=r
+        )
         self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
         self.audit_healthy.set(1)
         info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)

@@ -20,6 +20,7 @@ DENIED = -32050  # SPEC §4: Wicket refused the action
 UPSTREAM_UNAVAILABLE = -32051
 UPSTREAM_TIMEOUT = -32052
 UNAUTHORIZED = -32053
+STORE_UNAVAILABLE = -32054
 
 
 def dumps(obj: Any) -> bytes:

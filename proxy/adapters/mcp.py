@@ -29,6 +29,7 @@ from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
 from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
 from proxy.settings import Settings
+from proxy.state.base import StoreUnavailable
 from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -136,6 +137,10 @@ class McpProxy:
             raise Refusal(405, jsonrpc.INVALID_REQUEST, f"Method {request.method} is not allowed on /mcp.")
         except Refusal as refusal:
             return self._refusal_response(refusal)
+        except StoreUnavailable as exc:
+            # Sessions, bindings and counters live in the store: without it nothing can be decided.
+            message = f"Wicket's state store is unavailable ({exc}); nothing was forwarded. Retry shortly."
+            return self._refusal_response(Refusal(503, jsonrpc.STORE_UNAVAILABLE, message, reason="store"))
 
     # -- POST: one JSON-RPC message ---------------------------------------------------
 
@@ -249,7 +254,17 @@ class McpProxy:
     async def _session(
         self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: Action | None
     ) -> Session:
-        """The Wicket session this request runs in; refuses hijacks and unknown sessions."""
+        """The Wicket session this request runs in; refuses revoked callers, hijacks and unknown sessions."""
+        session = await self._bound_session(caller, mcp_session_id, method, draft)
+        try:
+            self._identity.admit(caller, session)
+        except IdentityError as exc:
+            raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="revoked") from None
+        return session
+
+    async def _bound_session(
+        self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: Action | None
+    ) -> Session:
         if not mcp_session_id:
             return await self._identity.session_for(caller, fresh=method == "initialize")
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,8 @@ from aiohttp import web
 from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.checker import Checker
 from proxy.core.policy import Policy
-from proxy.core.sessions import MODES, SessionManager, token_fingerprint
+from proxy.core.revocations import KINDS
+from proxy.core.sessions import MODES, TOKEN_PREFIX, SessionManager, token_fingerprint
 from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
 
@@ -60,6 +62,7 @@ class AdminApi:
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.post("/v1/sessions", self.create_session),
+            web.post("/v1/revocations", self.revoke),
         ]
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -153,3 +156,41 @@ class AdminApi:
             status=201,
             dumps=lambda obj: json.dumps(obj, separators=(",", ":")),
         )
+
+    async def revoke(self, request: web.Request) -> web.Response:
+        """Revoke an agent, a session or a token on every replica (SPEC §2)."""
+        if (refusal := self._operator(request)) is not None:
+            return refusal
+        try:
+            body: Any = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            return _problem(400, "The body must be a JSON object.")
+        if not isinstance(body, dict) or set(body) != {"kind", "id"}:
+            return _problem(400, 'The body must be {"kind": "agent" | "session" | "token", "id": "..."}.')
+        kind, ident = body["kind"], body["id"]
+        if kind not in KINDS or not isinstance(ident, str) or not 0 < len(ident) <= 512:
+            return _problem(400, "kind must be agent, session or token, and id a non-empty string.")
+        if kind == "token" and ident.startswith(TOKEN_PREFIX):
+            ident = token_fingerprint(ident)[:16]  # revocations (and the audit) name tokens by fingerprint only
+        try:
+            await self._store.revoke(kind, ident)
+        except StoreUnavailable as exc:
+            return _problem(503, f"The state store is unavailable ({exc}); nothing was revoked.")
+        self._metrics.revocations.labels(kind).inc()
+        try:
+            await self._checker.audit_event(
+                {
+                    "event": "revocation",
+                    "action": f"revoke.{kind}",
+                    "protocol": "api",
+                    "kind": kind,
+                    "revoked": ident,
+                    "agent_id": ident if kind == "agent" else "",
+                    "session_id": ident if kind == "session" else "",
+                    "granted_by": "operator",
+                    "reason": f"operator revoked {kind} {ident}",
+                }
+            )
+        except AuditUnavailable:
+            return _problem(503, "The revocation is in force, but the audit log cannot be written.")
+        return web.json_response({"kind": kind, "id": ident, "revoked_at": rfc3339(time.time())}, status=201)

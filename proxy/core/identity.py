@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from proxy.core.policy import Policy
-from proxy.core.sessions import TOKEN_PREFIX, Session, SessionIntegrityError, SessionManager
+from proxy.core.revocations import RevocationList
+from proxy.core.sessions import TOKEN_PREFIX, Session, SessionIntegrityError, SessionManager, token_fingerprint
 
 ANONYMOUS = "anonymous"
 TOOL_SCOPE_PREFIX = "tool:"
@@ -26,6 +27,7 @@ class Caller:
     agent_id: str
     session: Session | None
     anonymous: bool = False
+    token_id: str | None = None  # a fingerprint of the credential, as revocations name it
     inbound_token: str | None = field(default=None, repr=False)
     """The agent's OIDC JWT: only the subject token for exchange-mode credentials, never forwarded or logged."""
 
@@ -78,10 +80,12 @@ class IdentityResolver:
         policy: Policy,
         *,
         oidc: TokenVerifier | None = None,
+        revocations: RevocationList | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._sessions = sessions
         self._policy = policy
+        self.revocations = revocations if revocations is not None else RevocationList()
         self._oidc = oidc
         self._clock = clock
 
@@ -106,7 +110,13 @@ class IdentityResolver:
             raise IdentityError(403, f"Session denied: {exc}.", integrity=True) from exc
         if session is None:
             raise IdentityError(401, "Runtime token is unknown, expired or revoked.")
-        return Caller(agent_id=session.agent_id, session=session)
+        return Caller(agent_id=session.agent_id, session=session, token_id=token_fingerprint(credential)[:16])
+
+    def admit(self, caller: Caller, session: Session) -> None:
+        """Refuse a revoked agent, session or token (a set lookup: no I/O on the hot path)."""
+        reason = self.revocations.reason(caller.agent_id, session.session_id, caller.token_id)
+        if reason is not None:
+            raise IdentityError(401, f"Access revoked: {reason}.")
 
     async def _oidc_caller(self, oidc: TokenVerifier, token: str) -> Caller:
         """SPEC §3 step 2: one read-only session per verified token, expiring with it.
@@ -128,7 +138,7 @@ class IdentityResolver:
             session = await self._sessions.create(
                 identity.agent_id, scope=scope, mode="read-only", ttl_seconds=ttl, session_id=session_id
             )
-        return Caller(agent_id=identity.agent_id, session=session, inbound_token=token)
+        return Caller(agent_id=identity.agent_id, session=session, token_id=identity.token_id, inbound_token=token)
 
     async def session_for(self, caller: Caller, *, fresh: bool = False) -> Session:
         """The session a request runs in: the token's, else an anonymous one.

@@ -6,6 +6,7 @@ networked backend (Redis) be swapped without the checker or sessions noticing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from proxy.core.action import Activity
@@ -34,6 +35,15 @@ class Store(Protocol):
 
     async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool) -> None:
         """Record the verdict: the history entry, and the denial counters when ``denied``."""
+
+    async def revoke(self, kind: str, ident: str) -> None:
+        """Persist a revocation and announce it to every replica (``subscribe_revocations``)."""
+
+    async def revocations(self) -> list[tuple[str, str]]:
+        """Every persisted revocation, for start-up and the periodic resync."""
+
+    async def subscribe_revocations(self, callback: Callable[[str, str], None]) -> None:
+        """Call ``callback(kind, ident)`` for each revocation announced from now on, until closed."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot serve requests (for /readyz)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from proxy.core.action import Activity
@@ -27,6 +28,8 @@ class MemoryStore:
         self._data: dict[str, tuple[bytes, float | None]] = {}
         self._writes = 0
         self._activity: OrderedDict[str, _Activity] = OrderedDict()
+        self._revoked: set[tuple[str, str]] = set()
+        self._revocation_listeners: list[Callable[[str, str], None]] = []
 
     async def get(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -87,6 +90,17 @@ class MemoryStore:
         if denied:
             state.denials += 1
             state.denied[action_key] += 1
+
+    async def revoke(self, kind: str, ident: str) -> None:
+        self._revoked.add((kind, ident))
+        for listener in self._revocation_listeners:
+            listener(kind, ident)
+
+    async def revocations(self) -> list[tuple[str, str]]:
+        return sorted(self._revoked)
+
+    async def subscribe_revocations(self, callback: Callable[[str, str], None]) -> None:
+        self._revocation_listeners.append(callback)
 
     async def ping(self) -> None:
         return None
