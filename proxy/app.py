@@ -38,15 +38,40 @@ from proxy.identity_providers.oidc import OidcVerifier, oauth_routes
 from proxy.settings import Settings
 from proxy.state.base import Store, StoreUnavailable
 from proxy.state.memory import MemoryStore
+from proxy.state.redis import RedisStore
 from proxy.telemetry import Metrics
 
 log = logging.getLogger("wicket")
 
 
-def open_store(url: str) -> Store:
+REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"})
+
+
+def open_store(settings: Settings) -> Store:
+    """The embedded memory store, or Redis shared by a fleet of replicas."""
+    url = settings.store
     if url == "memory":
         return MemoryStore()
-    raise SystemExit(f"wicket: unsupported --store {url!r}: only 'memory' is available in this build.")
+    if url.partition("://")[0].lower() not in REDIS_SCHEMES:
+        raise SystemExit(
+            "wicket: --store must be 'memory' or a redis://, rediss://, unix://, "
+            "redis+sentinel:// or redis+cluster:// URL."
+        )
+    missing = [
+        name
+        for name, present in (
+            ("WICKET_SESSION_KEY", settings.session_key_explicit),
+            ("WICKET_SIGNING_KEY", bool(settings.environ.get("WICKET_SIGNING_KEY"))),
+        )
+        if not present
+    ]
+    if missing:
+        # Replicas must verify each other's session records and credentials: random per-process keys cannot.
+        raise SystemExit(f"wicket: a shared store needs the same keys on every replica: set {' and '.join(missing)}.")
+    try:
+        return RedisStore(url)
+    except ValueError as exc:
+        raise SystemExit(f"wicket: --store: {exc}") from None
 
 
 def oidc_verifier(settings: Settings) -> OidcVerifier | None:
@@ -79,7 +104,7 @@ class Wicket:
     metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
-        self.store: Store = open_store(self.settings.store)
+        self.store: Store = open_store(self.settings)
         self.audit: AuditSink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
         self.sessions = SessionManager(self.store, RecordSigner(self.settings.session_key))
         self.oidc = oidc_verifier(self.settings)

@@ -21,12 +21,16 @@ from proxy.settings import MiB, Settings
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
 
 
-def _run_options(parser: argparse.ArgumentParser, *, listen: str) -> None:
+def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) -> None:
     parser.add_argument("--listen", default=listen, metavar="HOST:PORT", help=f"data port (default {listen})")
     parser.add_argument(
         "--admin-listen", default="127.0.0.1:9090", metavar="HOST:PORT", help="admin port (default 127.0.0.1:9090)"
     )
-    parser.add_argument("--store", default="memory", help="state store: memory (default)")
+    parser.add_argument(
+        "--store",
+        default=store,
+        help=f"state store: memory, or a redis://, redis+sentinel:// or redis+cluster:// URL (default: {store})",
+    )
     parser.add_argument(
         "--audit-log", default="./wicket-audit.jsonl", metavar="PATH", help="JSONL audit log; '-' for stdout"
     )
@@ -95,12 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="proxy an MCP server")
     run.add_argument("--upstream", required=True, metavar="URL", help="the MCP server's Streamable HTTP URL")
     run.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
-    _run_options(run, listen="0.0.0.0:8080")
+    _run_options(run, listen="0.0.0.0:8080", store=os.environ.get("REDIS_URL") or "memory")
 
     demo = sub.add_parser("demo", help="start the bundled demo MCP server with Wicket in front of it")
     demo.add_argument("--policy", action="append", metavar="FILE", help="policy file (default policies/demo.yaml)")
     demo.add_argument("--demo-port", type=int, default=8081, help="port of the demo MCP server (default 8081)")
-    _run_options(demo, listen="127.0.0.1:8080")
+    _run_options(demo, listen="127.0.0.1:8080", store="memory")
 
     policy = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
     check = policy.add_parser("check", help="validate policy files")

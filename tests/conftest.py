@@ -21,6 +21,8 @@ from proxy.core.policy import Policy, load_policy, parse_policy_text
 from proxy.demo.server import DemoUpstream, free_port
 from proxy.settings import Settings
 
+pytest_plugins = ("tests.redis_support",)  # redis_url (fails under WICKET_REQUIRE_REDIS=1), own servers
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_POLICY = ROOT / "policies" / "demo.yaml"
 ADMIN_TOKEN = "test-operator-token-0123456789abcdef"
