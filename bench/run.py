@@ -9,9 +9,12 @@ Starts the demo MCP server, the floor proxy (``bench/floor.py``) and Wicket as s
   Wicket routes a mutating call through Fast Guard and then Spot Guard (the in-process risk engine).
 
 Every phase is interleaved across the six targets (2 workloads x direct, floor, Wicket) so machine
-noise hits them alike. See ``bench/README.md`` for how to read the output.
+noise hits them alike. With ``--stores memory,redis`` a second Wicket runs on a Redis of its own
+(a ``redis-server`` subprocess) next to the memory-store one: eight targets, and the Redis
+backend's cost per decision is reported against the memory backend's, measured in the same run.
+See ``bench/README.md`` for how to read the output.
 
-Run: ``.venv/bin/python bench/run.py [--calls 600] [--concurrency 32] [--json out.json] [--sse]``
+Run: ``.venv/bin/python bench/run.py [--calls 600] [--concurrency 32] [--json out.json] [--sse] [--stores memory,redis]``
 """
 
 from __future__ import annotations
@@ -78,6 +81,13 @@ class Workload:
 READ = Workload("read", "Fast only", "get_weather", {"city": "Oslo"})
 WRITE = Workload("write", "Fast + Spot", "create_note", {"title": "bench", "text": "Written by the Wicket benchmark."})
 WORKLOADS = (READ, WRITE)
+
+# State stores a Wicket target can run on. Each store gets its own Wicket process, named here:
+# the name is the target's name in the tables and the process's name in the CPU accounting.
+STORES = ("memory", "redis")
+WICKET_PROC = {"memory": "wicket", "redis": "wicket-redis"}
+AUDIT_FILE = {"memory": "audit.jsonl", "redis": "audit-redis.jsonl"}
+REDIS_PROC = "redis"
 
 
 class BenchError(RuntimeError):
@@ -167,6 +177,26 @@ def own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def write_signing_key(path: Path) -> None:
+    """A fresh Ed25519 private key as PKCS#8 PEM, for ``WICKET_SIGNING_KEY`` (a shared store requires one)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.touch(mode=0o600)
+    path.write_bytes(pem)
+
+
+def redis_server_argv(binary: str, port: int, workdir: Path) -> list[str]:
+    """A throwaway Redis on loopback: no persistence, its files (if any) in the temp dir."""
+    return [
+        binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no",
+        "--dir", str(workdir), "--logfile", "",
+    ]  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------
 # The MCP client
 
@@ -201,7 +231,7 @@ class SessionGrant:
 class Target:
     """One thing to measure: a workload, a URL, a pooled client session, and the process that serves it."""
 
-    name: str  # direct | floor | wicket
+    name: str  # direct | floor | wicket | wicket-redis
     workload: Workload
     url: str
     proxy: str | None  # name of the proxy process in front of the upstream, if any
@@ -490,6 +520,21 @@ async def probe_call(target: Target, concurrency: int) -> None:
     await target.call(0)
 
 
+async def probe_redis(port: int) -> None:
+    """PING over RESP; ready means +PONG."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(HOST, port), 2)
+    try:
+        writer.write(b"PING\r\n")
+        await writer.drain()
+        line = await asyncio.wait_for(reader.readline(), 2)
+        if line.strip() != b"+PONG":
+            raise CallFailed(f"redis answered {line[:100]!r} to PING")
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
 async def probe_readyz(url: str) -> None:
     async with (
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2), trust_env=False) as s,
@@ -531,6 +576,10 @@ def target_figures(s: Stats, proxy: str | None) -> dict[str, Any]:
         "proxy_cpu_us_per_call_c1": s.cpu_c1[proxy] / c1 * 1e6 if proxy else None,
         "upstream_cpu_us_per_call": s.cpu_cn["upstream"] / cn * 1e6,
         "client_cpu_us_per_call": s.cpu_cn["client"] / cn * 1e6,
+        # The Redis server's CPU during this target's phases (only with --stores ...,redis). For the
+        # targets that do not use Redis it is the server's idle cost (its cron), spread over their calls.
+        "store_cpu_us_per_call": s.cpu_cn[REDIS_PROC] / cn * 1e6 if REDIS_PROC in s.cpu_cn else None,
+        "store_cpu_us_per_call_c1": s.cpu_c1[REDIS_PROC] / c1 * 1e6 if REDIS_PROC in s.cpu_c1 else None,
         "warmup_calls": s.warmup_calls,
         "warmup_failures": s.warmup_failures.count,
         "warmup_failure_samples": s.warmup_failures.samples,
@@ -558,11 +607,45 @@ def workload_ratios(out: dict[str, Any]) -> dict[str, Any]:
     return ratios
 
 
+def store_ratios(out: dict[str, Any]) -> dict[str, Any]:
+    """Wicket on Redis against Wicket on the memory store (and both against direct), same workload, same run."""
+    d, m, r = out["direct"], out[WICKET_PROC["memory"]], out[WICKET_PROC["redis"]]
+    ratios: dict[str, Any] = {}
+    for q in ("p50", "p99"):
+        ratios[f"memory_added_{q}_ms"] = m[f"{q}_ms"] - d[f"{q}_ms"]
+        ratios[f"redis_added_{q}_ms"] = r[f"{q}_ms"] - d[f"{q}_ms"]
+        ratios[f"memory_{q}_vs_direct"] = div(m[f"{q}_ms"], d[f"{q}_ms"])
+        ratios[f"redis_{q}_vs_direct"] = div(r[f"{q}_ms"], d[f"{q}_ms"])
+        ratios[f"redis_minus_memory_{q}_ms"] = r[f"{q}_ms"] - m[f"{q}_ms"]
+        ratios[f"redis_{q}_vs_memory"] = div(r[f"{q}_ms"], m[f"{q}_ms"])
+    ratios["redis_minus_memory_p50_ms_cN"] = r["p50_ms_cN"] - m["p50_ms_cN"]
+    ratios["redis_throughput_vs_memory"] = div(r["calls_per_s"], m["calls_per_s"])
+    ratios["redis_throughput_vs_direct"] = div(r["calls_per_s"], d["calls_per_s"])
+    ratios["memory_throughput_vs_direct"] = div(m["calls_per_s"], d["calls_per_s"])
+    for suffix in ("", "_c1"):
+        wm, wr = m[f"proxy_cpu_us_per_call{suffix}"], r[f"proxy_cpu_us_per_call{suffix}"]
+        ratios[f"wicket_cpu_memory_us_per_call{suffix}"] = wm
+        ratios[f"wicket_cpu_redis_us_per_call{suffix}"] = wr
+        ratios[f"wicket_cpu_redis_minus_memory_us{suffix}"] = sub(wr, wm)
+        ratios[f"wicket_cpu_redis_vs_memory{suffix}"] = div(wr, wm)
+        ratios[f"redis_server_cpu_us_per_call{suffix}"] = r[f"store_cpu_us_per_call{suffix}"]
+        # Redis's background CPU while the memory-store Wicket was measured: what is not due to the calls.
+        ratios[f"redis_server_idle_cpu_us_per_call{suffix}"] = m[f"store_cpu_us_per_call{suffix}"]
+        # Everything the Redis backend costs on top of the memory backend: Wicket's extra CPU plus all of
+        # the server's (its idle share included, so this errs on the high side).
+        extra = sub(wr, wm)
+        server = r[f"store_cpu_us_per_call{suffix}"]
+        ratios[f"total_cpu_redis_minus_memory_us{suffix}"] = extra + server if extra is not None and server else extra
+    return ratios
+
+
 def summarise(bench: Bench, targets: list[Target]) -> dict[str, Any]:
     workloads: dict[str, Any] = {}
     for wl in WORKLOADS:
         out = {t.name: target_figures(bench.stats[t.label], t.proxy) for t in targets if t.workload is wl}
         workloads[wl.name] = {"path": wl.path, "tool": wl.tool, "targets": out, "ratios": workload_ratios(out)}
+        if WICKET_PROC["redis"] in out:
+            workloads[wl.name]["redis_vs_memory"] = store_ratios(out)
     r, w = workloads["read"]["ratios"], workloads["write"]["ratios"]
     rt, wt = workloads["read"]["targets"], workloads["write"]["targets"]
     spot = {  # what the write (Fast + Spot) path costs on top of the read (Fast only) path
@@ -578,6 +661,16 @@ def summarise(bench: Bench, targets: list[Target]) -> dict[str, Any]:
             else None
         ),
     }
+    wr = WICKET_PROC["redis"]
+    if wr in wt and wr in rt:  # the same on the Redis store; its write path reads a token and a session record
+        rs, ws = workloads["read"]["redis_vs_memory"], workloads["write"]["redis_vs_memory"]
+        spot["redis"] = {
+            "added_p50_ms": ws["redis_added_p50_ms"] - rs["redis_added_p50_ms"],
+            "added_p99_ms": ws["redis_added_p99_ms"] - rs["redis_added_p99_ms"],
+            "wicket_cpu_us_per_call": sub(wt[wr]["proxy_cpu_us_per_call"], rt[wr]["proxy_cpu_us_per_call"]),
+            "wicket_cpu_us_per_call_c1": sub(wt[wr]["proxy_cpu_us_per_call_c1"], rt[wr]["proxy_cpu_us_per_call_c1"]),
+            "redis_server_cpu_us_per_call": sub(wt[wr]["store_cpu_us_per_call"], rt[wr]["store_cpu_us_per_call"]),
+        }
     return {"workloads": workloads, "spot_over_fast": spot}
 
 

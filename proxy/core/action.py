@@ -8,6 +8,8 @@ Action came from. A Decision serialises to exactly the SPEC §4 record.
 from __future__ import annotations
 
 import enum
+import hashlib
+import json
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -75,6 +77,16 @@ class Action:
     def label(self) -> str:
         """How the action appears in audit records and metrics-free logs."""
         return f"{self.method}:{self.name}" if self.is_tool_call else self.method
+
+
+def arguments_sha256(arguments: Mapping[str, Any]) -> str:
+    """SHA-256 of a call's arguments as canonical JSON (sorted keys, no whitespace, UTF-8).
+
+    The one digest of arguments Wicket uses: the audit proves what ran without storing the
+    values, and minted credentials bind to it (upstreams recompute it; absent is ``{}``).
+    """
+    blob = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def new_decision_id() -> str:

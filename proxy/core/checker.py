@@ -8,15 +8,13 @@ It never learns which wire protocol the Action came from.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.audit.sink import AuditSink, AuditUnavailable
-from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
+from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, arguments_sha256
 from proxy.core.anomaly import raise_effect
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.effects import EffectClassifier
@@ -27,14 +25,6 @@ from proxy.state.base import Store
 from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
-
-
-def arguments_digest(arguments: Mapping[str, Any]) -> str:
-    """A fingerprint of the call's arguments: the audit proves what ran without storing values."""
-    if not arguments:
-        return ""
-    blob = json.dumps(arguments, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
 
 
 class Checker:
@@ -155,7 +145,7 @@ class Checker:
             "confidence": decision.confidence,
         }
         if action.arguments:
-            fields["arguments_sha256"] = arguments_digest(action.arguments)
+            fields["arguments_sha256"] = arguments_sha256(action.arguments)
         if decision.escalated_from is not None:
             fields["escalated_from"] = decision.escalated_from.label
         try:

@@ -15,7 +15,6 @@ upstream's grant, since the ceiling says nothing about it. An empty grant still 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import secrets
@@ -26,7 +25,7 @@ from typing import Any
 
 import jwt
 
-from proxy.core.action import Action
+from proxy.core.action import Action, arguments_sha256
 from proxy.core.policy import CredentialSettings, Policy, normalise_url
 from proxy.core.sessions import TOKEN_PREFIX, Session
 from proxy.credentials.exchange import CredentialError, TokenExchanger
@@ -63,14 +62,6 @@ class IssuedCredential:
 
 def fingerprint(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()[:16]
-
-
-def arguments_sha256(arguments: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a call's arguments: sorted keys, no whitespace, UTF-8
-    (``json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``).
-    Upstreams recompute it from the ``arguments`` they receive (absent arguments are ``{}``)."""
-    blob = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def narrow_scope(grant: Sequence[str], session: Session, tool: str | None) -> tuple[str, ...]:
