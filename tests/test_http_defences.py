@@ -198,3 +198,18 @@ async def test_agent_token_is_never_forwarded(
     outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
     assert outcome["credential_mode"] == "minted" and outcome["credential_id"] == claims["jti"]
     assert token not in running.audit_path.read_text()
+
+
+async def test_large_body_under_the_limit_arrives_whole(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    """A body that crosses the network in many chunks is read whole, checked and forwarded intact."""
+    text = "x" * 1_500_000
+    body = {
+        "jsonrpc": "2.0",
+        "id": 5,
+        "method": "tools/call",
+        "params": {"name": "search_notes", "arguments": {"query": text}, "_meta": META},
+    }
+    status, _, payload = await post(wicket.url, json.dumps(body), modern_headers(name="search_notes"))
+    assert status == 200, payload
+    assert payload["result"]["isError"] is False
+    assert upstream.ledger.calls == [("search_notes", {"query": text})]

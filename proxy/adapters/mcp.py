@@ -210,10 +210,14 @@ class McpProxy:
         limit = self._settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
-        body = await request.content.read(limit + 1)
-        if len(body) > limit:
-            raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
-        return body
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_any():  # a body arrives in as many chunks as the network makes
+            size += len(chunk)
+            if size > limit:
+                raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     # -- GET (standalone SSE stream) and DELETE (end session) -------------------------
 
