@@ -213,3 +213,12 @@ async def test_large_body_under_the_limit_arrives_whole(upstream: DemoUpstream, 
     assert status == 200, payload
     assert payload["result"]["isError"] is False
     assert upstream.ledger.calls == [("search_notes", {"query": text})]
+
+
+async def test_large_upstream_json_response_is_relayed_whole(upstream: DemoUpstream, wicket: RunningWicket) -> None:
+    city = "y" * 1_500_000
+    status, headers, payload = await post(
+        wicket.url, json.dumps(call("get_weather", {"city": city})), modern_headers(name="get_weather")
+    )
+    assert status == 200 and headers["Content-Type"].startswith("application/json"), payload
+    assert payload["result"]["content"][0]["text"] == f"It is sunny in {city}."

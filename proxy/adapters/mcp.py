@@ -27,6 +27,7 @@ from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
+from proxy.httpio import read_limited
 from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
 from proxy.settings import Settings
 from proxy.state.base import StoreUnavailable
@@ -210,14 +211,10 @@ class McpProxy:
         limit = self._settings.max_body_bytes
         if request.content_length is not None and request.content_length > limit:
             raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.content.iter_any():  # a body arrives in as many chunks as the network makes
-            size += len(chunk)
-            if size > limit:
-                raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        body = await read_limited(request.content, limit)
+        if body is None:
+            raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
+        return body
 
     # -- GET (standalone SSE stream) and DELETE (end session) -------------------------
 
@@ -426,8 +423,8 @@ class McpProxy:
             await response.write_eof()
             return response
         limit = self._settings.max_response_bytes
-        payload = await upstream.content.read(limit + 1)
-        if len(payload) > limit:
+        payload = await read_limited(upstream.content, limit)
+        if payload is None:
             self._metrics.upstream_errors.labels(PROTOCOL, "oversized").inc()
             raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Upstream response exceeds {limit} bytes.")
         if payload and upstream.content_type == "application/json":

@@ -20,6 +20,8 @@ from urllib.parse import quote_plus
 import aiohttp
 import jwt
 
+from proxy.httpio import read_limited
+
 TOKEN_EXCHANGE_GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPES: Final = {
     "jwt": "urn:ietf:params:oauth:token-type:jwt",
@@ -144,10 +146,10 @@ class TokenExchanger:
         try:
             async with self._client.post(endpoint, data=form, headers=headers, timeout=self._timeout) as response:
                 status = response.status
-                raw = await response.content.read(_MAX_RESPONSE_BYTES + 1)
+                raw = await read_limited(response.content, _MAX_RESPONSE_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CredentialError(f"token exchange at {endpoint} failed: {exc.__class__.__name__}") from None
-        if len(raw) > _MAX_RESPONSE_BYTES:
+        if raw is None:
             raise CredentialError(f"token exchange at {endpoint} failed: the response is too large")
         try:
             body: Any = json.loads(raw)

@@ -36,6 +36,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.core.identity import IdentityError
+from proxy.httpio import read_limited
 
 log = logging.getLogger(__name__)
 
@@ -400,10 +401,10 @@ class OidcVerifier:
             async with self._http.get(url, timeout=self._timeout, headers={"Accept": "application/json"}) as resp:
                 if resp.status != 200:
                     raise _FetchError(f"{url} answered HTTP {resp.status}")
-                body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
+                body = await read_limited(resp.content, MAX_DOCUMENT_BYTES)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise _FetchError(f"{url}: {exc.__class__.__name__}") from None
-        if len(body) > MAX_DOCUMENT_BYTES:
+        if body is None:
             raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
         try:
             document = json.loads(body)

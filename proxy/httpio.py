@@ -1,0 +1,22 @@
+"""Reading HTTP bodies with a bound, shared by every edge that talks aiohttp."""
+
+from __future__ import annotations
+
+from aiohttp import StreamReader
+
+
+async def read_limited(stream: StreamReader, limit: int) -> bytes | None:
+    """The whole body, or ``None`` as soon as it passes ``limit`` bytes.
+
+    ``StreamReader.read(n)`` returns whatever chunk has arrived, not ``n`` bytes, so a body
+    must be gathered chunk by chunk; stopping at the limit keeps a hostile peer from making
+    Wicket buffer more than it allows.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in stream.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
