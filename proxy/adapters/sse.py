@@ -16,6 +16,7 @@ class SseScanner:
     def __init__(self, max_event_bytes: int = 16 * 1024 * 1024) -> None:
         self._buffer = bytearray()
         self._max = max_event_bytes
+        self._scanned = 0  # bytes of the buffer already searched for an event end
         self.overflowed = False
 
     def feed(self, chunk: bytes) -> list[str]:
@@ -25,11 +26,15 @@ class SseScanner:
         self._buffer += chunk
         out: list[str] = []
         while True:
-            match = _EVENT_END.search(self._buffer)
+            # Resume where the last search stopped (less the 3 bytes a split terminator can
+            # span), so a large event arriving in many chunks is scanned once, not quadratically.
+            match = _EVENT_END.search(self._buffer, max(self._scanned - 3, 0))
             if match is None:
+                self._scanned = len(self._buffer)
                 break
             raw = bytes(self._buffer[: match.start()])
             del self._buffer[: match.end()]
+            self._scanned = 0
             data = self._data_of(raw)
             if data is not None:
                 out.append(data)
