@@ -429,3 +429,28 @@ async def test_multi_host_urls_are_parsed() -> None:
 def test_bad_urls_are_refused(url: str) -> None:
     with pytest.raises(ValueError):
         RedisStore(url)
+
+
+# -- sliding-window rate limits -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+async def test_rate_limit_window(backend: str, make_store: StoreFactory) -> None:
+    store = MemoryStore() if backend == "memory" else make_store()
+    t0 = 1_000_000.0
+    results = [await store.take("ses_rl", "sampling", 3, 300.0, t0 + i) for i in range(5)]
+    assert results == [True, True, True, False, False]
+    assert await store.take("ses_other", "sampling", 3, 300.0, t0 + 5), "limits are per session"
+    assert await store.take("ses_rl", "sampling", 3, 300.0, t0 + 300.5), "the first hit left the window"
+    assert not await store.take("ses_rl", "sampling", 3, 300.0, t0 + 300.6)
+
+
+async def test_rate_limit_holds_across_replicas(make_store: StoreFactory) -> None:
+    """Two stores (two replicas) on one Redis hitting one limit concurrently: exactly `limit` pass."""
+    prefix = unique_prefix()
+    a, b = make_store(prefix=prefix), make_store(prefix=prefix)
+    now = 2_000_000.0
+    outcomes = await asyncio.gather(
+        *((a if i % 2 else b).take("ses_shared", "sampling", 10, 300.0, now) for i in range(60))
+    )
+    assert outcomes.count(True) == 10

@@ -36,6 +36,10 @@ class Store(Protocol):
     async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool) -> None:
         """Record the verdict: the history entry, and the denial counters when ``denied``."""
 
+    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
+        """One hit on the session's sliding-window limit ``name``: True if it is within ``limit``
+        hits per ``window`` seconds (and counted), False if refused. Atomic across replicas."""
+
     async def revoke(self, kind: str, ident: str) -> None:
         """Persist a revocation and announce it to every replica (``subscribe_revocations``)."""
 

@@ -29,6 +29,7 @@ class MemoryStore:
         self._writes = 0
         self._activity: OrderedDict[str, _Activity] = OrderedDict()
         self._revoked: set[tuple[str, str]] = set()
+        self._limits: dict[tuple[str, str], deque[float]] = {}
         self._revocation_listeners: list[Callable[[str, str], None]] = []
 
     async def get(self, key: str) -> bytes | None:
@@ -91,6 +92,15 @@ class MemoryStore:
             state.denials += 1
             state.denied[action_key] += 1
 
+    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
+        hits = self._limits.setdefault((session_id, name), deque())
+        while hits and hits[0] <= now - window:
+            hits.popleft()
+        if len(hits) >= limit:
+            return False
+        hits.append(now)
+        return True
+
     async def revoke(self, kind: str, ident: str) -> None:
         self._revoked.add((kind, ident))
         for listener in self._revocation_listeners:
@@ -108,6 +118,7 @@ class MemoryStore:
     async def close(self) -> None:
         self._data.clear()
         self._activity.clear()
+        self._limits.clear()
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -110,6 +110,22 @@ return {calls, denials, writes, window_calls, minute_calls,
 # KEYS: 1 act, 2 denied, 3 hist.  ARGV: 1 action key, 2 history entry, 3 "1" when denied, 4 history length.
 # A session that never called (or whose activity expired) records nothing, like the memory store.
 # The keys take the TTL note_call last set on act, so note_verdict needs no window.
+TAKE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local used = redis.call('ZCARD', KEYS[1])
+if used >= tonumber(ARGV[3]) then
+  return 0
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[1], ARGV[2], seq)
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return 1
+"""
+"""A sliding-window rate limit in one atomic step: forget hits older than the window (ARGV[1]
+is the horizon), refuse at the limit (ARGV[3]), else record this hit at ARGV[2]. Members are a
+per-key sequence (KEYS[2]) so hits at the same instant stay distinct."""
+
 NOTE_VERDICT = """
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl == -2 then
@@ -172,6 +188,7 @@ class RedisStore:
         self._client: Redis | RedisCluster = self._connect(url, timeout, max_connections + 8)
         self._note_call = self._client.register_script(NOTE_CALL)
         self._note_verdict = self._client.register_script(NOTE_VERDICT)
+        self._take = self._client.register_script(TAKE)
         self._revocations_key = f"{prefix}:revocations"  # a set of "kind\0id", and the channel announcing them
         self._revocation_listeners: list[Callable[[str, str], None]] = []
         self._listener: asyncio.Task[None] | None = None
@@ -269,6 +286,13 @@ class RedisStore:
         keys = self._activity_keys(session_id)[:3]
         args = (action_key, entry, "1" if denied else "0", HISTORY)
         await self._run(lambda: self._note_verdict(keys=keys, args=args))
+
+    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
+        base = f"{self._prefix}:{{{_hash_tag(session_id)}}}:rl:{name}"
+        ttl = max(1, math.ceil(window * 1000))
+        args = (repr(now - window), repr(now), limit, ttl)
+        allowed = await self._run(lambda: self._take(keys=[base, f"{base}:seq"], args=args))
+        return bool(allowed)
 
     def _activity_keys(self, session_id: str) -> list[str]:
         """act, denied, hist and the four per-effect windows, all on the session's Cluster slot."""
