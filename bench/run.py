@@ -14,7 +14,7 @@ noise hits them alike. With ``--stores memory,redis`` a second Wicket runs on a 
 backend's cost per decision is reported against the memory backend's, measured in the same run.
 See ``bench/README.md`` for how to read the output.
 
-Run: ``.venv/bin/python bench/run.py [--calls 600] [--concurrency 32] [--json out.json] [--sse] [--stores memory,redis]``
+Run: ``.venv/bin/python bench/run.py [--calls 600] [--concurrency 32] [--json FILE] [--sse] [--stores memory,redis]``
 """
 
 from __future__ import annotations
@@ -689,6 +689,8 @@ def render(summary: dict[str, Any], concurrency: int) -> str:
         ("upstream CPU µs/call", "upstream_cpu_us_per_call", ".0f"),
         ("client CPU µs/call", "client_cpu_us_per_call", ".0f"),
     ]
+    if any("redis_vs_memory" in wl for wl in wls.values()):
+        cols.append(("Redis CPU µs/call", "store_cpu_us_per_call", ".0f"))
     lines = ["| path (tool) | target | " + " | ".join(c[0] for c in cols) + " |", "|---" * (len(cols) + 2) + "|"]
     for wl in wls.values():
         for name, t in wl["targets"].items():
@@ -732,6 +734,80 @@ def render(summary: dict[str, Any], concurrency: int) -> str:
         f"({fmt(s['wicket_cpu_us_per_call_c1'], '+.0f')} at c=1; the floor's own write-minus-read: "
         f"{fmt(s['floor_cpu_us_per_call'], '+.0f', ' µs')})"
     )
+    if "redis" in s:
+        sr = s["redis"]
+        lines.append(
+            f"- Spot path over Fast path on the Redis store: p50 {fmt(sr['added_p50_ms'], '+.3f', ' ms')}, "
+            f"p99 {fmt(sr['added_p99_ms'], '+.3f', ' ms')}; Wicket CPU "
+            f"{fmt(sr['wicket_cpu_us_per_call'], '+.0f', ' µs/call')} at c={concurrency} "
+            f"({fmt(sr['wicket_cpu_us_per_call_c1'], '+.0f')} at c=1); Redis server CPU "
+            f"{fmt(sr['redis_server_cpu_us_per_call'], '+.0f', ' µs/call')}"
+        )
+    if any("redis_vs_memory" in wl for wl in wls.values()):
+        lines += ["", render_stores(wls, concurrency)]
+    return "\n".join(lines)
+
+
+def render_stores(wls: dict[str, Any], concurrency: int) -> str:
+    """Wicket(redis) against Wicket(memory), per workload."""
+    paths = [wl for wl in wls.values() if "redis_vs_memory" in wl]
+    n = concurrency
+
+    def ms_vs(added: str, ratio: str) -> Callable[[dict[str, Any]], str]:
+        return lambda r: f"{fmt(r[added], '+.3f', ' ms')} ({fmt(r[ratio], prefix='x')})"
+
+    rows: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        ("Wicket(memory) added p50 vs direct", ms_vs("memory_added_p50_ms", "memory_p50_vs_direct")),
+        ("Wicket(redis) added p50 vs direct", ms_vs("redis_added_p50_ms", "redis_p50_vs_direct")),
+        ("Wicket(memory) added p99 vs direct", ms_vs("memory_added_p99_ms", "memory_p99_vs_direct")),
+        ("Wicket(redis) added p99 vs direct", ms_vs("redis_added_p99_ms", "redis_p99_vs_direct")),
+        ("**redis - memory, p50 c=1**", ms_vs("redis_minus_memory_p50_ms", "redis_p50_vs_memory")),
+        ("**redis - memory, p99 c=1**", ms_vs("redis_minus_memory_p99_ms", "redis_p99_vs_memory")),
+        (f"redis - memory, p50 c={n}", lambda r: fmt(r["redis_minus_memory_p50_ms_cN"], "+.2f", " ms")),
+        (
+            f"**throughput c={n}: redis / memory**",
+            lambda r: (
+                f"{fmt(r['redis_throughput_vs_memory'], '.0%')} (of direct: redis "
+                f"{fmt(r['redis_throughput_vs_direct'], '.0%')}, memory {fmt(r['memory_throughput_vs_direct'], '.0%')})"
+            ),
+        ),
+        (
+            f"Wicket CPU µs/call c={n}: memory → redis",
+            lambda r: (
+                f"{fmt(r['wicket_cpu_memory_us_per_call'], '.0f')} → {fmt(r['wicket_cpu_redis_us_per_call'], '.0f')} "
+                f"(x{fmt(r['wicket_cpu_redis_vs_memory'])})"
+            ),
+        ),
+        (
+            f"**Wicket CPU redis - memory, c={n}** (c=1)",
+            lambda r: (
+                f"{fmt(r['wicket_cpu_redis_minus_memory_us'], '+.0f', ' µs')} "
+                f"({fmt(r['wicket_cpu_redis_minus_memory_us_c1'], '+.0f', ' µs')})"
+            ),
+        ),
+        (
+            f"**Redis server CPU µs/call, c={n}** (c=1)",
+            lambda r: (
+                f"{fmt(r['redis_server_cpu_us_per_call'], '.0f')} ({fmt(r['redis_server_cpu_us_per_call_c1'], '.0f')})"
+            ),
+        ),
+        (
+            f"Redis server CPU while Wicket(memory) ran, c={n} (c=1)",
+            lambda r: (
+                f"{fmt(r['redis_server_idle_cpu_us_per_call'], '.0f')} "
+                f"({fmt(r['redis_server_idle_cpu_us_per_call_c1'], '.0f')})"
+            ),
+        ),
+        (
+            f"Redis backend's total extra CPU (Wicket + server), c={n}",
+            lambda r: fmt(r["total_cpu_redis_minus_memory_us"], "+.0f", " µs/call"),
+        ),
+    ]
+    lines = [
+        "| Wicket(redis) vs Wicket(memory) | " + " | ".join(f"{wl['path']} ({wl['tool']})" for wl in paths) + " |",
+        "|---" * (1 + len(paths)) + "|",
+    ]
+    lines += [f"| {label} | " + " | ".join(cell(wl["redis_vs_memory"]) for wl in paths) + " |" for label, cell in rows]
     return "\n".join(lines)
 
 
@@ -796,8 +872,8 @@ def machine() -> dict[str, Any]:
 
 async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dict[str, Any]:
     py = sys.executable
-    up, fl, wk, adm = free_port(), free_port(), free_port(), free_port()
-    audit = workdir / "audit.jsonl"
+    deadline = time.monotonic() + args.startup_timeout
+    up, fl = free_port(), free_port()
     bench_policy = workdir / "bench-policy.yaml"
     bench_policy.write_text(BENCH_POLICY)
     upstream_argv = [py, "-m", "proxy.demo.server", "--host", HOST, "--port", str(up)]
@@ -811,34 +887,51 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
             workdir,
         )
     )
-    wicket_argv = [
-        py, "-m", "proxy", "run",
-        "--upstream", f"http://{HOST}:{up}/mcp",
-        "--policy", str(ROOT / "policies" / "demo.yaml"),
-        "--policy", str(bench_policy),
-        "--listen", f"{HOST}:{wk}",
-        "--admin-listen", f"{HOST}:{adm}",
-        "--audit-log", str(audit),
-        *args.wicket_arg,
-    ]  # fmt: skip
     admin_token = secrets.token_urlsafe(32)
-    procs.append(spawn("wicket", wicket_argv, workdir, {"WICKET_ADMIN_TOKEN": admin_token}))
+    wicket_env = {"WICKET_ADMIN_TOKEN": admin_token}
+    store_url = {"memory": "memory"}
+    if "redis" in args.stores:
+        # A Redis of our own (its CPU is measured, and nothing else touches it), and the keys a shared
+        # store requires. Both Wickets get the same keys so that they differ only in the store.
+        rp = free_port()
+        procs.append(spawn(REDIS_PROC, redis_server_argv(args.redis_server, rp, workdir), workdir))
+        await wait_until("redis-server", [procs[-1]], functools.partial(probe_redis, rp), deadline)
+        store_url["redis"] = f"redis://{HOST}:{rp}/0"
+        signing_key = workdir / "signing-key.pem"
+        write_signing_key(signing_key)
+        wicket_env |= {"WICKET_SESSION_KEY": secrets.token_hex(32), "WICKET_SIGNING_KEY": str(signing_key)}
+    ports: dict[str, tuple[int, int]] = {}  # wicket process -> (data port, admin port)
+    grants: dict[str, SessionGrant] = {}
+    for store in args.stores:
+        name, wk, adm = WICKET_PROC[store], free_port(), free_port()
+        wicket_argv = [
+            py, "-m", "proxy", "run",
+            "--upstream", f"http://{HOST}:{up}/mcp",
+            "--policy", str(ROOT / "policies" / "demo.yaml"),
+            "--policy", str(bench_policy),
+            "--listen", f"{HOST}:{wk}",
+            "--admin-listen", f"{HOST}:{adm}",
+            "--store", store_url[store],
+            "--audit-log", str(workdir / AUDIT_FILE[store]),
+            *args.wicket_arg,
+        ]  # fmt: skip
+        procs.append(spawn(name, wicket_argv, workdir, wicket_env))
+        ports[name] = (wk, adm)
+        grants[name] = SessionGrant(f"http://{HOST}:{adm}", admin_token)
     by_name = {p.name: p for p in procs}
-    grant = SessionGrant(f"http://{HOST}:{adm}", admin_token)
 
     targets: list[Target] = []
     for wl in WORKLOADS:
         targets.append(Target("direct", wl, f"http://{HOST}:{up}/mcp", None, args.sse))
         if wl is READ or not args.no_write_floor:
             targets.append(Target("floor", wl, f"http://{HOST}:{fl}/mcp", "floor", args.sse))
-        targets.append(
-            Target("wicket", wl, f"http://{HOST}:{wk}/mcp", "wicket", args.sse, grant=grant if wl is WRITE else None)
-        )
+        for name, (wk, _) in ports.items():
+            grant = grants[name] if wl is WRITE else None
+            targets.append(Target(name, wl, f"http://{HOST}:{wk}/mcp", name, args.sse, grant=grant))
     try:
-        deadline = time.monotonic() + args.startup_timeout
-        await wait_until(
-            "wicket /readyz", [by_name["wicket"]], lambda: probe_readyz(f"http://{HOST}:{adm}/readyz"), deadline
-        )
+        for name, (_, adm) in ports.items():
+            probe = functools.partial(probe_readyz, f"http://{HOST}:{adm}/readyz")
+            await wait_until(f"{name} /readyz", [by_name[name]], probe, deadline)
         for t in targets:
             proc = by_name[t.proxy or "upstream"]
             await wait_until(t.label, [proc], functools.partial(probe_call, t, args.concurrency), deadline)
@@ -867,8 +960,10 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
             "warmup": args.warmup,
             "transport": "legacy 2025-11-25 session, SSE responses" if args.sse else f"{MODERN} stateless, JSON",
             "wicket_args": args.wicket_arg,
+            "stores": list(args.stores),
             "bench_policy": BENCH_POLICY,
-            "write_sessions": grant.issued,
+            "write_sessions": grants[WICKET_PROC["memory"]].issued,
+            "write_sessions_by_wicket": {name: g.issued for name, g in grants.items()},
             "measured_seconds": measured,
         },
         **summarise(bench, targets),
@@ -893,10 +988,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--wicket-arg", action="append", default=[], metavar="ARG", help="extra `wicket run` argument (repeatable)"
     )
+    p.add_argument(
+        "--stores",
+        default="memory",
+        help="state stores to run a Wicket on, comma-separated: memory (default) or memory,redis (a second Wicket "
+        "on a redis-server subprocess, compared with the memory one)",
+    )
+    p.add_argument("--redis-server", default="redis-server", help="redis-server binary for --stores ...,redis")
     p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and audit log")
     p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for all targets to become ready")
     p.add_argument("--max-seconds", type=float, default=300.0, help="hard limit for the whole run (default 300)")
     args = p.parse_args(argv)
+    stores = tuple(x.strip() for x in args.stores.split(",") if x.strip())
+    if "memory" not in stores or not set(stores) <= set(STORES) or len(set(stores)) != len(stores):
+        p.error("--stores is 'memory' or 'memory,redis' (the memory-store Wicket is the baseline)")
+    args.stores = stores
+    if "redis" in stores and shutil.which(args.redis_server) is None:
+        p.error(f"--stores ...,redis needs a redis-server binary: {args.redis_server!r} not found")
     if min(args.calls, args.throughput_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
         p.error("--calls, --throughput-calls, --concurrency and --rounds must be positive")
     if args.rounds > min(args.calls, args.throughput_calls):
@@ -922,7 +1030,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="wicket-bench-"))
     failure: str | None = None
-    audit: dict[str, Any] = {}
+    audits: dict[str, dict[str, Any]] = {}
     try:
         result = asyncio.run(asyncio.wait_for(run_bench(args, workdir, procs), args.max_seconds))
     except BenchError as exc:
@@ -931,27 +1039,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         failure = f"still running after --max-seconds {args.max_seconds}"
     finally:
         stop_all(procs)
-        if failure is None:  # read once Wicket has exited and flushed
-            audit = audit_summary(workdir / "audit.jsonl")
-            failure = check_audit(audit)
+        if failure is None:  # read once the Wickets have exited and flushed
+            audits = {WICKET_PROC[store]: audit_summary(workdir / AUDIT_FILE[store]) for store in args.stores}
+            failure = next((f"{n}: {why}" for n, a in audits.items() if (why := check_audit(a)) is not None), None)
         if failure is None and not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     if failure is not None:
         print(f"bench: INVALID RUN: {failure}\n(logs and audit log kept in {workdir})", file=sys.stderr)
         return 1
-    result["audit"] = audit
+    result["audit"] = audits[WICKET_PROC["memory"]]
+    if WICKET_PROC["redis"] in audits:
+        result["audit_redis"] = audits[WICKET_PROC["redis"]]
     if args.keep:
         print(f"logs and audit log kept in {workdir}")
     m, c = result["machine"], result["config"]
-    decisions = ", ".join(f"{k}: {n}" for k, n in sorted(audit["decisions"].items()))
-    spot = ", ".join(f"{k} ({n})" for k, n in audit["spot_verdicts"].items())
     print(
         f"\n{m['date']}  nproc={m['nproc']}  python {m['python']}  {m['cpu']}\n"
         f"transport: {c['transport']};  c=1: {c['calls']} calls/target;  c={c['concurrency']}: "
-        f"{c['throughput_calls']} calls/target;  {c['rounds']} interleaved rounds\n"
-        f"Wicket audit: {audit['records']} records; decisions: {decisions}; "
-        f"{c['write_sessions']} read-write sessions\nSpot verdicts: {spot}\n"
+        f"{c['throughput_calls']} calls/target;  {c['rounds']} interleaved rounds;  stores: {', '.join(c['stores'])}"
     )
+    for name, audit in audits.items():
+        decisions = ", ".join(f"{k}: {n}" for k, n in sorted(audit["decisions"].items()))
+        spot = ", ".join(f"{k} ({n})" for k, n in audit["spot_verdicts"].items())
+        print(
+            f"{'Wicket' if name == WICKET_PROC['memory'] else name} audit: {audit['records']} records; decisions: "
+            f"{decisions}; {c['write_sessions_by_wicket'][name]} read-write sessions\nSpot verdicts: {spot}"
+        )
+    print()
     print(render(result, args.concurrency))
     for wl in result["workloads"].values():
         for name, t in wl["targets"].items():
