@@ -113,6 +113,7 @@ class SessionManager:
         # re-verified when the store hands back different bytes, so a tampered record is
         # still caught on the next read while an unchanged one costs a bytes comparison.
         self._verified: dict[str, tuple[bytes, Any]] = {}
+        self._token_sessions: dict[str, str] = {}
 
     async def _load(self, key: str, build: Callable[[dict[str, Any]], Any]) -> Any:
         """Read ``key`` from the store and verify it, or ``None`` when it is absent."""
@@ -180,8 +181,23 @@ class SessionManager:
         return None if session.expired(self._clock()) else session
 
     async def by_token(self, token: str) -> Session | None:
-        session_id: str | None = await self._load(self._token_key(token), lambda r: r["session_id"])
-        return None if session_id is None else await self.get(session_id)
+        """The token's session. A token is bound to one session for life, so once its index
+        record has been verified the binding is remembered here and the store is asked only for
+        the session record itself (one round trip per call on a shared store, not two).
+        Revoking a token is checked separately, per request, against the revocation list."""
+        key = self._token_key(token)
+        session_id = self._token_sessions.get(key)
+        if session_id is None:
+            session_id = await self._load(key, lambda r: r["session_id"])
+            if session_id is None:
+                return None
+            if len(self._token_sessions) >= self._VERIFIED_MAX:
+                self._token_sessions.clear()
+            self._token_sessions[key] = session_id
+        session = await self.get(session_id)
+        if session is None:
+            self._token_sessions.pop(key, None)
+        return session
 
     async def anonymous(self, agent_id: str, scope: Sequence[str], ttl_seconds: float) -> Session:
         """The per-agent default session for callers without a credential.

@@ -306,8 +306,18 @@ class RedisStore:
 
     async def revoke(self, kind: str, ident: str) -> None:
         member = f"{kind}\0{ident}"
-        await self._run(lambda: self._client.sadd(self._revocations_key, member))
-        await self._run(lambda: self._client.publish(self._revocations_key, member))
+        await self._run(lambda: self._persist_and_announce(member))
+
+    async def _persist_and_announce(self, member: str) -> None:
+        """SADD and PUBLISH in one round trip (a transaction where the client supports one)."""
+        if isinstance(self._client, RedisCluster):
+            await self._client.sadd(self._revocations_key, member)
+            await self._client.publish(self._revocations_key, member)
+            return
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.sadd(self._revocations_key, member)
+            pipe.publish(self._revocations_key, member)
+            await pipe.execute()
 
     async def revocations(self) -> list[tuple[str, str]]:
         members = await self._run(lambda: self._client.smembers(self._revocations_key))
