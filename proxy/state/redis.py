@@ -196,9 +196,13 @@ class RedisStore:
 
     def _connect(self, url: str, timeout: float, pool_size: int) -> Redis | RedisCluster:
         """A lazily connecting client for ``url``; nothing touches the network here."""
+        # New connections get a little longer than replies: a burst of calls after start-up (or a
+        # reconnect) opens many at once, and a refused connect still fails at once. The
+        # operation deadline bounds the total either way.
+        connect_timeout = min(max(timeout, 1.0), self._deadline)
         options: dict[str, Any] = {
             "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
+            "socket_connect_timeout": connect_timeout,
             "retry": Retry(_BACKOFF, _RETRIES, supported_errors=(RedisConnectionError,)),
             "max_connections": pool_size,
         }
@@ -213,7 +217,7 @@ class RedisStore:
                     "a Sentinel URL names the service: redis+sentinel://host:port[,host:port]/service[/db]"
                 )
             db = _db_number(parts[1]) if len(parts) == 2 else 0
-            socket_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+            socket_options = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout}
             self._sentinel = Sentinel(nodes, sentinel_kwargs=socket_options, **socket_options)
             return self._sentinel.master_for(
                 unquote(parts[0]), redis_class=Redis, db=db, username=username, password=password, **options
