@@ -56,12 +56,15 @@ class Checker:
         if not action.is_tool_call:
             # Protocol housekeeping executes nothing upstream: Fast Guard alone, no history.
             decision = await self._router.decide(action, session, effect)
+            decision = await self._record(action, session.session_id, decision)
         else:
             decision = await self._check_call(action, session, effect)
+            # Recorded first: an audit failure can still turn the verdict into a denial, and the
+            # session's history must count what was finally decided.
+            decision = await self._record(action, session.session_id, decision)
             await self._activity.note_verdict(
                 session.session_id, action.label, f"{action.label}={decision.verdict.value}", not decision.allowed
             )
-        decision = await self._record(action, session.session_id, decision)
         self._metrics.check_seconds.labels(action.protocol).observe(time.perf_counter() - started)
         return decision
 
