@@ -275,10 +275,3 @@ class Wicket:
             await self.deep.aclose()
         await self.audit.close()
         await self.store.close()
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
