@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from tests import oidc_issuer as issuer_module
-from tests.conftest import WicketFactory
+from tests.conftest import RunningWicket, WicketFactory
 from tests.oidc_issuer import OidcIssuer
 
 oidc_issuer = issuer_module.oidc_issuer
@@ -29,17 +29,22 @@ upstreams:
 """
 
 
+async def exchanging_wicket(issuer: OidcIssuer, upstream_url: str, make_wicket: WicketFactory) -> RunningWicket:
+    """Wicket admitting the issuer's agents and exchanging their JWTs for the upstream's tokens."""
+    return await make_wicket(
+        upstream_url,
+        exchange_policy(issuer, upstream_url),
+        environ={"EXCHANGE_SECRET": issuer.client_secret},
+        oidc_issuer=issuer.url,
+        oidc_audience="wicket",
+    )
+
+
 async def test_exchange_mode_end_to_end(
     oidc_issuer: OidcIssuer, echo_upstream: tuple[str, list[dict[str, str]]], make_wicket: WicketFactory
 ) -> None:
     url, seen = echo_upstream
-    running = await make_wicket(
-        url,
-        exchange_policy(oidc_issuer, url),
-        environ={"EXCHANGE_SECRET": oidc_issuer.client_secret},
-        oidc_issuer=oidc_issuer.url,
-        oidc_audience="wicket",
-    )
+    running = await exchanging_wicket(oidc_issuer, url, make_wicket)
     agent_jwt = oidc_issuer.mint(sub="billing-bot", aud="wicket", scope="notes:read notes:write tool:get_*")
     body = {
         "jsonrpc": "2.0",
@@ -72,13 +77,7 @@ async def test_failed_exchange_fails_the_call_closed(
     oidc_issuer: OidcIssuer, echo_upstream: tuple[str, list[dict[str, str]]], make_wicket: WicketFactory
 ) -> None:
     url, seen = echo_upstream
-    running = await make_wicket(
-        url,
-        exchange_policy(oidc_issuer, url),
-        environ={"EXCHANGE_SECRET": oidc_issuer.client_secret},
-        oidc_issuer=oidc_issuer.url,
-        oidc_audience="wicket",
-    )
+    running = await exchanging_wicket(oidc_issuer, url, make_wicket)
     oidc_issuer.fail_exchange = (400, "invalid_grant")
     agent_jwt = oidc_issuer.mint(sub="billing-bot", aud="wicket", scope="notes:read")
     body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "get_weather", "arguments": {}}}

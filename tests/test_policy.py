@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 
@@ -129,8 +130,18 @@ def test_schema_is_closed_and_described_everywhere() -> None:
 
 
 def test_schema_passes_the_reference_metaschema() -> None:
-    jsonschema = pytest.importorskip("jsonschema")
     jsonschema.Draft202012Validator.check_schema(policy_schema())
+
+
+def assert_agrees_with_reference(body: str) -> None:
+    """The small interpreter must accept exactly what a full JSON Schema validator accepts."""
+    reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
+    try:
+        parse_policy_text(body)
+        ours_ok = True
+    except PolicyError:
+        ours_ok = False
+    assert ours_ok == reference_ok
 
 
 def _described(data: Any, schema: dict[str, Any], where: str) -> None:
@@ -183,15 +194,7 @@ def test_every_key_of_shipped_policies_is_described(path: Path) -> None:
     ],
 )
 def test_interpreter_agrees_with_reference_validator(body: str) -> None:
-    """The small interpreter must accept exactly what a full JSON Schema validator accepts."""
-    jsonschema = pytest.importorskip("jsonschema")
-    reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
-    try:
-        parse_policy_text(body)
-        ours_ok = True
-    except PolicyError:
-        ours_ok = False
-    assert ours_ok == reference_ok
+    assert_agrees_with_reference(body)
 
 
 # --------------------------------------------------------------------------- validation errors
@@ -993,14 +996,7 @@ def test_policy_with_new_fields_stays_immutable_and_hashable() -> None:
     ],
 )
 def test_interpreter_agrees_with_reference_validator_on_new_keys(body: str) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
-    try:
-        parse_policy_text(body)
-        ours_ok = True
-    except PolicyError:
-        ours_ok = False
-    assert ours_ok == reference_ok
+    assert_agrees_with_reference(body)
 
 
 # --------------------------------------------------------------------------- upstream credentials
@@ -1191,11 +1187,4 @@ def test_credentials_merge_across_files(tmp_path: Path) -> None:
     ],
 )
 def test_interpreter_agrees_with_reference_validator_on_credentials(body: str) -> None:
-    jsonschema = pytest.importorskip("jsonschema")
-    reference_ok = jsonschema.Draft202012Validator(policy_schema()).is_valid(yaml.safe_load(body))
-    try:
-        parse_policy_text(body)
-        ours_ok = True
-    except PolicyError:
-        ours_ok = False
-    assert ours_ok == reference_ok
+    assert_agrees_with_reference(body)
