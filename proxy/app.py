@@ -11,7 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.adapters.mcp import McpProxy
-from proxy.admin.api import AdminApi
+from proxy.admin.api import AdminApi, store_faults
 from proxy.audit.sink import AuditSink, open_sink
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.checker import Checker
@@ -212,7 +212,7 @@ class Wicket:
             store=self.store,
             metrics=self.metrics,
         )
-        app = web.Application(client_max_size=64 * 1024)
+        app = web.Application(client_max_size=64 * 1024, middlewares=[store_faults])
         app.add_routes(api.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         return app

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from proxy.demo.server import DemoUpstream, free_port
-from tests.conftest import ROOT, RunningWicket, WicketFactory
+from tests.conftest import ADMIN_TOKEN, ROOT, RunningWicket, WicketFactory
 from tests.redis_support import RedisServer
 
 ADMIN = "replica-operator-token-0123456789"
@@ -199,3 +199,21 @@ async def test_redis_killed_mid_run_fails_closed_then_recovers(
 async def call_running(running: RunningWicket, token: str) -> int:
     replica = Replica(None, running.wicket.data_port, running.wicket.admin_port)  # type: ignore[arg-type]
     return await call(replica, token)
+
+
+async def test_control_api_answers_503_while_redis_is_down(
+    upstream: DemoUpstream, make_wicket: WicketFactory, redis_server: RedisServer
+) -> None:
+    signing = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    running = await make_wicket(
+        upstream.url, "version: 1\n", store=redis_server.url, environ={"WICKET_SIGNING_KEY": signing.decode()}
+    )
+    redis_server.kill()
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as http:
+        for path, payload in (("/v1/sessions", {"agent_id": "a"}), ("/v1/revocations", {"kind": "agent", "id": "a"})):
+            async with http.post(f"{running.admin_url}{path}", json=payload, headers=headers) as response:
+                assert response.status == 503, path
+                assert "state store is unavailable" in (await response.json())["error"]

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.checker import Checker
@@ -34,6 +35,15 @@ def rfc3339(ts: float) -> str:
 
 def _problem(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def store_faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every control call that needs the state store answers 503 when it is down, never a 500."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as exc:
+        return _problem(503, f"The state store is unavailable ({exc}); nothing was changed.")
 
 
 class AdminApi:
@@ -172,10 +182,7 @@ class AdminApi:
             return _problem(400, "kind must be agent, session or token, and id a non-empty string.")
         if kind == "token" and ident.startswith(TOKEN_PREFIX):
             ident = token_fingerprint(ident)[:16]  # revocations (and the audit) name tokens by fingerprint only
-        try:
-            await self._store.revoke(kind, ident)
-        except StoreUnavailable as exc:
-            return _problem(503, f"The state store is unavailable ({exc}); nothing was revoked.")
+        await self._store.revoke(kind, ident)
         self._metrics.revocations.labels(kind).inc()
         try:
             await self._checker.audit_event(
