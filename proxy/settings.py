@@ -39,6 +39,10 @@ class Settings:
     upstream_pool_size: int = 100
     revocation_resync_seconds: float = 5.0
     upstream_keepalive: float = 4.0  # below the 5 s idle timeout of uvicorn and Node servers
+    upstream_transport: str = "streamable-http"  # or "sse" (2024-11-05 HTTP+SSE URL) or "stdio" (upstream_command)
+    upstream_command: list[str] | None = None  # the stdio MCP server's argv; one child per MCP session
+    max_upstream_children: int = 32  # sse/stdio: live channels (children, SSE connections) at most
+    upstream_idle_seconds: float = 1800.0  # sse/stdio: an MCP session idle this long is closed
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
     session_key: bytes = b""
@@ -56,6 +60,11 @@ class Settings:
     """Where ANTHROPIC_*, WICKET_DEEP_MODEL and WICKET_GUARDIAN_KEY are read (tests pass their own)."""
 
     def __post_init__(self) -> None:
+        if self.upstream_command and not self.upstream:
+            # A stdio server has no URL; this http name stands for it (audit, policy upstreams, credentials).
+            from proxy.upstreams.stdio import stdio_label
+
+            self.upstream = stdio_label(self.upstream_command)
         self.session_key_explicit = bool(self.session_key or self.environ.get("WICKET_SESSION_KEY"))
         if not self.session_key:
             env = self.environ.get("WICKET_SESSION_KEY", "")
