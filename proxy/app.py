@@ -12,7 +12,11 @@ from aiohttp import web
 
 from proxy.adapters.mcp import McpProxy
 from proxy.admin.api import AdminApi, store_faults
-from proxy.audit.sink import AuditSink, open_sink
+from proxy.admin.check import CheckApi
+from proxy.admin.control import ControlApi
+from proxy.audit.feed import EventFeed, PublishingSink
+from proxy.audit.sink import open_sink
+from proxy.core.approval_store import Approvals
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.checker import Checker
 from proxy.core.effects import EffectClassifier
@@ -40,6 +44,8 @@ from proxy.state.base import Store, StoreUnavailable
 from proxy.state.memory import MemoryStore
 from proxy.state.redis import RedisStore
 from proxy.telemetry import Metrics
+from proxy.upstreams.setup import bridge_for
+from proxy.webhook import ApprovalWebhook
 
 log = logging.getLogger("wicket")
 
@@ -105,8 +111,12 @@ class Wicket:
 
     def __post_init__(self) -> None:
         self.store: Store = open_store(self.settings)
-        self.audit: AuditSink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
-        self.sessions = SessionManager(self.store, RecordSigner(self.settings.session_key))
+        # Every audit event written also goes to the live feed (/v1/events), never blocking the write.
+        self.events = EventFeed(on_drop=self.metrics.event_feed_dropped.inc)
+        sink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
+        self.audit = PublishingSink(sink, self.events)
+        self.signer = RecordSigner(self.settings.session_key)
+        self.sessions = SessionManager(self.store, self.signer)
         self.oidc = oidc_verifier(self.settings)
         self.revocations = RevocationList()
         self.identity = IdentityResolver(self.sessions, self.policy, oidc=self.oidc, revocations=self.revocations)
@@ -115,6 +125,17 @@ class Wicket:
         )
         self.remote_tiers: tuple[RemoteTier, ...] = ()
         self.deep: ReviewTier | None = None
+        webhook = self.policy.approvals.webhook
+        self.webhook = ApprovalWebhook(webhook, self.metrics) if webhook is not None else None
+        self.approvals = Approvals(
+            self.store,
+            self.signer,
+            self.sessions,
+            self.policy.approvals,
+            audit=lambda event: self.checker.audit_event(event),
+            metrics=self.metrics,
+            notifier=self.webhook,
+        )
         self.checker = Checker(
             policy=self.policy,
             classifier=classifier,
@@ -123,6 +144,7 @@ class Wicket:
             activity=self.store,
             audit=self.audit,
             metrics=self.metrics,
+            approvals=self.approvals,
         )
         try:
             self.keys = KeyRing.from_env(self.settings.environ)
@@ -142,6 +164,8 @@ class Wicket:
         self._resync: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
+        # stdio and legacy SSE upstreams: the proxy forwards to this bridge, which runs the real servers.
+        self.bridge = bridge_for(self.settings, self.metrics)
         self.data_port = 0
         self.admin_port = 0
 
@@ -172,11 +196,19 @@ class Wicket:
         )
 
     def _client_session(self) -> aiohttp.ClientSession:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.upstream_pool_size,
-            keepalive_timeout=self.settings.upstream_keepalive,
-            enable_cleanup_closed=True,
-        )
+        connector: aiohttp.BaseConnector
+        if self.bridge is not None:
+            # The upstream URL only names the server; every request goes to the bridge's private socket.
+            # No pool limit: each session holds a GET stream, and the bridge caps sessions itself.
+            connector = aiohttp.UnixConnector(
+                self.bridge.socket_path, limit=0, keepalive_timeout=self.settings.upstream_keepalive
+            )
+        else:
+            connector = aiohttp.TCPConnector(
+                limit=self.settings.upstream_pool_size,
+                keepalive_timeout=self.settings.upstream_keepalive,
+                enable_cleanup_closed=True,
+            )
         return aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",), trust_env=False
         )
@@ -212,12 +244,30 @@ class Wicket:
             store=self.store,
             metrics=self.metrics,
         )
+        control = ControlApi(
+            admin_token=self.settings.admin_token,
+            policy=self.policy,
+            sessions=self.sessions,
+            approvals=self.approvals,
+            store=self.store,
+            audit=self.audit,
+            audit_path=self.audit.path,
+            feed=self.events,
+            revocations=self.revocations,
+        )
+        check = CheckApi(
+            identity=self.identity, checker=self.checker, store=self.store, signer=self.signer, metrics=self.metrics
+        )
         app = web.Application(client_max_size=64 * 1024, middlewares=[store_faults])
         app.add_routes(api.routes())
+        app.add_routes(control.routes())
+        app.add_routes(check.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         return app
 
     async def start(self) -> None:
+        if self.bridge is not None:
+            await self.bridge.start()
         self._client = self._client_session()
         await self._sync_revocations()
         await self.store.subscribe_revocations(self.revocations.add)
@@ -259,6 +309,9 @@ class Wicket:
         if self._resync is not None:
             self._resync.cancel()
             self._resync = None
+        self.events.close()  # ends open /v1/events streams, so shutting the admin port down does not wait on them
+        if self.bridge is not None:
+            await self.bridge.stop()  # ends every child first, so the proxy's streams to it end too
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
@@ -273,5 +326,7 @@ class Wicket:
             await self.exchanger.close()
         if isinstance(self.deep, DeepGuard):
             await self.deep.aclose()
+        if self.webhook is not None:
+            await self.webhook.close()
         await self.audit.close()
         await self.store.close()

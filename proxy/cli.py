@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,8 +97,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"wicket {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="proxy an MCP server")
-    run.add_argument("--upstream", required=True, metavar="URL", help="the MCP server's Streamable HTTP URL")
+    run = sub.add_parser(
+        "run", help="proxy an MCP server", usage="wicket run [options] (--upstream URL | -- CMD [ARG ...])"
+    )
+    run.add_argument("--upstream", metavar="URL", help="the MCP server's URL (or run a stdio server: -- CMD ARG...)")
+    run.add_argument(
+        "--upstream-transport",
+        choices=UPSTREAM_TRANSPORTS,
+        help="streamable-http, sse (2024-11-05 HTTP+SSE) or stdio; default: stdio after --, sse for a URL "
+        "ending in /sse, else streamable-http",
+    )
+    run.add_argument(
+        "--max-children",
+        type=int,
+        default=32,
+        metavar="N",
+        help="stdio/sse: at most N MCP sessions, each with its own server process or SSE connection (default 32)",
+    )
+    run.add_argument(
+        "--upstream-idle-timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="stdio/sse: close an MCP session (ending its process) after S idle seconds (default 1800)",
+    )
     run.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
     _run_options(run, listen="0.0.0.0:8080", store=os.environ.get("REDIS_URL") or "memory")
 
@@ -130,6 +153,19 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id", metavar="ID", help="agent id, session id, or token (wkt_...) / token fingerprint")
     revoke.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
 
+    approvals = sub.add_parser("approvals", help="human approval of elevation requests")
+    approvals_sub = approvals.add_subparsers(dest="approvals_command", required=True)
+    listing = approvals_sub.add_parser("list", help="pending approval requests (newest first)")
+    listing.add_argument("--all", action="store_true", help="also approved, denied and expired ones")
+    approve = approvals_sub.add_parser("approve", help="approve a request: elevate exactly its actions for a while")
+    approve.add_argument("id", metavar="ID", help="the approval id (apr_...)")
+    approve.add_argument("--approver", metavar="NAME", help="your name, recorded with the operator credential")
+    deny = approvals_sub.add_parser("deny", help="deny a request")
+    deny.add_argument("id", metavar="ID", help="the approval id (apr_...)")
+    deny.add_argument("--approver", metavar="NAME", help="your name, recorded with the operator credential")
+    for command in (listing, approve, deny):
+        command.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
+
     guardian = sub.add_parser("guardian", help="the central guardian service")
     guardian_sub = guardian.add_subparsers(dest="guardian_command", required=True)
     gserve = guardian_sub.add_parser(
@@ -144,7 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command: list[str] = []
+    if words[:1] == ["run"] and "--" in words:
+        # wicket run [options] -- CMD ARG...: everything after the first -- is the stdio server's argv.
+        cut = words.index("--")
+        words, command = words[:cut], words[cut + 1 :]
+    args = build_parser().parse_args(words)
+    args.upstream_command = command
     handler = {
         "run": cmd_run,
         "demo": cmd_demo,
@@ -153,11 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "sessions": cmd_sessions_create,
         "guardian": cmd_guardian_serve,
         "revoke": cmd_revoke,
+        "approvals": cmd_approvals,
     }[args.command]
     return handler(args)
 
 
-def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str]) -> Settings:
+def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], **extra: Any) -> Settings:
     return Settings(
         upstream=upstream,
         listen=args.listen,
@@ -181,6 +225,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str]) 
         oidc_jwks_url=args.oidc_jwks_url,
         oidc_agent_claim=args.oidc_agent_claim,
         public_url=args.public_url,
+        **extra,
     )
 
 
@@ -227,7 +272,7 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
         wicket.data_port,
         wicket.settings.admin_listen,
         wicket.admin_port,
-        wicket.settings.upstream,
+        _upstream_text(wicket.settings),
     )
     try:
         await stop.wait()
@@ -243,9 +288,51 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _configure_logging(args.log_level)
     files = args.policy or ["policies/default.yaml"]
-    wicket = Wicket(_settings(args, args.upstream, files), _load_policy(files))
+    upstream, transport, command = resolve_upstream(args)
+    settings = _settings(
+        args,
+        upstream,
+        files,
+        upstream_transport=transport,
+        upstream_command=command,
+        max_upstream_children=args.max_children,
+        upstream_idle_seconds=args.upstream_idle_timeout,
+    )
+    wicket = Wicket(settings, _load_policy(files))
     asyncio.run(_serve_until_signal(wicket))
     return 0
+
+
+UPSTREAM_TRANSPORTS = ("streamable-http", "sse", "stdio")
+
+
+def resolve_upstream(args: argparse.Namespace) -> tuple[str, str, list[str] | None]:
+    """(upstream URL, transport, stdio argv) from ``--upstream``, ``--upstream-transport`` and ``-- CMD``."""
+    command: list[str] = list(getattr(args, "upstream_command", None) or [])
+    problem = None
+    if command and args.upstream:
+        problem = "give either --upstream URL or -- CMD ARG... (a stdio MCP server to run), not both"
+    elif not command and not args.upstream:
+        problem = "wicket run needs --upstream URL, or -- CMD ARG... to run a stdio MCP server"
+    transport = args.upstream_transport
+    if transport is None:
+        path = urllib.parse.urlsplit(args.upstream or "").path.rstrip("/")
+        transport = "stdio" if command else "sse" if path.endswith("/sse") else "streamable-http"
+    if problem is None and (transport == "stdio") != bool(command):
+        problem = "--upstream-transport stdio goes with -- CMD ARG..., and only with it"
+    if problem is not None:
+        print(f"wicket: {problem}", file=sys.stderr)
+        raise SystemExit(2)
+    return ("" if command else args.upstream), transport, command or None
+
+
+def _upstream_text(settings: Settings) -> str:
+    """The upstream for the start-up line (a stdio server's argv0 only: its arguments may hold secrets)."""
+    if settings.upstream_command:
+        return f"{settings.upstream} (stdio: {settings.upstream_command[0]}, one process per MCP session)"
+    if settings.upstream_transport == "sse":
+        return f"{settings.upstream} (legacy HTTP+SSE, one connection per MCP session)"
+    return settings.upstream
 
 
 _DEMO_CALL = json.dumps(
@@ -362,6 +449,53 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_approvals(args: argparse.Namespace) -> int:
+    token = _operator_token()
+    if args.approvals_command == "list":
+        query = "?status=all" if args.all else "?status=pending"
+        status, body = _admin_call(args.admin_url, "/v1/approvals" + query, token, None)
+    else:
+        payload = {"approver": args.approver} if args.approver else {}
+        path = f"/v1/approvals/{urllib.parse.quote(args.id, safe='')}/{args.approvals_command}"
+        status, body = _admin_call(args.admin_url, path, token, payload)
+    if status >= 300:
+        print(f"wicket: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
+        return 1
+    if args.approvals_command == "list":
+        print(_approvals_table(body.get("approvals", []), pending_only=not args.all))
+        return 0
+    approval = body.get("approval", {})
+    if args.approvals_command == "approve":
+        elevation = body.get("elevation") or {}
+        actions = ", ".join(elevation.get("actions", []))
+        print(
+            f"approved {approval.get('approval_id')}: {actions} elevated in session {approval.get('session_id')} "
+            f"until {elevation.get('expires_at')}; the agent can retry its call now."
+        )
+    else:
+        print(f"denied {approval.get('approval_id')} (agent {approval.get('agent_id')}).")
+    return 0
+
+
+def _approvals_table(approvals: list[dict[str, Any]], *, pending_only: bool) -> str:
+    if not approvals:
+        return "no pending approval requests" if pending_only else "no approval requests"
+    columns = ("approval_id", "status", "agent_id", "actions", "effect", "expires_at", "reason")
+    headers = ("ID", "STATUS", "AGENT", "ACTIONS", "EFFECT", "EXPIRES", "REASON")
+    rows = []
+    for item in approvals:
+        row = []
+        for column in columns:
+            value = item.get(column)
+            text = ", ".join(value) if isinstance(value, list) else "" if value is None else str(value)
+            row.append(text if len(text) <= 60 else text[:57] + "...")
+        rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
 def cmd_sessions_create(args: argparse.Namespace) -> int:
     token = _operator_token()
     payload: dict[str, Any] = {"agent_id": args.agent, "mode": args.mode}
@@ -379,12 +513,16 @@ def cmd_sessions_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_call(base: str, path: str, token: str, payload: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+def _admin_call(base: str, path: str, token: str, payload: dict[str, Any] | None) -> tuple[int, dict[str, Any]]:
+    """POST ``payload`` (GET when it is None) to the admin API with the operator token."""
+    headers = {"Authorization": f"Bearer {token}"}
+    if payload is not None:
+        headers["Content-Type"] = "application/json"
     request = urllib.request.Request(
         base.rstrip("/") + path,
-        data=json.dumps(payload).encode(),
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        method="POST",
+        data=None if payload is None else json.dumps(payload).encode(),
+        headers=headers,
+        method="GET" if payload is None else "POST",
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:

@@ -87,6 +87,37 @@ class Metrics:
         self.revocations = Counter(
             "wicket_revocations_total", "Revocations issued through this replica, by kind.", ["kind"], registry=r
         )
+        self.approvals = Counter(
+            "wicket_approvals_total",
+            "Approval requests and their fate: requested, reused, approved, denied, expired, refused.",
+            ["outcome"],
+            registry=r,
+        )
+        self.elevations_active = Gauge(
+            "wicket_elevations_active", "Elevations granted through this replica that are still running.", registry=r
+        )
+        self.elevated_calls = Counter(
+            "wicket_elevated_calls_total", "Calls allowed under an operator-approved elevation.", registry=r
+        )
+        self.webhook_failures = Counter(
+            "wicket_webhook_failures_total", "Approval webhook deliveries that failed or timed out.", registry=r
+        )
+        self.event_feed_dropped = Counter(
+            "wicket_event_feed_dropped_total",
+            "Audit events not delivered to a /v1/events subscriber whose queue was full.",
+            registry=r,
+        )
+        self.upstream_children = Gauge(
+            "wicket_upstream_children",
+            "Live upstream channels behind the bridge: stdio child processes or legacy SSE connections.",
+            registry=r,
+        )
+        self.upstream_child_exits = Counter(
+            "wicket_upstream_child_exits_total",
+            "Upstream channels that ended, by reason: closed (by Wicket), idle, exited, crashed, start_failed.",
+            ["reason"],
+            registry=r,
+        )
         self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
         self.audit_healthy.set(1)
         info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)

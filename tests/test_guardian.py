@@ -108,7 +108,9 @@ async def test_fast_denials_short_circuit_every_tier() -> None:
     assert "read-only" in read_only.reason
     assert "blocklisted" in blocked.reason
     assert "scope ceiling" in out_of_scope.reason
-    assert all(d.tier is Tier.FAST and d.verdict is Verdict.DENY for d in (read_only, blocked, out_of_scope))
+    assert all(d.tier is Tier.FAST and d.verdict is Verdict.DENY for d in (blocked, out_of_scope))
+    # A write in a read-only session needs a human-approved elevation (SPEC §8), still decided by Fast alone.
+    assert read_only.tier is Tier.FAST and read_only.verdict is Verdict.APPROVAL_REQUIRED
     assert spot.calls == deep.calls == 0
 
 

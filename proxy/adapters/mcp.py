@@ -191,6 +191,7 @@ class McpProxy:
             annotations=self._annotations.get(action_name) if is_tool_call else None,
             is_tool_call=is_tool_call,
             fixed_effect=METHOD_EFFECTS.get(method),
+            intent=_intent(params) if is_tool_call else None,
         )
         session = await self._session(caller, mcp_session_id, method, draft)
         action = _with_session(draft, session.session_id)
@@ -566,6 +567,22 @@ def _check_headers(request: web.Request, method: str | None, params: dict[str, A
 
 def _with_session(action: Action, session_id: str) -> Action:
     return dataclasses.replace(action, session_id=session_id)
+
+
+INTENT_META_KEYS = ("wicket/intent", "intent")
+
+
+def _intent(params: dict[str, Any]) -> str | None:
+    """Why the agent says it makes this call (``params._meta["wicket/intent"]`` or ``["intent"]``),
+    shown to the operator with an approval request. Untrusted text; never used to decide."""
+    meta = params.get("_meta")
+    if not isinstance(meta, dict):
+        return None
+    for key in INTENT_META_KEYS:
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip():
+            return value[:2000]
+    return None
 
 
 def _denial(action: Action, decision: Decision, request_id: Any, *, modern: bool) -> web.Response:

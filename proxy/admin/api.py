@@ -17,6 +17,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.admin.console import console_routes
 from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.checker import Checker
 from proxy.core.policy import Policy
@@ -35,6 +36,24 @@ def rfc3339(ts: float) -> str:
 
 def _problem(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def operator_refusal(request: web.Request, admin_token: str | None) -> web.Response | None:
+    """None when the request carries the operator token; otherwise the refusal to send.
+
+    An agent's runtime token (``wkt_...``) or JWT never equals the operator token, so an agent
+    sharing localhost with the sidecar gets 401 here for every operator call.
+    """
+    if not admin_token:
+        return _problem(503, "The control API is disabled: start Wicket with WICKET_ADMIN_TOKEN set.")
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), admin_token.encode()):
+        return web.json_response(
+            {"error": "Operator credential required (Authorization: Bearer $WICKET_ADMIN_TOKEN)."},
+            status=401,
+            headers={"WWW-Authenticate": 'Bearer realm="wicket-admin"'},
+        )
+    return None
 
 
 @web.middleware
@@ -73,6 +92,7 @@ class AdminApi:
             web.get("/readyz", self.readyz),
             web.post("/v1/sessions", self.create_session),
             web.post("/v1/revocations", self.revoke),
+            *console_routes(),
         ]
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -95,18 +115,7 @@ class AdminApi:
 
     def _operator(self, request: web.Request) -> web.Response | None:
         """None when the request carries the operator token; otherwise the refusal to send."""
-        if not self._admin_token:
-            return _problem(503, "The control API is disabled: start Wicket with WICKET_ADMIN_TOKEN set.")
-        scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            credential.strip().encode(), self._admin_token.encode()
-        ):
-            return web.json_response(
-                {"error": "Operator credential required (Authorization: Bearer $WICKET_ADMIN_TOKEN)."},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="wicket-admin"'},
-            )
-        return None
+        return operator_refusal(request, self._admin_token)
 
     async def create_session(self, request: web.Request) -> web.Response:
         if (refusal := self._operator(request)) is not None:

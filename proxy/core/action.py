@@ -72,6 +72,9 @@ class Action:
     fixed_effect: Effect | None = None
     """Set by an adapter for protocol housekeeping (``initialize``, ``tools/list``) whose
     effect is known from the protocol itself rather than guessed from a name."""
+    intent: str | None = None
+    """Why the agent says it wants this (MCP ``params._meta``, the check API's ``input_summary``).
+    Untrusted text: shown to the approver of an elevation request, never used to decide."""
 
     @property
     def label(self) -> str:
@@ -160,3 +163,5 @@ class ReviewContext:
     activity: Activity = Activity()
     findings: tuple[Finding, ...] = ()
     violations: tuple[str, ...] = ()  # policy parameter constraints the arguments break
+    elevated: frozenset[str] = frozenset()
+    """Action labels an operator-approved elevation currently covers in this session (SPEC §8)."""

@@ -16,6 +16,7 @@ from typing import Any
 from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, arguments_sha256
 from proxy.core.anomaly import raise_effect
+from proxy.core.approval_store import Approvals
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.effects import EffectClassifier
 from proxy.core.guardian import GuardianRouter
@@ -39,8 +40,10 @@ class Checker:
         audit: AuditSink,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
+        approvals: Approvals | None = None,
     ) -> None:
         self.classifier = classifier
+        self.approvals = approvals
         self._policy = policy
         self._analyser = analyser
         self._router = router
@@ -78,8 +81,23 @@ class Checker:
             session.session_id, action.label, int(effect), self._clock(), guardian.spot.window_seconds
         )
         raised, why = raise_effect(effect, activity, guardian.anomaly)
-        context = ReviewContext(activity=activity, findings=report.findings, violations=report.violations)
+        # Only a write can use an elevation (admin never does), so reads never read one. A read-only
+        # session needs it for Fast Guard; a read-write one only if a tier asks for approval.
+        approvals = self.approvals if raised in (Effect.MUTATING, Effect.DESTRUCTIVE) else None
+        elevated: frozenset[str] = frozenset()
+        if approvals is not None and session.read_only:
+            elevated = await approvals.elevated(session.session_id)
+        context = ReviewContext(
+            activity=activity, findings=report.findings, violations=report.violations, elevated=elevated
+        )
         decision = await self._router.decide(action, session, raised, context)
+        if approvals is not None and not session.read_only and decision.verdict is Verdict.APPROVAL_REQUIRED:
+            elevated = await approvals.elevated(session.session_id)
+            if action.label in elevated:
+                context = dataclasses.replace(context, elevated=elevated)
+                decision = await self._router.decide(action, session, raised, context)
+        if decision.allowed and action.label in elevated:
+            self._metrics.elevated_calls.inc()
         notes: list[str] = []
         if report.findings:
             notes.append("Argument findings: " + "; ".join(f"{f.detector}: {f.message}" for f in report.findings) + ".")
@@ -92,6 +110,9 @@ class Checker:
                 reason=" ".join([decision.reason, *notes]),
                 escalated_from=effect if why is not None else None,
             )
+        if decision.verdict is Verdict.APPROVAL_REQUIRED and self.approvals is not None:
+            # Names a pending request the agent can hand to a human (or refuses: admin, anonymous).
+            decision = await self.approvals.request(action, session, decision)
         return decision
 
     async def refuse(self, action: Action, session_id: str, reason: str, effect: Effect | None = None) -> Decision:
@@ -151,6 +172,8 @@ class Checker:
             fields["arguments_sha256"] = arguments_sha256(action.arguments)
         if decision.escalated_from is not None:
             fields["escalated_from"] = decision.escalated_from.label
+        if decision.approval_id is not None:
+            fields["approval_id"] = decision.approval_id
         try:
             await self._audit.append(fields)
             self._metrics.audit_healthy.set(1)

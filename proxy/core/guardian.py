@@ -9,6 +9,7 @@ verdict, destructive and admin actions are denied.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -46,13 +47,34 @@ class FastGuard:
             if context.violations:
                 return _deny(effect, "The arguments break policy: " + "; ".join(context.violations) + ".")
         if effect is not Effect.READ and session.read_only:
-            return _deny(
-                effect,
-                f"This session is read-only and '{name}' is a {effect.label} action: it needs a human-approved, "
-                "time-boxed elevation. Do not retry; ask the operator to grant write access for this task.",
-            )
+            return _read_only(action, effect, context)
         reason = f"Allowed by Fast Guard: '{name}' is a {effect.label} action."
         return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
+
+
+def _read_only(action: Action, effect: Effect, context: ReviewContext) -> Decision:
+    """SPEC §8: a write in a read-only session passes only under an approved elevation for exactly
+    this action; otherwise it needs one (the checker turns that into an approval request). Admin
+    actions and protocol requests are never elevated."""
+    name = action.name
+    if effect is Effect.ADMIN:
+        return _deny(
+            effect,
+            f"This session is read-only and '{name}' is an admin action. Admin actions are never elevated, "
+            "so no approval can allow it here.",
+        )
+    if not action.is_tool_call:
+        return _deny(effect, f"This session is read-only and '{action.method}' is a {effect.label} request.")
+    if action.label in context.elevated:
+        reason = f"Allowed by Fast Guard under an operator-approved elevation: '{name}' is a {effect.label} action."
+        return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
+    return Decision(
+        Verdict.APPROVAL_REQUIRED,
+        effect,
+        Tier.FAST,
+        f"This session is read-only and '{name}' is a {effect.label} action: it needs a human-approved, "
+        "time-boxed elevation.",
+    )
 
 
 def _deny(effect: Effect, reason: str, tier: Tier = Tier.FAST) -> Decision:
@@ -130,6 +152,9 @@ class GuardianRouter:
                 break
             verdict, problem = await self._ask(slot, action, session, effect, decision, context)
             if verdict is not None:
+                if _approved_already(verdict, action, effect, context):
+                    reason = f"{verdict.reason} An operator-approved elevation covers this action."
+                    verdict = dataclasses.replace(verdict, verdict=Verdict.ALLOW, reason=reason)
                 if not verdict.allowed:
                     return verdict
                 decision = verdict
@@ -190,6 +215,17 @@ class GuardianRouter:
     def _count_error(self, tier: Tier, kind: str) -> None:
         if self._metrics is not None:
             self._metrics.tier_errors.labels(tier.value, kind).inc()
+
+
+def _approved_already(verdict: Decision, action: Action, effect: Effect, context: ReviewContext) -> bool:
+    """A tier asking for human approval of an action a human has just approved (an elevation
+    covering it) gets that approval; a deny stays a deny and admin actions are never elevated."""
+    return (
+        verdict.verdict is Verdict.APPROVAL_REQUIRED
+        and effect is not Effect.ADMIN
+        and action.is_tool_call
+        and action.label in context.elevated
+    )
 
 
 def _unavailable(tier: Tier, effect: Effect, problem: str) -> str:

@@ -32,6 +32,7 @@ from proxy.core.patterns import GlobSet
 __all__ = [
     "AgentRule",
     "AnomalySettings",
+    "ApprovalSettings",
     "Constraint",
     "CredentialSettings",
     "DeepSettings",
@@ -41,6 +42,7 @@ __all__ = [
     "PolicyIssue",
     "SpotSettings",
     "UpstreamRule",
+    "WebhookSettings",
     "check_files",
     "load_policy",
     "normalise_url",
@@ -252,6 +254,24 @@ class DeepSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookSettings:
+    """``approvals.webhook``: where new approval requests are announced, and in which shape."""
+
+    url: str
+    format: str = "wicket"  # "wicket" | "slack"
+    timeout_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalSettings:
+    """``approvals:``: how long an elevation and a pending request last (SPEC §8: at most 300 s of elevation)."""
+
+    elevation_seconds: int = 300
+    request_ttl_seconds: int = 600
+    webhook: WebhookSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class GuardianSettings:
     """Everything under ``guardian:``; tier deadlines and breakers are flattened for the router."""
 
@@ -332,8 +352,18 @@ class Policy:
     tool_credentials: tuple[tuple[str, CredentialBlock], ...] = ()
     """Same precedence as ``effect_overrides``: exact keys win, then globs in this order."""
     credentials_default_used: bool = True
+    sampling_enabled: bool = True
+    sampling_max_requests: int = 10
+    sampling_window_seconds: int = 300
+    sampling_scan_prompts: bool = True
+    elicitation_enabled: bool = True
+    tool_on_change: str = "block"
+    """``block`` | ``warn``: a tool whose definition differs from its pin."""
+    tool_on_poisoning: str = "block"
+    """``block`` | ``warn`` | ``off``: a tool whose description carries hidden instructions."""
     """Whether an upstream without ``credentials`` may be proxied (listed without them, or none listed)."""
     sources: tuple[str, ...] = ()
+    approvals: ApprovalSettings = ApprovalSettings()
 
     _exact_effects: dict[str, Effect] = field(init=False, repr=False, compare=False)
     _glob_effects: tuple[tuple[re.Pattern[str], Effect], ...] = field(init=False, repr=False, compare=False)
@@ -857,6 +887,13 @@ _SCALARS: Final[dict[tuple[str, str], str]] = {
     ("sessions", "max_ttl_seconds"): "session_max_ttl_seconds",
     ("sessions", "default_scope"): "default_scope",
     ("defaults", "capabilities"): "default_capabilities",
+    ("sampling", "enabled"): "sampling_enabled",
+    ("sampling", "max_requests"): "sampling_max_requests",
+    ("sampling", "window_seconds"): "sampling_window_seconds",
+    ("sampling", "scan_prompts"): "sampling_scan_prompts",
+    ("elicitation", "enabled"): "elicitation_enabled",
+    ("tool_definitions", "on_change"): "tool_on_change",
+    ("tool_definitions", "on_poisoning"): "tool_on_poisoning",
 }
 
 # guardian.<section>.<key> -> (settings group, field, type), where a later file's given keys win.
@@ -889,6 +926,7 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
     blocklist: list[str] = []
     upstreams: list[UpstreamRule] = []
     guardian: dict[str | None, dict[str, Any]] = {"anomaly": {}, "spot": {}, "deep": {}, None: {}}
+    approvals: dict[str, Any] = {}  # approvals.<key> as given; a later file's keys (and whole webhook) win
     # Where each credentials block was given, for line numbers: key -> (block, file, line, label).
     upstream_creds: dict[str, tuple[CredentialBlock, str, int, str]] = {}
     tool_creds: dict[str, tuple[CredentialBlock, str, int, str]] = {}
@@ -906,6 +944,10 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
                 guardian[group][name] = kind(block[key])
                 line = _line(_value_node(layer.root, "guardian", section, key))
                 origin[f"{section}.{name}"] = (index, layer.source, line)
+        for key, value in (layer.data.get("approvals") or {}).items():
+            if key == "webhook":
+                value = WebhookSettings(**{**value, "timeout_seconds": float(value.get("timeout_seconds", 5.0))})
+            approvals[key] = value
         if "roots" in (layer.data.get("arguments") or {}):
             settings["path_roots"] = tuple(dict.fromkeys(_normalise_root(r) for r in layer.data["arguments"]["roots"]))
         for entry in layer.data.get("agents", ()):
@@ -962,6 +1004,7 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
         tool_credentials=tuple((key, entry[0]) for key, entry in tool_creds.items()),
         credentials_default_used=default_used,
         sources=tuple(layer.source for layer in layers),
+        approvals=ApprovalSettings(**approvals),
     )
     if policy.session_ttl_seconds > policy.session_max_ttl_seconds:
         # Blame whichever of the two was set last; within one file, ttl_seconds.

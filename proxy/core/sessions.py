@@ -23,6 +23,9 @@ from proxy.state.base import Store
 Mode = Literal["read-only", "read-write"]
 MODES: tuple[Mode, ...] = ("read-only", "read-write")
 TOKEN_PREFIX = "wkt_"
+SESSION_INDEX = "wicket:index:sessions"
+SESSION_INDEX_LIMIT = 500
+"""Sessions are listed for operators from a bounded index of the most recently created ones."""
 
 
 class SessionIntegrityError(Exception):
@@ -160,6 +163,7 @@ class SessionManager:
         )
         key = self._session_key(session.session_id)
         await self._store.put(key, self._signer.encode(key, session.public()), ttl=ttl_seconds)
+        await self._store.index_add(SESSION_INDEX, session.session_id, now, SESSION_INDEX_LIMIT)
         return session
 
     async def issue_token(self, session: Session) -> str:
@@ -179,6 +183,45 @@ class SessionManager:
         if session.session_id != session_id:
             raise SessionIntegrityError(f"record {key!r} names another session")
         return None if session.expired(self._clock()) else session
+
+    async def recent(self, limit: int = SESSION_INDEX_LIMIT) -> list[Session]:
+        """Live sessions, newest first, from the bounded index (expired and unverifiable ones left out)."""
+        ids = await self._store.index_members(SESSION_INDEX, limit)
+        raws = await self._store.get_many([self._session_key(s) for s in ids])
+        now = self._clock()
+        out: list[Session] = []
+        for session_id, raw in zip(ids, raws, strict=True):
+            if raw is None:
+                continue
+            try:
+                record = self._signer.decode(self._session_key(session_id), raw)
+                session = Session(**{**record, "scope": tuple(record["scope"])})
+            except (SessionIntegrityError, KeyError, TypeError):
+                continue
+            if session.session_id == session_id and not session.expired(now):
+                out.append(session)
+        return out
+
+    async def inspect(self, session_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """The stored record and whether its HMAC verifies, for accountability; (None, False) if absent.
+
+        Unlike ``get`` a tampered record is returned (marked invalid) instead of raising, so an
+        operator can see what was changed.
+        """
+        key = self._session_key(session_id)
+        raw = await self._store.get(key)
+        if raw is None:
+            return None, False
+        try:
+            record = self._signer.decode(key, raw)
+        except SessionIntegrityError:
+            try:
+                envelope = json.loads(raw)
+                shown = envelope.get("r") if isinstance(envelope, dict) else None
+            except ValueError:
+                shown = None
+            return (shown if isinstance(shown, dict) else {}), False
+        return record, record.get("session_id") == session_id
 
     async def by_token(self, token: str) -> Session | None:
         """The token's session. A token is bound to one session for life, so once its index

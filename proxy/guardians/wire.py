@@ -232,6 +232,7 @@ _ACTION_FIELDS: Final = (
     "annotations",
     "is_tool_call",
     "fixed_effect",
+    "intent",
 )
 _SESSION_FIELDS: Final = (
     "session_id",
@@ -265,7 +266,7 @@ _ACTIVITY_FIELDS: Final = (
     "history",
 )
 _FINDING_FIELDS: Final = ("detector", "effect", "message")
-_CONTEXT_FIELDS: Final = ("activity", "findings", "violations")
+_CONTEXT_FIELDS: Final = ("activity", "findings", "violations", "elevated")
 _REVIEW_FIELDS: Final = ("version", "action", "session", "effect", "prior", "context")
 
 
@@ -285,6 +286,7 @@ def encode_action(action: Action) -> dict[str, Any]:
         "annotations": None if action.annotations is None else dict(action.annotations),
         "is_tool_call": action.is_tool_call,
         "fixed_effect": _label(action.fixed_effect),
+        "intent": action.intent,
     }
 
 
@@ -303,6 +305,7 @@ def decode_action(data: Any, where: str = "action") -> Action:
         annotations=o.json_object("annotations", optional=True),
         is_tool_call=o.flag("is_tool_call"),
         fixed_effect=o.opt_choice("fixed_effect", _EFFECTS),
+        intent=o.opt_text("intent", MAX_TEXT),
     )
 
 
@@ -380,6 +383,7 @@ def encode_context(context: ReviewContext) -> dict[str, Any]:
             {"detector": f.detector, "effect": f.effect.label, "message": f.message} for f in context.findings
         ],
         "violations": list(context.violations),
+        "elevated": sorted(context.elevated),
     }
 
 
@@ -404,7 +408,7 @@ def decode_context(data: Any, where: str = "context") -> ReviewContext:
     for i, item in enumerate(o.items("findings")):
         f = _Object(item, f"{o.path('findings')}[{i}]", _FINDING_FIELDS)
         findings.append(Finding(f.text("detector"), f.choice("effect", _EFFECTS), f.text("message", MAX_TEXT)))
-    return ReviewContext(activity, tuple(findings), o.strings("violations", MAX_TEXT))
+    return ReviewContext(activity, tuple(findings), o.strings("violations", MAX_TEXT), frozenset(o.strings("elevated")))
 
 
 def encode_review(

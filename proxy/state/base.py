@@ -6,7 +6,7 @@ networked backend (Redis) be swapped without the checker or sessions noticing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from proxy.core.action import Activity
@@ -48,6 +48,25 @@ class Store(Protocol):
 
     async def subscribe_revocations(self, callback: Callable[[str, str], None]) -> None:
         """Call ``callback(kind, ident)`` for each revocation announced from now on, until closed."""
+
+    async def compare_and_set(self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None) -> bool:
+        """Atomically store ``value`` if ``key`` holds exactly ``expected`` (``None``: if it is absent).
+
+        True if written. Of several replicas racing to change one record, exactly one wins
+        (an approval decided twice at once, a shared elevation updated concurrently).
+        """
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        """``get`` for several keys at once, in order (operator listings, never the hot path)."""
+
+    async def index_add(self, index: str, member: str, score: float, limit: int) -> None:
+        """Put ``member`` in the bounded index ``index`` at ``score``; only the ``limit`` highest stay."""
+
+    async def index_members(self, index: str, limit: int) -> list[str]:
+        """Up to ``limit`` members of ``index``, highest score (newest) first."""
+
+    async def activity_counts(self, session_ids: Sequence[str]) -> list[tuple[int, int, int]]:
+        """(calls, denials, writes) of each session as ``note_call`` counted them; counts nothing itself."""
 
     async def ping(self) -> None:
         """Raise StoreUnavailable when the store cannot serve requests (for /readyz)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.core.action import Activity
@@ -31,6 +31,7 @@ class MemoryStore:
         self._revoked: set[tuple[str, str]] = set()
         self._limits: dict[tuple[str, str], deque[float]] = {}
         self._revocation_listeners: list[Callable[[str, str], None]] = []
+        self._indexes: dict[str, dict[str, float]] = {}
 
     async def get(self, key: str) -> bytes | None:
         item = self._data.get(key)
@@ -112,6 +113,33 @@ class MemoryStore:
     async def subscribe_revocations(self, callback: Callable[[str, str], None]) -> None:
         self._revocation_listeners.append(callback)
 
+    async def compare_and_set(self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None) -> bool:
+        # No await between the read and the write: atomic within this event loop.
+        if await self.get(key) != expected:
+            return False
+        await self.put(key, value, ttl)
+        return True
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        return [await self.get(key) for key in keys]
+
+    async def index_add(self, index: str, member: str, score: float, limit: int) -> None:
+        entries = self._indexes.setdefault(index, {})
+        entries[member] = score
+        while len(entries) > max(limit, 0):
+            del entries[min(entries, key=entries.__getitem__)]
+
+    async def index_members(self, index: str, limit: int) -> list[str]:
+        entries = self._indexes.get(index, {})
+        return sorted(entries, key=entries.__getitem__, reverse=True)[: max(limit, 0)]
+
+    async def activity_counts(self, session_ids: Sequence[str]) -> list[tuple[int, int, int]]:
+        out: list[tuple[int, int, int]] = []
+        for session_id in session_ids:
+            state = self._activity.get(session_id)
+            out.append((0, 0, 0) if state is None else (state.calls, state.denials, state.writes))
+        return out
+
     async def ping(self) -> None:
         return None
 
@@ -119,6 +147,7 @@ class MemoryStore:
         self._data.clear()
         self._activity.clear()
         self._limits.clear()
+        self._indexes.clear()
 
     def _sweep(self) -> None:
         now = time.monotonic()

@@ -25,7 +25,7 @@ import hashlib
 import logging
 import math
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -145,6 +145,33 @@ return 1
 """
 
 
+COMPARE_AND_SET = """
+local current = redis.call('GET', KEYS[1])
+if ARGV[1] == '1' then
+  if current then
+    return 0
+  end
+elseif current ~= ARGV[2] then
+  return 0
+end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[3])
+end
+return 1
+"""
+"""KEYS[1] holds exactly ARGV[2] (or is absent when ARGV[1] is '1')? Then set it to ARGV[3] with a TTL of
+ARGV[4] ms (0: none) and return 1; else change nothing and return 0. One script, so one winner."""
+
+INDEX_ADD = """
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -tonumber(ARGV[3]) - 1)
+return 1
+"""
+"""Add member ARGV[2] at score ARGV[1] to the sorted set KEYS[1], keeping only the ARGV[3] highest."""
+
+
 class _Cluster(RedisCluster):
     """RedisCluster that, like the standalone client here, never re-sends a command after a timeout."""
 
@@ -189,6 +216,8 @@ class RedisStore:
         self._note_call = self._client.register_script(NOTE_CALL)
         self._note_verdict = self._client.register_script(NOTE_VERDICT)
         self._take = self._client.register_script(TAKE)
+        self._compare_and_set = self._client.register_script(COMPARE_AND_SET)
+        self._index_add = self._client.register_script(INDEX_ADD)
         self._revocations_key = f"{prefix}:revocations"  # a set of "kind\0id", and the channel announcing them
         self._revocation_listeners: list[Callable[[str, str], None]] = []
         self._listener: asyncio.Task[None] | None = None
@@ -254,6 +283,31 @@ class RedisStore:
     async def delete(self, key: str) -> None:
         await self._run(lambda: self._client.delete(key))
 
+    async def compare_and_set(self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None) -> bool:
+        ttl_ms = 0 if ttl is None else max(1, math.ceil(ttl * 1000))
+        args = ("1" if expected is None else "0", expected or b"", value, ttl_ms)
+        written = await self._run(lambda: self._compare_and_set(keys=[key], args=args))
+        return bool(written)
+
+    async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
+        if not keys:
+            return []
+        client = self._client
+        if isinstance(client, RedisCluster):
+            values: list[bytes | None] = await self._run(lambda: client.mget_nonatomic(list(keys)))
+        else:
+            values = await self._run(lambda: client.mget(list(keys)))
+        return list(values)
+
+    async def index_add(self, index: str, member: str, score: float, limit: int) -> None:
+        await self._run(lambda: self._index_add(keys=[index], args=(repr(score), member, max(limit, 1))))
+
+    async def index_members(self, index: str, limit: int) -> list[str]:
+        if limit < 1:
+            return []
+        members = await self._run(lambda: self._client.zrevrange(index, 0, limit - 1))
+        return [_text(m) for m in members]
+
     # -- activity -------------------------------------------------------------------------
 
     async def note_call(self, session_id: str, action_key: str, effect: int, now: float, window: float) -> Activity:
@@ -297,6 +351,19 @@ class RedisStore:
         args = (repr(now - window), repr(now), limit, ttl)
         allowed = await self._run(lambda: self._take(keys=[base, f"{base}:seq"], args=args))
         return bool(allowed)
+
+    async def activity_counts(self, session_ids: Sequence[str]) -> list[tuple[int, int, int]]:
+        if not session_ids:
+            return []
+
+        async def counts() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for session_id in session_ids:
+                pipe.hmget(self._activity_keys(session_id)[0], "calls", "denials", "writes")
+            return list(await pipe.execute())
+
+        replies = await self._run(counts)
+        return [(int(c or 0), int(d or 0), int(w or 0)) for c, d, w in replies]
 
     def _activity_keys(self, session_id: str) -> list[str]:
         """act, denied, hist and the four per-effect windows, all on the session's Cluster slot."""
