@@ -118,6 +118,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.server_requests = Counter(
+            "wicket_server_requests_total",
+            "Sampling and elicitation requests from upstream servers, by method, decision and what decided it "
+            "(policy, rate_limit, prompt_scan, store, guardian).",
+            ["method", "decision", "reason"],
+            registry=r,
+        )
+        self.tools_hidden = Counter(
+            "wicket_tools_hidden_total",
+            "Tools removed from tools/list results because the session may never call them.",
+            registry=r,
+        )
         self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
         self.audit_healthy.set(1)
         info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)

@@ -10,14 +10,17 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from mcp.shared.exceptions import MCPError
+from mcp.types import CreateMessageResult, TextContent
 
 from proxy.demo.server import DemoUpstream, free_port
-from tests.conftest import ADMIN_TOKEN, ROOT, RunningWicket, WicketFactory
+from tests.conftest import ADMIN_TOKEN, ROOT, RunningWicket, WicketFactory, mcp_client
 from tests.redis_support import RedisServer
 
 ADMIN = "replica-operator-token-0123456789"
@@ -158,6 +161,31 @@ async def test_a_session_made_on_one_replica_works_on_the_other_and_revocation_s
     assert await call(b, grant["token"]) == 401
     assert await call(a, grant["token"]) == 401
     assert len(upstream.ledger.calls) == ran, "refused calls never reach the upstream"
+
+
+async def test_the_sampling_rate_limit_holds_across_both_replicas(
+    replicas: tuple[Replica, Replica], upstream: DemoUpstream
+) -> None:
+    """One session's sampling budget (10 per 5 minutes) is counted in Redis, not per replica."""
+    a, b = replicas
+    grant = await create_session(a, f"agent-{uuid.uuid4().hex[:8]}")
+    prompts: list[str] = []
+
+    async def llm(context: Any, params: Any) -> CreateMessageResult:
+        prompts.append(params.messages[0].content.text)
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="ok"), model="stub")
+
+    for replica, calls in ((a, 6), (b, 4)):
+        async with mcp_client(replica.url, token=grant["token"], mode="2026-07-28", sampling_callback=llm) as client:
+            for _ in range(calls):
+                assert not (await client.call_tool("get_summary", {})).is_error
+    async with mcp_client(a.url, token=grant["token"], mode="2026-07-28", sampling_callback=llm) as client:
+        with pytest.raises(MCPError) as refused:
+            await client.call_tool("get_summary", {})
+    assert refused.value.error.code == -32050
+    assert "rate limit" in refused.value.error.message
+    assert len(prompts) == 10
+    assert upstream.ledger.names().count("get_summary") == 10
 
 
 async def test_shared_store_without_keys_refuses_to_start(redis_url: str, tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ from jsonrpcserver.sentinels import NODATA
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
 SESSION_NOT_FOUND = -32001
 HEADER_MISMATCH = -32020
 DENIED = -32050  # SPEC §4: Wicket refused the action

@@ -20,10 +20,11 @@ from aiohttp import web
 
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
-from proxy.adapters.sse import SseScanner
+from proxy.adapters.sse import SseScanner, event_bytes
 from proxy.audit.sink import AuditUnavailable
 from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
+from proxy.core.guardian import tool_refusal
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
@@ -60,6 +61,13 @@ METHOD_EFFECTS: dict[str, Effect] = {
     )
 }
 STREAM_METHODS = frozenset({"subscriptions/listen"})
+# Every client-to-server request method of both generations; anything else gets -32601 from Wicket.
+KNOWN_METHODS = frozenset({*METHOD_EFFECTS, "tools/call", "tasks/get", "tasks/result", "tasks/list", "tasks/cancel"})
+# Requests an upstream sends to the agent's client (legacy: on an SSE stream; 2026-07-28: as
+# ``inputRequests`` of an ``input_required`` result), with the protocol they are audited under.
+# Sampling spends the agent's model on the server's prompt, so it is checked like a write.
+SERVER_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": PROTOCOL}
+SERVER_REQUEST_EFFECTS = {"sampling/createMessage": Effect.MUTATING, "elicitation/create": Effect.READ}
 # Methods whose target travels in ``Mcp-Name`` (2026-07-28) and in this body parameter.
 NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 # Never forwarded: the agent's credential (MCP forbids token passthrough), the browser's
@@ -80,6 +88,7 @@ class Refusal(Exception):
         data: Any = None,
         reason: str = "refused",
         challenge: str | None = None,
+        request_id: Any = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -88,6 +97,7 @@ class Refusal(Exception):
         self.data = data
         self.reason = reason
         self.challenge = challenge  # the WWW-Authenticate value of a 401
+        self.request_id = request_id  # the client's id, once the envelope was valid enough to have one
 
 
 class McpProxy:
@@ -163,8 +173,24 @@ class McpProxy:
                 reason="batch",
             )
         method, request_id, params = _shape(message)
-        _check_headers(request, method, params)
+        try:
+            return await self._post_message(request, body, message, method, request_id, params)
+        except Refusal as refusal:
+            # Once the envelope is known to be valid, Wicket's own error answers the client's id.
+            if refusal.request_id is None and _is_id(request_id):
+                refusal.request_id = request_id
+            raise
 
+    async def _post_message(
+        self,
+        request: web.Request,
+        body: bytes,
+        message: dict[str, Any],
+        method: str | None,
+        request_id: Any,
+        params: dict[str, Any],
+    ) -> web.StreamResponse:
+        _check_headers(request, method, params)
         caller = await self._caller(request)
         mcp_session_id = request.headers.get("Mcp-Session-Id")
         is_request = method is not None and "id" in message
@@ -195,6 +221,13 @@ class McpProxy:
         )
         session = await self._session(caller, mcp_session_id, method, draft)
         action = _with_session(draft, session.session_id)
+        if method not in KNOWN_METHODS:
+            # Never forward what Wicket cannot classify as protocol: answer as a server would.
+            reason = f"Method not found: '{method}' is not an MCP request method; Wicket did not forward it."
+            decision = await self._checker.refuse(action, session.session_id, reason)
+            modern = _is_modern(request, params)
+            body = jsonrpc.error_body(jsonrpc.METHOD_NOT_FOUND, reason, decision.record(), request_id)
+            return web.Response(status=404 if modern else 200, body=body, content_type="application/json")
         decision = await self._checker.check(action, session)
         if not decision.allowed:
             return _denial(action, decision, request_id, modern=_is_modern(request, params))
@@ -323,6 +356,9 @@ class McpProxy:
         timeout = self._stream_timeout if streaming else self._post_timeout
         started = time.perf_counter()
         watcher = _ResponseWatcher(decided[2] if decided else None, decided[0].method if decided else None)
+        exchange = _Exchange(
+            request, session, caller, watcher, decided[2] if decided else None, decided[0].method if decided else None
+        )
         # A pooled connection the upstream closed while idle fails before any byte of the
         # request is processed; resending is safe only for what cannot change state.
         attempts = 2 if decided is None or decided[1].effect is Effect.READ else 1
@@ -340,7 +376,7 @@ class McpProxy:
                         sid = upstream.headers.get("Mcp-Session-Id")
                         if bind_to is not None and upstream.status == 200 and sid:
                             await self._sessions.bind_mcp(sid, bind_to)
-                        response = await self._relay(request, upstream, watcher)
+                        response = await self._relay(request, upstream, exchange)
                     break
                 except aiohttp.ServerDisconnectedError:
                     if attempt + 1 >= attempts:
@@ -400,8 +436,10 @@ class McpProxy:
             ) from None
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, watcher: _ResponseWatcher
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
     ) -> web.StreamResponse:
+        """Copy the upstream's answer to the client, screening every JSON-RPC message in it first."""
+        watcher = exchange.watcher
         headers = forward_headers(upstream.headers, _DROP_DOWNSTREAM)
         if upstream.content_type == "text/event-stream":
             response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -409,10 +447,17 @@ class McpProxy:
             scanner = SseScanner()
             try:
                 async for chunk in upstream.content.iter_any():
-                    for data in scanner.feed(chunk):
-                        watcher.observe_text(data)
+                    out: list[bytes] = []
+                    for raw, data in scanner.feed(chunk):
+                        replacement = None if data is None else await self._screen_text(data, exchange)
+                        if replacement is None:
+                            out.append(raw)
+                        elif replacement:
+                            out.append(event_bytes(replacement))
+                    if not out:
+                        continue
                     try:
-                        await response.write(chunk)
+                        await response.write(out[0] if len(out) == 1 else b"".join(out))
                     except ConnectionError:
                         watcher.failed("client disconnected before the response ended")
                         return response  # leaving the context closes the upstream stream (cancels the call)
@@ -421,6 +466,9 @@ class McpProxy:
                 watcher.failed(f"upstream stream ended abnormally ({exc.__class__.__name__})")
                 self._metrics.upstream_errors.labels(PROTOCOL, "stream").inc()
                 return response
+            rest = scanner.rest()
+            if rest:
+                await response.write(rest)
             await response.write_eof()
             return response
         limit = self._settings.max_response_bytes
@@ -429,10 +477,125 @@ class McpProxy:
             self._metrics.upstream_errors.labels(PROTOCOL, "oversized").inc()
             raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Upstream response exceeds {limit} bytes.")
         if payload and upstream.content_type == "application/json":
-            watcher.observe_text(payload)
+            replacement = await self._screen_text(payload, exchange)
+            if replacement:
+                payload = replacement
+                headers.popall("Content-Length", None)
         elif upstream.status >= 400:
             watcher.failed(f"upstream HTTP {upstream.status}")
         return web.Response(status=upstream.status, body=payload, headers=headers)
+
+    # -- screening what the upstream sends back ------------------------------------------
+
+    async def _screen_text(self, text: str | bytes, exchange: _Exchange) -> bytes | None:
+        """Observe one message from the upstream; return what the client gets instead of it
+        (``b""``: nothing at all) or None to pass it on unchanged."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        exchange.watcher.observe(message)
+        method = message.get("method")
+        if method is not None:
+            if method in SERVER_REQUESTS and "id" in message:
+                return await self._screen_server_request(message, exchange)
+            return None
+        if message.get("id") != exchange.request_id or exchange.request_id is None:
+            return None
+        result = message.get("result")
+        if not isinstance(result, dict):
+            return None
+        if result.get("resultType") == "input_required":
+            return await self._screen_input_required(result, exchange)
+        if exchange.method == "tools/list" and isinstance(result.get("tools"), list):
+            return await self._screen_tools_list(message, result["tools"], exchange)
+        return None
+
+    async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
+        """Hide the tools this session may never call; re-serialise only when one is hidden."""
+        policy, session = self._checker.policy, exchange.session
+        kept = [
+            tool
+            for tool in tools
+            if not isinstance(tool, dict)
+            or not isinstance(tool.get("name"), str)
+            or tool_refusal(policy, session.agent_id, session, tool["name"]) is None
+        ]
+        if len(kept) == len(tools):
+            return None
+        self._metrics.tools_hidden.inc(len(tools) - len(kept))
+        return jsonrpc.dumps({**message, "result": {**message["result"], "tools": kept}})
+
+    async def _screen_server_request(self, message: dict[str, Any], exchange: _Exchange) -> bytes | None:
+        """Legacy generation: a server-to-client request on the stream (SPEC §8 sampling guard).
+
+        Refused: the client never sees it, and Wicket answers the upstream itself with -32050
+        under the *server's* id, on the same MCP session.
+        """
+        method = message["method"]
+        decision = await self._check_server_request(method, message.get("params"), exchange)
+        if decision.allowed:
+            return None
+        error = jsonrpc.error_body(
+            jsonrpc.DENIED, f"Wicket refused {method}: {decision.reason}", decision.record(), message["id"]
+        )
+        await self._answer_upstream(error, exchange)
+        return b""
+
+    async def _screen_input_required(self, result: dict[str, Any], exchange: _Exchange) -> bytes | None:
+        """2026-07-28: a result asking the client for input. Every sampling or elicitation
+        request in it is checked; if any is refused, the client gets a -32050 error for its
+        own request instead of the result, so it never runs the refused request."""
+        requests = result.get("inputRequests")
+        if not isinstance(requests, dict):
+            return None
+        for key, entry in requests.items():
+            method = entry.get("method") if isinstance(entry, dict) else None
+            if method not in SERVER_REQUESTS:
+                continue
+            decision = await self._check_server_request(method, entry.get("params"), exchange)
+            if not decision.allowed:
+                exchange.watcher.failed(f"{method} input request refused by Wicket")
+                message = f"Wicket refused the server's {method} input request '{key}': {decision.reason}"
+                return jsonrpc.error_body(jsonrpc.DENIED, message, decision.record(), exchange.request_id)
+        return None
+
+    async def _check_server_request(self, method: str, params: Any, exchange: _Exchange) -> Decision:
+        session = exchange.session
+        action = Action(
+            protocol=SERVER_REQUESTS[method],
+            method=method,
+            name=method,
+            arguments=params if isinstance(params, dict) else {},
+            agent_id=session.agent_id,
+            session_id=session.session_id,
+            upstream=self._upstream,
+            fixed_effect=SERVER_REQUEST_EFFECTS[method],
+            server_initiated=True,
+        )
+        return await self._checker.check_server_request(action, session)
+
+    async def _answer_upstream(self, body: bytes, exchange: _Exchange) -> None:
+        """POST Wicket's own reply to a server-to-client request, as the client would have."""
+        headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+        for name in ("Mcp-Session-Id", "MCP-Protocol-Version"):
+            value = exchange.request.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        try:
+            credential = await self._credential(None, exchange.session, "reply", exchange.caller)
+            headers.update(credential.headers)
+            async with self._client.post(
+                self._upstream, data=body, headers=headers, timeout=self._post_timeout
+            ) as reply:
+                await reply.read()
+                if reply.status >= 400:
+                    log.warning("the upstream answered Wicket's refusal of its request with HTTP %s", reply.status)
+        except (Refusal, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            # The request stays unanswered upstream (it times out there); the client still never saw it.
+            log.warning("could not deliver a refusal to the upstream: %s", exc.__class__.__name__)
 
     def _upstream_failure(
         self, request: web.Request, kind: str, decided: tuple[Action, Decision, Any] | None
@@ -466,10 +629,22 @@ class McpProxy:
         data = refusal.data if refusal.data is not None else jsonrpc.NODATA
         return web.Response(
             status=refusal.status,
-            body=jsonrpc.error_body(refusal.code, refusal.message, data),
+            body=jsonrpc.error_body(refusal.code, refusal.message, data, refusal.request_id),
             content_type="application/json",
             headers=headers,
         )
+
+
+@dataclasses.dataclass(slots=True)
+class _Exchange:
+    """One forward in flight: what screening the upstream's answer needs to know."""
+
+    request: web.Request
+    session: Session
+    caller: Caller
+    watcher: _ResponseWatcher
+    request_id: Any  # the client's JSON-RPC id (None for GET streams and notifications)
+    method: str | None  # the client's JSON-RPC method, likewise
 
 
 class _ResponseWatcher:
@@ -489,13 +664,7 @@ class _ResponseWatcher:
         self.status = "error"
         self.detail = detail
 
-    def observe_text(self, text: str | bytes) -> None:
-        try:
-            message = json.loads(text)
-        except ValueError:
-            return
-        if not isinstance(message, dict):
-            return
+    def observe(self, message: dict[str, Any]) -> None:
         if message.get("method") == "notifications/tools/list_changed":
             self.tools_changed = True
             return
@@ -526,8 +695,20 @@ def _shape(message: Any) -> tuple[Any, Any, dict[str, Any]]:
     if params is None:
         params = {}
     elif not isinstance(params, dict):
-        raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: params must be an object.", reason="invalid")
+        request_id = message.get("id")
+        raise Refusal(
+            400,
+            jsonrpc.INVALID_REQUEST,
+            "Invalid Request: params must be an object.",
+            reason="invalid",
+            request_id=request_id if _is_id(request_id) else None,
+        )
     return method, message.get("id"), params
+
+
+def _is_id(value: Any) -> bool:
+    """A JSON-RPC id Wicket may echo: a string or a number (never an object, a bool or null)."""
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
 def _is_modern(request: web.Request, params: dict[str, Any]) -> bool:

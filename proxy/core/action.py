@@ -75,6 +75,9 @@ class Action:
     intent: str | None = None
     """Why the agent says it wants this (MCP ``params._meta``, the check API's ``input_summary``).
     Untrusted text: shown to the approver of an elevation request, never used to decide."""
+    server_initiated: bool = False
+    """A request the upstream sends to the agent's client (sampling, elicitation): the agent is
+    not writing anything, so a read-only session does not stop it; its own limits do."""
 
     @property
     def label(self) -> str:

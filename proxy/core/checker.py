@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy.audit.sink import AuditSink, AuditUnavailable
+from proxy.core import injection
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, arguments_sha256
 from proxy.core.anomaly import raise_effect
 from proxy.core.approval_store import Approvals
@@ -22,10 +23,12 @@ from proxy.core.effects import EffectClassifier
 from proxy.core.guardian import GuardianRouter
 from proxy.core.policy import Policy
 from proxy.core.sessions import Session
-from proxy.state.base import Store
+from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
+
+ELICITATION = "elicitation/create"
 
 
 class Checker:
@@ -51,6 +54,10 @@ class Checker:
         self._audit = audit
         self._metrics = metrics
         self._clock = clock
+
+    @property
+    def policy(self) -> Policy:
+        return self._policy
 
     async def check(self, action: Action, session: Session) -> Decision:
         """Decide ``action`` in ``session``; the returned Decision is already audited."""
@@ -114,6 +121,53 @@ class Checker:
             # Names a pending request the agent can hand to a human (or refuses: admin, anonymous).
             decision = await self.approvals.request(action, session, decision)
         return decision
+
+    async def check_server_request(self, action: Action, session: Session) -> Decision:
+        """Decide a request the upstream sends to the agent's client (SPEC §8 sampling guard).
+
+        Sampling: policy, the per-session rate limit, the prompt scan, then the guardian tiers.
+        Elicitation: audited, and refused only when policy disables it. Already audited.
+        """
+        started = time.perf_counter()
+        effect = self.classifier.classify(action)
+        kind, refusal = await self._server_request_rule(action, session)
+        if refusal is not None:
+            decision = Decision(Verdict.DENY, effect, Tier.FAST, refusal)
+        else:
+            decision = await self._router.decide(action, session, effect)
+        decision = await self._record(action, session.session_id, decision)
+        self._metrics.server_requests.labels(action.method, decision.verdict.value, kind).inc()
+        self._metrics.check_seconds.labels(action.protocol).observe(time.perf_counter() - started)
+        return decision
+
+    async def _server_request_rule(self, action: Action, session: Session) -> tuple[str, str | None]:
+        """(what decides, the refusal reason or None) before the guardian tiers run."""
+        policy = self._policy
+        if action.method == ELICITATION:
+            if policy.elicitation_enabled:
+                return "guardian", None
+            return "policy", "Policy blocks elicitation requests from MCP servers (elicitation.enabled: false)."
+        if not policy.sampling_enabled:
+            return "policy", "Policy blocks sampling requests from MCP servers (sampling.enabled: false)."
+        limit, window = policy.sampling_max_requests, policy.sampling_window_seconds
+        try:
+            within = await self._activity.take(session.session_id, "sampling", limit, window, self._clock())
+        except StoreUnavailable as exc:
+            return "store", f"The state store is unavailable ({exc}), so the sampling rate limit cannot be enforced."
+        if not within:
+            return (
+                "rate_limit",
+                f"Sampling rate limit reached: at most {limit} requests per session per {window} s "
+                "(policy sampling.max_requests / window_seconds).",
+            )
+        if policy.sampling_scan_prompts:
+            findings = injection.scan(injection.sampling_texts(dict(action.arguments)))
+            if findings:
+                return "prompt_scan", (
+                    f"The sampling prompt looks like prompt injection ({injection.describe(findings)}); "
+                    "it was not shown to the agent's model."
+                )
+        return "guardian", None
 
     async def refuse(self, action: Action, session_id: str, reason: str, effect: Effect | None = None) -> Decision:
         """Audit and count a denial reached before the guardian ran (hijack, tampered session)."""

@@ -35,21 +35,29 @@ class FastGuard:
     def review(self, action: Action, session: Session, effect: Effect, context: ReviewContext) -> Decision:
         name = action.name
         if action.is_tool_call:
-            if self._policy.blocklist_for(action.agent_id).matches(name):
-                return _deny(effect, f"Tool '{name}' is blocklisted by policy; no session may call it.")
-            if not self._policy.capabilities_for(action.agent_id).matches(name):
-                return _deny(effect, f"Agent '{action.agent_id}' is not granted the tool '{name}' by policy.")
-            if not session.scope_globs.matches(name):
-                return _deny(
-                    effect,
-                    f"Tool '{name}' is outside this session's scope ceiling ({', '.join(session.scope) or 'empty'}).",
-                )
+            refusal = tool_refusal(self._policy, action.agent_id, session, name)
+            if refusal is not None:
+                return _deny(effect, refusal)
             if context.violations:
                 return _deny(effect, "The arguments break policy: " + "; ".join(context.violations) + ".")
-        if effect is not Effect.READ and session.read_only:
+        if effect is not Effect.READ and session.read_only and not action.server_initiated:
             return _read_only(action, effect, context)
         reason = f"Allowed by Fast Guard: '{name}' is a {effect.label} action."
         return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
+
+
+def tool_refusal(policy: Policy, agent_id: str, session: Session, name: str) -> str | None:
+    """Why no call to tool ``name`` can ever pass in this session, whatever its arguments, or None.
+
+    The same rule hides such tools from the session's ``tools/list``.
+    """
+    if policy.blocklist_for(agent_id).matches(name):
+        return f"Tool '{name}' is blocklisted by policy; no session may call it."
+    if not policy.capabilities_for(agent_id).matches(name):
+        return f"Agent '{agent_id}' is not granted the tool '{name}' by policy."
+    if not session.scope_globs.matches(name):
+        return f"Tool '{name}' is outside this session's scope ceiling ({', '.join(session.scope) or 'empty'})."
+    return None
 
 
 def _read_only(action: Action, effect: Effect, context: ReviewContext) -> Decision:

@@ -129,10 +129,18 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class DemoUpstream:
-    """The demo server on a real TCP port (uvicorn), started and stopped inside an event loop."""
+    """The demo server (or another MCPServer with its ledger) on a real TCP port (uvicorn),
+    started and stopped inside an event loop."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, json_response: bool = False) -> None:
-        self.server, self.ledger = build_demo_server()
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        json_response: bool = False,
+        server: tuple[MCPServer, Ledger] | None = None,
+    ) -> None:
+        self.server, self.ledger = server if server is not None else build_demo_server()
         self.host = host
         self.port = port or free_port(host)
         app = self.server.streamable_http_app(json_response=json_response)
