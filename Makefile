@@ -13,6 +13,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# The npm packages the conformance tests run (tests/conformance/package-lock.json).
+NODE_DIR   := tests/conformance
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	@command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || \
+		{ echo "make test needs Node.js 20+ and npm (the MCP conformance tests run npm packages); install them first, e.g. apt-get install nodejs npm" >&2; exit 1; }
+	@node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 20 ? 1 : 0)' || \
+		{ echo "make test needs Node.js 20+, found $$(node --version)" >&2; exit 1; }
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
 install: $(STAMP)
 
 ## Start the bundled demo MCP server with Wicket in front of it (embedded defaults).
@@ -20,7 +32,7 @@ run: $(STAMP)
 	$(BIN)/wicket demo
 
 ## Lint, then run the whole test suite.
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(BIN)/ruff check proxy tests bench
 	$(BIN)/ruff format --check proxy tests bench
 	$(BIN)/python -m pytest
@@ -37,4 +49,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(NODE_DIR)/node_modules
