@@ -233,6 +233,7 @@ _ACTION_FIELDS: Final = (
     "is_tool_call",
     "fixed_effect",
     "intent",
+    "server_initiated",
 )
 _SESSION_FIELDS: Final = (
     "session_id",
@@ -287,6 +288,7 @@ def encode_action(action: Action) -> dict[str, Any]:
         "is_tool_call": action.is_tool_call,
         "fixed_effect": _label(action.fixed_effect),
         "intent": action.intent,
+        "server_initiated": action.server_initiated,
     }
 
 
@@ -306,6 +308,7 @@ def decode_action(data: Any, where: str = "action") -> Action:
         is_tool_call=o.flag("is_tool_call"),
         fixed_effect=o.opt_choice("fixed_effect", _EFFECTS),
         intent=o.opt_text("intent", MAX_TEXT),
+        server_initiated=o.flag("server_initiated"),
     )
 
 
