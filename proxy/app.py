@@ -14,6 +14,7 @@ from proxy.adapters.mcp import McpProxy
 from proxy.admin.api import AdminApi, store_faults
 from proxy.admin.check import CheckApi
 from proxy.admin.control import ControlApi
+from proxy.admin.tools import ToolsApi
 from proxy.audit.feed import EventFeed, PublishingSink
 from proxy.audit.sink import open_sink
 from proxy.core.approval_store import Approvals
@@ -26,6 +27,7 @@ from proxy.core.policy import Policy
 from proxy.core.revocations import RevocationList
 from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
+from proxy.core.toolpins import ToolPins
 from proxy.credentials import (
     JWKS_PATH,
     CredentialBroker,
@@ -146,6 +148,7 @@ class Wicket:
             metrics=self.metrics,
             approvals=self.approvals,
         )
+        self.toolpins = ToolPins(self.store, self.policy, audit=self.checker.audit_event, metrics=self.metrics)
         try:
             self.keys = KeyRing.from_env(self.settings.environ)
             needs_exchange = any(s.mode == "exchange" for _, _, s in self.policy.credential_variants())
@@ -223,6 +226,7 @@ class Wicket:
             metrics=self.metrics,
             client=self._client,
             credentials=self.credentials,
+            toolpins=self.toolpins,
         )
         # The body limit is enforced by the adapter (413 with a JSON-RPC error); aiohttp's
         # own limit is kept just above it as a backstop.
@@ -261,6 +265,8 @@ class Wicket:
         app = web.Application(client_max_size=64 * 1024, middlewares=[store_faults])
         app.add_routes(api.routes())
         app.add_routes(control.routes())
+        tools = ToolsApi(admin_token=self.settings.admin_token, toolpins=self.toolpins, upstream=self.settings.upstream)
+        app.add_routes(tools.routes())
         app.add_routes(check.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         return app

@@ -166,6 +166,24 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (listing, approve, deny):
         command.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
 
+    tools = sub.add_parser("tools", help="pinned MCP tool definitions (rug-pull and tool-poisoning defence)")
+    tools_sub = tools.add_subparsers(dest="tools_command", required=True)
+    tools_list = tools_sub.add_parser("list", help="tools whose definition awaits approval (changed or poisoned)")
+    tools_list.add_argument("--all", action="store_true", help="every pinned tool, approved or not")
+    tools_list.add_argument("--upstream", metavar="URL", help="only this upstream's tools")
+    tools_list.add_argument("--json", action="store_true", help="the full records, pending definitions included")
+    tools_approve = tools_sub.add_parser("approve", help="adopt a tool's pending definition as its new pin")
+    tools_approve.add_argument("name", metavar="NAME", help="the tool's name")
+    tools_approve.add_argument("--approver", metavar="NAME", help="your name, recorded with the operator credential")
+    tools_approve.add_argument(
+        "--upstream", metavar="URL", help="the tool's upstream (default: the one the Wicket at --admin-url proxies)"
+    )
+    tools_approve.add_argument(
+        "--sha256", metavar="HASH", help="approve only if the pending definition still has this hash (or prefix)"
+    )
+    for command in (tools_list, tools_approve):
+        command.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
+
     guardian = sub.add_parser("guardian", help="the central guardian service")
     guardian_sub = guardian.add_subparsers(dest="guardian_command", required=True)
     gserve = guardian_sub.add_parser(
@@ -197,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "guardian": cmd_guardian_serve,
         "revoke": cmd_revoke,
         "approvals": cmd_approvals,
+        "tools": cmd_tools,
     }[args.command]
     return handler(args)
 
@@ -490,6 +509,60 @@ def _approvals_table(approvals: list[dict[str, Any]], *, pending_only: bool) -> 
             text = ", ".join(value) if isinstance(value, list) else "" if value is None else str(value)
             row.append(text if len(text) <= 60 else text[:57] + "...")
         rows.append(row)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def cmd_tools(args: argparse.Namespace) -> int:
+    token = _operator_token()
+    if args.tools_command == "list":
+        query = {"status": "all" if args.all else "pending"}
+        if args.upstream:
+            query["upstream"] = args.upstream
+        status, body = _admin_call(args.admin_url, "/v1/tools?" + urllib.parse.urlencode(query), token, None)
+    else:
+        payload = {
+            key: value
+            for key, value in (("approver", args.approver), ("upstream", args.upstream), ("sha256", args.sha256))
+            if value
+        }
+        path = f"/v1/tools/{urllib.parse.quote(args.name, safe='')}/approve"
+        status, body = _admin_call(args.admin_url, path, token, payload)
+    if status >= 300:
+        print(f"wicket: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
+        return 1
+    if args.tools_command == "list":
+        found = body.get("tools", [])
+        print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else _tools_table(found, args.all))
+        return 0
+    tool = body.get("tool", {})
+    print(
+        f"approved {tool.get('name')}: sha256 {str(tool.get('sha256'))[:12]}… is its pin now "
+        f"(upstream {tool.get('upstream')}); agents can list and call it again."
+    )
+    return 0
+
+
+def _tools_table(tools: list[dict[str, Any]], every: bool) -> str:
+    if not tools:
+        return "no pinned tools" if every else "no tools awaiting approval"
+    headers = ("NAME", "STATUS", "BLOCKED", "PINNED", "PENDING", "CHANGED", "UPSTREAM", "FINDINGS")
+    rows = []
+    for tool in tools:
+        findings = "; ".join(f"{f.get('category')}: {f.get('message')}" for f in tool.get("findings") or [])
+        cells = (
+            str(tool.get("name")),
+            str(tool.get("status")),
+            "yes" if tool.get("blocked") else "no",
+            str(tool.get("sha256") or "-")[:12],
+            str(tool.get("pending_sha256") or "-")[:12],
+            str(tool.get("changed_at") or "-"),
+            str(tool.get("upstream")),
+            findings or "-",
+        )
+        rows.append([c if len(c) <= 60 else c[:57] + "..." for c in cells])
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]

@@ -130,6 +130,24 @@ class Metrics:
             "Tools removed from tools/list results because the session may never call them.",
             registry=r,
         )
+        self.tool_definition_changes = Counter(
+            "wicket_tool_definition_changes_total",
+            "New tool definitions that differ from the pinned one, by policy mode (block, warn).",
+            ["mode"],
+            registry=r,
+        )
+        self.tool_poisonings = Counter(
+            "wicket_tool_poisonings_total",
+            "New tool definitions whose descriptions carry hidden instructions, by policy mode (block, warn).",
+            ["mode"],
+            registry=r,
+        )
+        self.tool_calls_blocked = Counter(
+            "wicket_tool_calls_blocked_total",
+            "Tool calls refused because the tool awaits operator approval, by reason (changed, poisoned).",
+            ["reason"],
+            registry=r,
+        )
         self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
         self.audit_healthy.set(1)
         info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)

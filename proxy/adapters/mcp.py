@@ -27,6 +27,7 @@ from proxy.core.checker import Checker
 from proxy.core.guardian import tool_refusal
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
+from proxy.core.toolpins import ToolPins
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
 from proxy.httpio import read_limited
 from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
@@ -113,8 +114,10 @@ class McpProxy:
         metrics: Metrics,
         client: aiohttp.ClientSession,
         credentials: CredentialBroker,
+        toolpins: ToolPins | None = None,
     ) -> None:
         self._settings = settings
+        self._toolpins = toolpins
         self._upstream = settings.upstream
         self._checker = checker
         self._identity = identity
@@ -228,6 +231,12 @@ class McpProxy:
             modern = _is_modern(request, params)
             body = jsonrpc.error_body(jsonrpc.METHOD_NOT_FOUND, reason, decision.record(), request_id)
             return web.Response(status=404 if modern else 200, body=body, content_type="application/json")
+        if is_tool_call and self._toolpins is not None:
+            # A tool whose definition changed or looks poisoned waits for an operator; the upstream never sees it.
+            pinned = await self._toolpins.refusal(self._upstream, action.name)
+            if pinned is not None:
+                decision = await self._checker.refuse(action, session.session_id, pinned)
+                return _denial(action, decision, request_id, modern=_is_modern(request, params))
         decision = await self._checker.check(action, session)
         if not decision.allowed:
             return _denial(action, decision, request_id, modern=_is_modern(request, params))
@@ -514,18 +523,40 @@ class McpProxy:
         return None
 
     async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
-        """Hide the tools this session may never call; re-serialise only when one is hidden."""
+        """Hide the tools this session may never call and those awaiting an operator's approval
+        (tool pinning); re-serialise only when one is hidden."""
         policy, session = self._checker.policy, exchange.session
+        unapproved: frozenset[str] = frozenset()
+        if self._toolpins is not None:
+            try:
+                unapproved = await self._toolpins.review(
+                    self._upstream, tools, agent_id=session.agent_id, session_id=session.session_id
+                )
+            except StoreUnavailable as exc:
+                # Without the pins no tool can be vouched for: the client gets an error, never an unchecked list
+                # (the SSE stream may already be under way, so this replaces the message instead of a 503).
+                log.error("tools/list could not be checked against the tool pins: %s", exc)
+                exchange.watcher.failed("tool pins unavailable")
+                reason = (
+                    f"Wicket's state store is unavailable ({exc}), so the tool list cannot be checked; retry shortly."
+                )
+                return jsonrpc.error_body(jsonrpc.STORE_UNAVAILABLE, reason, request_id=exchange.request_id)
         kept = [
             tool
             for tool in tools
             if not isinstance(tool, dict)
             or not isinstance(tool.get("name"), str)
-            or tool_refusal(policy, session.agent_id, session, tool["name"]) is None
+            or (
+                tool["name"] not in unapproved and tool_refusal(policy, session.agent_id, session, tool["name"]) is None
+            )
         ]
         if len(kept) == len(tools):
             return None
-        self._metrics.tools_hidden.inc(len(tools) - len(kept))
+        pinned_out = sum(
+            1 for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"] in unapproved
+        )
+        if len(tools) - len(kept) > pinned_out:  # counted here: the session may never call them
+            self._metrics.tools_hidden.inc(len(tools) - len(kept) - pinned_out)
         return jsonrpc.dumps({**message, "result": {**message["result"], "tools": kept}})
 
     async def _screen_server_request(self, message: dict[str, Any], exchange: _Exchange) -> bytes | None:

@@ -936,6 +936,8 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
             block = layer.data.get(section) or {}
             if key in block:
                 value = block[key]
+                if value is False and name == "tool_on_poisoning":
+                    value = "off"  # YAML 1.1 reads a bare `off` as false
                 settings[name] = GlobSet(value) if isinstance(value, list) else value
                 origin[name] = (index, layer.source, _line(_value_node(layer.root, section, key)))
         for (section, key), (group, name, kind) in _GUARDIAN.items():
