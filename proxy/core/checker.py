@@ -7,6 +7,7 @@ It never learns which wire protocol the Action came from.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -29,6 +30,7 @@ from proxy.telemetry import Metrics
 log = logging.getLogger(__name__)
 
 ELICITATION = "elicitation/create"
+_INLINE_SCAN_CHARS = 16 * 1024
 
 
 class Checker:
@@ -161,7 +163,11 @@ class Checker:
                 "(policy sampling.max_requests / window_seconds).",
             )
         if policy.sampling_scan_prompts:
-            findings = injection.scan(injection.sampling_texts(dict(action.arguments)))
+            texts = injection.sampling_texts(dict(action.arguments))
+            if sum(map(len, texts)) <= _INLINE_SCAN_CHARS:
+                findings = injection.scan(texts)
+            else:  # a long prompt is scanned off the event loop so other calls keep moving
+                findings = await asyncio.to_thread(injection.scan, texts)
             if findings:
                 return "prompt_scan", (
                     f"The sampling prompt looks like prompt injection ({injection.describe(findings)}); "

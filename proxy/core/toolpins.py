@@ -37,7 +37,9 @@ from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
-HASHED_FIELDS = ("name", "description", "inputSchema", "annotations")
+HASHED_FIELDS = ("name", "title", "description", "inputSchema", "outputSchema", "annotations")
+"""Everything a model reads of a tool (the poisoning scan reads the same fields), so no part of
+what it reads can change without the pin noticing."""
 RECORD_VERSION = 1
 INDEX_LIMIT = 5000
 """Tools listed per upstream by ``states`` (newest first); pins beyond it still hold."""
