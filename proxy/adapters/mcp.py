@@ -487,7 +487,7 @@ class McpProxy:
             raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Upstream response exceeds {limit} bytes.")
         if payload and upstream.content_type == "application/json":
             replacement = await self._screen_text(payload, exchange)
-            if replacement:
+            if replacement is not None:
                 payload = replacement
                 headers.popall("Content-Length", None)
         elif upstream.status >= 400:
@@ -503,8 +503,26 @@ class McpProxy:
             message = json.loads(text)
         except ValueError:
             return None
-        if not isinstance(message, dict):
+        if isinstance(message, dict):
+            return await self._screen_message(message, exchange)
+        if not isinstance(message, list):
             return None
+        # A JSON-RPC batch (2025-03-26) must not carry a server request past the screen.
+        kept: list[Any] = []
+        changed = False
+        for item in message:
+            replacement = await self._screen_message(item, exchange) if isinstance(item, dict) else None
+            if replacement is None:
+                kept.append(item)
+                continue
+            changed = True
+            if replacement:
+                kept.append(json.loads(replacement))
+        if not changed:
+            return None
+        return jsonrpc.dumps(kept) if kept else b""
+
+    async def _screen_message(self, message: dict[str, Any], exchange: _Exchange) -> bytes | None:
         exchange.watcher.observe(message)
         method = message.get("method")
         if method is not None:
