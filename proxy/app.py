@@ -259,9 +259,7 @@ class Wicket:
             feed=self.events,
             revocations=self.revocations,
         )
-        check = CheckApi(
-            identity=self.identity, checker=self.checker, store=self.store, signer=self.signer, metrics=self.metrics
-        )
+        check = CheckApi(identity=self.identity, checker=self.checker, store=self.store, signer=self.signer)
         app = web.Application(client_max_size=64 * 1024, middlewares=[store_faults])
         app.add_routes(api.routes())
         app.add_routes(control.routes())

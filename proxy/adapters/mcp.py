@@ -279,7 +279,7 @@ class McpProxy:
             return await self._identity.resolve(request.headers.get("Authorization"))
         except IdentityError as exc:
             if exc.integrity:
-                await self._integrity_failure(exc.reason)
+                await self._checker.integrity_failure(PROTOCOL, exc.reason)
             challenge = self._challenge(request) if exc.status == 401 else None
             raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth", challenge=challenge) from None
 
@@ -315,7 +315,7 @@ class McpProxy:
             binding = await self._sessions.mcp_binding(mcp_session_id)
             session = None if binding is None else await self._sessions.get(binding.session_id)
         except SessionIntegrityError as exc:
-            await self._integrity_failure(str(exc))
+            await self._checker.integrity_failure(PROTOCOL, str(exc))
             raise Refusal(403, jsonrpc.DENIED, f"Session denied: {exc}.", reason="integrity") from None
         if binding is None or session is None:
             raise Refusal(404, jsonrpc.SESSION_NOT_FOUND, "Session not found: start a new MCP session.")
@@ -336,14 +336,6 @@ class McpProxy:
             decision = await self._checker.refuse(_with_session(action, binding.session_id), binding.session_id, reason)
             raise Refusal(403, jsonrpc.DENIED, reason, data=decision.record(), reason="hijack")
         return session
-
-    async def _integrity_failure(self, reason: str) -> None:
-        """A store record failed its HMAC: count it and leave an audit event for the operator."""
-        self._metrics.integrity_failures.inc()
-        try:
-            await self._checker.audit_event({"event": "integrity", "protocol": PROTOCOL, "reason": reason})
-        except AuditUnavailable:
-            log.error("session integrity failure could not be audited: %s", reason)
 
     # -- forwarding ---------------------------------------------------------------------
 

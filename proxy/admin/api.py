@@ -11,7 +11,6 @@ import hmac
 import json
 import re
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -19,6 +18,7 @@ from aiohttp.typedefs import Handler
 
 from proxy.admin.console import console_routes
 from proxy.audit.sink import AuditSink, AuditUnavailable
+from proxy.core.approvals import rfc3339
 from proxy.core.checker import Checker
 from proxy.core.policy import Policy
 from proxy.core.revocations import KINDS
@@ -30,12 +30,39 @@ AGENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$")
 RESERVED_AGENTS = frozenset({"anonymous"})
 
 
-def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+APPROVER_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 
 
-def _problem(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def problem(status: int, message: str, *, challenge: str | None = None) -> web.Response:
+    """Every admin-port error: ``{"error": message}``, with ``WWW-Authenticate`` for a 401."""
+    headers = {"WWW-Authenticate": challenge} if challenge else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+async def optional_body(
+    request: web.Request, fields: frozenset[str], hint: str
+) -> tuple[dict[str, str], web.Response | None]:
+    """An operator call's optional JSON body of string ``fields``; ``approver`` (a label recorded
+    next to the credential's fingerprint) must be a short printable name. ``hint`` shows the shape."""
+    raw = await request.read()
+    if not raw.strip():
+        return {}, None
+    try:
+        body: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}, problem(400, hint)
+    if not isinstance(body, dict) or set(body) - fields:
+        return {}, problem(400, hint)
+    out: dict[str, str] = {}
+    for key, value in body.items():
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            return {}, problem(400, f"{key} must be a non-empty string.")
+        out[key] = value.strip()
+    if "approver" in out and not APPROVER_NAME.fullmatch(out["approver"]):
+        return {}, problem(400, "approver must be 1-128 printable characters.")
+    return out, None
 
 
 def operator_refusal(request: web.Request, admin_token: str | None) -> web.Response | None:
@@ -45,13 +72,13 @@ def operator_refusal(request: web.Request, admin_token: str | None) -> web.Respo
     sharing localhost with the sidecar gets 401 here for every operator call.
     """
     if not admin_token:
-        return _problem(503, "The control API is disabled: start Wicket with WICKET_ADMIN_TOKEN set.")
+        return problem(503, "The control API is disabled: start Wicket with WICKET_ADMIN_TOKEN set.")
     scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), admin_token.encode()):
-        return web.json_response(
-            {"error": "Operator credential required (Authorization: Bearer $WICKET_ADMIN_TOKEN)."},
-            status=401,
-            headers={"WWW-Authenticate": 'Bearer realm="wicket-admin"'},
+        return problem(
+            401,
+            "Operator credential required (Authorization: Bearer $WICKET_ADMIN_TOKEN).",
+            challenge='Bearer realm="wicket-admin"',
         )
     return None
 
@@ -62,7 +89,7 @@ async def store_faults(request: web.Request, handler: Handler) -> web.StreamResp
     try:
         return await handler(request)
     except StoreUnavailable as exc:
-        return _problem(503, f"The state store is unavailable ({exc}); nothing was changed.")
+        return problem(503, f"The state store is unavailable ({exc}); nothing was changed.")
 
 
 class AdminApi:
@@ -123,29 +150,29 @@ class AdminApi:
         try:
             body: Any = await request.json()
         except (ValueError, UnicodeDecodeError):
-            return _problem(400, "The body must be a JSON object.")
+            return problem(400, "The body must be a JSON object.")
         if not isinstance(body, dict):
-            return _problem(400, "The body must be a JSON object.")
+            return problem(400, "The body must be a JSON object.")
         unknown = set(body) - {"agent_id", "scope", "mode", "intent", "ttl_seconds"}
         if unknown:
-            return _problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+            return problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
         agent_id = body.get("agent_id")
         if not isinstance(agent_id, str) or not AGENT_ID.fullmatch(agent_id) or agent_id in RESERVED_AGENTS:
-            return _problem(400, "agent_id must be 1-128 characters of [A-Za-z0-9._:@/-] and not 'anonymous'.")
+            return problem(400, "agent_id must be 1-128 characters of [A-Za-z0-9._:@/-] and not 'anonymous'.")
         scope = body.get("scope", list(self._policy.default_scope.patterns))
         if isinstance(scope, str):
             scope = [scope]
         if not isinstance(scope, list) or not all(isinstance(s, str) and s for s in scope):
-            return _problem(400, "scope must be a list of non-empty tool-name globs.")
+            return problem(400, "scope must be a list of non-empty tool-name globs.")
         mode = body.get("mode", "read-only")
         if mode not in MODES:
-            return _problem(400, f"mode must be one of: {', '.join(MODES)}.")
+            return problem(400, f"mode must be one of: {', '.join(MODES)}.")
         intent = body.get("intent")
         if intent is not None and (not isinstance(intent, str) or len(intent) > 2000):
-            return _problem(400, "intent must be a string of at most 2000 characters.")
+            return problem(400, "intent must be a string of at most 2000 characters.")
         ttl = body.get("ttl_seconds", self._policy.session_ttl_seconds)
         if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= self._policy.session_max_ttl_seconds:
-            return _problem(400, f"ttl_seconds must be an integer from 1 to {self._policy.session_max_ttl_seconds}.")
+            return problem(400, f"ttl_seconds must be an integer from 1 to {self._policy.session_max_ttl_seconds}.")
 
         granted_by = "operator" if mode == "read-write" else None
         session = await self._sessions.create(
@@ -168,7 +195,7 @@ class AdminApi:
                 }
             )
         except AuditUnavailable:
-            return _problem(503, "The audit log cannot be written; no session was issued.")
+            return problem(503, "The audit log cannot be written; no session was issued.")
         self._metrics.sessions_created.labels(mode, "token").inc()
         return web.json_response(
             {"session_id": session.session_id, "token": token, "expires_at": rfc3339(session.expires_at)},
@@ -183,12 +210,12 @@ class AdminApi:
         try:
             body: Any = await request.json()
         except (ValueError, UnicodeDecodeError):
-            return _problem(400, "The body must be a JSON object.")
+            return problem(400, "The body must be a JSON object.")
         if not isinstance(body, dict) or set(body) != {"kind", "id"}:
-            return _problem(400, 'The body must be {"kind": "agent" | "session" | "token", "id": "..."}.')
+            return problem(400, 'The body must be {"kind": "agent" | "session" | "token", "id": "..."}.')
         kind, ident = body["kind"], body["id"]
         if kind not in KINDS or not isinstance(ident, str) or not 0 < len(ident) <= 512:
-            return _problem(400, "kind must be agent, session or token, and id a non-empty string.")
+            return problem(400, "kind must be agent, session or token, and id a non-empty string.")
         if kind == "token" and ident.startswith(TOKEN_PREFIX):
             ident = token_fingerprint(ident)[:16]  # revocations (and the audit) name tokens by fingerprint only
         await self._store.revoke(kind, ident)
@@ -208,5 +235,5 @@ class AdminApi:
                 }
             )
         except AuditUnavailable:
-            return _problem(503, "The revocation is in force, but the audit log cannot be written.")
+            return problem(503, "The revocation is in force, but the audit log cannot be written.")
         return web.json_response({"kind": kind, "id": ident, "revoked_at": rfc3339(time.time())}, status=201)

@@ -9,23 +9,19 @@ and act only in that token's session; they are the only ``/v1`` calls an agent t
 
 from __future__ import annotations
 
-import logging
 import re
 import time
 from typing import Any
 
 from aiohttp import web
 
-from proxy.audit.sink import AuditUnavailable
+from proxy.admin.api import problem
 from proxy.core.action import Action, Decision, Effect, Tier, Verdict
 from proxy.core.approvals import clean_intent, rfc3339
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import RecordSigner, Session, SessionIntegrityError
 from proxy.state.base import Store
-from proxy.telemetry import Metrics
-
-log = logging.getLogger(__name__)
 
 PROTOCOL = "api"
 TOOL_METHOD = "tools/call"  # the same action label as over MCP, so one elevation covers both
@@ -37,9 +33,7 @@ REPORT_TTL_SECONDS = 3600.0
 MAX_SUMMARY = 2000
 
 
-def _problem(status: int, message: str, *, challenge: bool = False) -> web.Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="wicket"'} if challenge else None
-    return web.json_response({"error": message}, status=status, headers=headers)
+AGENT_CHALLENGE = 'Bearer realm="wicket"'
 
 
 def _report_key(session_id: str, decision_id: str) -> str:
@@ -54,13 +48,11 @@ class CheckApi:
         checker: Checker,
         store: Store,
         signer: RecordSigner,
-        metrics: Metrics,
     ) -> None:
         self._identity = identity
         self._checker = checker
         self._store = store
         self._signer = signer
-        self._metrics = metrics
 
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/check", self.check), web.post("/v1/report", self.report)]
@@ -69,7 +61,7 @@ class CheckApi:
         """The calling agent and its own session, or the refusal (never an operator or anonymous caller)."""
         authorization = request.headers.get("Authorization")
         if not authorization:
-            return _problem(401, "Present your runtime token: Authorization: Bearer wkt_...", challenge=True)
+            return problem(401, "Present your runtime token: Authorization: Bearer wkt_...", challenge=AGENT_CHALLENGE)
         try:
             caller = await self._identity.resolve(authorization)
             if caller.session is None:
@@ -77,8 +69,8 @@ class CheckApi:
             self._identity.admit(caller, caller.session)
         except IdentityError as exc:
             if exc.integrity:
-                await self._integrity_failure(exc.reason)
-            return _problem(exc.status, exc.reason, challenge=exc.status == 401)
+                await self._checker.integrity_failure(PROTOCOL, exc.reason)
+            return problem(exc.status, exc.reason, challenge=AGENT_CHALLENGE if exc.status == 401 else None)
         return caller, caller.session
 
     async def check(self, request: web.Request) -> web.Response:
@@ -91,18 +83,18 @@ class CheckApi:
             return body
         unknown = set(body) - {"tool_name", "arguments", "input_summary"}
         if unknown:
-            return _problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+            return problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
         name = body.get("tool_name")
         if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
-            return _problem(400, "tool_name must be 1-256 printable characters.")
+            return problem(400, "tool_name must be 1-256 printable characters.")
         arguments = body.get("arguments", {})
         if arguments is None:
             arguments = {}
         if not isinstance(arguments, dict):
-            return _problem(400, "arguments must be a JSON object.")
+            return problem(400, "arguments must be a JSON object.")
         summary = body.get("input_summary")
         if summary is not None and (not isinstance(summary, str) or len(summary) > MAX_SUMMARY):
-            return _problem(400, f"input_summary must be a string of at most {MAX_SUMMARY} characters.")
+            return problem(400, f"input_summary must be a string of at most {MAX_SUMMARY} characters.")
         action = Action(
             protocol=PROTOCOL,
             method=TOOL_METHOD,
@@ -132,23 +124,23 @@ class CheckApi:
             return body
         unknown = set(body) - {"decision_id", "status", "detail", "duration_ms"}
         if unknown:
-            return _problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+            return problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
         decision_id = body.get("decision_id")
         if not isinstance(decision_id, str) or not DECISION_ID.fullmatch(decision_id):
-            return _problem(400, "decision_id must be the dec_... id /v1/check returned.")
+            return problem(400, "decision_id must be the dec_... id /v1/check returned.")
         status = body.get("status")
         if status not in STATUSES:
-            return _problem(400, f"status must be one of: {', '.join(STATUSES)}.")
+            return problem(400, f"status must be one of: {', '.join(STATUSES)}.")
         detail = body.get("detail")
         if detail is not None and not isinstance(detail, str):
-            return _problem(400, "detail must be a string.")
+            return problem(400, "detail must be a string.")
         duration = body.get("duration_ms", 0)
         if isinstance(duration, bool) or not isinstance(duration, int | float) or not 0 <= duration < 1e10:
-            return _problem(400, "duration_ms must be a non-negative number.")
+            return problem(400, "duration_ms must be a non-negative number.")
         key = _report_key(session.session_id, decision_id)
         raw = await self._store.get(key)
         if raw is None:
-            return _problem(
+            return problem(
                 404,
                 f"No allowed decision {decision_id} to report in this session "
                 "(unknown, not allowed, already reported, older than an hour, or another session's).",
@@ -157,8 +149,8 @@ class CheckApi:
             record = self._signer.decode(key, raw)
             effect, tier = Effect.parse(record["effect"]), Tier(record["tier"])
         except (SessionIntegrityError, KeyError, ValueError) as exc:
-            await self._integrity_failure(f"check API report record failed verification: {exc}")
-            return _problem(409, f"The record of decision {decision_id} cannot be trusted; nothing was reported.")
+            await self._checker.integrity_failure(PROTOCOL, f"check API report record failed verification: {exc}")
+            return problem(409, f"The record of decision {decision_id} cannot be trusted; nothing was reported.")
         await self._store.delete(key)  # one outcome per decision
         action = Action(
             protocol=PROTOCOL,
@@ -175,19 +167,12 @@ class CheckApi:
         await self._checker.outcome(action, decision, status=status, duration=float(duration) / 1000, detail=detail)
         return web.json_response({"decision_id": decision_id, "status": status, "reported_at": rfc3339(time.time())})
 
-    async def _integrity_failure(self, reason: str) -> None:
-        self._metrics.integrity_failures.inc()
-        try:
-            await self._checker.audit_event({"event": "integrity", "protocol": PROTOCOL, "reason": reason})
-        except AuditUnavailable:
-            log.error("an integrity failure could not be audited: %s", reason)
-
 
 async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
     try:
         body: Any = await request.json()
     except (ValueError, UnicodeDecodeError):
-        return _problem(400, "The body must be a JSON object.")
+        return problem(400, "The body must be a JSON object.")
     if not isinstance(body, dict):
-        return _problem(400, "The body must be a JSON object.")
+        return problem(400, "The body must be a JSON object.")
     return body

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from proxy.admin.api import operator_refusal
+from proxy.admin.api import operator_refusal, optional_body, problem
 from proxy.audit.feed import EventFeed, FeedClosed
 from proxy.audit.inspect import inspect_session
 from proxy.audit.sink import AuditSink, AuditUnavailable
@@ -34,13 +34,10 @@ from proxy.state.base import Store
 
 log = logging.getLogger(__name__)
 
-APPROVER_NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
+APPROVER_FIELD = frozenset({"approver"})
+_APPROVER_HINT = 'The body must be empty or a JSON object like {"approver": "alice"}.'
 SESSION_ID = re.compile(r"^ses_[A-Za-z0-9_]{1,80}$")
 HEARTBEAT_SECONDS = 15.0
-
-
-def _problem(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
 
 
 def _session_view(session: Session) -> dict[str, Any]:
@@ -101,7 +98,7 @@ class ControlApi:
             return refusal
         status = request.query.get("status", "pending")
         if status not in ("pending", "all"):
-            return _problem(400, "status must be 'pending' or 'all'.")
+            return problem(400, "status must be 'pending' or 'all'.")
         found = await self._approvals.recent(pending_only=status == "pending")
         now = self._clock()
         return web.json_response({"approvals": [r.public(now) for r in found]})
@@ -113,9 +110,9 @@ class ControlApi:
         try:
             found = await self._approvals.get(approval_id)
         except SessionIntegrityError as exc:  # reported, never shown as if it were valid
-            return _problem(409, f"Approval request {approval_id} cannot be trusted: {exc}.")
+            return problem(409, f"Approval request {approval_id} cannot be trusted: {exc}.")
         if found is None:
-            return _problem(404, f"No approval request {approval_id!r} (unknown, or decided long ago).")
+            return problem(404, f"No approval request {approval_id!r} (unknown, or decided long ago).")
         return web.json_response(found.public(self._clock()))
 
     async def approve(self, request: web.Request) -> web.Response:
@@ -128,10 +125,10 @@ class ControlApi:
         if (refusal := operator_refusal(request, self._admin_token)) is not None:
             return refusal
         assert self._admin_token is not None
-        name, problem = await _approver_name(request)
-        if problem is not None:
-            return problem
-        approver = approver_identity(token_fingerprint(self._admin_token), name)
+        body, refused = await optional_body(request, APPROVER_FIELD, _APPROVER_HINT)
+        if refused is not None:
+            return refused
+        approver = approver_identity(token_fingerprint(self._admin_token), body.get("approver"))
         approval_id = request.match_info["approval_id"]
         try:
             if approve:
@@ -139,10 +136,10 @@ class ControlApi:
             else:
                 decided = await self._approvals.deny(approval_id, approver)
         except ApprovalError as exc:
-            return _problem(exc.status, exc.message)
+            return problem(exc.status, exc.message)
         except AuditUnavailable:
             verb = "approved" if approve else "denied"
-            return _problem(503, f"The audit log cannot be written, so nothing was {verb}; retry when it recovers.")
+            return problem(503, f"The audit log cannot be written, so nothing was {verb}; retry when it recovers.")
         now = self._clock()
         body: dict[str, Any] = {"approval": decided.public(now)}
         if approve:
@@ -178,10 +175,10 @@ class ControlApi:
             return refusal
         session_id = request.match_info["session_id"]
         if not SESSION_ID.fullmatch(session_id):
-            return _problem(404, f"No session {session_id!r}.")
+            return problem(404, f"No session {session_id!r}.")
         record, hmac_valid = await self._sessions.inspect(session_id)
         if record is None:
-            return _problem(404, f"No session {session_id!r} (unknown or expired).")
+            return problem(404, f"No session {session_id!r} (unknown or expired).")
         shown = dict(record)
         for key in ("created_at", "expires_at"):
             if isinstance(shown.get(key), int | float):
@@ -228,7 +225,7 @@ class ControlApi:
         try:
             subscription = self._feed.subscribe()
         except FeedClosed:
-            return _problem(503, "Wicket is shutting down.")
+            return problem(503, "Wicket is shutting down.")
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -254,22 +251,3 @@ def _elevation_view(request: ApprovalRequest, active: frozenset[str]) -> dict[st
         "actions": [a for a in request.actions if a in active] or list(request.actions),
         "expires_at": rfc3339(request.elevation_expires_at),
     }
-
-
-async def _approver_name(request: web.Request) -> tuple[str | None, web.Response | None]:
-    """The optional ``{"approver": "alice"}`` body: a label recorded next to the credential's fingerprint."""
-    raw = await request.read()
-    if not raw.strip():
-        return None, None
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None, _problem(400, 'The body must be empty or a JSON object like {"approver": "alice"}.')
-    if not isinstance(body, dict) or set(body) - {"approver"}:
-        return None, _problem(400, 'The body must be empty or a JSON object like {"approver": "alice"}.')
-    name = body.get("approver")
-    if name is None:
-        return None, None
-    if not isinstance(name, str) or not APPROVER_NAME.fullmatch(name.strip()):
-        return None, _problem(400, "approver must be 1-128 printable characters.")
-    return name.strip(), None

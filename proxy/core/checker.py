@@ -256,6 +256,14 @@ class Checker:
         self._metrics.audit_failures.inc()
         self._metrics.audit_healthy.set(0)
 
+    async def integrity_failure(self, protocol: str, reason: str) -> None:
+        """A store record failed its HMAC: count it and leave an audit event for the operator."""
+        self._metrics.integrity_failures.inc()
+        try:
+            await self.audit_event({"event": "integrity", "protocol": protocol, "reason": reason})
+        except AuditUnavailable:
+            log.error("an integrity failure could not be audited: %s", reason)
+
     async def audit_event(self, fields: dict[str, Any]) -> None:
         """Append a non-decision event (session created, integrity failure); raises AuditUnavailable."""
         try:
