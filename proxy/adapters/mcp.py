@@ -3,8 +3,10 @@
 Both protocol generations pass through here. Legacy sessions (``Mcp-Session-Id``) are
 bound to the Wicket session and agent that opened them; 2026-07-28 stateless requests get
 their session from the caller's token. The request body is parsed once to build the
-Action and then forwarded as the original bytes; SSE responses stream through chunk by
-chunk while a scanner watches them for the final response.
+Action and then forwarded as the original bytes. Answers come back message by message
+(SSE event by event) and each is screened before the client sees it: server-to-client
+sampling and elicitation requests (the sampling guard), ``tools/list`` results (filtering,
+tool pinning) and the final response (the outcome audit).
 """
 
 from __future__ import annotations
@@ -356,9 +358,8 @@ class McpProxy:
         streaming = request.method == "GET" or (decided is not None and decided[0].method in STREAM_METHODS)
         timeout = self._stream_timeout if streaming else self._post_timeout
         started = time.perf_counter()
-        watcher = _ResponseWatcher(decided[2] if decided else None, decided[0].method if decided else None)
         exchange = _Exchange(
-            request, session, caller, watcher, decided[2] if decided else None, decided[0].method if decided else None
+            request, session, caller, decided[2] if decided else None, decided[0].method if decided else None
         )
         # A pooled connection the upstream closed while idle fails before any byte of the
         # request is processed; resending is safe only for what cannot change state.
@@ -384,28 +385,26 @@ class McpProxy:
                         raise
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "unreachable"
-            watcher.failed(f"upstream {kind}: {exc.__class__.__name__}")
+            exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
             self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
             response = self._upstream_failure(request, kind, decided)
         except Refusal as refusal:
-            watcher.failed(refusal.message)
+            exchange.failed(refusal.message)
             response = self._refusal_response(refusal)
         except TimeoutError:
-            watcher.failed("upstream timeout")
+            exchange.failed("upstream timeout")
             self._metrics.upstream_errors.labels(PROTOCOL, "timeout").inc()
             response = self._upstream_failure(request, "timeout", decided)
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.upstream_seconds.labels(PROTOCOL).observe(elapsed)
-        if watcher.tools is not None:
-            self._learn_tools(watcher.tools)
-        if watcher.tools_changed:
+        if exchange.tools_changed:
             self._annotations.clear()
         audit = credential.audit() if credential is not None else None
         if decided is not None:
             action, decision, _ = decided
             await self._checker.outcome(
-                action, decision, status=watcher.status, duration=elapsed, detail=watcher.detail, credential=audit
+                action, decision, status=exchange.status, duration=elapsed, detail=exchange.detail, credential=audit
             )
         elif credential is not None and credential.mode == "passthrough" and credential.headers:
             # Passthrough is audited on every use, including forwards that carry no decision.
@@ -440,7 +439,6 @@ class McpProxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
     ) -> web.StreamResponse:
         """Copy the upstream's answer to the client, screening every JSON-RPC message in it first."""
-        watcher = exchange.watcher
         headers = forward_headers(upstream.headers, _DROP_DOWNSTREAM)
         if upstream.content_type == "text/event-stream":
             response = web.StreamResponse(status=upstream.status, headers=headers)
@@ -460,11 +458,11 @@ class McpProxy:
                     try:
                         await response.write(out[0] if len(out) == 1 else b"".join(out))
                     except ConnectionError:
-                        watcher.failed("client disconnected before the response ended")
+                        exchange.failed("client disconnected before the response ended")
                         return response  # leaving the context closes the upstream stream (cancels the call)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 # The stream has started, so the status is sent: end it where the upstream did.
-                watcher.failed(f"upstream stream ended abnormally ({exc.__class__.__name__})")
+                exchange.failed(f"upstream stream ended abnormally ({exc.__class__.__name__})")
                 self._metrics.upstream_errors.labels(PROTOCOL, "stream").inc()
                 return response
             rest = scanner.rest()
@@ -483,7 +481,7 @@ class McpProxy:
                 payload = replacement
                 headers.popall("Content-Length", None)
         elif upstream.status >= 400:
-            watcher.failed(f"upstream HTTP {upstream.status}")
+            exchange.failed(f"upstream HTTP {upstream.status}")
         return web.Response(status=upstream.status, body=payload, headers=headers)
 
     # -- screening what the upstream sends back ------------------------------------------
@@ -515,7 +513,7 @@ class McpProxy:
         return jsonrpc.dumps(kept) if kept else b""
 
     async def _screen_message(self, message: dict[str, Any], exchange: _Exchange) -> bytes | None:
-        exchange.watcher.observe(message)
+        exchange.observe(message)
         method = message.get("method")
         if method is not None:
             if method in SERVER_REQUESTS and "id" in message:
@@ -535,6 +533,7 @@ class McpProxy:
     async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
         """Hide the tools this session may never call and those awaiting an operator's approval
         (tool pinning); re-serialise only when one is hidden."""
+        self._learn_tools(tools)
         policy, session = self._checker.policy, exchange.session
         unapproved: frozenset[str] = frozenset()
         if self._toolpins is not None:
@@ -546,27 +545,26 @@ class McpProxy:
                 # Without the pins no tool can be vouched for: the client gets an error, never an unchecked list
                 # (the SSE stream may already be under way, so this replaces the message instead of a 503).
                 log.error("tools/list could not be checked against the tool pins: %s", exc)
-                exchange.watcher.failed("tool pins unavailable")
+                exchange.failed("tool pins unavailable")
                 reason = (
                     f"Wicket's state store is unavailable ({exc}), so the tool list cannot be checked; retry shortly."
                 )
                 return jsonrpc.error_body(jsonrpc.STORE_UNAVAILABLE, reason, request_id=exchange.request_id)
-        kept = [
-            tool
-            for tool in tools
-            if not isinstance(tool, dict)
-            or not isinstance(tool.get("name"), str)
-            or (
-                tool["name"] not in unapproved and tool_refusal(policy, session.agent_id, session, tool["name"]) is None
-            )
-        ]
+        kept: list[Any] = []
+        never_allowed = 0  # counted here; tools awaiting approval have their own metrics
+        for tool in tools:
+            name = tool.get("name") if isinstance(tool, dict) else None
+            if isinstance(name, str):
+                if name in unapproved:
+                    continue
+                if tool_refusal(policy, session.agent_id, session, name) is not None:
+                    never_allowed += 1
+                    continue
+            kept.append(tool)
         if len(kept) == len(tools):
             return None
-        pinned_out = sum(
-            1 for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str) and t["name"] in unapproved
-        )
-        if len(tools) - len(kept) > pinned_out:  # counted here: the session may never call them
-            self._metrics.tools_hidden.inc(len(tools) - len(kept) - pinned_out)
+        if never_allowed:
+            self._metrics.tools_hidden.inc(never_allowed)
         return jsonrpc.dumps({**message, "result": {**message["result"], "tools": kept}})
 
     async def _screen_server_request(self, message: dict[str, Any], exchange: _Exchange) -> bytes | None:
@@ -598,7 +596,7 @@ class McpProxy:
                 continue
             decision = await self._check_server_request(method, entry.get("params"), exchange)
             if not decision.allowed:
-                exchange.watcher.failed(f"{method} input request refused by Wicket")
+                exchange.failed(f"{method} input request refused by Wicket")
                 message = f"Wicket refused the server's {method} input request '{key}': {decision.reason}"
                 return jsonrpc.error_body(jsonrpc.DENIED, message, decision.record(), exchange.request_id)
         return None
@@ -678,49 +676,35 @@ class McpProxy:
 
 @dataclasses.dataclass(slots=True)
 class _Exchange:
-    """One forward in flight: what screening the upstream's answer needs to know."""
+    """One forward in flight: what screening the upstream's answer needs, and its outcome."""
 
     request: web.Request
     session: Session
     caller: Caller
-    watcher: _ResponseWatcher
     request_id: Any  # the client's JSON-RPC id (None for GET streams and notifications)
     method: str | None  # the client's JSON-RPC method, likewise
-
-
-class _ResponseWatcher:
-    """Reads the messages an upstream sends back, to audit the outcome and learn tools."""
-
-    __slots__ = ("_method", "_request_id", "detail", "status", "tools", "tools_changed")
-
-    def __init__(self, request_id: Any, method: str | None) -> None:
-        self._request_id = request_id
-        self._method = method
-        self.status = "success"
-        self.detail: str | None = None
-        self.tools: list[Any] | None = None
-        self.tools_changed = False
+    status: str = "success"  # the outcome audit: success, tool_error or error
+    detail: str | None = None
+    tools_changed: bool = False  # the upstream announced notifications/tools/list_changed
 
     def failed(self, detail: str) -> None:
         self.status = "error"
         self.detail = detail
 
     def observe(self, message: dict[str, Any]) -> None:
+        """Note what a message from the upstream says about the outcome."""
         if message.get("method") == "notifications/tools/list_changed":
             self.tools_changed = True
             return
-        if "method" in message or message.get("id") != self._request_id:
+        if "method" in message or message.get("id") != self.request_id:
             return  # a server-to-client request or notification on the stream
         if "error" in message:
             error = message["error"]
             self.failed(f"JSON-RPC error {error.get('code')}" if isinstance(error, dict) else "JSON-RPC error")
             return
         result = message.get("result")
-        if isinstance(result, dict):
-            if result.get("isError") is True:
-                self.status = "tool_error"
-            if self._method == "tools/list" and isinstance(result.get("tools"), list):
-                self.tools = result["tools"]
+        if isinstance(result, dict) and result.get("isError") is True:
+            self.status = "tool_error"
 
 
 def _shape(message: Any) -> tuple[Any, Any, dict[str, Any]]:
