@@ -37,6 +37,19 @@ async def upstream() -> AsyncIterator[DemoUpstream]:
     await server.stop()
 
 
+@asynccontextmanager
+async def serve(app: web.Application) -> AsyncIterator[str]:
+    """An aiohttp app on a free loopback port for the length of the block; yields its base URL."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
 @pytest.fixture
 async def echo_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     """A plain HTTP server that records the headers it receives (to see what Wicket forwards)."""
@@ -50,12 +63,8 @@ async def echo_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
 
     app = web.Application()
     app.router.add_post("/mcp", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/mcp", seen
-    await runner.cleanup()
+    async with serve(app) as base:
+        yield base + "/mcp", seen
 
 
 @dataclass
@@ -90,6 +99,20 @@ class RunningWicket:
 
 
 WicketFactory = Callable[..., Awaitable[RunningWicket]]
+
+
+async def admin(
+    running: RunningWicket, method: str, path: str, body: Any = None, token: str = ADMIN_TOKEN
+) -> tuple[int, Any]:
+    """One call to the admin port (the operator token unless ``token`` says otherwise): status, JSON or None."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.request(
+            method, running.admin_url + path, json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        text = await response.text()
+        return response.status, json.loads(text) if text else None
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.demo.server import DemoUpstream, free_port
 from proxy.state.redis import RedisStore
 from tests import fake_anthropic as fake_module
-from tests.conftest import ADMIN_TOKEN, MODES, SESSION_KEY, RunningWicket, WicketFactory, mcp_client
+from tests.conftest import ADMIN_TOKEN, MODES, SESSION_KEY, RunningWicket, WicketFactory, admin, mcp_client, serve
 from tests.fake_anthropic import API_KEY, FakeAnthropic
 from tests.redis_support import RedisServer
 from tests.test_policy import assert_agrees_with_reference
@@ -41,19 +41,6 @@ CREATE_LABEL = "tools/call:create_note"
 def record_of(result: Any) -> dict[str, Any]:
     assert result.is_error, result
     return dict(result.meta["wicket/decision"])
-
-
-async def admin(
-    running: RunningWicket, method: str, path: str, body: Any = None, token: str = ADMIN_TOKEN
-) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(
-            method, running.admin_url + path, json=body, headers={"Authorization": f"Bearer {token}"}
-        ) as response,
-    ):
-        text = await response.text()
-        return response.status, json.loads(text) if text else None
 
 
 async def eventually(probe: Callable[[], Awaitable[bool]], what: str, deadline: float = 20.0) -> None:
@@ -310,12 +297,8 @@ async def receiver() -> AsyncIterator[tuple[str, list[Any]]]:
 
     app = web.Application()
     app.router.add_post("/hooks/wicket", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    yield f"http://127.0.0.1:{port}/hooks/wicket", received
-    await runner.cleanup()
+    async with serve(app) as base:
+        yield base + "/hooks/wicket", received
 
 
 @pytest.mark.parametrize("shape", ["wicket", "slack"])

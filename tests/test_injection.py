@@ -9,9 +9,7 @@ every category and the obfuscations the scanner claims to see through.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +29,8 @@ from mcp.types import (
 )
 
 from proxy.core.injection import SCAN_LIMIT, InjectionFinding, clean, describe, sampling_texts, scan, tool_texts
-from proxy.demo.server import build_demo_server, free_port
-from tests.conformance.suite import EVERYTHING_PACKAGE, node_binary, package_file
+from proxy.demo.server import build_demo_server
+from tests.conformance.suite import server_everything
 from tests.conformance.target_server import build_target_server
 from tests.conftest import mcp_client
 
@@ -338,36 +336,8 @@ def dumped(tools: Any) -> list[dict[str, Any]]:
 @pytest.fixture
 async def everything(tmp_path: Path) -> AsyncIterator[str]:
     """server-everything over Streamable HTTP on an ephemeral port, serving `/mcp`."""
-    entry = package_file(EVERYTHING_PACKAGE, "dist", "index.js")
-    port = free_port()
-    log = tmp_path / "server-everything.log"
-    with log.open("wb") as sink:
-        process = await asyncio.create_subprocess_exec(
-            node_binary(), str(entry), "streamableHttp", env={**os.environ, "PORT": str(port)}, stdout=sink, stderr=sink
-        )
-    try:
-        for _ in range(600):  # up to ~30 s: a cold Node start on a busy machine
-            if process.returncode is not None:
-                pytest.fail(f"server-everything exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-            try:
-                _, writer = await asyncio.open_connection("127.0.0.1", port)
-            except OSError:
-                await asyncio.sleep(0.05)
-                continue
-            writer.close()
-            await writer.wait_closed()
-            break
-        else:
-            pytest.fail(f"server-everything did not listen on port {port}:\n{log.read_text(errors='replace')}")
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
+    async with server_everything(tmp_path / "server-everything.log") as url:
+        yield url
 
 
 async def list_with_tasks_capability(url: str) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ uvicorn, with the demo server's tools and ledger: the ledger proves what really 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -24,8 +23,8 @@ from pydantic import BaseModel
 from proxy.cli import build_parser, resolve_upstream
 from proxy.demo.server import Ledger, build_demo_server, free_port
 from tests.conftest import MODES, RunningWicket, WicketFactory, mcp_client
+from tests.test_stdio_upstream import raw_call, text
 
-RAW_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 INITIALIZE = {
     "jsonrpc": "2.0",
     "id": 1,
@@ -91,25 +90,6 @@ async def sse_wicket(make_wicket: WicketFactory, url: str) -> RunningWicket:
     # No explicit transport: a URL ending in /sse is detected as the legacy SSE transport by the CLI,
     # and Settings take it as given.
     return await make_wicket(url, upstream_transport="sse")
-
-
-def text(result: types.CallToolResult) -> str:
-    content = result.content[0]
-    assert isinstance(content, types.TextContent)
-    return content.text
-
-
-async def raw_call(
-    http: aiohttp.ClientSession, url: str, message: dict[str, Any], sid: str | None = None
-) -> tuple[int, str | None, list[dict[str, Any]]]:
-    headers = dict(RAW_HEADERS, **({"Mcp-Session-Id": sid} if sid else {}))
-    async with http.post(url, json=message, headers=headers) as response:
-        body = await response.text()
-        if response.content_type == "text/event-stream":
-            messages = [json.loads(line[5:]) for line in body.splitlines() if line.startswith("data:")]
-        else:
-            messages = [json.loads(body)] if body else []
-        return response.status, response.headers.get("Mcp-Session-Id"), messages
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp.server.mcpserver import MCPServer
 
 from proxy.demo.server import DemoUpstream, Ledger
-from tests.conftest import ADMIN_TOKEN, MODES, RunningWicket, WicketFactory, mcp_client
+from tests.conftest import MODES, RunningWicket, WicketFactory, admin, mcp_client
 from tests.redis_support import RedisServer
 
 POLICY = """
@@ -59,19 +59,6 @@ async def rug(request: pytest.FixtureRequest) -> AsyncIterator[tuple[RugPullServ
     await upstream.start()
     yield server, upstream
     await upstream.stop()
-
-
-async def admin(
-    running: RunningWicket, method: str, path: str, body: Any = None, token: str = ADMIN_TOKEN
-) -> tuple[int, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.request(
-            method, running.admin_url + path, json=body, headers={"Authorization": f"Bearer {token}"}
-        ) as response,
-    ):
-        text = await response.text()
-        return response.status, json.loads(text) if text else None
 
 
 def events(running: RunningWicket, kind: str) -> list[dict[str, Any]]:

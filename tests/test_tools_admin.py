@@ -17,9 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from proxy.cli import main
 from proxy.core.toolpins import definition_sha256
 from proxy.demo.server import DemoUpstream
-from tests.conftest import ADMIN_TOKEN, RunningWicket, WicketFactory, mcp_client
+from tests.conftest import ADMIN_TOKEN, RunningWicket, WicketFactory, admin, mcp_client
 from tests.redis_support import RedisServer
-from tests.test_tool_pinning_e2e import POISON, POLICY, RugPullServer, admin, events
+from tests.test_tool_pinning_e2e import POISON, POLICY, RugPullServer, events
 
 SLASHED = "docs/get_page"
 

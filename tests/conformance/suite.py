@@ -12,10 +12,14 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from proxy.demo.server import free_port
 
 CONFORMANCE_DIR = Path(__file__).resolve().parent
 NODE_MODULES = CONFORMANCE_DIR / "node_modules"
@@ -140,3 +144,45 @@ def parse_results(out_dir: Path) -> dict[str, Scenario]:
         checks = tuple(Check(str(c["id"]), str(c["status"]), str(c.get("errorMessage") or "")) for c in raw)
         scenarios[name] = Scenario(name, checks)
     return scenarios
+
+
+@asynccontextmanager
+async def server_everything(log: Path) -> AsyncIterator[str]:
+    """server-everything over Streamable HTTP on an ephemeral port (``PORT``); yields its ``/mcp`` URL
+    and ends the process (terminate, then kill) whatever happens."""
+    entry = package_file(EVERYTHING_PACKAGE, "dist", "index.js")
+    port = free_port()
+    with log.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(
+            node_binary(), str(entry), "streamableHttp", env={**os.environ, "PORT": str(port)}, stdout=sink, stderr=sink
+        )
+    try:
+        await _wait_for_port(port, process, log)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        if process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+
+
+async def _wait_for_port(port: int, process: asyncio.subprocess.Process, log: Path) -> None:
+    for _ in range(600):  # up to ~30 s: a cold Node start on a busy 2-core machine
+        if process.returncode is not None:
+            pytest.fail(f"server-everything exited with {process.returncode}:\n{_tail(log)}")
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        await writer.wait_closed()
+        return
+    pytest.fail(f"server-everything did not listen on port {port}:\n{_tail(log)}")
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-4000:]
