@@ -503,12 +503,14 @@ def _approvals_table(approvals: list[dict[str, Any]], *, pending_only: bool) -> 
     headers = ("ID", "STATUS", "AGENT", "ACTIONS", "EFFECT", "EXPIRES", "REASON")
     rows = []
     for item in approvals:
-        row = []
-        for column in columns:
-            value = item.get(column)
-            text = ", ".join(value) if isinstance(value, list) else "" if value is None else str(value)
-            row.append(text if len(text) <= 60 else text[:57] + "...")
-        rows.append(row)
+        values = (item.get(column) for column in columns)
+        rows.append([", ".join(v) if isinstance(v, list) else "" if v is None else str(v) for v in values])
+    return _table(headers, rows)
+
+
+def _table(headers: Sequence[str], rows: list[list[str]]) -> str:
+    """Aligned columns for a terminal; a cell over 60 characters is cut with "..."."""
+    rows = [[c if len(c) <= 60 else c[:57] + "..." for c in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
@@ -562,11 +564,8 @@ def _tools_table(tools: list[dict[str, Any]], every: bool) -> str:
             str(tool.get("upstream")),
             findings or "-",
         )
-        rows.append([c if len(c) <= 60 else c[:57] + "..." for c in cells])
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    return "\n".join(lines)
+        rows.append(list(cells))
+    return _table(headers, rows)
 
 
 def cmd_sessions_create(args: argparse.Namespace) -> int:
