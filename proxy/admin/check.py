@@ -31,6 +31,8 @@ STATUSES = ("success", "error", "tool_error")
 REPORT_TTL_SECONDS = 3600.0
 """How long after an allowed check its outcome may still be reported."""
 MAX_SUMMARY = 2000
+CHECK_FIELDS = frozenset({"tool_name", "arguments", "input_summary"})
+REPORT_FIELDS = frozenset({"decision_id", "status", "detail", "duration_ms"})
 
 
 AGENT_CHALLENGE = 'Bearer realm="wicket"'
@@ -57,6 +59,21 @@ class CheckApi:
     def routes(self) -> list[web.RouteDef]:
         return [web.post("/v1/check", self.check), web.post("/v1/report", self.report)]
 
+    async def _agent_call(
+        self, request: web.Request, fields: frozenset[str]
+    ) -> tuple[Caller, Session, dict[str, Any]] | web.Response:
+        """The calling agent, its own session and its JSON body (only ``fields``), or the refusal."""
+        agent = await self._agent(request)
+        if isinstance(agent, web.Response):
+            return agent
+        body = await _json_object(request)
+        if isinstance(body, web.Response):
+            return body
+        unknown = set(body) - fields
+        if unknown:
+            return problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        return (*agent, body)
+
     async def _agent(self, request: web.Request) -> tuple[Caller, Session] | web.Response:
         """The calling agent and its own session, or the refusal (never an operator or anonymous caller)."""
         authorization = request.headers.get("Authorization")
@@ -74,16 +91,10 @@ class CheckApi:
         return caller, caller.session
 
     async def check(self, request: web.Request) -> web.Response:
-        agent = await self._agent(request)
-        if isinstance(agent, web.Response):
-            return agent
-        caller, session = agent
-        body = await _json_object(request)
-        if isinstance(body, web.Response):
-            return body
-        unknown = set(body) - {"tool_name", "arguments", "input_summary"}
-        if unknown:
-            return problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        call = await self._agent_call(request, CHECK_FIELDS)
+        if isinstance(call, web.Response):
+            return call
+        caller, session, body = call
         name = body.get("tool_name")
         if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
             return problem(400, "tool_name must be 1-256 printable characters.")
@@ -115,16 +126,10 @@ class CheckApi:
         return web.json_response(decision.record())
 
     async def report(self, request: web.Request) -> web.Response:
-        agent = await self._agent(request)
-        if isinstance(agent, web.Response):
-            return agent
-        _, session = agent
-        body = await _json_object(request)
-        if isinstance(body, web.Response):
-            return body
-        unknown = set(body) - {"decision_id", "status", "detail", "duration_ms"}
-        if unknown:
-            return problem(400, f"Unknown field(s): {', '.join(sorted(unknown))}.")
+        call = await self._agent_call(request, REPORT_FIELDS)
+        if isinstance(call, web.Response):
+            return call
+        _, session, body = call
         decision_id = body.get("decision_id")
         if not isinstance(decision_id, str) or not DECISION_ID.fullmatch(decision_id):
             return problem(400, "decision_id must be the dec_... id /v1/check returned.")
