@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -72,8 +73,11 @@ def definition_sha256(tool: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
 def upstream_tag(upstream: str) -> str:
-    """A bounded, brace-free key part for an upstream URL (``HTTP://Host:80/mcp/`` = ``http://host/mcp``)."""
+    """A bounded, brace-free key part for an upstream URL (``HTTP://Host:80/mcp/`` = ``http://host/mcp``).
+
+    Cached: every tools/call asks for its upstream's tag, and a Wicket has one or a few upstreams."""
     return hashlib.sha256(normalise_url(upstream).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
