@@ -22,7 +22,7 @@ from aiohttp import web
 
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
-from proxy.adapters.sse import SseScanner, event_bytes
+from proxy.adapters.relay import DROP_DOWNSTREAM, Refusal, is_id, read_answer, read_body, relay_stream
 from proxy.audit.sink import AuditUnavailable
 from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
@@ -31,7 +31,6 @@ from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
 from proxy.core.toolpins import ToolPins
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
-from proxy.httpio import read_limited
 from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
 from proxy.settings import Settings
 from proxy.state.base import StoreUnavailable
@@ -76,31 +75,6 @@ NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "na
 # Never forwarded: the agent's credential (MCP forbids token passthrough), the browser's
 # Origin (checked here), and Accept-Encoding (so responses arrive readable for inspection).
 _DROP_UPSTREAM = frozenset({"authorization", "origin", "accept-encoding"})
-_DROP_DOWNSTREAM = frozenset({"server", "date"})
-
-
-class Refusal(Exception):
-    """A request answered by Wicket itself before anything is forwarded."""
-
-    def __init__(
-        self,
-        status: int,
-        code: int,
-        message: str,
-        *,
-        data: Any = None,
-        reason: str = "refused",
-        challenge: str | None = None,
-        request_id: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.data = data
-        self.reason = reason
-        self.challenge = challenge  # the WWW-Authenticate value of a 401
-        self.request_id = request_id  # the client's id, once the envelope was valid enough to have one
 
 
 class McpProxy:
@@ -163,7 +137,7 @@ class McpProxy:
     async def _post(self, request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/json":
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
-        body = await self._read_body(request)
+        body = await read_body(request, self._settings.max_body_bytes)
         try:
             message = json.loads(body)
         except ValueError:
@@ -182,7 +156,7 @@ class McpProxy:
             return await self._post_message(request, body, message, method, request_id, params)
         except Refusal as refusal:
             # Once the envelope is known to be valid, Wicket's own error answers the client's id.
-            if refusal.request_id is None and _is_id(request_id):
+            if refusal.request_id is None and is_id(request_id):
                 refusal.request_id = request_id
             raise
 
@@ -251,15 +225,6 @@ class McpProxy:
             method=method,
             bind_to=session if method == "initialize" else None,
         )
-
-    async def _read_body(self, request: web.Request) -> bytes:
-        limit = self._settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
-        body = await read_limited(request.content, limit)
-        if body is None:
-            raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
-        return body
 
     # -- GET (standalone SSE stream) and DELETE (end session) -------------------------
 
@@ -439,42 +404,19 @@ class McpProxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
     ) -> web.StreamResponse:
         """Copy the upstream's answer to the client, screening every JSON-RPC message in it first."""
-        headers = forward_headers(upstream.headers, _DROP_DOWNSTREAM)
         if upstream.content_type == "text/event-stream":
-            response = web.StreamResponse(status=upstream.status, headers=headers)
-            await response.prepare(request)
-            scanner = SseScanner()
-            try:
-                async for chunk in upstream.content.iter_any():
-                    out: list[bytes] = []
-                    for raw, data in scanner.feed(chunk):
-                        replacement = None if data is None else await self._screen_text(data, exchange)
-                        if replacement is None:
-                            out.append(raw)
-                        elif replacement:
-                            out.append(event_bytes(replacement))
-                    if not out:
-                        continue
-                    try:
-                        await response.write(out[0] if len(out) == 1 else b"".join(out))
-                    except ConnectionError:
-                        exchange.failed("client disconnected before the response ended")
-                        return response  # leaving the context closes the upstream stream (cancels the call)
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                # The stream has started, so the status is sent: end it where the upstream did.
-                exchange.failed(f"upstream stream ended abnormally ({exc.__class__.__name__})")
-                self._metrics.upstream_errors.labels(PROTOCOL, "stream").inc()
-                return response
-            rest = scanner.rest()
-            if rest:
-                await response.write(rest)
-            await response.write_eof()
-            return response
-        limit = self._settings.max_response_bytes
-        payload = await read_limited(upstream.content, limit)
-        if payload is None:
-            self._metrics.upstream_errors.labels(PROTOCOL, "oversized").inc()
-            raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Upstream response exceeds {limit} bytes.")
+            return await relay_stream(
+                request,
+                upstream,
+                lambda text: self._screen_text(text, exchange),
+                exchange.failed,
+                metrics=self._metrics,
+                protocol=PROTOCOL,
+            )
+        headers = forward_headers(upstream.headers, DROP_DOWNSTREAM)
+        payload = await read_answer(
+            upstream, self._settings.max_response_bytes, metrics=self._metrics, protocol=PROTOCOL
+        )
         if payload and upstream.content_type == "application/json":
             replacement = await self._screen_text(payload, exchange)
             if replacement is not None:
@@ -726,14 +668,9 @@ def _shape(message: Any) -> tuple[Any, Any, dict[str, Any]]:
             jsonrpc.INVALID_REQUEST,
             "Invalid Request: params must be an object.",
             reason="invalid",
-            request_id=request_id if _is_id(request_id) else None,
+            request_id=request_id if is_id(request_id) else None,
         )
     return method, message.get("id"), params
-
-
-def _is_id(value: Any) -> bool:
-    """A JSON-RPC id Wicket may echo: a string or a number (never an object, a bool or null)."""
-    return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
 def _is_modern(request: web.Request, params: dict[str, Any]) -> bool:
