@@ -169,6 +169,7 @@ class Wicket:
         self._client: aiohttp.ClientSession | None = None
         # stdio and legacy SSE upstreams: the proxy forwards to this bridge, which runs the real servers.
         self.bridge = bridge_for(self.settings, self.metrics)
+        self.metrics.upstream_info.labels(self.settings.upstream, self.settings.upstream_transport).set(1)
         self.data_port = 0
         self.admin_port = 0
 

@@ -121,6 +121,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="S",
         help="stdio/sse: close an MCP session (ending its process) after S idle seconds (default 1800)",
     )
+    run.add_argument(
+        "--upstream-name",
+        metavar="NAME",
+        help="stdio: the server's name in audit, metrics, policy and credentials (http://stdio/NAME); "
+        "default: the program and a digest of its whole command line",
+    )
+    run.add_argument(
+        "--stdio-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="stdio: pass this environment variable to the server (repeatable); it gets only PATH, HOME, USER, "
+        "LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TERM and TMPDIR/TMP/TEMP otherwise",
+    )
     run.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
     _run_options(run, listen="0.0.0.0:8080", store=os.environ.get("REDIS_URL") or "memory")
 
@@ -314,6 +328,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         files,
         upstream_transport=transport,
         upstream_command=command,
+        upstream_name=args.upstream_name,
+        stdio_env=args.stdio_env,
         max_upstream_children=args.max_children,
         upstream_idle_seconds=args.upstream_idle_timeout,
     )

@@ -41,6 +41,8 @@ class Settings:
     upstream_keepalive: float = 4.0  # below the 5 s idle timeout of uvicorn and Node servers
     upstream_transport: str = "streamable-http"  # or "sse" (2024-11-05 HTTP+SSE URL) or "stdio" (upstream_command)
     upstream_command: list[str] | None = None  # the stdio MCP server's argv; one child per MCP session
+    upstream_name: str | None = None  # stdio: the server's name (http://stdio/NAME); None: program + argv digest
+    stdio_env: list[str] = field(default_factory=list)  # stdio: environment variables passed beyond the allowlist
     max_upstream_children: int = 32  # sse/stdio: live channels (children, SSE connections) at most
     upstream_idle_seconds: float = 1800.0  # sse/stdio: an MCP session idle this long is closed
     allowed_hosts: list[str] = field(default_factory=list)
@@ -64,7 +66,10 @@ class Settings:
             # A stdio server has no URL; this http name stands for it (audit, policy upstreams, credentials).
             from proxy.upstreams.stdio import stdio_label
 
-            self.upstream = stdio_label(self.upstream_command)
+            try:
+                self.upstream = stdio_label(self.upstream_command, self.upstream_name)
+            except ValueError as exc:
+                raise SystemExit(f"wicket: --upstream-name: {exc}") from None
         self.session_key_explicit = bool(self.session_key or self.environ.get("WICKET_SESSION_KEY"))
         if not self.session_key:
             env = self.environ.get("WICKET_SESSION_KEY", "")

@@ -112,6 +112,12 @@ class Metrics:
             "Live upstream channels behind the bridge: stdio child processes or legacy SSE connections.",
             registry=r,
         )
+        self.upstream_info = Gauge(
+            "wicket_upstream_info",
+            "The upstream this Wicket proxies, by the name audit records, policy and credentials use, and transport.",
+            ["upstream", "transport"],
+            registry=r,
+        )
         self.upstream_child_exits = Counter(
             "wicket_upstream_child_exits_total",
             "Upstream channels that ended, by reason: closed (by Wicket), idle, exited, crashed, start_failed.",

@@ -3,11 +3,14 @@
 Its state lives in its own process, so the tests can tell processes apart (``get_counter``
 answers with the pid and a per-process count) and prove what a process really ran
 (``get_ledger``). It logs to stderr, can leave a grandchild behind (``get_helper_pid``) and
-can die on request (``exit_now``).
+can die on request (``exit_now``). ``--describe TEXT`` changes ``get_counter``'s description
+(another version of the same server); ``get_environment`` shows what the child inherited;
+``tidy_up`` and ``recall`` carry no keyword in their names, only annotations.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +18,7 @@ from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.resolve import Elicit, Resolve
+from mcp_types import ToolAnnotations
 from pydantic import BaseModel
 
 server = MCPServer("wicket-stdio-test", instructions="Per-process state for Wicket's bridge tests.")
@@ -36,11 +40,33 @@ def ask_colour() -> Elicit[Colour]:
     return Elicit("Which colour?", Colour)
 
 
-@server.tool()
+DESCRIBE = sys.argv[sys.argv.index("--describe") + 1] if "--describe" in sys.argv[:-1] else None
+
+
+@server.tool(description=DESCRIBE or "Read: this process's id and how often this tool ran in it.")
 def get_counter() -> str:
-    """Read: this process's id and how often this tool ran in it."""
     note("get_counter")
     return f"pid={os.getpid()} count={ledger.count('get_counter')}"
+
+
+@server.tool()
+def get_environment() -> str:
+    """Read: the names of the environment variables this process was started with (a JSON list)."""
+    return json.dumps(sorted(os.environ))
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True))
+def tidy_up(path: str) -> str:
+    """Removes what lies under ``path``: destructive by its annotations, not by its name."""
+    note("tidy_up")
+    return f"tidied {path}"
+
+
+@server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+def recall(topic: str) -> str:
+    """Answers from memory; read-only by its annotations, not by its name."""
+    note("recall")
+    return f"pid={os.getpid()} recalled {topic}"
 
 
 @server.tool()

@@ -8,6 +8,7 @@ counter and ledger) and its stderr prove which process ran what.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -23,14 +24,18 @@ from typing import Any
 import aiohttp
 import mcp_types as types
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp.shared.exceptions import MCPError
 
 from proxy.app import Wicket
 from proxy.cli import build_parser, resolve_upstream
 from proxy.core.policy import parse_policy_text
+from proxy.core.sessions import Session
 from proxy.settings import Settings
-from proxy.upstreams.stdio import StdioChannel
+from proxy.upstreams.stdio import CHILD_ENVIRONMENT, StdioChannel, stdio_label
 from tests.conftest import ADMIN_TOKEN, MODES, ROOT, SESSION_KEY, RunningWicket, WicketFactory, mcp_client
+from tests.redis_support import RedisServer
 
 COMMAND = [sys.executable, str(ROOT / "tests" / "stdio_server.py")]
 POLICY = """
@@ -168,7 +173,7 @@ async def test_concurrent_clients_get_their_own_process(make_wicket: WicketFacto
     assert exits(running, "closed") == 2
 
 
-async def test_the_upstream_label_names_the_command(make_wicket: WicketFactory) -> None:
+async def test_the_upstream_label_names_the_whole_command(make_wicket: WicketFactory) -> None:
     running = await stdio_wicket(make_wicket)
     async with mcp_client(running.url, mode="legacy") as client:
         await client.call_tool("get_counter", {})
@@ -178,7 +183,65 @@ async def test_the_upstream_label_names_the_command(make_wicket: WicketFactory) 
         if e.get("event") == "decision" and e.get("action") == "tools/call:get_counter"
     ]
     assert decisions, running.audit_events()
-    assert decisions[0]["upstream"] == "http://stdio/" + Path(sys.executable).name
+    label = decisions[0]["upstream"]
+    assert re.fullmatch(r"http://stdio/" + re.escape(Path(sys.executable).name) + r"-[0-9a-f]{12}", label), label
+    assert label == stdio_label(COMMAND) != stdio_label([*COMMAND, "--describe", "other"])
+    assert stdio_label(COMMAND) == stdio_label(list(COMMAND)), "the digest is stable"
+    info = {"upstream": label, "transport": "stdio"}
+    assert running.wicket.metrics.registry.get_sample_value("wicket_upstream_info", info) == 1
+    assert stdio_label(COMMAND, "files-v2") == "http://stdio/files-v2"
+    with pytest.raises(ValueError):
+        stdio_label(COMMAND, "a/b")
+
+
+async def test_two_servers_of_one_program_on_one_redis_keep_their_own_pins_trust_and_aud(
+    make_wicket: WicketFactory, redis_server: RedisServer
+) -> None:
+    """Two sidecars run different versions of the same program on one Redis: each pins its own
+    definitions (neither sees the other's as a changed tool), a ``trusted:`` entry trusts only
+    the server it names, and their credentials' ``aud`` differ."""
+    key = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    older, newer = [*COMMAND, "--describe", "Counts calls (v1)."], [*COMMAND, "--describe", "Counts calls (v2)."]
+    policy = (
+        POLICY
+        + f"""
+upstreams:
+  - url: "{stdio_label(older)}"
+    trusted: true
+"""
+    )
+    common = {"store": redis_server.url, "environ": {"WICKET_SIGNING_KEY": key.decode()}, "upstream_transport": "stdio"}
+    first = await make_wicket("", policy, upstream_command=older, **common)
+    second = await make_wicket("", policy, upstream_command=newer, **common)
+    assert first.wicket.settings.upstream != second.wicket.settings.upstream
+    answers = []
+    for running in (first, second):
+        async with mcp_client(running.url, mode="legacy") as client:
+            listed = {tool.name: tool for tool in (await client.list_tools()).tools}
+            answers.append(
+                (listed, await client.call_tool("get_counter", {}), await client.call_tool("recall", {"topic": "x"}))
+            )
+    for (listed, counter, _), version in zip(answers, ("v1", "v2"), strict=True):
+        assert listed["get_counter"].description == f"Counts calls ({version}).", "each sees its own, unblocked"
+        assert not counter.is_error, counter
+    assert not answers[0][2].is_error, "the trusted server's readOnlyHint makes recall a read"
+    assert answers[1][2].is_error and "approval" in text(answers[1][2]), "the other server is not trusted"
+    pins = [await r.wicket.toolpins.states(r.wicket.settings.upstream) for r in (first, second)]
+    assert {p["upstream"] for p in pins[0]} == {first.wicket.settings.upstream}
+    assert {p["upstream"] for p in pins[1]} == {second.wicket.settings.upstream}
+    assert all(p["status"] == "pinned" for p in pins[0] + pins[1])
+    assert not [e for r in (first, second) for e in r.audit_events() if e.get("event") == "tool_changed"]
+    audiences = []
+    for running in (first, second):
+        session = Session("ses_aud", "aud-agent", ("*",), "read-only", time.time(), time.time() + 60)
+        issued = await running.wicket.credentials.issue_for_request(
+            session, upstream=running.wicket.settings.upstream, method="tools/list", inbound_token=None
+        )
+        payload = issued.headers["Authorization"].split()[1].split(".")[1]
+        audiences.append(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["aud"])
+    assert audiences == [first.wicket.settings.upstream, second.wicket.settings.upstream]
 
 
 async def test_stderr_goes_to_the_log_with_the_child_pid(
@@ -193,30 +256,23 @@ async def test_stderr_goes_to_the_log_with_the_child_pid(
     assert f"[pid {pid}] stdio-test-server: ran get_counter" in lines
 
 
-async def test_the_child_never_sees_wickets_secrets(
-    make_wicket: WicketFactory, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_the_child_sees_only_the_allowlist_and_what_the_operator_passes(
+    make_wicket: WicketFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    caplog.set_level(logging.INFO, logger="wicket.stdio")
+    """The environment as the child itself reports it: no model key, cloud credential or Wicket
+    secret, only the allowlist and the variable named with ``--stdio-env``."""
     monkeypatch.setenv("WICKET_ADMIN_TOKEN", "operator-secret-in-the-environment")
-    monkeypatch.setenv("WICKET_TEST_VISIBLE_TO_CHILD", "no")
-    monkeypatch.setenv("STDIO_TEST_PLAIN", "yes")
-    command = [
-        sys.executable,
-        "-c",
-        "import os, sys; print(sorted(k for k in os.environ if 'WICKET' in k or k == 'STDIO_TEST_PLAIN'),"
-        " file=sys.stderr, flush=True); sys.exit(0)",
-    ]
-    running = await make_wicket("", POLICY, upstream_command=command, upstream_transport="stdio")
-    async with aiohttp.ClientSession() as http:
-        status, _, messages = await raw_call(http, running.url, INITIALIZE)
-    # The command is not an MCP server: it prints its environment and exits without answering.
-    assert status == 200 and messages[-1]["error"]["code"] == -32051
-    assert "exited with code 0" in messages[-1]["error"]["message"]
-    bridge = running.wicket.bridge
-    assert bridge is not None
-    await eventually(lambda: bridge.live_channels == 0, "the child is gone")
-    printed = [r.getMessage() for r in caplog.records if r.name == "wicket.stdio" and "[" in r.getMessage()[8:]]
-    assert any(line.endswith("['STDIO_TEST_PLAIN']") for line in printed), printed
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-not-for-third-parties")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-third-parties-either")
+    monkeypatch.setenv("STDIO_TEST_PASSED", "yes")
+    monkeypatch.setenv("LC_TIME", "C")
+    running = await stdio_wicket(make_wicket, stdio_env=["STDIO_TEST_PASSED", "WICKET_ADMIN_TOKEN"])
+    async with mcp_client(running.url, mode="legacy") as client:
+        result = await client.call_tool("get_environment", {})
+    seen = set(json.loads(text(result)))
+    assert {"PATH", "HOME", "STDIO_TEST_PASSED", "LC_TIME"} <= seen, seen
+    assert not seen & {"ANTHROPIC_API_KEY", "AWS_SECRET_ACCESS_KEY", "WICKET_ADMIN_TOKEN"}, seen
+    assert seen <= CHILD_ENVIRONMENT | {"STDIO_TEST_PASSED", "LC_TIME", "LC_CTYPE"}, "nothing beyond the allowlist"
 
 
 KNOCK = """
@@ -514,7 +570,7 @@ async def test_wicket_run_command_exits_cleanly_and_leaves_no_child(tmp_path: Pa
             return found is not None
 
         await eventually(listening, "wicket listens", deadline=30)
-        label = f"upstream http://stdio/{Path(sys.executable).name} (stdio: {sys.executable}, one process per"
+        label = f"upstream {stdio_label([sys.executable, 'tests/stdio_server.py'])} (stdio: {sys.executable}, one process per"
         assert label in log_path.read_text()
         url = f"http://127.0.0.1:{ports[0]}/mcp"
         async with aiohttp.ClientSession() as http:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 from proxy.settings import Settings
@@ -9,7 +10,7 @@ from proxy.telemetry import Metrics
 from proxy.upstreams.bridge import UpstreamBridge
 from proxy.upstreams.channel import ChannelFactory
 from proxy.upstreams.legacy_sse import LegacySseFactory
-from proxy.upstreams.stdio import StdioFactory
+from proxy.upstreams.stdio import StdioFactory, child_environment
 
 TRANSPORTS = ("streamable-http", "sse", "stdio")
 
@@ -23,6 +24,8 @@ def bridge_for(settings: Settings, metrics: Metrics) -> UpstreamBridge | None:
     command = settings.upstream_command
     if transport not in TRANSPORTS:
         raise SystemExit(f"wicket: unknown upstream transport {transport!r}: use one of {', '.join(TRANSPORTS)}.")
+    if settings.upstream_name is not None and not command:
+        raise SystemExit("wicket: --upstream-name names a stdio server (-- CMD ARG...); an URL names itself.")
     if command and transport != "stdio":
         raise SystemExit(f"wicket: a command to run is a stdio upstream, not {transport}.")
     if transport == "streamable-http":
@@ -37,7 +40,8 @@ def bridge_for(settings: Settings, metrics: Metrics) -> UpstreamBridge | None:
             raise SystemExit("wicket: the stdio transport needs a command: wicket run [options] -- CMD ARG...")
         if shutil.which(command[0]) is None:
             raise SystemExit(f"wicket: cannot run the stdio MCP server: {command[0]!r} is not an executable program.")
-        factory = StdioFactory(command, max_message_bytes=settings.max_response_bytes)
+        env = child_environment(os.environ, settings.stdio_env)
+        factory = StdioFactory(command, env=env, max_message_bytes=settings.max_response_bytes)
     else:
         try:
             factory = LegacySseFactory(

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
+import re
 import signal
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -34,23 +36,50 @@ _LOG_LINE = 8192
 """stderr lines are logged up to this many characters."""
 
 
-def stdio_label(argv: Sequence[str]) -> str:
-    """The name a stdio server goes by in audit records, policy ``upstreams`` and credentials.
+UPSTREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+"""What ``--upstream-name`` accepts: one URL path segment that needs no quoting."""
 
+CHILD_ENVIRONMENT = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "TMPDIR", "TMP", "TEMP"}
+)
+"""What every stdio child gets of Wicket's environment (plus ``LC_*``): enough to find programs,
+a home for caches (npx), a locale and a temporary directory, and nothing that grants access."""
+
+
+def stdio_label(argv: Sequence[str], name: str | None = None) -> str:
+    """The name a stdio server goes by in audit records, metrics, policy ``upstreams`` and credentials.
+
+    Two servers must never share it (they would share tool pins, trust and ``aud``), so it is
+    the operator's ``name`` or else the program followed by a digest of the whole command line
+    (``http://stdio/npx-3f2a9c01d4e5``): the arguments may hold secrets, so only their digest shows.
     It must be an http URL: the proxy sends its requests to it (through the bridge's Unix
     socket, so it is never resolved or dialled) and policies name upstreams by URL.
     """
-    name = PurePosixPath(argv[0]).name if argv else ""
-    return "http://stdio/" + quote(name or "server", safe="")
+    if name is not None:
+        if not UPSTREAM_NAME.fullmatch(name):
+            raise ValueError(
+                f"an upstream name is 1 to 64 of A-Z a-z 0-9 . _ - (starting with a letter or digit), not {name!r}"
+            )
+        return "http://stdio/" + name
+    program = PurePosixPath(argv[0]).name if argv else ""
+    digest = hashlib.sha256(json.dumps(list(argv), ensure_ascii=False).encode("utf-8", "surrogatepass")).hexdigest()
+    return "http://stdio/" + quote(program or "server", safe="") + "-" + digest[:12]
 
 
-def child_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """Wicket's environment without its own settings and secrets (``WICKET_*``).
+def child_environment(environ: Mapping[str, str], passed: Iterable[str] = ()) -> dict[str, str]:
+    """What a stdio child sees of Wicket's environment: the allowlist above, ``LC_*``, and the
+    variables the operator names (``--stdio-env NAME``).
 
-    The child runs whatever the agent asks of it; it must never hold the keys that sign
-    Wicket's sessions and credentials or the operator's admin token.
+    The child runs a third party's code on the agent's behalf: it must never hold Wicket's
+    keys or admin token, nor the model and cloud credentials in Wicket's environment.
+    ``WICKET_*`` is never passed, even when named.
     """
-    return {key: value for key, value in environ.items() if not key.upper().startswith("WICKET_")}
+    wanted = CHILD_ENVIRONMENT | frozenset(passed)
+    return {
+        key: value
+        for key, value in environ.items()
+        if (key in wanted or key.startswith("LC_")) and not key.upper().startswith("WICKET_")
+    }
 
 
 class StdioFactory:
