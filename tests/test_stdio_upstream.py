@@ -570,7 +570,8 @@ async def test_wicket_run_command_exits_cleanly_and_leaves_no_child(tmp_path: Pa
             return found is not None
 
         await eventually(listening, "wicket listens", deadline=30)
-        label = f"upstream {stdio_label([sys.executable, 'tests/stdio_server.py'])} (stdio: {sys.executable}, one process per"
+        name = stdio_label([sys.executable, "tests/stdio_server.py"])
+        label = f"upstream {name} (stdio: {sys.executable}, one process per"
         assert label in log_path.read_text()
         url = f"http://127.0.0.1:{ports[0]}/mcp"
         async with aiohttp.ClientSession() as http:
