@@ -148,7 +148,9 @@ class Wicket:
             metrics=self.metrics,
             approvals=self.approvals,
         )
-        self.toolpins = ToolPins(self.store, self.policy, audit=self.checker.audit_event, metrics=self.metrics)
+        self.toolpins = ToolPins(
+            self.store, self.policy, signer=self.signer, audit=self.checker.audit_event, metrics=self.metrics
+        )
         try:
             self.keys = KeyRing.from_env(self.settings.environ)
             needs_exchange = any(s.mode == "exchange" for _, _, s in self.policy.credential_variants())

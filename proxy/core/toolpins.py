@@ -11,8 +11,15 @@ State lives in the shared ``Store`` so every replica agrees: one record per tool
 of truth, changed only by compare-and-set, so replicas seeing the same new definition never
 fight and exactly one audits it) and, per upstream, a small document of the tools that are
 pending. The call path reads only a local copy of that document, refreshed at most every
-``refresh_seconds``. Deleting a record (or corrupting it) makes the next ``tools/list`` pin
-what it sees, as on first sight: pins trust the store, like revocations do.
+``refresh_seconds``.
+
+Both are HMAC-signed like sessions (``RecordSigner``, bound to their store key), and the
+document also names every tool that has a record and carries a version. So a record edited
+in the store, or deleted while the document still names it, is *tampered*: the tool is blocked
+until an operator approves what the upstream lists now, instead of being pinned afresh on the
+next list. A document that fails its check, or disappears or goes back to an older version
+after this process saw it, fails closed on the call path until a ``tools/list`` rebuilds it
+from the signed records.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from proxy.audit.sink import AuditUnavailable
 from proxy.core import injection
 from proxy.core.approvals import rfc3339
 from proxy.core.policy import Policy, normalise_url
+from proxy.core.sessions import RecordSigner, SessionIntegrityError
 from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
 
@@ -51,6 +59,8 @@ MAX_STORED_DEFINITION = 64 * 1024
 _CAS_ATTEMPTS = 8
 _SCAN_MEMO = 4096
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+INTEGRITY = "integrity"
+"""The finding category of a pin that failed its integrity check (altered, or deleted from the store)."""
 
 AuditWriter = Callable[[dict[str, Any]], Awaitable[None]]
 """Appends one audit event; raises ``AuditUnavailable`` when it cannot."""
@@ -160,7 +170,10 @@ class Pending:
     findings: tuple[dict[str, str], ...] = ()
 
     def blocking(self, policy: Policy) -> str | None:
-        """``poisoned`` or ``changed`` when policy blocks this tool now, else None."""
+        """``tampered``, ``poisoned`` or ``changed`` when this tool is blocked now, else None. A
+        tampered pin blocks whatever the policy says: nothing is left to compare the definition with."""
+        if any(f.get("category") == INTEGRITY for f in self.findings):
+            return "tampered"
         if self.findings and policy.tool_on_poisoning == "block":
             return "poisoned"
         if self.pinned is not None and self.pinned != self.pending and policy.tool_on_change == "block":
@@ -170,6 +183,12 @@ class Pending:
     def reason(self, name: str, kind: str) -> str:
         shown = name if len(name) <= 128 else name[:125] + "..."
         command = f"`wicket tools approve {shlex.quote(shown)}`"
+        if kind == "tampered":
+            return (
+                f"Tool '{shown}' lost its pin: the stored record failed its integrity check (altered or deleted "
+                f"in the state store); calls are blocked until an operator reviews the current definition "
+                f"(sha256 {_short(self.pending)}) and approves it with {command}."
+            )
         if kind == "poisoned":
             found = injection.describe(_findings_of(self.findings))
             return (
@@ -224,18 +243,23 @@ class PinRecord:
             return None
         return Pending(self.sha256, self.pending_sha256, self.pending_findings)
 
-    def encode(self) -> bytes:
+    @property
+    def tampered(self) -> bool:
+        """The pending definition replaced a pin that failed its integrity check."""
+        return any(f.get("category") == INTEGRITY for f in self.pending_findings)
+
+    def encode(self, signer: RecordSigner, key: str) -> bytes:
         body = dataclasses.asdict(self)
         body["v"] = RECORD_VERSION
-        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()  # ASCII: any string round-trips
+        return signer.encode(key, body)
 
     @staticmethod
-    def decode(raw: bytes | None) -> PinRecord | None:
-        """The record, or None when absent or unreadable (treated as never seen: the next list re-pins)."""
+    def decode(raw: bytes | None, signer: RecordSigner, key: str) -> PinRecord | None:
+        """The record, or None when absent; raises SessionIntegrityError when it fails its HMAC or is malformed."""
         if raw is None:
             return None
+        body = signer.decode(key, raw)
         try:
-            body = json.loads(raw)
             if not isinstance(body, dict) or body.pop("v", None) != RECORD_VERSION:
                 raise ValueError("unknown record version")
             body["findings"] = tuple(body.get("findings") or ())
@@ -248,9 +272,8 @@ class PinRecord:
             ):
                 raise ValueError("malformed record")
             return record
-        except (ValueError, TypeError, UnicodeDecodeError) as exc:
-            log.error("a tool pin record is unreadable (%s); it is treated as never seen", exc)
-            return None
+        except (ValueError, TypeError) as exc:
+            raise SessionIntegrityError(f"tool pin {key!r} is malformed ({exc})") from None
 
     def view(self, policy: Policy) -> dict[str, Any]:
         """What an operator sees (``GET /v1/tools``, ``wicket tools list``)."""
@@ -331,10 +354,49 @@ def assess(
     return _Assessment(updated, tuple(events))
 
 
+def _tampered(
+    upstream: str, listed: _Listed, scanned: tuple[dict[str, str], ...], lost: str, now: float
+) -> _Assessment:
+    """A tool whose pin was altered or deleted: nothing trusted remains, so the listed definition
+    waits for an operator whatever it says (never pinned afresh, which is what an attacker wants)."""
+    name = str(listed.definition.get("name"))
+    finding = {"category": INTEGRITY, "message": f"the tool's pin was {lost}"}
+    record = PinRecord(
+        upstream,
+        name,
+        now,
+        pending_sha256=listed.sha,
+        pending=_stored(listed.definition),
+        pending_findings=(finding, *scanned),
+        changed_at=now,
+    )
+    return _Assessment(record, ("tool_tampered",))
+
+
 @dataclasses.dataclass(slots=True)
 class _Cached:
     entries: dict[str, Pending]
     fetched_at: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Document:
+    """One upstream's signed pending document: what is pending, every tool with a record, a version."""
+
+    entries: dict[str, Pending]
+    pins: frozenset[str]
+    version: int
+
+    def encode(self, signer: RecordSigner, key: str) -> bytes:
+        body = {
+            "tools": {name: entry.to_json() for name, entry in sorted(self.entries.items())},
+            "pins": sorted(self.pins),
+            "version": self.version,
+        }
+        return signer.encode(key, body)
+
+
+_EMPTY = _Document({}, frozenset(), 0)
 
 
 class ToolPins:
@@ -345,6 +407,7 @@ class ToolPins:
         store: Store,
         policy: Policy,
         *,
+        signer: RecordSigner,
         audit: AuditWriter,
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
@@ -352,6 +415,7 @@ class ToolPins:
     ) -> None:
         self._store = store
         self._policy = policy
+        self._signer = signer
         self._audit = audit
         self._metrics = metrics
         self._clock = clock
@@ -360,6 +424,7 @@ class ToolPins:
         self._refresh_lock = asyncio.Lock()
         self._scans: dict[str, tuple[dict[str, str], ...]] = {}
         self._known_upstreams: set[str] = set()
+        self._versions: dict[str, int] = {}  # upstream tag -> highest document version this process saw
 
     # -- tools/list ----------------------------------------------------------------------------
 
@@ -377,20 +442,23 @@ class ToolPins:
         names = list(listed)
         keys = [record_key(upstream, n) for n in names]
         raws = await self._store.get_many([_flagged_key(upstream), *keys])
-        document = self._parse_document(raws[0], strict=False)
+        document = self._parse_document(upstream, raws[0], strict=False)
+        pins = document.pins if document is not None else frozenset()
         final: dict[str, PinRecord | None] = {}
         written = False
         for name, key, raw in zip(names, keys, raws[1:], strict=True):
-            record, wrote = await self._review_one(upstream, key, raw, listed[name], agent_id, session_id)
+            record, wrote = await self._review_one(
+                upstream, key, raw, listed[name], agent_id, session_id, named=name in pins
+            )
             final[name] = record
             written = written or wrote
-        consistent = all(
-            (document.get(n) if document is not None else None) == (r.flag() if r else None) for n, r in final.items()
+        consistent = document is not None and all(
+            document.entries.get(n) == (r.flag() if r else None) and (r is None or n in pins) for n, r in final.items()
         )
         if written or not consistent or document is None:
             entries = await self._sync_pending(upstream, names)
         else:
-            entries = document
+            entries = document.entries
             self._cache[upstream_tag(upstream)] = _Cached(dict(entries), self._clock())
         if upstream not in self._known_upstreams:
             await self._store.index_add(UPSTREAMS_INDEX, upstream, self._clock(), UPSTREAMS_LIMIT)
@@ -405,19 +473,31 @@ class ToolPins:
         listed: _Listed,
         agent_id: str,
         session_id: str,
+        *,
+        named: bool,
     ) -> tuple[PinRecord | None, bool]:
         """(the tool's record after this list, whether this call wrote it). Compare-and-set: of
-        replicas racing on one new definition, one writes and audits, the others re-read it."""
-        findings = self._scan(listed)
+        replicas racing on one new definition, one writes and audits, the others re-read it.
+        ``named``: the signed document says this tool has a record, so a missing one was deleted."""
+        scanned = self._scan(listed)
         for _ in range(_CAS_ATTEMPTS):
-            record = PinRecord.decode(raw)
             now = self._clock()
-            outcome = assess(
-                record, upstream=upstream, tool=listed.definition, sha=listed.sha, findings=findings, now=now
-            )
+            try:
+                record = PinRecord.decode(raw, self._signer, key)
+                lost = "deleted from the state store" if record is None and named else None
+            except SessionIntegrityError:
+                record, lost = None, "altered in the state store"
+            if lost is not None:
+                outcome = _tampered(upstream, listed, scanned, lost, now)
+            else:
+                kept = tuple(f for f in record.pending_findings if f.get("category") == INTEGRITY) if record else ()
+                findings = kept + scanned  # a tampered pin stays blocked until an operator approves
+                outcome = assess(
+                    record, upstream=upstream, tool=listed.definition, sha=listed.sha, findings=findings, now=now
+                )
             if outcome.record is None:
                 return record, False
-            if await self._store.compare_and_set(key, raw, outcome.record.encode()):
+            if await self._store.compare_and_set(key, raw, outcome.record.encode(self._signer, key)):
                 if record is None or outcome.record.pending_sha256 != record.pending_sha256:
                     # Newest first in the listing: what awaits approval is never the one to fall off.
                     await self._store.index_add(_index_key(upstream), outcome.record.name, now, INDEX_LIMIT)
@@ -455,7 +535,12 @@ class ToolPins:
         }
         if event != "tool_pinned" and record.sha256 is not None:
             fields["previous_sha256"] = record.sha256
-        if event == "tool_poisoned":
+        if event == "tool_tampered":
+            fields["findings"] = list(record.pending_findings)
+            log.error(
+                "the pin of tool %r of %s failed its integrity check; the tool is blocked", record.name, record.upstream
+            )
+        elif event == "tool_poisoned":
             fields["findings"] = list(record.pending_findings)
             self._metrics.tool_poisonings.labels(mode).inc()
             log.warning("tool %r of %s looks poisoned (%s)", record.name, record.upstream, mode)
@@ -470,46 +555,68 @@ class ToolPins:
 
     # -- the pending document ------------------------------------------------------------------
 
-    def _parse_document(self, raw: bytes | None, *, strict: bool) -> dict[str, Pending] | None:
-        """The pending tools of one upstream; None for an unreadable document (``strict``: raise)."""
-        if raw is None:
-            return {}
+    def _parse_document(self, upstream: str, raw: bytes | None, *, strict: bool) -> _Document | None:
+        """The signed pending document of one upstream; None when it is unreadable or unverifiable, or
+        when it vanished or went back to an older version after this process saw it (``strict``: raise)."""
+        tag = upstream_tag(upstream)
+        seen = self._versions.get(tag, 0)
         try:
-            body = json.loads(raw)
-            tools = body["tools"] if isinstance(body, dict) else None
-            if not isinstance(tools, dict):
-                raise ValueError("no tools mapping")
-            return {str(name): Pending.from_json(item) for name, item in tools.items()}
-        except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+            if raw is None:
+                if seen:
+                    raise ValueError("it was deleted from the state store")
+                return _EMPTY
+            body = self._signer.decode(_flagged_key(upstream), raw)
+            tools, pins, version = body.get("tools"), body.get("pins"), body.get("version")
+            if not isinstance(tools, dict) or not isinstance(pins, list) or type(version) is not int:
+                raise ValueError("it is malformed")
+            if version < seen:
+                raise ValueError(f"it went back from version {seen} to {version}")
+            document = _Document(
+                {str(name): Pending.from_json(item) for name, item in tools.items()},
+                frozenset(str(p) for p in pins),
+                version,
+            )
+        except (ValueError, KeyError, TypeError, SessionIntegrityError) as exc:
             if strict:
-                raise StoreUnavailable(f"the pending-tools record is unreadable ({exc})") from None
-            log.error("the pending-tools record is unreadable (%s); rebuilding it", exc)
+                raise StoreUnavailable(f"the pending-tools record failed its integrity check ({exc})") from None
+            log.error("the pending-tools record of %s is unusable (%s); rebuilding it from the pins", upstream, exc)
             return None
+        self._versions[tag] = version
+        return document
 
     async def _sync_pending(self, upstream: str, names: Sequence[str]) -> dict[str, Pending]:
         """Make the pending document agree with the records of ``names``, read afresh together with
         it: a record change is always followed by this, so the last writer sees every record."""
         doc_key = _flagged_key(upstream)
         keys = [doc_key, *(record_key(upstream, n) for n in names)]
+        tag = upstream_tag(upstream)
         for _ in range(_CAS_ATTEMPTS):
             raws = await self._store.get_many(keys)
-            current = self._parse_document(raws[0], strict=False)
-            entries = dict(current or {})
-            for name, raw in zip(names, raws[1:], strict=True):
-                record = PinRecord.decode(raw)
+            current = self._parse_document(upstream, raws[0], strict=False)
+            entries = dict(current.entries) if current is not None else {}
+            pins = set(current.pins) if current is not None else set()
+            for name, key, raw in zip(names, keys[1:], raws[1:], strict=True):
+                try:
+                    record = PinRecord.decode(raw, self._signer, key)
+                except SessionIntegrityError:
+                    record = None  # only a list rewrites it (as tampered); the document keeps naming it
+                if record is not None:
+                    pins.add(name)
                 flag = record.flag() if record is not None else None
                 if flag is None:
                     entries.pop(name, None)
                 else:
                     entries[name] = flag
-            if current is not None and entries == current:
+            if current is not None and entries == current.entries and pins == current.pins:
                 written = True
             else:
-                body = {"tools": {name: entry.to_json() for name, entry in sorted(entries.items())}}
-                encoded = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+                version = max(current.version if current is not None else 0, self._versions.get(tag, 0)) + 1
+                encoded = _Document(entries, frozenset(pins), version).encode(self._signer, doc_key)
                 written = await self._store.compare_and_set(doc_key, raws[0], encoded)
+                if written:
+                    self._versions[tag] = version
             if written:
-                self._cache[upstream_tag(upstream)] = _Cached(entries, self._clock())
+                self._cache[tag] = _Cached(entries, self._clock())
                 return entries
         raise StoreUnavailable("the pending-tools record kept changing under concurrent writers; try again")
 
@@ -540,7 +647,8 @@ class ToolPins:
             if cached is not None and 0 <= self._clock() - cached.fetched_at < self._refresh:
                 return cached.entries
             raw = await self._store.get(_flagged_key(upstream))
-            entries = self._parse_document(raw, strict=True) or {}
+            document = self._parse_document(upstream, raw, strict=True)
+            entries = document.entries if document is not None else {}
             self._cache[tag] = _Cached(entries, self._clock())
             return entries
 
@@ -555,7 +663,14 @@ class ToolPins:
         key = record_key(upstream, name)
         for _ in range(_CAS_ATTEMPTS):
             raw = await self._store.get(key)
-            record = PinRecord.decode(raw)
+            try:
+                record = PinRecord.decode(raw, self._signer, key)
+            except SessionIntegrityError:
+                raise ToolPinError(
+                    409,
+                    f"Tool {name!r}'s pin failed its integrity check; list the upstream's tools so Wicket records "
+                    "the current definition for review, then approve it.",
+                ) from None
             if raw is None or record is None:
                 raise ToolPinError(404, f"No tool {name!r} has been seen from {upstream}.")
             if record.pending_sha256 is None:
@@ -582,7 +697,7 @@ class ToolPins:
                 pending=None,
                 pending_findings=(),
             )
-            encoded = approved.encode()
+            encoded = approved.encode(self._signer, key)
             if not await self._store.compare_and_set(key, raw, encoded):
                 continue
             event: dict[str, Any] = {
@@ -622,9 +737,13 @@ class ToolPins:
                 continue
             seen.add(tag)
             names = await self._store.index_members(_index_key(url), INDEX_LIMIT)
-            raws = await self._store.get_many([record_key(url, n) for n in names])
-            for raw in raws:
-                record = PinRecord.decode(raw)
+            keys = [record_key(url, n) for n in names]
+            for key, raw in zip(keys, await self._store.get_many(keys), strict=True):
+                try:
+                    record = PinRecord.decode(raw, self._signer, key)
+                except SessionIntegrityError:
+                    log.error("tool pin %s failed its integrity check; the next tools/list blocks it", key)
+                    continue
                 if record is not None:
                     out.append(record.view(self._policy))
         return out
