@@ -14,6 +14,7 @@ from proxy.adapters.mcp import McpProxy
 from proxy.admin.api import AdminApi, store_faults
 from proxy.admin.check import CheckApi
 from proxy.admin.control import ControlApi
+from proxy.admin.health import HealthApi
 from proxy.admin.tools import ToolsApi
 from proxy.audit.feed import EventFeed, PublishingSink
 from proxy.audit.sink import open_sink
@@ -46,6 +47,7 @@ from proxy.state.base import Store, StoreUnavailable
 from proxy.state.memory import MemoryStore
 from proxy.state.redis import RedisStore
 from proxy.telemetry import Metrics
+from proxy.upstreams.reachability import UpstreamReachability
 from proxy.upstreams.setup import bridge_for
 from proxy.webhook import ApprovalWebhook
 
@@ -172,8 +174,12 @@ class Wicket:
         # stdio and legacy SSE upstreams: the proxy forwards to this bridge, which runs the real servers.
         self.bridge = bridge_for(self.settings, self.metrics)
         self.metrics.upstream_info.labels(self.settings.upstream, self.settings.upstream_transport).set(1)
+        self.health = HealthApi(
+            audit=self.audit, store=self.store, metrics=self.metrics, upstream=UpstreamReachability(self.settings)
+        )
         self.data_port = 0
         self.admin_port = 0
+        self.health_port = 0
 
     def _router(self) -> GuardianRouter:
         """Fast always in process; Spot and Deep in process, or at the guardian service with --guardian-url."""
@@ -264,12 +270,19 @@ class Wicket:
         )
         check = CheckApi(identity=self.identity, checker=self.checker, store=self.store, signer=self.signer)
         app = web.Application(client_max_size=64 * 1024, middlewares=[store_faults])
+        app.add_routes(self.health.routes())
         app.add_routes(api.routes())
         app.add_routes(control.routes())
         tools = ToolsApi(admin_token=self.settings.admin_token, toolpins=self.toolpins, upstream=self.settings.upstream)
         app.add_routes(tools.routes())
         app.add_routes(check.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
+        return app
+
+    def health_app(self) -> web.Application:
+        """The health listener: probes and scrapes only, nothing that reads or changes state."""
+        app = web.Application(client_max_size=1024)
+        app.add_routes(self.health.routes())
         return app
 
     async def start(self) -> None:
@@ -287,6 +300,8 @@ class Wicket:
         admin_host, admin_port = self.settings.admin_address
         self.data_port = await self._serve(self.data_app(), data_host, data_port)
         self.admin_port = await self._serve(self.admin_app(), admin_host, admin_port)
+        if (health := self.settings.health_address) is not None:
+            self.health_port = await self._serve(self.health_app(), *health)
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)

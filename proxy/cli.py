@@ -28,6 +28,12 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
         "--admin-listen", default="127.0.0.1:9090", metavar="HOST:PORT", help="admin port (default 127.0.0.1:9090)"
     )
     parser.add_argument(
+        "--health-listen",
+        metavar="HOST:PORT",
+        help="also serve /healthz, /readyz and /metrics (nothing else) here, e.g. 0.0.0.0:9091 for kubelet "
+        "probes and Prometheus (default: off; they are always on the admin port)",
+    )
+    parser.add_argument(
         "--store",
         default=store,
         help=f"state store: memory, or a redis://, redis+sentinel:// or redis+cluster:// URL (default: {store})",
@@ -239,6 +245,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], 
         upstream=upstream,
         listen=args.listen,
         admin_listen=args.admin_listen,
+        health_listen=args.health_listen,
         policy_files=policy_files,
         audit_log=args.audit_log,
         audit_fsync=args.audit_fsync,
@@ -300,11 +307,12 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
     if banner:
         print(banner.format(data=wicket.data_port, admin=wicket.admin_port), flush=True)
     logging.getLogger("wicket").info(
-        "listening: data %s (port %d), admin %s (port %d), upstream %s",
+        "listening: data %s (port %d), admin %s (port %d)%s, upstream %s",
         wicket.settings.listen,
         wicket.data_port,
         wicket.settings.admin_listen,
         wicket.admin_port,
+        f", health {wicket.settings.health_listen} (port {wicket.health_port})" if wicket.health_port else "",
         _upstream_text(wicket.settings),
     )
     try:

@@ -27,6 +27,7 @@ class Settings:
     upstream: str
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "127.0.0.1:9090"
+    health_listen: str | None = None  # /healthz, /readyz, /metrics only, e.g. 0.0.0.0:9091 for kubelet and Prometheus
     policy_files: list[str] = field(default_factory=lambda: ["policies/default.yaml"])
     audit_log: str = "./wicket-audit.jsonl"
     audit_fsync: str = "interval"
@@ -84,3 +85,7 @@ class Settings:
     @property
     def admin_address(self) -> tuple[str, int]:
         return split_host_port(self.admin_listen, 9090)
+
+    @property
+    def health_address(self) -> tuple[str, int] | None:
+        return split_host_port(self.health_listen, 9091) if self.health_listen else None

@@ -134,7 +134,7 @@ async def test_health_and_readiness(wicket: RunningWicket) -> None:
             assert response.status == 200
         async with http.get(f"{wicket.admin_url}/readyz") as response:
             assert response.status == 200
-            assert (await response.json())["checks"] == {"audit": "ok", "store": "ok"}
+            assert (await response.json())["checks"] == {"audit": "ok", "store": "ok", "upstream": "ok"}
 
 
 async def test_control_api_needs_the_operator_token(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:

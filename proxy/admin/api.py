@@ -1,4 +1,4 @@
-"""The admin port: metrics, health, and the operator's control API (``/v1``).
+"""The admin port: the operator's control API (``/v1``); health and metrics are in ``health.py``.
 
 It listens on loopback by default. Every state-changing call needs the operator token:
 an agent sharing localhost with the sidecar holds only its own runtime token, which
@@ -114,31 +114,10 @@ class AdminApi:
 
     def routes(self) -> list[web.RouteDef]:
         return [
-            web.get("/metrics", self.metrics),
-            web.get("/healthz", self.healthz),
-            web.get("/readyz", self.readyz),
             web.post("/v1/sessions", self.create_session),
             web.post("/v1/revocations", self.revoke),
             *console_routes(),
         ]
-
-    async def metrics(self, request: web.Request) -> web.Response:
-        body = self._metrics.exposition()
-        return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
-
-    async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(self, request: web.Request) -> web.Response:
-        checks: dict[str, str] = {}
-        checks["audit"] = "ok" if self._audit.healthy else f"failing: {self._audit.problem}"
-        try:
-            await self._store.ping()
-            checks["store"] = "ok"
-        except StoreUnavailable as exc:
-            checks["store"] = f"failing: {exc}"
-        ready = all(v == "ok" for v in checks.values())
-        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     def _operator(self, request: web.Request) -> web.Response | None:
         """None when the request carries the operator token; otherwise the refusal to send."""
