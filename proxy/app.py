@@ -25,7 +25,7 @@ from proxy.core.effects import EffectClassifier
 from proxy.core.guardian import FastGuard, GuardianRouter, ReviewTier
 from proxy.core.identity import IdentityResolver
 from proxy.core.policy import Policy
-from proxy.core.revocations import RevocationList
+from proxy.core.revocations import RevocationList, SignedRevocations
 from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
 from proxy.core.toolpins import ToolPins
@@ -123,6 +123,7 @@ class Wicket:
         self.sessions = SessionManager(self.store, self.signer)
         self.oidc = oidc_verifier(self.settings)
         self.revocations = RevocationList()
+        self.signed_revocations = SignedRevocations(self.store, self.signer)
         self.identity = IdentityResolver(self.sessions, self.policy, oidc=self.oidc, revocations=self.revocations)
         classifier = EffectClassifier(
             overrides=self.policy.effect_override, is_trusted_upstream=self.policy.is_trusted_upstream
@@ -255,6 +256,7 @@ class Wicket:
             checker=self.checker,
             audit=self.audit,
             store=self.store,
+            revocations=self.signed_revocations,
             metrics=self.metrics,
         )
         control = ControlApi(
@@ -315,11 +317,16 @@ class Wicket:
 
     async def _sync_revocations(self) -> bool:
         try:
-            self.revocations.replace(await self.store.revocations())
-            return True
+            loaded = await self.signed_revocations.load(self.revocations.items())
         except StoreUnavailable as exc:
             log.error("revocations could not be loaded: %s", exc)
             return False
+        self.revocations.update(loaded.items)
+        if loaded.problem is not None:
+            # Every revocation either side held stays in force (and was put back); the operator must know why.
+            log.error("revocations: %s", loaded.problem)
+            await self.checker.integrity_failure("store", f"revocations: {loaded.problem}")
+        return True
 
     async def _resync_revocations(self) -> None:
         """Pub/sub makes revocations instant; this full reload covers any message a replica missed."""

@@ -21,7 +21,7 @@ from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.approvals import rfc3339
 from proxy.core.checker import Checker
 from proxy.core.policy import Policy
-from proxy.core.revocations import KINDS
+from proxy.core.revocations import KINDS, SignedRevocations
 from proxy.core.sessions import MODES, TOKEN_PREFIX, SessionManager, token_fingerprint
 from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
@@ -102,9 +102,11 @@ class AdminApi:
         checker: Checker,
         audit: AuditSink,
         store: Store,
+        revocations: SignedRevocations,
         metrics: Metrics,
     ) -> None:
         self._admin_token = admin_token
+        self._revocations = revocations
         self._policy = policy
         self._sessions = sessions
         self._checker = checker
@@ -197,7 +199,7 @@ class AdminApi:
             return problem(400, "kind must be agent, session or token, and id a non-empty string.")
         if kind == "token" and ident.startswith(TOKEN_PREFIX):
             ident = token_fingerprint(ident)[:16]  # revocations (and the audit) name tokens by fingerprint only
-        await self._store.revoke(kind, ident)
+        await self._revocations.revoke(kind, ident)
         self._metrics.revocations.labels(kind).inc()
         try:
             await self._checker.audit_event(

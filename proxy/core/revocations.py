@@ -2,13 +2,26 @@
 
 The store persists revocations and fans them out (pub/sub on Redis); each replica keeps
 this list current from that feed plus a periodic full resync for missed messages.
+
+Revocations are permanent, so the in-memory list only grows, and the store's plain set is
+backed by a signed list (:class:`SignedRevocations`): a revocation deleted from the store
+is still enforced, reported and put back, never silently lifted.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
+
+from proxy.core.sessions import RecordSigner, SessionIntegrityError
+from proxy.state.base import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
 
 KINDS = ("agent", "session", "token")
+SIGNED_KEY = "wicket:revocations:signed"
+_CAS_ATTEMPTS = 16
 
 
 class RevocationList:
@@ -19,12 +32,13 @@ class RevocationList:
         if kind in self._items:
             self._items[kind].add(ident)
 
-    def replace(self, items: Iterable[tuple[str, str]]) -> None:
-        fresh: dict[str, set[str]] = {kind: set() for kind in KINDS}
+    def update(self, items: Iterable[tuple[str, str]]) -> None:
+        """Add every item; nothing is ever removed (a revocation is permanent)."""
         for kind, ident in items:
-            if kind in fresh:
-                fresh[kind].add(ident)
-        self._items = fresh
+            self.add(kind, ident)
+
+    def items(self) -> set[tuple[str, str]]:
+        return {(kind, ident) for kind, idents in self._items.items() for ident in idents}
 
     def reason(self, agent_id: str, session_id: str | None, token_id: str | None) -> str | None:
         """Why this caller is refused, or None."""
@@ -38,3 +52,101 @@ class RevocationList:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._items.values())
+
+
+@dataclass(frozen=True, slots=True)
+class Loaded:
+    """Every revocation the store vouches for or holds, and what was wrong with it (None: nothing)."""
+
+    items: frozenset[tuple[str, str]]
+    problem: str | None = None
+
+
+class SignedRevocations:
+    """The store's revocation set plus one HMAC-signed, versioned list of the same entries.
+
+    ``revoke`` signs the entry into the list before it is announced, so every genuine entry of
+    the set is also signed. ``load`` compares the two: an entry signed but missing from the set
+    (deleted), a list that fails its check, vanished or went back to an older version than this
+    process saw, or entries in the set nobody signed are reported; every entry either side holds
+    stays in force, and what this process already knew is signed and stored again.
+    """
+
+    def __init__(self, store: Store, signer: RecordSigner) -> None:
+        self._store = store
+        self._signer = signer
+        self._version = 0  # the highest version of the signed list this process saw
+
+    async def revoke(self, kind: str, ident: str) -> None:
+        """Sign the entry into the list, then persist and announce it (``Store.revoke``)."""
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._store.get(SIGNED_KEY)
+            signed, version, _ = self._decode(raw)
+            if (kind, ident) in signed:
+                break
+            if await self._write(raw, signed | {(kind, ident)}, version):
+                break
+        else:
+            raise StoreUnavailable("the signed revocation list kept changing under concurrent writers; try again")
+        await self._store.revoke(kind, ident)
+
+    async def load(self, known: Iterable[tuple[str, str]] = ()) -> Loaded:
+        """Read and cross-check both; ``known`` (what this replica already enforces) is kept and re-signed."""
+        raw = await self._store.get(SIGNED_KEY)  # the list first: an entry is signed before it is added to the set
+        held = set(await self._store.revocations())
+        signed, version, problems = self._decode(raw)
+        if raw is None and (held or self._version):
+            problems.append("the signed revocation list was deleted from the store")
+        if signed - held:
+            held = set(await self._store.revocations())  # a revocation may have been signed but not yet added
+        deleted = signed - held
+        if deleted:
+            shown = ", ".join(f"{k} {i}" for k, i in sorted(deleted)[:5])
+            problems.append(f"{len(deleted)} signed revocation(s) were deleted from the store ({shown})")
+        unsigned = held - signed
+        if unsigned and not problems:
+            problems.append(f"{len(unsigned)} revocation(s) in the store are not in the signed list")
+        everything = frozenset(signed | held | set(known))
+        if problems:
+            await self._repair(raw, everything, version, everything - held)
+        return Loaded(everything, "; ".join(problems) or None)
+
+    async def _repair(
+        self, raw: bytes | None, items: frozenset[tuple[str, str]], version: int, missing: frozenset[tuple[str, str]]
+    ) -> None:
+        """Sign what is in force and put deleted entries back; a failure here is logged, not raised."""
+        try:
+            await self._write(raw, set(items), version)
+            for kind, ident in sorted(missing):
+                await self._store.revoke(kind, ident)
+        except StoreUnavailable as exc:
+            log.error("the revocation list could not be repaired: %s", exc)
+
+    def _decode(self, raw: bytes | None) -> tuple[set[tuple[str, str]], int, list[str]]:
+        """(signed entries, version, problems); an unusable list counts as empty, with the reason."""
+        if raw is None:
+            return set(), self._version, []
+        try:
+            body = self._signer.decode(SIGNED_KEY, raw)
+            items, version = body["items"], body["version"]
+            if type(version) is not int or not isinstance(items, list):
+                raise SessionIntegrityError("the signed revocation list is malformed")
+            signed = {(str(k), str(i)) for k, i in items}
+        except (SessionIntegrityError, KeyError, TypeError, ValueError) as exc:
+            return set(), self._version, [f"the signed revocation list failed its integrity check ({exc})"]
+        if version < self._version:
+            return (
+                signed,
+                self._version,
+                [f"the signed revocation list went back from version {self._version} to {version}"],
+            )
+        self._version = version
+        return signed, version, []
+
+    async def _write(self, raw: bytes | None, items: set[tuple[str, str]], version: int) -> bool:
+        version = max(version, self._version) + 1
+        body = {"items": sorted([k, i] for k, i in items), "version": version}
+        if not await self._store.compare_and_set(SIGNED_KEY, raw, self._signer.encode(SIGNED_KEY, body)):
+            return False
+        self._version = version
+        return True

@@ -1,0 +1,142 @@
+"""Trusted state is signed: a revocation deleted from the store (memory or real Redis) is still
+enforced, reported and put back; the signed list itself cannot be edited, deleted or rolled back
+unnoticed. (Tool pins have their own tests in tests/test_toolpins.py.)"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from proxy.core.revocations import SIGNED_KEY, SignedRevocations
+from proxy.core.sessions import RecordSigner
+from proxy.demo.server import DemoUpstream
+from proxy.state.base import Store
+from proxy.state.memory import MemoryStore
+from proxy.state.redis import RedisStore
+from tests.conftest import WicketFactory
+from tests.redis_support import RedisServer
+from tests.test_revocation import STRICT, call, revoke
+
+SIGNER = RecordSigner(b"revocation-test-key-0123456789ab")
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    redis_store = RedisStore(server.url)
+    yield redis_store
+    await redis_store.close()
+
+
+async def forget(store: Store, kind: str, ident: str) -> None:
+    """What an attacker with write access to the store does: remove the entry from the plain set."""
+    if isinstance(store, MemoryStore):
+        store._revoked.discard((kind, ident))
+        return
+    await store._client.srem(store._revocations_key, f"{kind}\0{ident}")  # type: ignore[union-attr]
+
+
+async def test_a_clean_list_loads_without_a_problem(store: Store) -> None:
+    ledger = SignedRevocations(store, SIGNER)
+    await ledger.revoke("agent", "mallory")
+    await ledger.revoke("session", "ses_1")
+    await ledger.revoke("agent", "mallory")  # twice is once
+    loaded = await SignedRevocations(store, SIGNER).load()
+    assert loaded.problem is None
+    assert loaded.items == {("agent", "mallory"), ("session", "ses_1")}
+    assert sorted(await store.revocations()) == [("agent", "mallory"), ("session", "ses_1")]
+
+
+async def test_a_revocation_deleted_from_the_set_is_detected_enforced_and_put_back(store: Store) -> None:
+    ledger = SignedRevocations(store, SIGNER)
+    await ledger.revoke("agent", "mallory")
+    await forget(store, "agent", "mallory")
+    assert await store.revocations() == []
+    loaded = await SignedRevocations(store, SIGNER).load()  # a fresh replica
+    assert loaded.problem is not None and "deleted" in loaded.problem and "agent mallory" in loaded.problem
+    assert ("agent", "mallory") in loaded.items
+    assert await store.revocations() == [("agent", "mallory")], "the entry is put back"
+    assert (await SignedRevocations(store, SIGNER).load()).problem is None, "reported once, then clean"
+
+
+async def test_the_signed_list_cannot_be_edited_deleted_or_rolled_back(store: Store) -> None:
+    ledger = SignedRevocations(store, SIGNER)
+    await ledger.revoke("agent", "mallory")
+    old = await store.get(SIGNED_KEY)
+    await ledger.revoke("token", "abcd")
+    # Edited: the entry removed from both the set and the signed list's body.
+    raw = await store.get(SIGNED_KEY)
+    envelope = json.loads(raw or b"")
+    envelope["r"]["items"] = [["token", "abcd"]]
+    await store.put(SIGNED_KEY, json.dumps(envelope).encode())
+    await forget(store, "agent", "mallory")
+    replica = SignedRevocations(store, SIGNER)
+    loaded = await replica.load(known=[("agent", "mallory")])
+    assert loaded.problem is not None and "integrity" in loaded.problem
+    assert ("agent", "mallory") in loaded.items, "what a replica already enforced is kept"
+    # Deleted outright, after this replica saw it.
+    await store.delete(SIGNED_KEY)
+    loaded = await replica.load()
+    assert loaded.problem is not None and "deleted" in loaded.problem
+    # Rolled back to an older, validly signed version.
+    await store.put(SIGNED_KEY, old or b"")
+    loaded = await replica.load()
+    assert loaded.problem is not None and "went back" in loaded.problem
+    # An entry nobody signed (written straight into the set) is enforced and reported.
+    await store.revoke("agent", "eve")
+    loaded = await replica.load()
+    assert ("agent", "eve") in loaded.items and loaded.problem is not None
+
+
+async def test_a_revocation_deleted_from_the_memory_store_stays_in_force(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    running = await make_wicket(upstream.url, STRICT)
+    grant = await running.create_session("alice")
+    assert await revoke(running, "agent", "alice") == 201
+    store = running.wicket.store
+    assert isinstance(store, MemoryStore)
+    await forget(store, "agent", "alice")
+    assert await running.wicket._sync_revocations()  # the periodic resync
+    assert await call(running, grant["token"]) == 401
+    integrity = [e for e in running.audit_events() if e["event"] == "integrity"]
+    assert len(integrity) == 1 and "deleted" in integrity[0]["reason"]
+    assert upstream.ledger.names() == []
+
+
+async def test_a_revocation_deleted_in_redis_is_still_refused_by_a_new_replica(
+    upstream: DemoUpstream, make_wicket: WicketFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    pem = tmp_path / "signing.pem"
+    pem.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    environ = {"WICKET_SIGNING_KEY": str(pem)}
+    first = await make_wicket(upstream.url, STRICT, store=redis_server.url, environ=environ)
+    grant = await first.create_session("alice")
+    assert await call(first, grant["token"]) == 200
+    assert await revoke(first, "agent", "alice") == 201
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        members = await client.smembers("wicket:revocations")
+        assert members == {b"agent\0alice"}
+        await client.srem("wicket:revocations", b"agent\0alice")
+    finally:
+        await client.aclose()
+    second = await make_wicket(upstream.url, STRICT, store=redis_server.url, environ=environ)
+    assert await call(second, grant["token"]) == 401
+    assert await call(first, grant["token"]) == 401
+    integrity = [e for e in second.audit_events() if e["event"] == "integrity"]
+    assert len(integrity) == 1 and "agent alice" in integrity[0]["reason"]
+    assert upstream.ledger.names() == ["get_weather"], "only the call before the revocation ran"
