@@ -214,6 +214,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gserve.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
     gserve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+
+    inject = sub.add_parser(
+        "inject-webhook", help="the Kubernetes sidecar injector: a mutating admission webhook over TLS"
+    )
+    inject.add_argument(
+        "--listen", default="0.0.0.0:8443", metavar="HOST:PORT", help="HTTPS listen address (default 0.0.0.0:8443)"
+    )
+    inject.add_argument("--tls-cert", required=True, metavar="PATH", help="PEM certificate (chain); reloaded on change")
+    inject.add_argument("--tls-key", required=True, metavar="PATH", help="PEM private key; reloaded on change")
+    inject.add_argument(
+        "--config", required=True, metavar="PATH", help="sidecar settings (sidecar.yaml of the chart's ConfigMap)"
+    )
+    inject.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
 
@@ -236,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "revoke": cmd_revoke,
         "approvals": cmd_approvals,
         "tools": cmd_tools,
+        "inject-webhook": cmd_inject_webhook,
     }[args.command]
     return handler(args)
 
@@ -446,6 +460,21 @@ def cmd_guardian_serve(args: argparse.Namespace) -> int:
 
     _configure_logging(args.log_level)
     asyncio.run(serve_guardian(args.listen, args.policy or ["policies/default.yaml"], os.environ))
+    return 0
+
+
+def cmd_inject_webhook(args: argparse.Namespace) -> int:
+    from proxy.k8s.webhook import serve_injector
+
+    _configure_logging(args.log_level)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await serve_injector(args.listen, args.tls_cert, args.tls_key, args.config, stop=stop)
+
+    asyncio.run(serve())
     return 0
 
 
