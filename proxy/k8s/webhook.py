@@ -98,7 +98,9 @@ class InjectorApp:
             return web.json_response({"error": message}, status=400)
         self.reviews.labels(outcome.result).inc()
         if outcome.result == "refused":
-            log.info("refused a pod (request from %s): %s", request.remote, outcome.response["response"]["status"]["message"])
+            log.info(
+                "refused a pod (request from %s): %s", request.remote, outcome.response["response"]["status"]["message"]
+            )
         return web.json_response(outcome.response)
 
     async def healthz(self, request: web.Request) -> web.Response:
