@@ -22,7 +22,17 @@ from aiohttp import web
 
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
-from proxy.adapters.relay import DROP_DOWNSTREAM, Refusal, is_id, read_answer, read_body, relay_stream
+from proxy.adapters.relay import (
+    DROP_DOWNSTREAM,
+    DROP_UPSTREAM,
+    Refusal,
+    is_id,
+    read_answer,
+    read_body,
+    relay_stream,
+    resolve_caller,
+    send_upstream,
+)
 from proxy.audit.sink import AuditUnavailable
 from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
@@ -31,7 +41,6 @@ from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
 from proxy.core.toolpins import ToolPins
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
-from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
 from proxy.settings import Settings
 from proxy.state.base import StoreUnavailable
 from proxy.telemetry import Metrics
@@ -72,9 +81,6 @@ SERVER_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": P
 SERVER_REQUEST_EFFECTS = {"sampling/createMessage": Effect.MUTATING, "elicitation/create": Effect.READ}
 # Methods whose target travels in ``Mcp-Name`` (2026-07-28) and in this body parameter.
 NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
-# Never forwarded: the agent's credential (MCP forbids token passthrough), the browser's
-# Origin (checked here), and Accept-Encoding (so responses arrive readable for inspection).
-_DROP_UPSTREAM = frozenset({"authorization", "origin", "accept-encoding"})
 
 
 class McpProxy:
@@ -242,25 +248,7 @@ class McpProxy:
     # -- identity and sessions ----------------------------------------------------------
 
     async def _caller(self, request: web.Request) -> Caller:
-        try:
-            return await self._identity.resolve(request.headers.get("Authorization"))
-        except IdentityError as exc:
-            if exc.integrity:
-                await self._checker.integrity_failure(PROTOCOL, exc.reason)
-            challenge = self._challenge(request) if exc.status == 401 else None
-            raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth", challenge=challenge) from None
-
-    def _challenge(self, request: web.Request) -> str:
-        """SPEC §3 / RFC 9728 §5.1: a 401 names the resource metadata, which names the IdP.
-
-        ``error="invalid_token"`` (RFC 6750) only when a bearer token was presented and refused.
-        """
-        presented = request.headers.get("Authorization", "")[:7].lower() == "bearer "
-        error = "invalid_token" if presented else None
-        if not self._settings.oidc_issuer:
-            return 'Bearer realm="wicket"' + (f', error="{error}"' if error else "")
-        base = self._settings.public_url or f"{request.scheme}://{request.host}"
-        return www_authenticate(resource_metadata_url(base.rstrip("/") + "/mcp"), error=error)
+        return await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
 
     async def _session(
         self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: Action | None
@@ -317,8 +305,7 @@ class McpProxy:
         method: str,
         bind_to: Session | None = None,
     ) -> web.StreamResponse:
-        headers = forward_headers(request.headers, _DROP_UPSTREAM)
-        credential: IssuedCredential | None = None
+        headers = forward_headers(request.headers, DROP_UPSTREAM)
         # Standalone streams (legacy GET, 2026-07-28 subscriptions/listen) may idle for long.
         streaming = request.method == "GET" or (decided is not None and decided[0].method in STREAM_METHODS)
         timeout = self._stream_timeout if streaming else self._post_timeout
@@ -326,28 +313,27 @@ class McpProxy:
         exchange = _Exchange(
             request, session, caller, decided[2] if decided else None, decided[0].method if decided else None
         )
-        # A pooled connection the upstream closed while idle fails before any byte of the
-        # request is processed; resending is safe only for what cannot change state.
-        attempts = 2 if decided is None or decided[1].effect is Effect.READ else 1
+        issued: list[IssuedCredential] = []
+
+        async def answer(upstream: aiohttp.ClientResponse) -> web.StreamResponse:
+            sid = upstream.headers.get("Mcp-Session-Id")
+            if bind_to is not None and upstream.status == 200 and sid:
+                await self._sessions.bind_mcp(sid, bind_to)
+            return await self._relay(request, upstream, exchange)
+
         try:
-            for attempt in range(attempts):
-                # A fresh credential per attempt: a retry must not reuse a jti the upstream may have seen.
-                credential = await self._credential(decided, session, method, caller)
-                for name, value in credential.headers.items():
-                    headers.popall(name, None)  # the agent cannot supply its own value for an injected header
-                    headers[name] = value
-                try:
-                    async with self._client.request(
-                        request.method, self._upstream, data=body or None, headers=headers, timeout=timeout
-                    ) as upstream:
-                        sid = upstream.headers.get("Mcp-Session-Id")
-                        if bind_to is not None and upstream.status == 200 and sid:
-                            await self._sessions.bind_mcp(sid, bind_to)
-                        response = await self._relay(request, upstream, exchange)
-                    break
-                except aiohttp.ServerDisconnectedError:
-                    if attempt + 1 >= attempts:
-                        raise
+            response = await send_upstream(
+                self._client,
+                request.method,
+                self._upstream,
+                body=body,
+                headers=headers,
+                limits=timeout,
+                retry=decided is None or decided[1].effect is Effect.READ,
+                credential=lambda: self._credential(decided, session, method, caller),
+                issued=issued,
+                answer=answer,
+            )
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
             kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "unreachable"
             exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
@@ -365,6 +351,7 @@ class McpProxy:
             self._metrics.upstream_seconds.labels(PROTOCOL).observe(elapsed)
         if exchange.tools_changed:
             self._annotations.clear()
+        credential = issued[-1] if issued else None
         audit = credential.audit() if credential is not None else None
         if decided is not None:
             action, decision, _ = decided

@@ -13,16 +13,25 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import forward_headers
 from proxy.adapters.sse import SseScanner, event_bytes
+from proxy.core.checker import Checker
+from proxy.core.identity import Caller, IdentityError, IdentityResolver
+from proxy.credentials import IssuedCredential
 from proxy.httpio import read_limited
+from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
+from proxy.settings import Settings
 from proxy.telemetry import Metrics
 
 Screen = Callable[[str | bytes], Awaitable[bytes | None]]
 """One upstream message in; its replacement (``b""`` drops it) or ``None`` to forward it as it came."""
 
+# Never forwarded: the agent's credential (its token must not reach the upstream), the browser's
+# Origin (checked here), and Accept-Encoding (so responses arrive readable for inspection).
+DROP_UPSTREAM = frozenset({"authorization", "origin", "accept-encoding"})
 DROP_DOWNSTREAM = frozenset({"server", "date"})
 
 
@@ -113,3 +122,69 @@ async def read_answer(upstream: aiohttp.ClientResponse, limit: int, *, metrics: 
         metrics.upstream_errors.labels(protocol, "oversized").inc()
         raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Upstream response exceeds {limit} bytes.")
     return payload
+
+
+async def resolve_caller(
+    identity: IdentityResolver,
+    checker: Checker,
+    settings: Settings,
+    request: web.Request,
+    protocol: str,
+    resource_path: str = "/mcp",
+) -> Caller:
+    """The caller behind ``Authorization``, or a 401/403 Refusal with the challenge a client needs."""
+    try:
+        return await identity.resolve(request.headers.get("Authorization"))
+    except IdentityError as exc:
+        if exc.integrity:
+            await checker.integrity_failure(protocol, exc.reason)
+        challenge = _challenge(settings, request, resource_path) if exc.status == 401 else None
+        raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth", challenge=challenge) from None
+
+
+def _challenge(settings: Settings, request: web.Request, resource_path: str) -> str:
+    """RFC 9728 §5.1: a 401 names the resource metadata, which names the IdP.
+
+    ``error="invalid_token"`` (RFC 6750) only when a bearer token was presented and refused.
+    """
+    presented = request.headers.get("Authorization", "")[:7].lower() == "bearer "
+    error = "invalid_token" if presented else None
+    if not settings.oidc_issuer:
+        return 'Bearer realm="wicket"' + (f', error="{error}"' if error else "")
+    base = settings.public_url or f"{request.scheme}://{request.host}"
+    return www_authenticate(resource_metadata_url(base.rstrip("/") + resource_path), error=error)
+
+
+async def send_upstream(
+    client: aiohttp.ClientSession,
+    method: str,
+    url: str,
+    *,
+    body: bytes | None,
+    headers: CIMultiDict[str],
+    limits: aiohttp.ClientTimeout,
+    retry: bool,
+    credential: Callable[[], Awaitable[IssuedCredential]],
+    issued: list[IssuedCredential],
+    answer: Callable[[aiohttp.ClientResponse], Awaitable[web.StreamResponse]],
+) -> web.StreamResponse:
+    """Send one request upstream with a freshly issued credential and hand the response to ``answer``.
+
+    A pooled connection the upstream closed while idle fails before any byte of the request is
+    processed; with ``retry`` (only for what cannot change state) it is sent once more, with a new
+    credential, since a retry must not reuse a jti the upstream may have seen. Each credential is
+    appended to ``issued``, so the caller audits the last one even when the send fails.
+    """
+    attempts = 2 if retry else 1
+    for attempt in range(attempts):
+        issued.append(await credential())
+        for name, value in issued[-1].headers.items():
+            headers.popall(name, None)  # the caller cannot supply its own value for an injected header
+            headers[name] = value
+        try:
+            async with client.request(method, url, data=body or None, headers=headers, timeout=limits) as upstream:
+                return await answer(upstream)
+        except aiohttp.ServerDisconnectedError:
+            if attempt + 1 >= attempts:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
