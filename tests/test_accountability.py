@@ -143,8 +143,12 @@ async def test_sessions_list_shows_mode_elevation_and_anomaly(
     upstream: DemoUpstream, make_wicket: WicketFactory
 ) -> None:
     running = await make_wicket(upstream.url, STRICT)
+    pushy = await running.create_session("pushy", mode="read-write", scope=["list_*"])
     quiet = await running.create_session("quiet", mode="read-write")
     noisy = await running.create_session("noisy")
+    async with mcp_client(running.url, token=pushy["token"]) as client:
+        for _ in range(5):  # outside its scope ceiling: five denials
+            assert (await client.call_tool("delete_note", {"title": "t"})).is_error
     async with mcp_client(running.url, token=noisy["token"]) as client:
         for _ in range(5):
             result = await client.call_tool("create_note", {"title": "t", "text": "x"})
@@ -161,7 +165,9 @@ async def test_sessions_list_shows_mode_elevation_and_anomaly(
     assert set(shown) >= {"session_id", "agent_id", "mode", "scope", "created_at", "expires_at", "elevation", "anomaly"}
     assert shown["mode"] == "read-only" and shown["agent_id"] == "noisy" and shown["expires_at"] == noisy["expires_at"]
     assert shown["elevation"]["actions"] == ["tools/call:create_note"] and shown["elevation"]["expires_at"]
-    assert shown["anomaly"] == {"calls": 5, "denials": 5, "writes": 5, "flagged": True}
+    # Asking for approval (five times) is not misbehaving: no denials, no writes held against it.
+    assert shown["anomaly"] == {"calls": 5, "denials": 0, "writes": 0, "flagged": False}
+    assert by_id[pushy["session_id"]]["anomaly"] == {"calls": 5, "denials": 5, "writes": 5, "flagged": True}
     calm = by_id[quiet["session_id"]]
     assert calm["mode"] == "read-write" and calm["elevation"] is None
     assert calm["anomaly"] == {"calls": 0, "denials": 0, "writes": 0, "flagged": False}

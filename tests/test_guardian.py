@@ -69,13 +69,73 @@ async def test_mutating_spot_denial_stands_and_deep_is_not_asked() -> None:
     assert deep.calls == 0
 
 
-@pytest.mark.parametrize("effect", [Effect.DESTRUCTIVE, Effect.ADMIN])
-async def test_destructive_and_admin_fail_closed_without_deep(effect: Effect) -> None:
+async def test_admin_fails_closed_without_deep_and_says_what_the_operator_can_do() -> None:
     spot = Reviewer(Tier.SPOT)
-    decision = await router(spot).decide(action("delete_x"), session(), effect)
+    decision = await router(spot).decide(action("grant_x"), session(), Effect.ADMIN)
     assert decision.verdict is Verdict.DENY and decision.tier is Tier.DEEP
     assert decision.reason.startswith("Deep Guard unavailable (not configured)")
+    assert "an operator can perform it themselves" in decision.reason and "--mode read-write" in decision.reason
     assert spot.calls == 0
+    read_only = await router(spot).decide(action("grant_x"), session("read-only"), Effect.ADMIN)
+    assert read_only.verdict is Verdict.DENY and "an operator can perform it themselves" in read_only.reason
+
+
+async def test_without_deep_a_human_approval_stands_in_for_it_on_destructive_calls() -> None:
+    spot = Reviewer(Tier.SPOT)
+    asked = await router(spot).decide(action("delete_x"), session(), Effect.DESTRUCTIVE)
+    assert asked.verdict is Verdict.APPROVAL_REQUIRED and asked.tier is Tier.DEEP
+    assert "Deep Guard is not configured" in asked.reason and spot.calls == 1
+    approved = ReviewContext(elevated=frozenset({"tools/call:delete_x"}))
+    for mode in ("read-write", "read-only"):
+        allowed = await router(spot).decide(action("delete_x"), session(mode), Effect.DESTRUCTIVE, approved)
+        assert allowed.allowed and "in place of Deep Guard" in allowed.reason
+    # Spot still has its say: its denial stands, approved or not.
+    refused = await router(Reviewer(Tier.SPOT, Verdict.DENY)).decide(
+        action("delete_x"), session(), Effect.DESTRUCTIVE, approved
+    )
+    assert refused.verdict is Verdict.DENY and refused.tier is Tier.SPOT
+
+
+async def test_an_approval_is_only_offered_when_the_call_could_then_run() -> None:
+    """A read-only session's destructive call runs Spot and Deep first: if either refuses or Deep is
+    down, the agent gets the denial, never an approval request that could not lead anywhere."""
+    read_only = session("read-only")
+    for spot, deep in (
+        (Reviewer(Tier.SPOT), Reviewer(Tier.DEEP, fail=True)),
+        (Reviewer(Tier.SPOT), Reviewer(Tier.DEEP, Verdict.DENY)),
+        (Reviewer(Tier.SPOT, Verdict.DENY), Reviewer(Tier.DEEP)),
+    ):
+        decision = await router(spot, deep).decide(action("delete_x"), read_only, Effect.DESTRUCTIVE)
+        assert decision.verdict is Verdict.DENY, (spot.verdict, deep.verdict, deep.fail)
+    asked = await router(Reviewer(Tier.SPOT), Reviewer(Tier.DEEP)).decide(
+        action("delete_x"), read_only, Effect.DESTRUCTIVE
+    )
+    assert asked.verdict is Verdict.APPROVAL_REQUIRED and asked.tier is Tier.FAST and "read-only" in asked.reason
+
+
+async def test_spot_approval_band_on_destructive_goes_to_deep_with_spots_findings() -> None:
+    class Recording(Reviewer):
+        prior: Decision | None = None
+
+        async def review(
+            self, action: Action, session: Session, effect: Effect, prior: Decision, context: ReviewContext
+        ) -> Decision:
+            self.prior = prior
+            return await super().review(action, session, effect, prior, context)
+
+    deep = Recording(Tier.DEEP)
+    decision = await router(Reviewer(Tier.SPOT, Verdict.APPROVAL_REQUIRED), deep).decide(
+        action("delete_x"), session(), Effect.DESTRUCTIVE
+    )
+    assert decision.allowed and decision.tier is Tier.DEEP
+    assert (
+        deep.prior is not None and deep.prior.tier is Tier.SPOT and deep.prior.reason == "spot says approval_required"
+    )
+    # A mutating action in Spot's approval band still goes to a human (Deep does not review mutating actions).
+    mutating = await router(Reviewer(Tier.SPOT, Verdict.APPROVAL_REQUIRED), Recording(Tier.DEEP)).decide(
+        action("create_x"), session(), Effect.MUTATING
+    )
+    assert mutating.verdict is Verdict.APPROVAL_REQUIRED and mutating.tier is Tier.SPOT
 
 
 @pytest.mark.parametrize(
@@ -102,16 +162,18 @@ async def test_destructive_allowed_only_when_every_tier_allows() -> None:
 async def test_fast_denials_short_circuit_every_tier() -> None:
     spot, deep = Reviewer(Tier.SPOT), Reviewer(Tier.DEEP)
     r = router(spot, deep)
-    read_only = await r.decide(action("delete_x"), session("read-only"), Effect.DESTRUCTIVE)
     blocked = await r.decide(action("nuke_all"), session(), Effect.MUTATING)
     out_of_scope = await r.decide(action("create_x"), session(scope=("get_*",)), Effect.MUTATING)
-    assert "read-only" in read_only.reason
     assert "blocklisted" in blocked.reason
     assert "scope ceiling" in out_of_scope.reason
     assert all(d.tier is Tier.FAST and d.verdict is Verdict.DENY for d in (blocked, out_of_scope))
-    # A write in a read-only session needs a human-approved elevation (SPEC §8), still decided by Fast alone.
-    assert read_only.tier is Tier.FAST and read_only.verdict is Verdict.APPROVAL_REQUIRED
     assert spot.calls == deep.calls == 0
+    # A write in a read-only session needs a human-approved elevation, and Fast says so; the other
+    # tiers still look first, so the request is only raised for a call that could then run.
+    read_only = await r.decide(action("delete_x"), session("read-only"), Effect.DESTRUCTIVE)
+    assert "read-only" in read_only.reason
+    assert read_only.tier is Tier.FAST and read_only.verdict is Verdict.APPROVAL_REQUIRED
+    assert spot.calls == deep.calls == 1
 
 
 async def test_circuit_breaker_stops_calling_a_failing_tier() -> None:

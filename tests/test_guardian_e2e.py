@@ -84,7 +84,8 @@ async def test_sql_argument_makes_a_read_tool_destructive(upstream: DemoUpstream
         ok = await client.call_tool("run_query", {"sql": "SELECT 'drop table' AS x FROM notes"})
         record = record_of(await client.call_tool("run_query", {"sql": "select 1; dR/**/Op  TABLE users"}))
     assert not ok.is_error
-    assert record["effect"] == "destructive" and record["decision"] == "deny"
+    # Without Deep Guard a destructive call waits for a human to approve exactly this call.
+    assert record["effect"] == "destructive" and record["decision"] == "approval_required"
     assert "Argument findings: sql" in record["reason"]
     assert upstream.ledger.names() == ["run_query"]
 

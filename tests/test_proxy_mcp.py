@@ -46,7 +46,8 @@ async def test_read_passes_and_destructive_is_denied_before_upstream(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_read_write_session_every_effect(mode: str, upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
-    """Operator grants read-write: reads and writes pass; destructive/admin fail closed without Deep Guard."""
+    """Operator grants read-write: reads and writes pass; without Deep Guard a destructive call waits for a
+    human's approval of exactly that call and an admin call fails closed."""
     running = await make_wicket(upstream.url, STRICT_POLICY)
     grant = await running.create_session("builder", mode="read-write", intent="tidy the notes")
     async with mcp_client(running.url, token=grant["token"], mode=mode) as client:
@@ -57,8 +58,8 @@ async def test_read_write_session_every_effect(mode: str, upstream: DemoUpstream
         admin = decision_of(await client.call_tool("grant_role", {"user": "u", "role": "root"}))
     assert not read.is_error and not write.is_error and not unknown.is_error
     assert destructive["effect"] == "destructive" and destructive["tier"] == "deep"
-    assert "Deep Guard unavailable" in destructive["reason"]
-    assert admin["effect"] == "admin" and admin["decision"] == "deny"
+    assert destructive["decision"] == "approval_required" and "Deep Guard is not configured" in destructive["reason"]
+    assert admin["effect"] == "admin" and admin["decision"] == "deny" and "Deep Guard unavailable" in admin["reason"]
     assert upstream.ledger.names() == ["list_notes", "create_note", "frobnicate"]
 
 

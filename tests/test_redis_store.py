@@ -70,7 +70,7 @@ async def make_store(redis_url: str) -> AsyncIterator[StoreFactory]:
 
 # -- parity with the memory store ---------------------------------------------------------
 
-# ("call", session, action, effect, seconds since T0, window) | ("verdict", session, action, denied)
+# ("call", session, action, effect, seconds since T0, window) | ("verdict", session, action, denied[, wrote])
 Op = tuple[object, ...]
 
 
@@ -81,8 +81,10 @@ async def play(store: MemoryStore | RedisStore, ops: list[Op]) -> list[Activity]
             _, sid, action, effect, at, window = op
             out.append(await store.note_call(str(sid), str(action), int(effect), T0 + float(at), float(window)))  # type: ignore[arg-type]
         else:
-            _, sid, action, denied = op
-            await store.note_verdict(str(sid), str(action), f"{action}={'deny' if denied else 'allow'}", bool(denied))
+            sid, action, denied = op[1:4]
+            wrote = bool(op[4]) if len(op) > 4 else not denied
+            entry = f"{action}={'deny' if denied else 'allow'}"
+            await store.note_verdict(str(sid), str(action), entry, bool(denied), wrote)
     return out
 
 
@@ -123,7 +125,7 @@ def random_ops(seed: int, count: int = 400) -> list[Op]:
             continue
         ops.append(("call", sid, action, rng.randrange(4), at, windows[sid]))
         if rng.random() < 0.9:
-            ops.append(("verdict", sid, action, rng.random() < 0.4))
+            ops.append(("verdict", sid, action, rng.random() < 0.4, rng.random() < 0.5))
     return ops
 
 
@@ -220,6 +222,8 @@ async def test_200_concurrent_note_calls_are_all_counted(make_store: StoreFactor
     )
     # Each call saw a distinct predecessor count: the scripts ran one at a time, none lost.
     assert sorted(a.calls for a in before) == list(range(200))
+    # Writes are counted with the verdict (an approval request or an approved call is not one).
+    await asyncio.gather(*(store.note_verdict("ses_busy", "t:x", "t:x=allow", False, i % 4 > 0) for i in range(200)))
     after = await store.note_call("ses_busy", "t:x", 0, T0 + 1.0, 3600.0)
     assert after.calls == 200
     assert after.window_calls == 200
@@ -236,7 +240,7 @@ async def test_session_keys_share_one_hash_tag_and_expire(make_store: StoreFacto
     store = make_store()
     for sid in ("ses_plain", "ses_{braced}", ""):
         await store.note_call(sid, "t:x", 2, T0, 10.0)
-        await store.note_verdict(sid, "t:x", "t:x=deny", True)
+        await store.note_verdict(sid, "t:x", "t:x=deny", True, True)
         again = await store.note_call(sid, "t:x", 0, T0 + 1, 10.0)
         assert (again.calls, again.denials, again.repeat_denials, again.history) == (1, 1, 1, ("t:x=deny",))
     raw = redis.Redis.from_url(redis_url)
@@ -271,7 +275,7 @@ async def test_redis_killed_mid_run_fails_closed_then_recovers(redis_server: Red
             "put": lambda: store.put("k", b"w", ttl=5),
             "delete": lambda: store.delete("k"),
             "note_call": lambda: store.note_call("ses_k", "t:x", 1, T0 + 1, 10.0),
-            "note_verdict": lambda: store.note_verdict("ses_k", "t:x", "t:x=allow", False),
+            "note_verdict": lambda: store.note_verdict("ses_k", "t:x", "t:x=allow", False, False),
             "ping": store.ping,
         }
         for operation in operations.values():
@@ -281,7 +285,7 @@ async def test_redis_killed_mid_run_fails_closed_then_recovers(redis_server: Red
         await store.ping()
         assert await store.get("k") is None
         assert (await store.note_call("ses_k", "t:x", 1, T0 + 2, 10.0)).calls == 0
-        await store.note_verdict("ses_k", "t:x", "t:x=allow", False)
+        await store.note_verdict("ses_k", "t:x", "t:x=allow", False, False)
         assert (await store.note_call("ses_k", "t:x", 1, T0 + 3, 10.0)).history == ("t:x=allow",)
     finally:
         await store.close()
@@ -341,7 +345,7 @@ async def test_cluster_spreads_sessions_and_keeps_each_on_one_slot(redis_cluster
         await store.ping()
         for sid in sessions:
             await store.note_call(sid, "t:x", 1, T0, 10.0)
-            await store.note_verdict(sid, "t:x", "t:x=deny", True)
+            await store.note_verdict(sid, "t:x", "t:x=deny", True, True)
             await store.put(f"{prefix}:{{{sid}}}:session", sid.encode(), ttl=60)
         for sid in sessions:
             activity = await store.note_call(sid, "t:x", 0, T0 + 1, 10.0)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from proxy.core.action import Action, Decision, Verdict
+from proxy.core.action import Action, Decision, Verdict, arguments_sha256
 from proxy.core.approvals import (
     APPROVAL_PREFIX,
     ApprovalError,
@@ -22,6 +22,7 @@ from proxy.core.approvals import (
     Elevation,
     clean_intent,
     decided,
+    denied_before,
     elevation_key,
     instructions,
     merge_grants,
@@ -33,6 +34,7 @@ from proxy.core.approvals import (
 )
 from proxy.core.policy import ApprovalSettings
 from proxy.core.sessions import RecordSigner, Session, SessionIntegrityError, SessionManager
+from proxy.guardians.redact import redact
 from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
 
@@ -106,11 +108,15 @@ class Approvals:
             return frozenset()
         return elevation.active(self._clock())
 
-    async def request(self, action: Action, session: Session, decision: Decision) -> Decision:
+    async def request(
+        self, action: Action, session: Session, decision: Decision, digest: str | None = None
+    ) -> Decision:
         """Turn an ``approval_required`` decision into one that names a pending request.
 
         Admin actions and anonymous sessions get a plain deny instead. A retry of the same
-        action while its request is pending gets the same ``approval_id`` back.
+        action while its request is pending gets the same ``approval_id`` back; one the operator
+        denied gets the denial until the request would have expired. Policy decides per effect
+        whether the request is bound to this call's exact arguments (their ``digest``, computed when not given).
         """
         refusal = never_elevated(decision.effect, session)
         if refusal is not None:
@@ -119,15 +125,26 @@ class Approvals:
                 decision, verdict=Verdict.DENY, approval_id=None, reason=f"{decision.reason} {refusal}"
             )
         actions = (action.label,)
-        key = pending_key(session.session_id, actions)
+        bound: str | None = None
+        if self.settings.call_bound(decision.effect):
+            bound = digest if digest is not None else arguments_sha256(action.arguments)
+        key = pending_key(session.session_id, actions, bound)
         for _ in range(_CAS_ATTEMPTS):
             now = self._clock()
             raw_id = await self._store.get(key)
             if raw_id is not None:
-                reused = await self._reusable(raw_id.decode(errors="replace"), session, actions, now)
-                if reused is not None:
+                existing = await self._open(raw_id.decode(errors="replace"), session, actions, bound, now)
+                if existing is not None and existing.current_status(now) == "denied":
+                    self._count("refused")
+                    return dataclasses.replace(
+                        decision,
+                        verdict=Verdict.DENY,
+                        approval_id=None,
+                        reason=f"{decision.reason} {denied_before(existing)}",
+                    )
+                if existing is not None and existing.current_status(now) == "pending":
                     self._count("reused")
-                    return self._pending(decision, *reused)
+                    return self._pending(decision, existing.approval_id, existing.expires_at)
             request = ApprovalRequest(
                 approval_id=new_approval_id(),
                 agent_id=session.agent_id,
@@ -139,6 +156,9 @@ class Approvals:
                 created_at=now,
                 expires_at=now + self.settings.request_ttl_seconds,
                 decision_id=decision.decision_id,
+                arguments_sha256=bound,
+                arguments=redact(dict(action.arguments), max_depth=6, max_string=500, max_items=50),
+                why=decision.reason,
             )
             ttl = float(self.settings.request_ttl_seconds)
             # The record first, then the claim: a claimed id always has its record behind it.
@@ -154,10 +174,10 @@ class Approvals:
             return self._pending(decision, request.approval_id, request.expires_at)
         raise StoreUnavailable("the approval request kept changing under concurrent writers; retry the call")
 
-    async def _reusable(
-        self, approval_id: str, session: Session, actions: tuple[str, ...], now: float
-    ) -> tuple[str, float] | None:
-        """(id, expiry) of a still-pending request for exactly this, or None to raise a new one."""
+    async def _open(
+        self, approval_id: str, session: Session, actions: tuple[str, ...], bound: str | None, now: float
+    ) -> ApprovalRequest | None:
+        """The request this retry belongs to (pending, or denied and not yet expired), or None to raise a new one."""
         try:
             existing = await self.get(approval_id)
         except SessionIntegrityError as exc:
@@ -165,11 +185,14 @@ class Approvals:
             return None
         if existing is None:
             return None  # records are written before they are claimed: this one is gone
-        if existing.session_id != session.session_id or existing.actions != actions:
+        if (
+            existing.session_id != session.session_id
+            or existing.actions != actions
+            or existing.arguments_sha256 != bound
+            or now >= existing.expires_at
+        ):
             return None
-        if existing.current_status(now) != "pending":
-            return None
-        return existing.approval_id, existing.expires_at
+        return existing
 
     def _pending(self, decision: Decision, approval_id: str, expires_at: float) -> Decision:
         return dataclasses.replace(
@@ -345,8 +368,11 @@ class Approvals:
             "session_id": request.session_id,
             "actions": list(request.actions),
             "effect": request.effect,
+            "binding": request.binding,
             "expires_at": rfc3339(request.expires_at),
         }
+        if request.arguments_sha256 is not None:
+            event["arguments_sha256"] = request.arguments_sha256
         if request.decision_id:
             event["decision_id"] = request.decision_id
         if step == "requested":

@@ -79,6 +79,16 @@ class ApprovalRequest:
     decided_by: str | None = None
     decided_at: float | None = None
     elevation_expires_at: float | None = None
+    arguments_sha256: str | None = None
+    """Set for a call-bound request: the approval covers only a call with exactly these arguments."""
+    arguments: Any = None
+    """The call's arguments with secrets redacted, for the approver (never used to decide anything)."""
+    why: str | None = None
+    """Why the call needs approval: the guardian's reason, anomaly escalation figures included."""
+
+    @property
+    def binding(self) -> str:
+        return "tool" if self.arguments_sha256 is None else "call"
 
     def current_status(self, now: float) -> Status:
         """A pending request past its expiry is expired, whether or not anyone wrote that down."""
@@ -105,6 +115,10 @@ class ApprovalRequest:
             "actions": list(self.actions),
             "effect": self.effect,
             "reason": self.reason,
+            "why": self.why,
+            "binding": self.binding,
+            "arguments": self.arguments,
+            "arguments_sha256": self.arguments_sha256,
             "status": self.current_status(now),
             "created_at": rfc3339(self.created_at),
             "expires_at": rfc3339(self.expires_at),
@@ -116,11 +130,29 @@ class ApprovalRequest:
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """One action an approval elevated, until when, and which approval did it."""
+    """One action an approval elevated, until when, and which approval did it.
+
+    A call-bound grant (``arguments_sha256`` set) covers only a call with exactly those arguments.
+    """
 
     action: str
     expires_at: float
     approval_id: str
+    arguments_sha256: str | None = None
+
+    @property
+    def key(self) -> str:
+        return grant_key(self.action, self.arguments_sha256)
+
+
+def grant_key(action: str, arguments_sha256: str | None) -> str:
+    """How ``Elevation.active`` names a grant: the action label, plus ``#<sha256>`` when call-bound."""
+    return action if arguments_sha256 is None else f"{action}#{arguments_sha256}"
+
+
+def covers(active: frozenset[str], action: str, arguments_sha256: str) -> bool:
+    """Whether the running grants ``active`` cover this call (tool-wide, or bound to these arguments)."""
+    return action in active or f"{action}#{arguments_sha256}" in active
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +163,8 @@ class Elevation:
     grants: tuple[Grant, ...] = ()
 
     def active(self, now: float) -> frozenset[str]:
-        return frozenset(g.action for g in self.grants if g.expires_at > now)
+        """The keys (``grant_key``) of the grants running now."""
+        return frozenset(g.key for g in self.grants if g.expires_at > now)
 
     def expires_at(self, now: float) -> float | None:
         """When the last running grant ends (None: nothing is elevated now)."""
@@ -142,7 +175,10 @@ class Elevation:
 
     @classmethod
     def from_stored(cls, record: Mapping[str, Any]) -> Elevation:
-        grants = tuple(Grant(str(g["action"]), float(g["expires_at"]), str(g["approval_id"])) for g in record["grants"])
+        grants = tuple(
+            Grant(str(g["action"]), float(g["expires_at"]), str(g["approval_id"]), g.get("arguments_sha256"))
+            for g in record["grants"]
+        )
         return cls(str(record["session_id"]), grants)
 
     def public(self, now: float) -> dict[str, Any] | None:
@@ -150,7 +186,10 @@ class Elevation:
         active = self.active(now)
         if not active:
             return None
-        return {"actions": sorted(active), "expires_at": rfc3339(self.expires_at(now))}
+        return {
+            "actions": sorted({g.action for g in self.grants if g.expires_at > now}),
+            "expires_at": rfc3339(self.expires_at(now)),
+        }
 
 
 # -- the pure rules ---------------------------------------------------------------------------
@@ -160,8 +199,9 @@ def never_elevated(effect: Effect, session: Session) -> str | None:
     """Why no approval may be requested for this action in this session, or None."""
     if effect is Effect.ADMIN:
         return (
-            "Admin actions are never elevated (SPEC §8), so no approval can be requested for this one; "
-            "an operator must perform it themselves."
+            "Admin actions are never elevated, so no approval can be requested for this one: an operator can "
+            "perform it themselves, or configure Deep Guard (ANTHROPIC_API_KEY) and give the agent a read-write "
+            "session (wicket sessions create --mode read-write)."
         )
     if session.origin == "anonymous":
         return (
@@ -177,6 +217,15 @@ def instructions(approval_id: str, expires_at: float) -> str:
         f"Approval {approval_id} is pending: ask an operator to approve {approval_id} "
         f"(wicket approvals approve {approval_id}), then retry the same call. "
         f"The request expires at {rfc3339(expires_at)}."
+    )
+
+
+def denied_before(request: ApprovalRequest) -> str:
+    """Why an identical retry of a call an operator refused gets a denial, not a fresh request."""
+    return (
+        f"An operator ({request.decided_by}) denied approval {request.approval_id} for this call at "
+        f"{rfc3339(request.decided_at)}; the same request cannot be raised again until {rfc3339(request.expires_at)}. "
+        "Do not retry this call."
     )
 
 
@@ -216,21 +265,24 @@ def merge_grants(current: Elevation | None, session_id: str, request: ApprovalRe
     kept: dict[str, Grant] = {}
     for grant in current.grants if current is not None else ():
         if grant.expires_at > now:
-            kept[grant.action] = grant
+            kept[grant.key] = grant
     for action in request.actions:
-        existing = kept.get(action)
+        grant = Grant(action, until, request.approval_id, request.arguments_sha256)
+        existing = kept.get(grant.key)
         if existing is None or existing.expires_at < until:
-            kept[action] = Grant(action, until, request.approval_id)
-    return Elevation(session_id, tuple(sorted(kept.values(), key=lambda g: g.action)))
+            kept[grant.key] = grant
+    return Elevation(session_id, tuple(sorted(kept.values(), key=lambda g: g.key)))
 
 
 def request_key(approval_id: str) -> str:
     return f"wicket:approval:{approval_id}"
 
 
-def pending_key(session_id: str, actions: Sequence[str]) -> str:
-    """Where a session's pending request for exactly these actions is found (so retries do not spam)."""
-    digest = hashlib.sha256("\0".join(sorted(actions)).encode()).hexdigest()[:32]
+def pending_key(session_id: str, actions: Sequence[str], arguments_sha256: str | None = None) -> str:
+    """Where a session's open request for exactly these actions (and, call-bound, these arguments) is
+    found, so retries neither spam new requests nor re-open a denied one."""
+    material = "\0".join(sorted(actions)) + ("" if arguments_sha256 is None else "#" + arguments_sha256)
+    digest = hashlib.sha256(material.encode()).hexdigest()[:32]
     return f"wicket:{{{session_id}}}:apr:{digest}"
 
 

@@ -19,6 +19,7 @@ from proxy.core import injection
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, arguments_sha256
 from proxy.core.anomaly import raise_effect
 from proxy.core.approval_store import Approvals
+from proxy.core.approvals import covers
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.effects import EffectClassifier
 from proxy.core.guardian import GuardianRouter
@@ -70,18 +71,26 @@ class Checker:
             decision = await self._router.decide(action, session, effect)
             decision = await self._record(action, session.session_id, decision)
         else:
-            decision = await self._check_call(action, session, effect)
+            decision, own_write = await self._check_call(action, session, effect)
             # Recorded first: an audit failure can still turn the verdict into a denial, and the
-            # session's history must count what was finally decided.
+            # session's history must count what was finally decided. Asking for approval is not a
+            # denial, and a call a human approved is not a write the anomaly check holds against the agent.
             decision = await self._record(action, session.session_id, decision)
             await self._activity.note_verdict(
-                session.session_id, action.label, f"{action.label}={decision.verdict.value}", not decision.allowed
+                session.session_id,
+                action.label,
+                f"{action.label}={decision.verdict.value}",
+                decision.verdict is Verdict.DENY,
+                own_write and decision.verdict is not Verdict.APPROVAL_REQUIRED,
             )
         self._metrics.check_seconds.labels(action.protocol).observe(time.perf_counter() - started)
         return decision
 
-    async def _check_call(self, action: Action, session: Session, effect: Effect) -> Decision:
-        """Arguments, session history and anomaly escalation, then the guardian tiers."""
+    async def _check_call(self, action: Action, session: Session, effect: Effect) -> tuple[Decision, bool]:
+        """Arguments, session history and anomaly escalation, then the guardian tiers.
+
+        Also says whether the call counts as the agent's own write (a write no approval covers).
+        """
         report = self._analyser.analyse(action, self._policy)
         if report.effect is not None and report.effect > effect:
             effect = report.effect
@@ -93,19 +102,23 @@ class Checker:
         # Only a write can use an elevation (admin never does), so reads never read one. A read-only
         # session needs it for Fast Guard; a read-write one only if a tier asks for approval.
         approvals = self.approvals if raised in (Effect.MUTATING, Effect.DESTRUCTIVE) else None
-        elevated: frozenset[str] = frozenset()
+        digest = arguments_sha256(action.arguments) if approvals is not None else ""
+        covered = False
         if approvals is not None and session.read_only:
-            elevated = await approvals.elevated(session.session_id)
+            covered = covers(await approvals.elevated(session.session_id), action.label, digest)
         context = ReviewContext(
-            activity=activity, findings=report.findings, violations=report.violations, elevated=elevated
+            activity=activity,
+            findings=report.findings,
+            violations=report.violations,
+            elevated=frozenset((action.label,)) if covered else frozenset(),
         )
         decision = await self._router.decide(action, session, raised, context)
         if approvals is not None and not session.read_only and decision.verdict is Verdict.APPROVAL_REQUIRED:
-            elevated = await approvals.elevated(session.session_id)
-            if action.label in elevated:
-                context = dataclasses.replace(context, elevated=elevated)
+            if covers(await approvals.elevated(session.session_id), action.label, digest):
+                covered = True
+                context = dataclasses.replace(context, elevated=frozenset((action.label,)))
                 decision = await self._router.decide(action, session, raised, context)
-        if decision.allowed and action.label in elevated:
+        if decision.allowed and covered:
             self._metrics.elevated_calls.inc()
         notes: list[str] = []
         if report.findings:
@@ -120,9 +133,11 @@ class Checker:
                 escalated_from=effect if why is not None else None,
             )
         if decision.verdict is Verdict.APPROVAL_REQUIRED and self.approvals is not None:
-            # Names a pending request the agent can hand to a human (or refuses: admin, anonymous).
-            decision = await self.approvals.request(action, session, decision)
-        return decision
+            # Names a pending request the agent can hand to a human (or refuses: admin, anonymous,
+            # or a request an operator already denied).
+            decision = await self.approvals.request(action, session, decision, digest or None)
+        own_write = effect >= Effect.MUTATING and not (covered and decision.allowed)
+        return decision, own_write
 
     async def check_server_request(self, action: Action, session: Session) -> Decision:
         """Decide a request the upstream sends to the agent's client (SPEC §8 sampling guard).

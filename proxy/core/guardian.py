@@ -68,8 +68,8 @@ def _read_only(action: Action, effect: Effect, context: ReviewContext) -> Decisi
     if effect is Effect.ADMIN:
         return _deny(
             effect,
-            f"This session is read-only and '{name}' is an admin action. Admin actions are never elevated, "
-            "so no approval can allow it here.",
+            f"This session is read-only and '{name}' is an admin action, so no approval can allow it here."
+            + _ADMIN_ADVICE,
         )
     if not action.is_tool_call:
         return _deny(effect, f"This session is read-only and '{action.method}' is a {effect.label} request.")
@@ -121,7 +121,8 @@ class GuardianRouter:
 
     Each tier beyond Fast gets a deadline and a circuit breaker. An unavailable tier (not
     configured, failing, slow, or its breaker open) makes a mutating action fall back to
-    Fast's verdict and a destructive or admin action fail closed.
+    Fast's verdict and a destructive or admin action fail closed. The one exception: with Deep
+    not configured at all, an operator's approval of a destructive tool call stands in for Deep.
     """
 
     def __init__(
@@ -148,28 +149,59 @@ class GuardianRouter:
         self, action: Action, session: Session, effect: Effect, context: ReviewContext = _NO_CONTEXT
     ) -> Decision:
         decision = self._fast.review(action, session, effect, context)
-        if not decision.allowed or effect is Effect.READ:
+        if decision.verdict is Verdict.DENY or effect is Effect.READ:
             return decision
-        deep = self._slots[1]
-        if effect >= Effect.DESTRUCTIVE and deep.reviewer is None:
-            # Nothing can approve this action, so do not spend a Spot review on it.
+        # Fast may want a human first (a write in a read-only session). The other tiers still run, so
+        # an approval is only ever requested for a call that can run once it is approved.
+        pending = decision if decision.verdict is Verdict.APPROVAL_REQUIRED else None
+        approved = _approved(action, effect, context)
+        deep_configured = self._slots[1].reviewer is not None
+        # Without Deep, a human's approval of this very call stands in for Deep's review of a
+        # destructive tool call (a human is the stronger reviewer). Admin actions have no stand-in.
+        human_for_deep = effect is Effect.DESTRUCTIVE and not deep_configured and action.is_tool_call
+        if effect >= Effect.DESTRUCTIVE and not deep_configured and not human_for_deep:
+            # Nothing can review this action, so do not spend a Spot review on it.
             self._count_error(Tier.DEEP, "unconfigured")
-            return _deny(effect, _unavailable(Tier.DEEP, effect, "not configured"), Tier.DEEP)
+            advice = _ADMIN_ADVICE if effect is Effect.ADMIN else ""
+            return _deny(effect, _unavailable(Tier.DEEP, effect, "not configured") + advice, Tier.DEEP)
         for slot in self._slots:
-            if slot.tier is Tier.DEEP and effect < Effect.DESTRUCTIVE:
+            if slot.tier is Tier.DEEP and (effect < Effect.DESTRUCTIVE or human_for_deep):
                 break
             verdict, problem = await self._ask(slot, action, session, effect, decision, context)
-            if verdict is not None:
-                if _approved_already(verdict, action, effect, context):
+            if verdict is None:
+                if effect is Effect.MUTATING:
+                    return pending or decision  # SPEC §7: a mutating action falls back to Fast's verdict
+                advice = _ADMIN_ADVICE if effect is Effect.ADMIN else ""
+                return _deny(effect, _unavailable(slot.tier, effect, problem) + advice, slot.tier)
+            if verdict.verdict is Verdict.APPROVAL_REQUIRED:
+                if approved:
                     reason = f"{verdict.reason} An operator-approved elevation covers this action."
                     verdict = dataclasses.replace(verdict, verdict=Verdict.ALLOW, reason=reason)
-                if not verdict.allowed:
+                elif slot.tier is Tier.SPOT and effect >= Effect.DESTRUCTIVE and deep_configured:
+                    decision = verdict  # Deep decides, with Spot's findings in its prompt
+                    continue
+                else:
                     return verdict
-                decision = verdict
-                continue
-            if effect is Effect.MUTATING:
-                return decision  # SPEC §7: a mutating action falls back to Fast's verdict
-            return _deny(effect, _unavailable(slot.tier, effect, problem), slot.tier)
+            if verdict.verdict is Verdict.DENY:
+                return verdict
+            decision = verdict
+        if pending is not None:
+            return pending
+        if human_for_deep:
+            self._count_error(Tier.DEEP, "unconfigured")
+            if not approved:
+                return Decision(
+                    Verdict.APPROVAL_REQUIRED,
+                    effect,
+                    Tier.DEEP,
+                    f"'{action.name}' is a destructive action and Deep Guard is not configured, so a human must "
+                    "approve this exact call; their approval stands in for Deep Guard's review.",
+                )
+            return dataclasses.replace(
+                decision,
+                tier=Tier.DEEP,
+                reason=f"{decision.reason} An operator approved this call in place of Deep Guard (not configured).",
+            )
         return decision
 
     async def _ask(
@@ -225,15 +257,15 @@ class GuardianRouter:
             self._metrics.tier_errors.labels(tier.value, kind).inc()
 
 
-def _approved_already(verdict: Decision, action: Action, effect: Effect, context: ReviewContext) -> bool:
-    """A tier asking for human approval of an action a human has just approved (an elevation
-    covering it) gets that approval; a deny stays a deny and admin actions are never elevated."""
-    return (
-        verdict.verdict is Verdict.APPROVAL_REQUIRED
-        and effect is not Effect.ADMIN
-        and action.is_tool_call
-        and action.label in context.elevated
-    )
+def _approved(action: Action, effect: Effect, context: ReviewContext) -> bool:
+    """Whether a human has approved this call (an elevation covering it); admin actions are never elevated."""
+    return effect is not Effect.ADMIN and action.is_tool_call and action.label in context.elevated
+
+
+_ADMIN_ADVICE = (
+    " Admin actions are never elevated: an operator can perform it themselves, or configure Deep Guard "
+    "(ANTHROPIC_API_KEY) and give the agent a read-write session (wicket sessions create --mode read-write)."
+)
 
 
 def _unavailable(tier: Tier, effect: Effect, problem: str) -> str:

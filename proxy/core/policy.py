@@ -269,6 +269,13 @@ class ApprovalSettings:
     elevation_seconds: int = 300
     request_ttl_seconds: int = 600
     webhook: WebhookSettings | None = None
+    bind_mutating: str = "tool"  # approvals.bind.mutating: "tool" (any arguments) | "call" (these arguments)
+    bind_destructive: str = "call"
+
+    def call_bound(self, effect: Effect) -> bool:
+        """Whether an approval for an action of this effect covers only the call's exact arguments."""
+        bind = self.bind_destructive if effect >= Effect.DESTRUCTIVE else self.bind_mutating
+        return bind == "call"
 
 
 @dataclass(frozen=True, slots=True)
@@ -949,6 +956,9 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
         for key, value in (layer.data.get("approvals") or {}).items():
             if key == "webhook":
                 value = WebhookSettings(**{**value, "timeout_seconds": float(value.get("timeout_seconds", 5.0))})
+            if key == "bind":
+                approvals.update({f"bind_{effect}": how for effect, how in value.items()})
+                continue
             approvals[key] = value
         if "roots" in (layer.data.get("arguments") or {}):
             settings["path_roots"] = tuple(dict.fromkeys(_normalise_root(r) for r in layer.data["arguments"]["roots"]))

@@ -33,8 +33,10 @@ class Store(Protocol):
         This is the one store round trip on the hot path of a tool call.
         """
 
-    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool) -> None:
-        """Record the verdict: the history entry, and the denial counters when ``denied``."""
+    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
+        """Record the verdict: the history entry, the denial counters when ``denied``, and the write
+        counter when ``wrote`` (a write the agent made on its own: an approval request, or a call a
+        human approved, is not one)."""
 
     async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
         """One hit on the session's sliding-window limit ``name``: True if it is within ``limit``

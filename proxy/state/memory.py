@@ -77,14 +77,12 @@ class MemoryStore:
             history=tuple(state.history),
         )
         state.calls += 1
-        if effect >= 1:
-            state.writes += 1
         recent.append((now, effect))
         counts[effect] += 1
         minute.append(now)
         return before
 
-    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool) -> None:
+    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
         state = self._activity.get(session_id)
         if state is None:
             return
@@ -92,6 +90,8 @@ class MemoryStore:
         if denied:
             state.denials += 1
             state.denied[action_key] += 1
+        if wrote:
+            state.writes += 1
 
     async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
         hits = self._limits.setdefault((session_id, name), deque())

@@ -96,9 +96,6 @@ local repeats = tonumber(redis.call('HGET', KEYS[2], ARGV[6])) or 0
 local history = redis.call('LRANGE', KEYS[3], 0, -1)
 local effect = tonumber(ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'calls', 1)
-if effect >= 1 then
-  redis.call('HINCRBY', KEYS[1], 'writes', 1)
-end
 redis.call('ZADD', KEYS[4 + effect], ARGV[1], string.format('%016d', calls))
 for i = 1, 7 do
   redis.call('PEXPIRE', KEYS[i], ARGV[7])
@@ -107,7 +104,8 @@ return {calls, denials, writes, window_calls, minute_calls,
         by_effect[1], by_effect[2], by_effect[3], by_effect[4], repeats, history}
 """
 
-# KEYS: 1 act, 2 denied, 3 hist.  ARGV: 1 action key, 2 history entry, 3 "1" when denied, 4 history length.
+# KEYS: 1 act, 2 denied, 3 hist.  ARGV: 1 action key, 2 history entry, 3 "1" when denied, 4 history length,
+# 5 "1" when the call counts as the agent's own write.
 # A session that never called (or whose activity expired) records nothing, like the memory store.
 # The keys take the TTL note_call last set on act, so note_verdict needs no window.
 TAKE = """
@@ -136,6 +134,9 @@ redis.call('LTRIM', KEYS[3], -tonumber(ARGV[4]), -1)
 if ARGV[3] == '1' then
   redis.call('HINCRBY', KEYS[1], 'denials', 1)
   redis.call('HINCRBY', KEYS[2], ARGV[1], 1)
+end
+if ARGV[5] == '1' then
+  redis.call('HINCRBY', KEYS[1], 'writes', 1)
 end
 if ttl > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
@@ -340,9 +341,9 @@ class RedisStore:
             history=tuple(_text(entry) for entry in history),
         )
 
-    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool) -> None:
+    async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
         keys = self._activity_keys(session_id)[:3]
-        args = (action_key, entry, "1" if denied else "0", HISTORY)
+        args = (action_key, entry, "1" if denied else "0", HISTORY, "1" if wrote else "0")
         await self._run(lambda: self._note_verdict(keys=keys, args=args))
 
     async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
