@@ -14,6 +14,8 @@ import pytest
 
 from proxy.core.action import Action, Effect, Finding
 from proxy.core.arguments import (
+    MAX_FINDINGS,
+    MAX_NODES,
     MAX_SCAN,
     MAX_STRINGS,
     ArgumentAnalyser,
@@ -28,6 +30,7 @@ from proxy.core.arguments import (
     iter_strings,
     shell_effects,
     sql_effects,
+    walk_complete,
 )
 from proxy.core.policy import Constraint, Policy, parse_policy_text
 
@@ -586,15 +589,15 @@ def test_constraints_and_detectors_together() -> None:
 # --------------------------------------------------------------------------- hostile inputs
 
 
-def test_very_deep_nesting_is_cut_off() -> None:
+def test_any_depth_is_walked() -> None:
     deep: dict[str, Any] = {"command": "ls"}
-    for _ in range(50_000):
+    for _ in range(5_000):  # far deeper than Python's recursion limit
         deep = {"a": deep}
-    assert analyse("run_shell", deep) == ArgumentReport()  # the command is below the depth limit
-    shallow: dict[str, Any] = {"command": "rm -rf /"}
-    for _ in range(5):
-        shallow = {"a": shallow}
-    assert analyse("run_shell", shallow).effect is Effect.DESTRUCTIVE
+    assert analyse("run_shell", deep) == ArgumentReport()  # walked to the bottom, nothing there
+    deep = {"command": "rm -rf /"}
+    for _ in range(5_000):
+        deep = {"a": [deep]}
+    assert analyse("run_shell", deep).effect is Effect.DESTRUCTIVE
 
 
 def test_self_referencing_arguments_terminate() -> None:
@@ -603,33 +606,93 @@ def test_self_referencing_arguments_terminate() -> None:
     assert analyse("run_shell", {"command": loop}).effect is Effect.DESTRUCTIVE
 
 
-def test_many_values_are_bounded() -> None:
-    many = {f"k{i}": "x" for i in range(100_000)}
-    assert len(list(iter_strings(many))) == MAX_STRINGS
-    assert analyse("run_shell", many) == ArgumentReport()
+TOO_MANY = Finding(
+    "arguments", Effect.DESTRUCTIVE, f"more than {MAX_NODES} values, too many to analyse; treated as destructive"
+)
 
 
-def test_huge_strings_are_read_from_the_start() -> None:
+def test_a_statement_after_thousands_of_values_is_seen() -> None:
+    rows = [{"id": i, "name": f"row {i}", "tags": ["a", "b"]} for i in range(2500)]  # 12,500 values
+    report = analyse("run_query", {"rows": rows, "sql": "DELETE FROM users"})
+    assert report.effect is Effect.DESTRUCTIVE and TOO_MANY not in report.findings
+    assert analyse("run_query", {"rows": rows, "sql": "SELECT 1"}) == ArgumentReport()
+    strings = {f"k{i}": f"value {i}" for i in range(5000)}
+    assert analyse("run_shell", {**strings, "zz": "rm -rf /"}).effect is Effect.DESTRUCTIVE
+    assert analyse("run_shell", strings) == ArgumentReport()
+
+
+def test_more_values_than_the_walk_visits_fail_closed() -> None:
+    many = {f"k{i}": "x" for i in range(MAX_NODES + 1)}
+    assert len(list(iter_strings(many))) == MAX_NODES
+    assert not walk_complete(many) and walk_complete(dict(list(many.items())[:MAX_NODES]))
+    report = analyse("get_weather", many)
+    assert report.findings == (TOO_MANY,) and report.effect is Effect.DESTRUCTIVE
+    assert analyse("get_weather", {"rows": [[1, 2]] * (MAX_NODES // 3)}) == ArgumentReport()
+
+
+def test_huge_strings_are_read_or_reported() -> None:
     big = "rm -rf / ; " + "echo padding " * 1_000_000
     assert shell(big) is Effect.DESTRUCTIVE
-    assert len(next(iter_strings({"a": big})).value) == MAX_SCAN
+    assert len(next(iter_strings({"a": big})).value) == len(big)  # the walk hands out whole strings
     assert sql("DROP TABLE users; " + "-- x\n" * 1_000_000) is Effect.DESTRUCTIVE
+    # A statement past the characters the analysis reads is reported, not missed.
+    report = analyse("run_query", {"sql": "SELECT 1 -- " + "x" * MAX_SCAN + "\nDROP TABLE users"})
+    assert report.findings == (
+        Finding("sql", Effect.DESTRUCTIVE, "argument 'sql': SQL text too long to analyse; treated as destructive"),
+    )
+    assert shell("echo " + "x" * MAX_SCAN + "; rm -rf /") is Effect.DESTRUCTIVE
+    assert shell_effects("echo " + "x" * MAX_SCAN + " ; rmdir a") == {
+        (Effect.DESTRUCTIVE, "command too long to analyse")
+    }
+    assert shell_effects("echo " + "x" * MAX_SCAN + " ; ls") == set()  # nothing risky anywhere in it
+    assert effect_of("exec", {"command": "ls", "args": ["-l"] * (MAX_STRINGS + 1)}) is Effect.DESTRUCTIVE
+    assert effect_of("exec", {"command": "echo " + "x" * MAX_SCAN, "args": ["a"]}) is Effect.DESTRUCTIVE
+
+
+def test_long_harmless_arguments_pass() -> None:
+    prose = "The quick brown fox jumps over the lazy dog. " * 20_000  # ~900 KB
+    assert analyse("write_file", {"path": "notes.txt", "content": prose}) == ArgumentReport()
+    assert analyse("run_shell", {"command": "wc -l", "stdin": prose}) == ArgumentReport()
+    assert analyse("run_query", {"sql": "SELECT * FROM t WHERE note = :note", "note": prose}) == ArgumentReport()
+    assert analyse("web_search", {"query": prose}) == ArgumentReport()
+
+
+def test_code_nested_deeper_than_the_analysis_reads_fails_closed() -> None:
+    nested_too_deep = (Effect.DESTRUCTIVE, "commands nested too deep to analyse")
+    assert nested_too_deep in shell_effects('bash -c "bash -c \'bash -c \\"bash -c ls\\"\'"')
+    assert nested_too_deep in shell_effects("echo $(echo $(echo $(echo $(ls))))")
+    assert shell_effects("bash -c 'bash -c ls'") == set()
+    deep_sql = "SELECT 1"
+    for _ in range(4):
+        deep_sql = "EXECUTE '" + deep_sql.replace("'", "''") + "'"
+    assert (Effect.DESTRUCTIVE, "dynamic SQL nested too deep to analyse") in sql_effects(deep_sql)
+    many_literals = "DO $$ BEGIN " + " ".join(f"PERFORM '{i}';" for i in range(40)) + " EXECUTE 'DROP TABLE t'; END $$"
+    assert sql(many_literals) is Effect.DESTRUCTIVE
+
+
+def test_findings_past_the_cap_keep_their_effect() -> None:
+    arguments: dict[str, Any] = {f"s{i}": f"INSERT INTO t{i} VALUES (1)" for i in range(100)}
+    arguments["z"] = "DROP TABLE users"
+    report = analyse("run_query_statements", {"statements": arguments})
+    assert len(report.findings) == MAX_FINDINGS + 1
+    assert report.effect is Effect.DESTRUCTIVE
+    assert report.findings[-1] == Finding("arguments", Effect.DESTRUCTIVE, "more findings than are listed")
 
 
 def test_padding_cannot_push_a_payload_past_the_analysis() -> None:
     # Padding that passes the cheap pre-checks uses up the per-call budget: the call is then
     # treated as destructive rather than read on (or waved through) past the budget.
-    padding = "rmdir x; " * 5000
+    padding = "rmdir x; " * 60_000  # 540 KB, twice: past the per-call budget
     report = analyse("run_shell", {"a": padding, "b": padding, "command": "rm -rf /"})
     assert report.effect is Effect.DESTRUCTIVE
     too_large = Finding("shell", Effect.DESTRUCTIVE, "arguments too large to analyse fully; treated as destructive")
     assert too_large in report.findings
-    rows = "INSERT INTO t VALUES (1); " * 2000
+    rows = "INSERT INTO t VALUES (1); " * 21_000
     report = analyse("run_query", {"a": rows, "b": rows, "sql": "DROP TABLE t"})
     assert report.effect is Effect.DESTRUCTIVE
     assert any(f.detector == "sql" and "too large" in f.message for f in report.findings)
     # Padding that cannot match costs nothing, and the payload after it is still read.
-    prose = "lorem ipsum dolor sit amet " * 2500
+    prose = "lorem ipsum dolor sit amet " * 25_000
     report = analyse("run_shell", {"a": prose, "b": prose, "command": "rm -rf /"})
     rm = Finding("shell", Effect.DESTRUCTIVE, "argument 'command': rm -r/-f (recursive or forced delete)")
     assert report.findings == (rm,)

@@ -1,4 +1,5 @@
-"""JSON-RPC messages that Wicket answers itself (denials, refusals, protocol errors).
+"""JSON-RPC messages that Wicket answers itself (denials, refusals, protocol errors), and the
+one JSON reader for bodies and messages that cross Wicket.
 
 Built with jsonrpcserver's response types so Wicket's own answers follow the JSON-RPC 2.0
 response shape exactly; proxied traffic is never re-validated through it.
@@ -7,7 +8,8 @@ response shape exactly; proxied traffic is never re-validated through it.
 from __future__ import annotations
 
 import json
-from typing import Any
+import re
+from typing import Any, Final
 
 from jsonrpcserver.response import ErrorResponse, SuccessResponse, serialize_error, serialize_success
 from jsonrpcserver.sentinels import NODATA
@@ -22,6 +24,57 @@ UPSTREAM_UNAVAILABLE = -32051
 UPSTREAM_TIMEOUT = -32052
 UNAUTHORIZED = -32053
 STORE_UNAVAILABLE = -32054
+
+
+INTERNAL_ERROR = -32603
+
+MAX_DEPTH: Final = 64
+"""Nesting levels of arrays and objects accepted in a JSON message. No MCP or A2A message
+comes near it, and every later walk (screening, audit, pinning) can then rely on it."""
+
+_ESCAPE: Final = re.compile(rb"\\.", re.S)
+_BRACKETS: Final = bytes.maketrans(b"[]{}", b"()()")
+_NOT_SKELETON: Final = bytes(b for b in range(256) if b not in b'[]{}"')
+
+
+class NestingTooDeep(ValueError):
+    """Valid JSON, but nested deeper than :data:`MAX_DEPTH` (or than Python can parse)."""
+
+    def __init__(self) -> None:
+        super().__init__(f"JSON nested deeper than {MAX_DEPTH} levels")
+
+
+def loads(raw: bytes | str) -> Any:
+    """Parse JSON, refusing nesting deeper than ``MAX_DEPTH`` with :class:`NestingTooDeep`
+    (a ValueError): never a RecursionError, and never a tree too deep for later walks.
+
+    The parse is the C parser's single pass; the depth check costs two counts, and only a
+    message with more than ``MAX_DEPTH`` brackets also has its bracket skeleton measured."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise NestingTooDeep() from None
+    data = raw.encode() if isinstance(raw, str) else raw
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
+        raise NestingTooDeep()
+    return value
+
+
+def _deeper_than(data: bytes, limit: int) -> bool:
+    """Whether valid JSON ``data`` nests deeper than ``limit``. Its skeleton (escapes dropped,
+    then everything but brackets and quotes, then the strings) is cut one innermost level per
+    ``replace`` pass: C-speed steps, at most ``limit`` passes, no Python loop over the bytes."""
+    if b"\\" in data:
+        data = _ESCAPE.sub(b"", data)
+    skeleton = data.translate(None, _NOT_SKELETON).replace(b'""', b"")
+    if b'"' in skeleton:
+        skeleton = b"".join(skeleton.split(b'"')[::2])
+    skeleton = skeleton.translate(_BRACKETS)
+    for _ in range(limit):
+        skeleton = skeleton.replace(b"()", b"")
+        if not skeleton:
+            return False
+    return True
 
 
 def dumps(obj: Any) -> bytes:

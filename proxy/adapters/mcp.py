@@ -12,7 +12,6 @@ tool pinning) and the final response (the outcome audit).
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from typing import Any
@@ -145,7 +144,14 @@ class McpProxy:
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
         body = await read_body(request, self._settings.max_body_bytes)
         try:
-            message = json.loads(body)
+            message = jsonrpc.loads(body)
+        except jsonrpc.NestingTooDeep:
+            raise Refusal(
+                400,
+                jsonrpc.INVALID_REQUEST,
+                f"Invalid Request: the body nests deeper than {jsonrpc.MAX_DEPTH} levels.",
+                reason="too_deep",
+            ) from None
         except ValueError:
             raise Refusal(
                 400, jsonrpc.PARSE_ERROR, "Parse error: the body is not valid JSON.", reason="parse"
@@ -419,7 +425,15 @@ class McpProxy:
         """Observe one message from the upstream; return what the client gets instead of it
         (``b""``: nothing at all) or None to pass it on unchanged."""
         try:
-            message = json.loads(text)
+            message = jsonrpc.loads(text)
+        except jsonrpc.NestingTooDeep:
+            # Valid JSON that cannot be screened (or walked safely later) is not relayed.
+            exchange.failed(f"upstream message nested deeper than {jsonrpc.MAX_DEPTH} levels")
+            self._metrics.upstream_errors.labels(PROTOCOL, "too_deep").inc()
+            if exchange.request_id is None:
+                return b""
+            reason = f"The upstream's answer nests deeper than {jsonrpc.MAX_DEPTH} levels; Wicket did not relay it."
+            return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, reason, request_id=exchange.request_id)
         except ValueError:
             return None
         if isinstance(message, dict):
@@ -436,7 +450,7 @@ class McpProxy:
                 continue
             changed = True
             if replacement:
-                kept.append(json.loads(replacement))
+                kept.append(jsonrpc.loads(replacement))
         if not changed:
             return None
         return jsonrpc.dumps(kept) if kept else b""

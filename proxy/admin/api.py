@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from proxy.adapters import jsonrpc
 from proxy.admin.console import console_routes
 from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.approvals import rfc3339
@@ -48,7 +49,7 @@ async def optional_body(
     if not raw.strip():
         return {}, None
     try:
-        body: Any = json.loads(raw)
+        body: Any = jsonrpc.loads(raw)
     except (ValueError, UnicodeDecodeError):
         return {}, problem(400, hint)
     if not isinstance(body, dict) or set(body) - fields:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
+from proxy.adapters import jsonrpc
 from proxy.admin.api import problem
 from proxy.core.action import Action, Decision, Effect, Tier, Verdict
 from proxy.core.approvals import clean_intent, rfc3339
@@ -175,7 +176,7 @@ class CheckApi:
 
 async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
     try:
-        body: Any = await request.json()
+        body: Any = await request.json(loads=jsonrpc.loads)
     except (ValueError, UnicodeDecodeError):
         return problem(400, "The body must be a JSON object.")
     if not isinstance(body, dict):

@@ -6,10 +6,13 @@ findings that can raise the call's effect; policy constraints and path roots rep
 violations that deny it. Everything here is pure and bounded, because it runs on every
 call and the arguments are written by the agent, possibly a hostile one:
 
-* the walk stops at ``MAX_DEPTH`` levels, ``MAX_NODES`` values and ``MAX_STRINGS`` strings,
-  and a detector reads only the first ``MAX_SCAN`` characters of a string;
-* C-speed pre-checks (substring and set tests) skip strings that cannot match, and each
-  detector analyses at most ``MAX_TOTAL_SCAN`` characters per call;
+* the walk is iterative (any depth) and visits at most ``MAX_NODES`` values; a detector
+  analyses at most ``MAX_SCAN`` characters of one string, ``MAX_STRINGS`` words of one
+  argv list and ``MAX_TOTAL_SCAN`` characters per call;
+* no bound ends a check silently: arguments that exceed one are a destructive finding
+  ("too large to analyse"), so what lies past a bound is never taken for a read;
+* C-speed pre-checks (substring and set tests) over the whole string skip strings that
+  cannot match, so long harmless text costs little and is no finding;
 * the scanners are regexes with bounded look-ahead and small lexers, not shlex: shlex
   costs ~1.6 us per character in pure Python, so a 4 MiB body would take seconds. The
   shell tokenizer follows POSIX quoting (tests hold it to ``shlex.split``).
@@ -38,7 +41,6 @@ from proxy.core.effects import tokenize
 from proxy.core.policy import Constraint, Policy
 
 __all__ = [
-    "MAX_DEPTH",
     "MAX_NODES",
     "MAX_SCAN",
     "MAX_STRINGS",
@@ -57,25 +59,29 @@ __all__ = [
     "iter_values",
     "shell_effects",
     "sql_effects",
+    "walk_complete",
 ]
 
-MAX_DEPTH: Final = 8
-"""Nesting levels below the arguments object that are looked at."""
-MAX_NODES: Final = 4096
-"""Values (of any type) visited per walk."""
-MAX_STRINGS: Final = 512
-"""String values handed to detectors per walk."""
-MAX_SCAN: Final = 64 * 1024
-"""Characters of one string a detector reads."""
-MAX_TOTAL_SCAN: Final = 64 * 1024
+MAX_NODES: Final = 16_384
+"""Values (of any type) visited per walk; more is a destructive finding."""
+MAX_STRINGS: Final = 4096
+"""Words of one argv list a detector reads; a longer list is a destructive finding."""
+MAX_SCAN: Final = 1024 * 1024
+"""Characters of one string a detector analyses (a pass costs ~35 ns a character); a longer
+string that passes the detector's pre-check is a destructive finding."""
+MAX_TOTAL_SCAN: Final = 1024 * 1024
 """Characters one detector analyses per call, over all strings that pass its cheap pre-check.
 Beyond it the detector reports a destructive finding instead of reading on, so padding the
 arguments can neither slow Fast Guard down nor push a payload past the analysis."""
 MAX_FINDINGS: Final = 64
-"""Findings (and violations) kept per call; Spot scores each one, the wire caps lists at 256."""
+"""Findings (and violations) kept per call; Spot scores each one, the wire caps lists at 256.
+The highest effect among those left out is kept as one more finding."""
 _MAX_LABEL: Final = 80
 _MAX_NESTED: Final = 3
-"""How deep detectors follow code inside code (``bash -c``, ``$(...)``, ``EXECUTE '...'``)."""
+"""How deep detectors follow code inside code (``bash -c``, ``$(...)``, ``EXECUTE '...'``);
+code nested deeper is a destructive finding."""
+_MAX_LITERALS: Final = 32
+"""String literals of one dynamic SQL statement read as SQL; more is a destructive finding."""
 
 
 # --------------------------------------------------------------------------- the report
@@ -119,13 +125,10 @@ class Leaf:
     value: Any
 
 
-_IDENT: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
-
-
 def _label(path: str, key: str | int) -> str:
     if isinstance(key, int):
         step = f"[{key}]"
-    elif _IDENT.fullmatch(key):
+    elif key.isascii() and key.replace("-", "_").isidentifier():
         step = f".{key}" if path else key
     else:
         step = f"[{json.dumps(key[:_MAX_LABEL])}]"
@@ -133,40 +136,66 @@ def _label(path: str, key: str | int) -> str:
     return joined if len(joined) <= _MAX_LABEL else joined[: _MAX_LABEL - 3] + "..."
 
 
-def iter_values(arguments: Mapping[str, Any]) -> Iterator[Leaf]:
-    """Every value under ``arguments``, depth first in order, within the walk bounds."""
-    budget = [MAX_NODES]
+def _children(value: Any) -> Iterator[tuple[str | int, Any]] | None:
+    if isinstance(value, Mapping):
+        return ((str(k), v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return enumerate(value)
+    return None
 
-    def walk(value: Any, path: str, key: str, depth: int) -> Iterator[Leaf]:
-        if isinstance(value, Mapping):
-            children: Iterable[tuple[str | int, Any]] = ((str(k), v) for k, v in value.items())
-        elif isinstance(value, list | tuple):
-            children = enumerate(value)
-        else:
-            return
+
+def iter_values(arguments: Mapping[str, Any]) -> Iterator[Leaf]:
+    """Every value under ``arguments``, depth first in order, at any depth, up to ``MAX_NODES``
+    values (:func:`walk_complete` says whether that bound cut the walk short).
+
+    Iterative, so no nesting depth can exhaust the stack."""
+    if not isinstance(arguments, Mapping):
+        return
+    left = MAX_NODES
+    top = _children(arguments)
+    assert top is not None
+    stack: list[tuple[str, str, Iterator[tuple[str | int, Any]]]] = [("", "", top)]
+    while stack:
+        path, key, children = stack[-1]
         for child_key, child in children:
-            if budget[0] <= 0:
+            if left <= 0:
                 return
-            budget[0] -= 1
+            left -= 1
             child_path = _label(path, child_key)
             nearest = child_key if isinstance(child_key, str) else key
             yield Leaf(child_path, nearest, child)
-            if depth < MAX_DEPTH:
-                yield from walk(child, child_path, nearest, depth + 1)
+            grandchildren = _children(child)
+            if grandchildren is not None:
+                stack.append((child_path, nearest, grandchildren))
+                break
+        else:
+            stack.pop()
 
-    if isinstance(arguments, Mapping):
-        yield from walk(arguments, "", "", 1)
+
+def walk_complete(arguments: Mapping[str, Any]) -> bool:
+    """Whether :func:`iter_values` visits every value (there are at most ``MAX_NODES``)."""
+    left = MAX_NODES
+    stack: list[Any] = [arguments]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            children: Any = value.values()
+        elif isinstance(value, list | tuple):
+            children = value
+        else:
+            continue
+        left -= len(children)
+        if left < 0:
+            return False
+        stack.extend(child for child in children if isinstance(child, Mapping | list | tuple))
+    return True
 
 
 def iter_strings(arguments: Mapping[str, Any]) -> Iterator[Leaf]:
-    """The string values under ``arguments`` (at most ``MAX_STRINGS``), cut to ``MAX_SCAN`` characters."""
-    count = 0
+    """The string values under ``arguments``, whole (a consumer that reads less must say so)."""
     for leaf in iter_values(arguments):
         if isinstance(leaf.value, str):
-            yield leaf if len(leaf.value) <= MAX_SCAN else Leaf(leaf.path, leaf.key, leaf.value[:MAX_SCAN])
-            count += 1
-            if count >= MAX_STRINGS:
-                return
+            yield leaf
 
 
 def _key_words(key: str) -> frozenset[str]:
@@ -192,11 +221,14 @@ class _Budget:
 
 
 def _size(text: str | Sequence[str]) -> int:
-    return len(text) if isinstance(text, str) else sum(len(s) for s in text[:MAX_STRINGS]) + len(text)
+    return len(text) if isinstance(text, str) else sum(len(s) for s in text if isinstance(s, str)) + len(text)
+
+
+_TOO_LARGE: Final = "arguments too large to analyse fully; treated as destructive"
 
 
 def _too_large(detector: str) -> Finding:
-    return Finding(detector, Effect.DESTRUCTIVE, "arguments too large to analyse fully; treated as destructive")
+    return Finding(detector, Effect.DESTRUCTIVE, _TOO_LARGE)
 
 
 # --------------------------------------------------------------------------- SQL
@@ -360,7 +392,7 @@ def _lex_sql(text: str, mysql: bool) -> tuple[str, list[str]]:
             assert body is not None  # both patterns match the empty string
             content, pos = body.group(), min(body.end() + 1, size)
             if token == "'" or (mysql and token == '"'):
-                literals.append(content)
+                literals.append(content.replace(token * 2, token))  # what the server reads
                 out.append(" '' ")
             else:  # a quoted identifier: "DROP" reads as drop, anything else as a name
                 out.append(f" {content} " if _BARE_WORD.fullmatch(content) else " _q_ ")
@@ -385,6 +417,12 @@ def _classify_sql(code: str, strict: bool) -> set[tuple[Effect, str]]:
     return found
 
 
+_SQL_TOO_LONG: Final = "text too long to analyse"
+_SQL_TOO_DEEP: Final = "dynamic SQL nested too deep to analyse"
+_SQL_TOO_MANY: Final = "dynamic SQL with too many literals to analyse"
+_SQL_BOUNDS: Final = frozenset({_SQL_TOO_LONG, _SQL_TOO_DEEP, _SQL_TOO_MANY})
+
+
 def _sql_candidate(text: str) -> bool:
     """Cheap pre-check: text without a comment or a write verb cannot produce a SQL finding."""
     if "/*" in text:
@@ -402,10 +440,13 @@ def sql_effects(text: str, strict: bool = True, _depth: int = 0) -> set[tuple[Ef
     Both dialect families are tried (standard/PostgreSQL and MySQL quoting and comments),
     and a comment both as a gap and as nothing (``DR/**/OP``); the highest reading wins.
     """
-    text = text[:MAX_SCAN].replace(_COMMENT, " ")
     if not _sql_candidate(text):
         return set()
     found: set[tuple[Effect, str]] = set()
+    if len(text) > MAX_SCAN:
+        found.add((_D, _SQL_TOO_LONG))
+        text = text[:MAX_SCAN]
+    text = text.replace(_COMMENT, " ")
     seen: set[str] = set()
     nested: set[tuple[str, bool]] = set()
     for mysql in (False, True):
@@ -418,10 +459,15 @@ def sql_effects(text: str, strict: bool = True, _depth: int = 0) -> set[tuple[Ef
                 found |= _classify_sql(normal, strict)
         # Dynamic SQL (EXECUTE 'DROP ...', DO $$ ... $$, sp_executesql N'...') runs its literals:
         # read them as SQL when a statement starts with such a verb, else by shape only.
-        if _depth < _MAX_NESTED and literals and _SQL_DYNAMIC.search(normal):
+        if literals and _SQL_DYNAMIC.search(normal):
+            if _depth >= _MAX_NESTED:
+                found.add((_D, _SQL_TOO_DEEP))
+                continue
+            if len(literals) > _MAX_LITERALS:
+                found.add((_D, _SQL_TOO_MANY))
             verbs = {m.group(1) for m in _SQL_LEADING.finditer(normal)}
             nested_strict = bool(verbs & _SQL_DYNAMIC_VERBS) or "executesql" in normal
-            nested.update((literal, nested_strict) for literal in literals[:32])
+            nested.update((literal, nested_strict) for literal in literals[:_MAX_LITERALS])
     for literal, nested_strict in nested:
         found |= sql_effects(literal, nested_strict, _depth + 1)
     return found
@@ -451,7 +497,13 @@ class SqlDetector:
                 yield _too_large(self.name)
                 return
             for effect, kind in sorted(sql_effects(leaf.value, strict), key=lambda f: (-f[0], f[1])):
-                yield Finding(self.name, effect, f"argument {leaf.path!r}: SQL {kind} statement")
+                yield _sql_finding(self.name, leaf.path, effect, kind)
+
+
+def _sql_finding(detector: str, path: str, effect: Effect, kind: str) -> Finding:
+    if kind in _SQL_BOUNDS:  # a bound of the analysis, not a statement kind
+        return Finding(detector, effect, f"argument {path!r}: SQL {kind}; treated as destructive")
+    return Finding(detector, effect, f"argument {path!r}: SQL {kind} statement")
 
 
 # --------------------------------------------------------------------------- shell
@@ -627,6 +679,10 @@ def _operands(args: Sequence[str]) -> list[str]:
     return [a for a in args if not a.startswith("-") or a == "-"]
 
 
+_NESTED_TOO_DEEP: Final = (_D, "commands nested too deep to analyse")
+_COMMAND_TOO_LONG: Final = (_D, "command too long to analyse")
+
+
 class _ShellScan:
     """One scan of a command line; collects (effect, pattern) pairs.
 
@@ -652,7 +708,12 @@ class _ShellScan:
             return
         if "{" in text and "|" in text and "&" in text and _FORK_BOMB.search(text):
             self.found.add((_D, "fork bomb"))
-        outer, inner = _substitutions(text) if depth < _MAX_NESTED else (text, [])
+        if depth < _MAX_NESTED:
+            outer, inner = _substitutions(text)
+        else:
+            outer, inner = text, []
+            if _SUBST_OPEN.search(text):
+                self.found.add(_NESTED_TOO_DEEP)
         for content in inner:
             self.text(content, depth + 1)
         command: list[str] = []
@@ -677,6 +738,8 @@ class _ShellScan:
     def nested(self, script: str, depth: int) -> None:
         if depth < _MAX_NESTED:
             self.text(script, depth + 1)
+        elif script.strip():
+            self.found.add(_NESTED_TOO_DEEP)
 
     def command(self, words: list[str], downloaded: bool, depth: int) -> str:
         """Analyse one simple command; return the name of the program it runs."""
@@ -759,6 +822,8 @@ class _ShellScan:
                     rest = list(_exec_command(args[at + 1 :]))
                     if rest and call.depth < _MAX_NESTED:
                         self.command(rest, False, call.depth + 1)
+                    elif rest:
+                        self.found.add(_NESTED_TOO_DEEP)
         elif name in ("chmod", "chown", "chgrp"):
             recursive = "R" in short or "--recursive" in long
             if recursive and any(_system_dir(target) for target in call.operands[1:]):
@@ -859,8 +924,8 @@ def _system_dir(target: str) -> bool:
 
 def _shell_candidate(text: str) -> bool:
     """Cheap pre-check: text that names no risky program and has no shell trickery cannot
-    produce a shell finding (quotes and backslashes are removed first, as the shell would)."""
-    text = text[:MAX_SCAN]
+    produce a shell finding (quotes and backslashes are removed first, as the shell would).
+    It reads the whole text, so what lies past ``MAX_SCAN`` is never taken for harmless."""
     if any(mark in text for mark in _HINT_MARKS):
         return True
     words = text.replace("\\\n", "").translate(_HINT_TABLE).lower()
@@ -872,9 +937,14 @@ def shell_effects(command: str | Sequence[str]) -> set[tuple[Effect, str]]:
     scan = _ShellScan(budget=2 * min(_size(command), MAX_SCAN) + 4096)  # nested code is re-read once
     if isinstance(command, str):
         if _shell_candidate(command):
+            if len(command) > MAX_SCAN:
+                scan.found.add(_COMMAND_TOO_LONG)
             scan.text(command[:MAX_SCAN])
     else:  # argv: no shell parses it, so its words are taken as they are
-        argv = [a[:MAX_SCAN] for a in command[:MAX_STRINGS] if isinstance(a, str)]
+        argv = [a for a in command if isinstance(a, str)]
+        if len(argv) > MAX_STRINGS or any(len(a) > MAX_SCAN for a in argv):
+            scan.found.add(_COMMAND_TOO_LONG)
+            argv = [a[:MAX_SCAN] for a in argv[:MAX_STRINGS]]
         if argv:
             scan.command(argv, False, 0)
     return scan.found
@@ -906,7 +976,7 @@ class ShellDetector:
                 if _shell_candidate(value):
                     candidates.append((leaf.path, value))
             elif isinstance(value, list):
-                if value and all(isinstance(v, str) for v in value[:MAX_STRINGS]):
+                if value and all(isinstance(v, str) for v in value):
                     candidates.append((leaf.path, value))
             elif isinstance(value, Mapping) and (argv := _combined_argv(value)):
                 candidates.append((leaf.path, argv))
@@ -926,11 +996,14 @@ def _combined_argv(mapping: Mapping[str, Any]) -> list[str] | None:
     args = next((mapping[k] for k in _ARGV_KEYS if isinstance(mapping.get(k), list)), None)
     if not isinstance(command, str) or args is None:
         return None
-    return [*_shell_words(command), *(a for a in args[:MAX_STRINGS] if isinstance(a, str))]
+    return [*_shell_words(command), *(a for a in args if isinstance(a, str))]
 
 
 def _shell_words(text: str) -> list[str]:
-    return [token for is_operator, token in _shell_tokens(text[:MAX_SCAN]) if not is_operator]
+    """The words of a command line; one too long to split stays whole (and is reported as too long)."""
+    if len(text) > MAX_SCAN:
+        return [text]
+    return [token for is_operator, token in _shell_tokens(text) if not is_operator]
 
 
 # --------------------------------------------------------------------------- HTTP method
@@ -1081,6 +1154,8 @@ class ArgumentAnalyser:
 
     A detector that raises is reported as a destructive finding rather than ignored, so a
     broken plug-in sends calls to review (and fails closed) instead of waving them through.
+    Arguments with more values than the walk visits are a destructive finding too, and
+    findings past ``MAX_FINDINGS`` are summed up in one finding with their highest effect.
     """
 
     def __init__(self, detectors: Sequence[Detector] | None = None) -> None:
@@ -1095,17 +1170,28 @@ class ArgumentAnalyser:
             return _EMPTY
         words = tokenize(action.name)
         findings: dict[Finding, None] = {}
+        if not walk_complete(arguments):
+            findings[_TOO_MANY_VALUES] = None
+        left_out: Effect | None = None
         for detector in self.detectors:
             try:
                 for finding in detector.inspect(action.name, words, arguments):
-                    if len(findings) >= MAX_FINDINGS:
-                        break
-                    findings.setdefault(finding, None)
+                    if len(findings) < MAX_FINDINGS:
+                        findings.setdefault(finding, None)
+                    elif finding not in findings and (left_out is None or finding.effect > left_out):
+                        left_out = finding.effect
             except Exception as exc:
                 name = getattr(detector, "name", type(detector).__name__)
                 message = f"detector failed ({exc.__class__.__name__}); treated as destructive"
                 findings.setdefault(Finding(str(name), Effect.DESTRUCTIVE, message), None)
+        if left_out is not None:
+            findings.setdefault(Finding("arguments", left_out, "more findings than are listed"), None)
         violations = check_constraints(arguments, constraints) + check_paths(arguments, policy.path_roots)
         if not findings and not violations:
             return _EMPTY
         return ArgumentReport(tuple(findings), tuple(dict.fromkeys(violations))[:MAX_FINDINGS])
+
+
+_TOO_MANY_VALUES: Final = Finding(
+    "arguments", Effect.DESTRUCTIVE, f"more than {MAX_NODES} values, too many to analyse; treated as destructive"
+)
