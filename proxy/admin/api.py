@@ -130,7 +130,7 @@ class AdminApi:
         if (refusal := self._operator(request)) is not None:
             return refusal
         try:
-            body: Any = await request.json()
+            body: Any = await request.json(loads=jsonrpc.loads)
         except (ValueError, UnicodeDecodeError):
             return problem(400, "The body must be a JSON object.")
         if not isinstance(body, dict):
@@ -190,7 +190,7 @@ class AdminApi:
         if (refusal := self._operator(request)) is not None:
             return refusal
         try:
-            body: Any = await request.json()
+            body: Any = await request.json(loads=jsonrpc.loads)
         except (ValueError, UnicodeDecodeError):
             return problem(400, "The body must be a JSON object.")
         if not isinstance(body, dict) or set(body) != {"kind", "id"}:
