@@ -6,6 +6,7 @@ import asyncio
 import logging
 import socket
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -15,16 +16,17 @@ from proxy.admin.api import AdminApi, store_faults
 from proxy.admin.check import CheckApi
 from proxy.admin.control import ControlApi
 from proxy.admin.health import HealthApi
+from proxy.admin.policy import PolicyApi
 from proxy.admin.tools import ToolsApi
 from proxy.audit.feed import EventFeed, PublishingSink
-from proxy.audit.sink import open_sink
+from proxy.audit.sink import AuditUnavailable, open_sink
 from proxy.core.approval_store import Approvals
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.checker import Checker
 from proxy.core.effects import EffectClassifier
 from proxy.core.guardian import FastGuard, GuardianRouter, ReviewTier
 from proxy.core.identity import IdentityResolver
-from proxy.core.policy import Policy
+from proxy.core.policy import Policy, PolicyError, load_policy
 from proxy.core.revocations import RevocationList, SignedRevocations
 from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
@@ -52,6 +54,32 @@ from proxy.upstreams.setup import bridge_for
 from proxy.webhook import ApprovalWebhook
 
 log = logging.getLogger("wicket")
+
+
+class _PolicyUser(Protocol):
+    def use_policy(self, policy: Policy) -> None: ...
+
+
+@dataclass(frozen=True)
+class PolicyReload:
+    """What a reload did: ``applied``, or refused with the problems (``file:line: message``)."""
+
+    applied: bool
+    files: list[str]
+    problems: list[str]
+    mode: str | None = None
+
+
+def restart_only_changes(running: Policy, new: Policy) -> list[str]:
+    """Policy sections that are wired into connections and clients at start, so a reload cannot change them."""
+    changed = []
+    if running.credential_variants() != new.credential_variants():
+        changed.append("credentials (upstreams[].credentials, tools.*.credentials)")
+    if running.guardian.deep != new.guardian.deep:
+        changed.append("guardian.deep")
+    if running.approvals.webhook != new.approvals.webhook:
+        changed.append("approvals.webhook")
+    return changed
 
 
 REDIS_SCHEMES = frozenset({"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"})
@@ -170,6 +198,8 @@ class Wicket:
         for warning in passthrough_warnings(self.policy):
             log.warning(warning)
         self._resync: asyncio.Task[None] | None = None
+        self._policy_users: list[_PolicyUser] = [self.identity, self.checker, self.toolpins]
+        self._reload_lock = asyncio.Lock()
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
         # stdio and legacy SSE upstreams: the proxy forwards to this bridge, which runs the real servers.
@@ -270,6 +300,7 @@ class Wicket:
             feed=self.events,
             revocations=self.revocations,
         )
+        self._policy_users += [api, control]
         check = CheckApi(identity=self.identity, checker=self.checker, store=self.store, signer=self.signer)
         app = web.Application(client_max_size=64 * 1024, middlewares=[store_faults])
         app.add_routes(self.health.routes())
@@ -278,6 +309,10 @@ class Wicket:
         tools = ToolsApi(admin_token=self.settings.admin_token, toolpins=self.toolpins, upstream=self.settings.upstream)
         app.add_routes(tools.routes())
         app.add_routes(check.routes())
+        policy_api = PolicyApi(
+            admin_token=self.settings.admin_token, reload=self.reload_policy, audit_path=self.audit.path
+        )
+        app.add_routes(policy_api.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         return app
 
@@ -286,6 +321,44 @@ class Wicket:
         app = web.Application(client_max_size=1024)
         app.add_routes(self.health.routes())
         return app
+
+    async def reload_policy(self) -> PolicyReload:
+        """Re-read the policy files and put the result in force, or keep the running policy and say why.
+
+        SIGHUP and ``POST /v1/policy/reload`` both land here; either way the attempt is audited.
+        Calls already past the checker finish under the policy they were decided by.
+        """
+        async with self._reload_lock:
+            files = list(self.settings.policy_files)
+            try:
+                policy = await asyncio.to_thread(load_policy, files)
+            except PolicyError as exc:
+                result = PolicyReload(False, files, [str(issue) for issue in exc.issues])
+            else:
+                blocked = restart_only_changes(self.policy, policy)
+                if blocked:
+                    result = PolicyReload(
+                        False, files, [f"{what} changed: restart Wicket to apply it" for what in blocked]
+                    )
+                else:
+                    self.policy = policy
+                    for user in self._policy_users:
+                        user.use_policy(policy)
+                    result = PolicyReload(True, files, [], mode=policy.mode)
+            self.metrics.policy_reloads.labels("applied" if result.applied else "refused").inc()
+            event: dict[str, Any] = {"event": "policy_reload", "status": "applied" if result.applied else "refused"}
+            event.update(files=files, problems=result.problems[:20])
+            if result.applied:
+                event["mode"] = result.mode
+            try:
+                await self.checker.audit_event(event)
+            except AuditUnavailable:
+                log.error("a policy reload (%s) could not be audited", event["status"])
+            if result.applied:
+                log.info("policy reloaded from %s (mode %s)", ", ".join(files), result.mode)
+            else:
+                log.error("policy reload refused; the running policy stays in force: %s", "; ".join(result.problems))
+            return result
 
     async def start(self) -> None:
         if self.bridge is not None:

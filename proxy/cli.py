@@ -152,10 +152,49 @@ def build_parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
     check = policy.add_parser("check", help="validate policy files")
     check.add_argument("files", nargs="+", metavar="FILE")
+    ptest = policy.add_parser("test", help="run policy test cases (*_test.yaml) through the real checker, offline")
+    ptest.add_argument("files", nargs="*", metavar="FILE", help="test files or directories (default: policies/)")
+    ptest.add_argument("--cases", action="append", default=[], metavar="CASES", help="a test file (repeatable)")
+    ptest.add_argument(
+        "--policy", action="append", default=[], metavar="FILE", help="test against these policy files instead"
+    )
+    ptest.add_argument("--json", action="store_true", help="machine-readable results (for CI)")
+    explain = policy.add_parser("explain", help="decide one action offline and print every step behind it")
+    explain.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
+    explain.add_argument(
+        "--input", metavar="FILE", help="a JSON or YAML file: {action, session, deep} as in a test case"
+    )
+    explain.add_argument("--tool", metavar="NAME", help="the tool being called")
+    explain.add_argument("--method", default="tools/call", help="the request method (default tools/call)")
+    explain.add_argument("--protocol", default="mcp", help="mcp, a2a, api or sampling (default mcp)")
+    explain.add_argument("--arguments", metavar="JSON", help="the call's arguments as a JSON object")
+    explain.add_argument("--annotations", metavar="JSON", help="the tool's annotations as a JSON object")
+    explain.add_argument("--upstream", metavar="URL", help="the upstream's URL (for trusted and per-upstream rules)")
+    explain.add_argument("--agent", default="agent", metavar="ID")
+    explain.add_argument("--mode", choices=("read-only", "read-write"), default="read-only")
+    explain.add_argument("--scope", action="append", metavar="PATTERN", help="scope ceiling glob (repeatable)")
+    explain.add_argument("--intent", metavar="TEXT")
+    explain.add_argument("--elevation", action="append", default=[], metavar="TOOL", help="an approved elevation")
+    explain.add_argument("--calls", type=int, default=0, help="earlier calls in the session (anomaly figures)")
+    explain.add_argument("--denials", type=int, default=0, help="of them, denied")
+    explain.add_argument("--writes", type=int, default=0, help="of them, writes")
+    explain.add_argument(
+        "--deep",
+        default="unavailable",
+        choices=("allow", "deny", "approval_required", "unavailable"),
+        help="what Deep Guard says (default unavailable: destructive and admin actions then fail closed)",
+    )
 
     audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
     verify = audit.add_parser("verify", help="verify a hash-chained audit log")
     verify.add_argument("file", metavar="FILE")
+    show = audit.add_parser("show", help="explain a past decision from the audit log")
+    show.add_argument("decision_id", metavar="DECISION_ID", help="dec_...")
+    show.add_argument("--audit-log", default="./wicket-audit.jsonl", metavar="PATH")
+    summary = audit.add_parser("summary", help="the most frequent would-be refusals recorded in shadow mode")
+    summary.add_argument("file", nargs="?", default="./wicket-audit.jsonl", metavar="FILE")
+    summary.add_argument("--limit", type=int, default=20)
+    summary.add_argument("--json", action="store_true")
 
     sessions = sub.add_parser("sessions", help="runtime sessions").add_subparsers(
         dest="sessions_command", required=True
@@ -242,8 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "run": cmd_run,
         "demo": cmd_demo,
-        "policy": cmd_policy_check,
-        "audit": cmd_audit_verify,
+        "policy": cmd_policy,
+        "audit": cmd_audit,
         "sessions": cmd_sessions_create,
         "guardian": cmd_guardian_serve,
         "revoke": cmd_revoke,
@@ -306,8 +345,14 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    # logrotate: move the file away, then SIGHUP makes Wicket continue the chain in a new file.
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(wicket.audit.reopen()))
+
+    # SIGHUP: logrotate (move the file away, then Wicket continues the chain in a new file) and a
+    # policy reload (an invalid policy is refused and the running one stays in force).
+    async def hangup() -> None:
+        await wicket.audit.reopen()
+        await wicket.reload_policy()
+
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(hangup()))
     try:
         if extra is not None:
             await extra.start()
@@ -475,6 +520,117 @@ def cmd_inject_webhook(args: argparse.Namespace) -> int:
         await serve_injector(args.listen, args.tls_cert, args.tls_key, args.config, stop=stop)
 
     asyncio.run(serve())
+    return 0
+
+
+def cmd_policy(args: argparse.Namespace) -> int:
+    return {"check": cmd_policy_check, "test": cmd_policy_test, "explain": cmd_policy_explain}[args.policy_command](
+        args
+    )
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from proxy.authoring.cases import report, run
+
+    _configure_logging("error")  # a stated-unavailable Deep Guard is expected here, not worth a warning
+    results = run([*args.files, *args.cases], args.policy)
+    text, status = report(results, as_json=args.json)
+    print(text)
+    return status
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    import yaml
+
+    from proxy.authoring.cases import CaseFileError, parse_case
+    from proxy.authoring.explain import render
+    from proxy.authoring.harness import evaluate
+    from proxy.core.policy import PolicyError, load_policy
+
+    if args.input:
+        try:
+            raw = yaml.safe_load(Path(args.input).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            print(f"wicket: cannot read {args.input}: {exc}", file=sys.stderr)
+            return 2
+        raw = {"name": "explain", **(raw if isinstance(raw, dict) else {})}
+        raw.setdefault("expect", {"decision": "allow"})
+    else:
+        if not args.tool and args.method == "tools/call":
+            print(
+                "wicket: name the action: --tool NAME (or --method for a non-tool request), or --input FILE",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            action: dict[str, Any] = {
+                "method": args.method,
+                "protocol": args.protocol,
+                "arguments": json.loads(args.arguments) if args.arguments else {},
+            }
+            if args.annotations:
+                action["annotations"] = json.loads(args.annotations)
+        except ValueError as exc:
+            print(f"wicket: --arguments / --annotations must be JSON objects: {exc}", file=sys.stderr)
+            return 2
+        if args.tool:
+            action["tool"] = args.tool
+        if args.upstream:
+            action["upstream"] = args.upstream
+        session = {"agent": args.agent, "mode": args.mode, "scope": args.scope or ["*"], "intent": args.intent}
+        session.update(elevations=args.elevation, calls=args.calls, denials=args.denials, writes=args.writes)
+        raw = {
+            "name": "explain",
+            "action": action,
+            "session": session,
+            "deep": args.deep,
+            "expect": {"decision": "allow"},
+        }
+    try:
+        case = parse_case(Path(args.input or "<flags>"), 1, raw)
+        policy = load_policy(args.policy or ["policies/default.yaml"])
+    except CaseFileError as exc:
+        print(f"wicket: {exc}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    _configure_logging("error")
+    try:
+        explanation = asyncio.run(evaluate(policy, case.action, case.session, case.deep))
+    except ValueError as exc:
+        print(f"wicket: {exc}", file=sys.stderr)
+        return 2
+    print(render(explanation))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return {"verify": cmd_audit_verify, "show": cmd_audit_show, "summary": cmd_audit_summary}[args.audit_command](args)
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    from proxy.authoring.explain import find_decision, render_recorded
+
+    if not Path(args.audit_log).is_file():
+        print(f"wicket: no audit log at {args.audit_log} (--audit-log PATH)", file=sys.stderr)
+        return 2
+    record, related = find_decision(args.audit_log, args.decision_id)
+    if record is None:
+        print(f"wicket: no decision {args.decision_id} in {args.audit_log}", file=sys.stderr)
+        return 1
+    print(render_recorded(record, related))
+    return 0
+
+
+def cmd_audit_summary(args: argparse.Namespace) -> int:
+    from proxy.audit.summary import render, summarise_file
+
+    if not Path(args.file).is_file():
+        print(f"wicket: no audit log at {args.file}", file=sys.stderr)
+        return 2
+    summary = summarise_file(args.file, limit=args.limit)
+    print(json.dumps(summary.public(), indent=2) if args.json else render(summary))
     return 0
 
 

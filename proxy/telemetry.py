@@ -18,8 +18,15 @@ class Metrics:
         r = self.registry
         self.decisions = Counter(
             "wicket_decisions_total",
-            "Decisions made, by protocol, effect, verdict and deciding tier.",
-            ["protocol", "effect", "decision", "tier"],
+            "Decisions made, by protocol, effect, verdict (would_deny / would_require_approval in shadow mode), "
+            "deciding tier and mode (enforce or shadow).",
+            ["protocol", "effect", "decision", "tier", "mode"],
+            registry=r,
+        )
+        self.policy_reloads = Counter(
+            "wicket_policy_reloads_total",
+            "Policy reloads (SIGHUP or POST /v1/policy/reload), by result: applied or refused.",
+            ["result"],
             registry=r,
         )
         self.check_seconds = Histogram(

@@ -122,8 +122,11 @@ async def test_metrics_can_be_scraped(upstream: DemoUpstream, wicket: RunningWic
         await client.call_tool("get_weather", {"city": "Oslo"})
         await client.call_tool("drop_table", {"table": "users"})
     text = await scrape(wicket)
-    assert 'wicket_decisions_total{decision="allow",effect="read",protocol="mcp",tier="fast"}' in text
-    assert 'wicket_decisions_total{decision="deny",effect="destructive",protocol="mcp",tier="fast"} 1.0' in text
+    assert 'wicket_decisions_total{decision="allow",effect="read",mode="enforce",protocol="mcp",tier="fast"}' in text
+    assert (
+        'wicket_decisions_total{decision="deny",effect="destructive",mode="enforce",protocol="mcp",tier="fast"} 1.0'
+        in text
+    )
     assert "wicket_check_duration_seconds_bucket" in text
     assert "wicket_upstream_duration_seconds_count" in text
 

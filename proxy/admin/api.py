@@ -115,6 +115,9 @@ class AdminApi:
         self._store = store
         self._metrics = metrics
 
+    def use_policy(self, policy: Policy) -> None:
+        self._policy = policy
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/v1/sessions", self.create_session),

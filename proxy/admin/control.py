@@ -80,6 +80,9 @@ class ControlApi:
         self._clock = clock
         self.heartbeat_seconds = HEARTBEAT_SECONDS
 
+    def use_policy(self, policy: Policy) -> None:
+        self._policy = policy
+
     def routes(self) -> list[web.RouteDef]:
         return [
             web.get("/v1/approvals", self.list_approvals),

@@ -7,6 +7,7 @@ Action came from. A Decision serialises to exactly the SPEC §4 record.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import hashlib
 import json
@@ -111,10 +112,26 @@ class Decision:
     decision_id: str = field(default_factory=new_decision_id)
     approval_id: str | None = None
     escalated_from: Effect | None = None
+    fail_closed: bool = False
+    """Wicket's own safety refused this (audit unwritable, a required tier unavailable), not the
+    policy's rules: shadow mode never relaxes it."""
+    shadow_of: Verdict | None = None
+    """Shadow mode: the verdict enforcing would have given; the call is allowed and forwarded."""
 
     @property
     def allowed(self) -> bool:
         return self.verdict is Verdict.ALLOW
+
+    @property
+    def recorded_verdict(self) -> str:
+        """The audit's ``decision``: the verdict, or ``would_deny`` / ``would_require_approval`` in shadow."""
+        if self.shadow_of is None:
+            return self.verdict.value
+        return "would_deny" if self.shadow_of is Verdict.DENY else "would_require_approval"
+
+    def shadowed(self) -> Decision:
+        """This refusal as shadow mode records it: allowed, remembering what enforcing would do."""
+        return dataclasses.replace(self, verdict=Verdict.ALLOW, shadow_of=self.verdict)
 
     def record(self) -> dict[str, Any]:
         """The SPEC §4 decision record, as carried in denials and returned by /v1/check."""
@@ -130,6 +147,9 @@ class Decision:
             out["approval_id"] = self.approval_id
         if self.escalated_from is not None:
             out["escalated_from"] = self.escalated_from.label
+        if self.shadow_of is not None:
+            out["mode"] = "shadow"
+            out["shadow"] = self.recorded_verdict
         return out
 
 

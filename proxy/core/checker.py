@@ -62,13 +62,23 @@ class Checker:
     def policy(self) -> Policy:
         return self._policy
 
+    def use_policy(self, policy: Policy) -> None:
+        """Decide every later call under ``policy`` (a reload); calls in flight finish under the old one."""
+        self._policy = policy
+        self.classifier.overrides = policy.effect_override
+        self.classifier.is_trusted_upstream = policy.is_trusted_upstream
+        self.classifier.clear()
+        self._router.use_policy(policy)
+        if self.approvals is not None:
+            self.approvals.settings = policy.approvals
+
     async def check(self, action: Action, session: Session) -> Decision:
         """Decide ``action`` in ``session``; the returned Decision is already audited."""
         started = time.perf_counter()
         effect = self.classifier.classify(action)
         if not action.is_tool_call:
             # Protocol housekeeping executes nothing upstream: Fast Guard alone, no history.
-            decision = await self._router.decide(action, session, effect)
+            decision = self._shadow(action, await self._router.decide(action, session, effect))
             decision = await self._record(action, session.session_id, decision)
         else:
             decision, own_write = await self._check_call(action, session, effect)
@@ -132,12 +142,20 @@ class Checker:
                 reason=" ".join([decision.reason, *notes]),
                 escalated_from=effect if why is not None else None,
             )
+        decision = self._shadow(action, decision)
         if decision.verdict is Verdict.APPROVAL_REQUIRED and self.approvals is not None:
             # Names a pending request the agent can hand to a human (or refuses: admin, anonymous,
             # or a request an operator already denied).
             decision = await self.approvals.request(action, session, decision, digest or None)
         own_write = effect >= Effect.MUTATING and not (covered and decision.allowed)
         return decision, own_write
+
+    def _shadow(self, action: Action, decision: Decision) -> Decision:
+        """Shadow mode forwards what the policy refuses, recording what enforcing would have done;
+        Wicket's own fail-closed refusals stay refusals."""
+        if decision.allowed or decision.fail_closed or not self._policy.shadow_for(action.upstream):
+            return decision
+        return decision.shadowed()
 
     async def check_server_request(self, action: Action, session: Session) -> Decision:
         """Decide a request the upstream sends to the agent's client (SPEC §8 sampling guard).
@@ -238,7 +256,7 @@ class Checker:
             "action": action.label,
             "upstream": action.upstream,
             "effect": decision.effect.label,
-            "decision": decision.verdict.value,
+            "decision": decision.recorded_verdict,
             "tier": decision.tier.value,
             "reason": decision.reason,
             "confidence": decision.confidence,
@@ -249,6 +267,8 @@ class Checker:
             fields["escalated_from"] = decision.escalated_from.label
         if decision.approval_id is not None:
             fields["approval_id"] = decision.approval_id
+        if decision.shadow_of is not None:
+            fields["mode"] = "shadow"
         try:
             await self._audit.append(fields)
             self._metrics.audit_healthy.set(1)
@@ -261,9 +281,14 @@ class Checker:
                     Tier.FAST,
                     f"The audit log cannot be written ({exc}); only read actions are allowed until it recovers.",
                     decision_id=decision.decision_id,
+                    fail_closed=True,
                 )
         self._metrics.decisions.labels(
-            action.protocol, decision.effect.label, decision.verdict.value, decision.tier.value
+            action.protocol,
+            decision.effect.label,
+            decision.recorded_verdict,
+            decision.tier.value,
+            "enforce" if decision.shadow_of is None else "shadow",
         ).inc()
         return decision
 

@@ -166,20 +166,45 @@ class EffectClassifier:
         """Cached entries; for tests and diagnostics."""
         return len(self._cache)
 
+    def explain(self, action: Action) -> tuple[Effect, str]:
+        """The effect of ``action`` and the rule that set it, in words (``wicket policy explain``).
+
+        Uncached and not on the hot path; ``classify`` gives the same effect."""
+        if action.fixed_effect is not None:
+            fixed = action.fixed_effect
+            return fixed, f"fixed by the protocol: '{action.method}' is always {fixed.label}"
+        read_only = _explicit_hint(action.annotations, "readOnlyHint")
+        destructive = _explicit_hint(action.annotations, "destructiveHint")
+        return self._explained(action.name, action.upstream, read_only, destructive)
+
     def _classify(self, name: str, upstream: str, read_only: bool | None, destructive: bool | None) -> Effect:
+        return self._explained(name, upstream, read_only, destructive)[0]
+
+    def _explained(
+        self, name: str, upstream: str, read_only: bool | None, destructive: bool | None
+    ) -> tuple[Effect, str]:
         override = self.overrides(name)
         if override is not None:
-            return override
+            return override, f"policy effects override for '{name}'"
         effect = classify_name(name)
+        words = [w for w in tokenize(name) if w.rstrip(_DIGITS) in KEYWORDS or w in KEYWORDS]
+        source = (
+            f"name keyword {', '.join(repr(w) for w in words)} in '{name}'"
+            if words
+            else f"no keyword in '{name}': unknown names are mutating"
+        )
         if effect is Effect.ADMIN or (read_only is None and destructive is None):
-            return effect
+            return effect, source
+        trusted = self.is_trusted_upstream(upstream)
         if read_only is True:
             # READ can only lower; it is never a raise.
-            return Effect.READ if self.is_trusted_upstream(upstream) else effect
-        if destructive is True:
-            effect = max(effect, Effect.DESTRUCTIVE)
-        elif read_only is False:
-            effect = max(effect, Effect.MUTATING)
-        if destructive is False and effect > Effect.MUTATING and self.is_trusted_upstream(upstream):
-            effect = Effect.MUTATING
-        return effect
+            if trusted:
+                return Effect.READ, f"annotation readOnlyHint: true from trusted upstream {upstream}"
+            return effect, f"{source}; readOnlyHint: true ignored (upstream {upstream} is not trusted to lower effects)"
+        if destructive is True and effect < Effect.DESTRUCTIVE:
+            effect, source = Effect.DESTRUCTIVE, f"annotation destructiveHint: true raised it ({source})"
+        elif read_only is False and effect < Effect.MUTATING:
+            effect, source = Effect.MUTATING, f"annotation readOnlyHint: false raised it ({source})"
+        if destructive is False and effect > Effect.MUTATING and trusted:
+            effect, source = Effect.MUTATING, f"annotation destructiveHint: false from trusted upstream {upstream}"
+        return effect, source

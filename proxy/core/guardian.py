@@ -32,6 +32,9 @@ class FastGuard:
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
 
+    def use_policy(self, policy: Policy) -> None:
+        self._policy = policy
+
     def review(self, action: Action, session: Session, effect: Effect, context: ReviewContext) -> Decision:
         name = action.name
         if action.is_tool_call:
@@ -145,6 +148,16 @@ class GuardianRouter:
             _Slot(Tier.DEEP, deep, deep_timeout, CircuitBreaker(breaker_failures, breaker_cooldown, clock)),
         )
 
+    def use_policy(self, policy: Policy) -> None:
+        """A policy reload: Fast's rules, the tiers' deadlines, and in-process tiers' settings."""
+        g = policy.guardian
+        self._fast.use_policy(policy)
+        for slot, timeout in zip(self._slots, (g.spot_timeout, g.deep_timeout), strict=True):
+            slot.timeout = timeout
+            use = getattr(slot.reviewer, "use_policy", None)  # in-process tiers; a remote service has its own
+            if use is not None:
+                use(policy)
+
     async def decide(
         self, action: Action, session: Session, effect: Effect, context: ReviewContext = _NO_CONTEXT
     ) -> Decision:
@@ -162,8 +175,7 @@ class GuardianRouter:
         if effect >= Effect.DESTRUCTIVE and not deep_configured and not human_for_deep:
             # Nothing can review this action, so do not spend a Spot review on it.
             self._count_error(Tier.DEEP, "unconfigured")
-            advice = _ADMIN_ADVICE if effect is Effect.ADMIN else ""
-            return _deny(effect, _unavailable(Tier.DEEP, effect, "not configured") + advice, Tier.DEEP)
+            return _unavailable_denial(Tier.DEEP, effect, "not configured")
         for slot in self._slots:
             if slot.tier is Tier.DEEP and (effect < Effect.DESTRUCTIVE or human_for_deep):
                 break
@@ -171,8 +183,7 @@ class GuardianRouter:
             if verdict is None:
                 if effect is Effect.MUTATING:
                     return pending or decision  # SPEC §7: a mutating action falls back to Fast's verdict
-                advice = _ADMIN_ADVICE if effect is Effect.ADMIN else ""
-                return _deny(effect, _unavailable(slot.tier, effect, problem) + advice, slot.tier)
+                return _unavailable_denial(slot.tier, effect, problem)
             if verdict.verdict is Verdict.APPROVAL_REQUIRED:
                 if approved:
                     reason = f"{verdict.reason} An operator-approved elevation covers this action."
@@ -268,8 +279,12 @@ _ADMIN_ADVICE = (
 )
 
 
-def _unavailable(tier: Tier, effect: Effect, problem: str) -> str:
-    return (
+def _unavailable_denial(tier: Tier, effect: Effect, problem: str) -> Decision:
+    """A required tier could not review: Wicket's own safety refuses, so shadow mode never relaxes it."""
+    reason = (
         f"{_TIER_LABEL[tier]} unavailable ({problem}): {effect.label} actions are denied until it can review them "
         "(fail closed)."
     )
+    if effect is Effect.ADMIN:
+        reason += _ADMIN_ADVICE
+    return Decision(Verdict.DENY, effect, tier, reason, fail_closed=True)

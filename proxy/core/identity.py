@@ -89,6 +89,9 @@ class IdentityResolver:
         self._oidc = oidc
         self._clock = clock
 
+    def use_policy(self, policy: Policy) -> None:
+        self._policy = policy
+
     async def resolve(self, authorization: str | None) -> Caller:
         if not authorization:
             if self._policy.anonymous_enabled:

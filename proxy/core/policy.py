@@ -111,6 +111,8 @@ class UpstreamRule:
 
     url: str
     trusted: bool = False
+    mode: str | None = None
+    """``enforce`` | ``shadow`` for calls to this upstream; None: the policy's top-level ``mode``."""
 
 
 def normalise_url(url: str) -> str:
@@ -371,10 +373,13 @@ class Policy:
     """Whether an upstream without ``credentials`` may be proxied (listed without them, or none listed)."""
     sources: tuple[str, ...] = ()
     approvals: ApprovalSettings = ApprovalSettings()
+    mode: str = "enforce"
+    """``enforce`` | ``shadow``: in shadow, policy refusals are recorded as would-be refusals and forwarded."""
 
     _exact_effects: dict[str, Effect] = field(init=False, repr=False, compare=False)
     _glob_effects: tuple[tuple[re.Pattern[str], Effect], ...] = field(init=False, repr=False, compare=False)
     _trusted: dict[str, bool] = field(init=False, repr=False, compare=False)
+    _shadow: dict[str, bool] = field(init=False, repr=False, compare=False)
     _caps_memo: dict[str, GlobSet] = field(init=False, repr=False, compare=False)
     _block_memo: dict[str, GlobSet] = field(init=False, repr=False, compare=False)
     _effect_memo: dict[str, Effect | None] = field(init=False, repr=False, compare=False)
@@ -393,12 +398,14 @@ class Policy:
         exact_constraints, glob_constraints = _split_keys(self.tool_constraints)
         exact_creds, glob_creds = _split_keys(self.tool_credentials)
         trusted = {normalise_url(u.url): u.trusted for u in self.upstreams}
+        shadow = {normalise_url(u.url): u.mode == "shadow" for u in self.upstreams if u.mode is not None}
         for name, value in (
             ("_exact_effects", exact_effects),
             ("_glob_effects", glob_effects),
             ("_exact_constraints", exact_constraints),
             ("_glob_constraints", glob_constraints),
             ("_trusted", trusted),
+            ("_shadow", shadow),
             ("_upstream_creds", {normalise_url(url): block for url, block in self.upstream_credentials}),
             ("_exact_creds", exact_creds),
             ("_glob_creds", glob_creds),
@@ -457,6 +464,14 @@ class Policy:
             result = next((rules for regex, rules in self._glob_constraints if regex.match(tool_name)), ())
         _remember(self._constraints_memo, tool_name, result)
         return result
+
+    def shadow_for(self, upstream: str) -> bool:
+        """Whether calls to ``upstream`` run in shadow mode (its ``upstreams`` entry, else ``mode``)."""
+        if self._shadow:
+            found = self._shadow.get(normalise_url(upstream))
+            if found is not None:
+                return found
+        return self.mode == "shadow"
 
     def is_trusted_upstream(self, url: str) -> bool:
         """Whether annotations from this upstream may lower an effect (SPEC §6)."""
@@ -972,7 +987,12 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
                 )
             )
         blocklist.extend(layer.data.get("blocklist", ()))
-        upstreams.extend(UpstreamRule(u["url"], bool(u.get("trusted", False))) for u in layer.data.get("upstreams", ()))
+        upstreams.extend(
+            UpstreamRule(u["url"], bool(u.get("trusted", False)), u.get("mode"))
+            for u in layer.data.get("upstreams", ())
+        )
+        if "mode" in layer.data:
+            settings["mode"] = layer.data["mode"]
         for position, entry in enumerate(layer.data.get("upstreams", ())):
             url = normalise_url(entry["url"])
             listed.add(url)

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
-from proxy.core.policy import SpotSettings
+from proxy.core.policy import Policy, SpotSettings
 from proxy.core.sessions import Session
 
 EFFECT_RISK = {Effect.READ: 0.0, Effect.MUTATING: 0.1, Effect.DESTRUCTIVE: 0.3, Effect.ADMIN: 0.4}
@@ -25,6 +25,9 @@ class SpotGuard:
     def __init__(self, settings: SpotSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self._clock = clock
+
+    def use_policy(self, policy: Policy) -> None:
+        self.settings = policy.guardian.spot
 
     def score(self, session: Session, effect: Effect, context: ReviewContext) -> tuple[float, list[str]]:
         """The risk score in [0, 1] and the named factors that make it up."""

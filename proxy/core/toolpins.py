@@ -428,6 +428,9 @@ class ToolPins:
 
     # -- tools/list ----------------------------------------------------------------------------
 
+    def use_policy(self, policy: Policy) -> None:
+        self._policy = policy
+
     async def review(self, upstream: str, tools: list[Any], *, agent_id: str, session_id: str) -> frozenset[str]:
         """Pin first-seen tools and record changed and poisoned ones (audited and counted once per
         new definition, not on every list); return the names to hide from this result: the

@@ -1,0 +1,1 @@
+"""Policy authoring: `wicket policy test`, `wicket policy explain` and `wicket audit show`."""
