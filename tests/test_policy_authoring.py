@@ -116,7 +116,16 @@ def test_explain_an_annotation_classified_call(tmp_path: Path) -> None:
 
 
 def test_explain_an_argument_raised_call() -> None:
-    out = explain("--policy", "policies/default.yaml", "--tool", "run_query", "--arguments", '{"sql": "DROP TABLE t"}')
+    out = explain(
+        "--policy",
+        "policies/default.yaml",
+        "--tool",
+        "run_query",
+        "--arguments",
+        '{"sql": "DROP TABLE t"}',
+        "--deep",
+        "allow",
+    )
     assert "effect:     read, from name keyword 'query'" in out
     assert "arguments:  sql:" in out and "(raises to destructive)" in out
     record = json.loads(out.split("decision:   ", 1)[1])
@@ -217,7 +226,11 @@ async def test_shadow_never_relaxes_a_fail_closed_audit(upstream: DemoUpstream, 
 
 
 async def test_shadow_never_relaxes_a_required_guardian(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
-    running = await make_wicket(upstream.url, SHADOW)
+    # Deep Guard configured but unreachable (nothing listens on its port): destructive calls fail closed.
+    from proxy.demo.server import free_port
+
+    env = {"ANTHROPIC_API_KEY": "sk-test", "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    running = await make_wicket(upstream.url, SHADOW, environ=env)
     grant = await running.create_session("writer", mode="read-write")
     async with mcp_client(running.url, token=grant["token"], mode="legacy") as client:
         drop = await client.call_tool("drop_table", {"table": "users"})

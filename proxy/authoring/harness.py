@@ -301,7 +301,8 @@ async def _replay_history(
         effect = Effect.MUTATING if index < spec.writes else Effect.READ
         await store.note_call(session.session_id, label, int(effect), clock(), window)
         denied = index < spec.denials
-        await store.note_verdict(session.session_id, label, f"{label}={'deny' if denied else 'allow'}", denied)
+        entry = f"{label}={'deny' if denied else 'allow'}"
+        await store.note_verdict(session.session_id, label, entry, denied, effect is not Effect.READ)
         clock.now += HISTORY_SPACING_SECONDS
 
 
