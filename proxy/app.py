@@ -11,6 +11,7 @@ from typing import Any, Protocol
 import aiohttp
 from aiohttp import web
 
+from proxy.adapters.a2a import A2AProxy
 from proxy.adapters.mcp import McpProxy
 from proxy.admin.api import AdminApi, store_faults
 from proxy.admin.check import CheckApi
@@ -202,6 +203,7 @@ class Wicket:
         self._reload_lock = asyncio.Lock()
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
+        self._a2a_client: aiohttp.ClientSession | None = None
         # stdio and legacy SSE upstreams: the proxy forwards to this bridge, which runs the real servers.
         self.bridge = bridge_for(self.settings, self.metrics)
         self.metrics.upstream_info.labels(self.settings.upstream, self.settings.upstream_transport).set(1)
@@ -238,9 +240,9 @@ class Wicket:
             metrics=self.metrics,
         )
 
-    def _client_session(self) -> aiohttp.ClientSession:
+    def _client_session(self, *, bridged: bool = True) -> aiohttp.ClientSession:
         connector: aiohttp.BaseConnector
-        if self.bridge is not None:
+        if bridged and self.bridge is not None:
             # The upstream URL only names the server; every request goes to the bridge's private socket.
             # No pool limit: each session holds a GET stream, and the bridge caps sessions itself.
             connector = aiohttp.UnixConnector(
@@ -258,24 +260,38 @@ class Wicket:
 
     def data_app(self) -> web.Application:
         assert self._client is not None
-        proxy = McpProxy(
-            self.settings,
-            checker=self.checker,
-            identity=self.identity,
-            sessions=self.sessions,
-            metrics=self.metrics,
-            client=self._client,
-            credentials=self.credentials,
-            toolpins=self.toolpins,
-        )
         # The body limit is enforced by the adapter (413 with a JSON-RPC error); aiohttp's
         # own limit is kept just above it as a backstop.
         app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
-        app.add_routes(proxy.routes())
+        if self.settings.upstream:
+            proxy = McpProxy(
+                self.settings,
+                checker=self.checker,
+                identity=self.identity,
+                sessions=self.sessions,
+                metrics=self.metrics,
+                client=self._client,
+                credentials=self.credentials,
+                toolpins=self.toolpins,
+            )
+            app.add_routes(proxy.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         if self.settings.oidc_issuer:
             public = self.settings.public_url
             app.add_routes(oauth_routes(public.rstrip("/") + "/mcp" if public else None, self.settings.oidc_issuer))
+        if self.settings.a2a_upstream:
+            assert self._a2a_client is not None
+            a2a = A2AProxy(
+                self.settings,
+                checker=self.checker,
+                identity=self.identity,
+                store=self.store,
+                metrics=self.metrics,
+                client=self._a2a_client,
+                credentials=self.credentials,
+                keys=self.keys,
+            )
+            app.add_routes(a2a.routes())  # a catch-all for the agent's paths: last, after Wicket's own
         return app
 
     def admin_app(self) -> web.Application:
@@ -364,6 +380,8 @@ class Wicket:
         if self.bridge is not None:
             await self.bridge.start()
         self._client = self._client_session()
+        if self.settings.a2a_upstream:
+            self._a2a_client = self._client_session(bridged=False) if self.bridge is not None else self._client
         await self._sync_revocations()
         await self.store.subscribe_revocations(self.revocations.add)
         self._resync = asyncio.create_task(self._resync_revocations())
@@ -417,6 +435,9 @@ class Wicket:
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()
+        if self._a2a_client is not None and self._a2a_client is not self._client:
+            await self._a2a_client.close()
+        self._a2a_client = None
         if self._client is not None:
             await self._client.close()
             self._client = None

@@ -104,9 +104,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser(
-        "run", help="proxy an MCP server", usage="wicket run [options] (--upstream URL | -- CMD [ARG ...])"
+        "run",
+        help="proxy an MCP server and/or an A2A agent",
+        usage="wicket run [options] (--upstream URL | -- CMD [ARG ...] | --a2a-upstream URL)",
     )
     run.add_argument("--upstream", metavar="URL", help="the MCP server's URL (or run a stdio server: -- CMD ARG...)")
+    run.add_argument(
+        "--a2a-upstream",
+        metavar="URL",
+        help="the A2A agent's base URL: its card and routes are served under the same paths (alone or with --upstream)",
+    )
+    run.add_argument(
+        "--a2a-card-signatures",
+        choices=("resign", "drop"),
+        default="resign",
+        help="a signed agent card is re-signed with Wicket's key after the rewrite (default) or served unsigned",
+    )
     run.add_argument(
         "--upstream-transport",
         choices=UPSTREAM_TRANSPORTS,
@@ -147,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start the bundled demo MCP server with Wicket in front of it")
     demo.add_argument("--policy", action="append", metavar="FILE", help="policy file (default policies/demo.yaml)")
     demo.add_argument("--demo-port", type=int, default=8081, help="port of the demo MCP server (default 8081)")
+    demo.add_argument("--a2a", action="store_true", help="also front a small A2A agent (a2a-sdk) on --a2a-port")
+    demo.add_argument("--a2a-port", type=int, default=8082, help="port of the demo A2A agent (default 8082)")
     _run_options(demo, listen="127.0.0.1:8080", store="memory")
 
     policy = sub.add_parser("policy", help="policy tools").add_subparsers(dest="policy_command", required=True)
@@ -393,6 +408,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         args,
         upstream,
         files,
+        a2a_upstream=args.a2a_upstream,
+        a2a_card_signatures=args.a2a_card_signatures,
         upstream_transport=transport,
         upstream_command=command,
         upstream_name=args.upstream_name,
@@ -414,8 +431,8 @@ def resolve_upstream(args: argparse.Namespace) -> tuple[str, str, list[str] | No
     problem = None
     if command and args.upstream:
         problem = "give either --upstream URL or -- CMD ARG... (a stdio MCP server to run), not both"
-    elif not command and not args.upstream:
-        problem = "wicket run needs --upstream URL, or -- CMD ARG... to run a stdio MCP server"
+    elif not command and not args.upstream and not getattr(args, "a2a_upstream", None):
+        problem = "wicket run needs --upstream URL, -- CMD ARG... to run a stdio MCP server, or --a2a-upstream URL"
     transport = args.upstream_transport
     if transport is None:
         path = urllib.parse.urlsplit(args.upstream or "").path.rstrip("/")
@@ -425,11 +442,18 @@ def resolve_upstream(args: argparse.Namespace) -> tuple[str, str, list[str] | No
     if problem is not None:
         print(f"wicket: {problem}", file=sys.stderr)
         raise SystemExit(2)
-    return ("" if command else args.upstream), transport, command or None
+    return ("" if command else args.upstream or ""), transport, command or None
 
 
 def _upstream_text(settings: Settings) -> str:
     """The upstream for the start-up line (a stdio server's argv0 only: its arguments may hold secrets)."""
+    a2a = f"A2A agent {settings.a2a_upstream}" if settings.a2a_upstream else ""
+    if not settings.upstream:
+        return a2a
+    return f"{_mcp_upstream_text(settings)}, {a2a}" if a2a else _mcp_upstream_text(settings)
+
+
+def _mcp_upstream_text(settings: Settings) -> str:
     if settings.upstream_command:
         return f"{settings.upstream} (stdio: {settings.upstream_command[0]}, one process per MCP session)"
     if settings.upstream_transport == "sse":

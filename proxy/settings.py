@@ -57,6 +57,10 @@ class Settings:
     oidc_audience: str | None = None  # the aud those JWTs must carry (required with oidc_issuer)
     oidc_jwks_url: str | None = None  # None: discovered from {issuer}/.well-known/openid-configuration
     oidc_agent_claim: str = "sub"
+    a2a_upstream: str | None = None
+    """The A2A agent Wicket fronts (its base URL); its routes are served under the same paths."""
+    a2a_card_signatures: str = "resign"
+    """A signed agent card is re-signed with Wicket's key (``resign``) or served unsigned (``drop``)."""
     public_url: str | None = None
     """The data port's external base URL (RFC 9728 ``resource``); None: each request's own scheme and Host."""
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))

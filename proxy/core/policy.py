@@ -366,6 +366,11 @@ class Policy:
     sampling_window_seconds: int = 300
     sampling_scan_prompts: bool = True
     elicitation_enabled: bool = True
+    a2a_skill_key: str = "wicket/skill"
+    """The ``message.metadata`` key an A2A caller names the skill it wants under."""
+    a2a_require_skill: bool = False
+    a2a_push_allowed_hosts: GlobSet = _NOTHING
+    """Push-notification hosts allowed although they are not public https receivers."""
     tool_on_change: str = "block"
     """``block`` | ``warn``: a tool whose definition differs from its pin."""
     tool_on_poisoning: str = "block"
@@ -914,6 +919,9 @@ _SCALARS: Final[dict[tuple[str, str], str]] = {
     ("sampling", "window_seconds"): "sampling_window_seconds",
     ("sampling", "scan_prompts"): "sampling_scan_prompts",
     ("elicitation", "enabled"): "elicitation_enabled",
+    ("a2a", "skill_key"): "a2a_skill_key",
+    ("a2a", "require_skill"): "a2a_require_skill",
+    ("a2a", "push_allowed_hosts"): "a2a_push_allowed_hosts",
     ("tool_definitions", "on_change"): "tool_on_change",
     ("tool_definitions", "on_poisoning"): "tool_on_poisoning",
 }

@@ -211,6 +211,11 @@ class KeyRing:
         """A compact JWS of ``claims`` with the active key; its ``kid`` goes in the header."""
         return jwt.encode(dict(claims), self._private, algorithm=self.alg, headers={"kid": self.kid, "typ": "JWT"})
 
+    def sign_bytes(self, payload: bytes, protected: Mapping[str, Any]) -> str:
+        """A compact JWS over exact bytes (an agent card's canonical JSON): ``jwt.encode`` would
+        re-serialise a dict, so the bytes signed would not be the bytes a verifier canonicalises."""
+        return jwt.api_jws.encode(payload, self._private, algorithm=self.alg, headers={**protected, "kid": self.kid})
+
     def __repr__(self) -> str:
         return f"KeyRing(kid={self.kid!r}, alg={self.alg!r}, retired={len(self._retired)})"
 

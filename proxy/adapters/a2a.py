@@ -1,0 +1,699 @@
+"""A2A adapter: Wicket as the front door of one A2A agent.
+
+Every request another agent sends, on either binding Wicket parses (JSON-RPC, HTTP+JSON/REST)
+and in either protocol version (1.0, 0.3), becomes one Action labelled ``a2a:<1.0 method>``
+and is decided by the same checker as an MCP tool call; only then are the original bytes
+forwarded, with a credential minted for that call instead of the caller's token. Headers
+(``A2A-Version``, ``A2A-Extensions``, ``X-A2A-Extensions``) go through as sent, so an agent
+answers a version mismatch itself. Answers are relayed message by message (SSE event by event)
+through a screen that claims the tasks a caller creates (task ownership), hides other callers'
+tasks from ``ListTasks`` and rewrites an extended agent card. The public card is rewritten by
+``a2a_card.py``; push-notification URLs are checked by ``a2a_push.py``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import aiohttp
+from aiohttp import web
+
+from proxy.adapters import jsonrpc
+from proxy.adapters.a2a_card import CardError, CardRewriter, origin_of
+from proxy.adapters.a2a_push import push_url_problem, push_urls
+from proxy.adapters.http_guard import OriginPolicy, forward_headers
+from proxy.adapters.relay import (
+    DROP_DOWNSTREAM,
+    DROP_UPSTREAM,
+    Refusal,
+    is_id,
+    read_answer,
+    read_body,
+    relay_stream,
+    resolve_caller,
+    send_upstream,
+)
+from proxy.core.action import Action, Decision, Effect, Verdict
+from proxy.core.checker import Checker
+from proxy.core.identity import Caller, IdentityError, IdentityResolver
+from proxy.core.sessions import Session
+from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential, KeyRing
+from proxy.settings import Settings
+from proxy.state.base import Store, StoreUnavailable
+from proxy.telemetry import Metrics
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "a2a"
+CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
+
+# JSON-RPC method, in either version, -> the A2A 1.0 name every Action is labelled with.
+V10_METHODS = (
+    "SendMessage",
+    "SendStreamingMessage",
+    "GetTask",
+    "ListTasks",
+    "CancelTask",
+    "SubscribeToTask",
+    "CreateTaskPushNotificationConfig",
+    "GetTaskPushNotificationConfig",
+    "ListTaskPushNotificationConfigs",
+    "DeleteTaskPushNotificationConfig",
+    "GetExtendedAgentCard",
+)
+V03_METHODS = {
+    "message/send": "SendMessage",
+    "message/stream": "SendStreamingMessage",
+    "tasks/get": "GetTask",
+    "tasks/list": "ListTasks",
+    "tasks/cancel": "CancelTask",
+    "tasks/resubscribe": "SubscribeToTask",
+    "tasks/pushNotificationConfig/set": "CreateTaskPushNotificationConfig",
+    "tasks/pushNotificationConfig/get": "GetTaskPushNotificationConfig",
+    "tasks/pushNotificationConfig/list": "ListTaskPushNotificationConfigs",
+    "tasks/pushNotificationConfig/delete": "DeleteTaskPushNotificationConfig",
+    "agent/getAuthenticatedExtendedCard": "GetExtendedAgentCard",
+}
+JSONRPC_METHODS = {**{m: m for m in V10_METHODS}, **V03_METHODS}
+
+# Reading a task, listing tasks and reading the card are reads; everything else changes state.
+DEFAULT_EFFECTS: dict[str, Effect] = {m: Effect.MUTATING for m in V10_METHODS} | {
+    m: Effect.READ
+    for m in (
+        "GetTask",
+        "ListTasks",
+        "SubscribeToTask",
+        "GetTaskPushNotificationConfig",
+        "ListTaskPushNotificationConfigs",
+        "GetExtendedAgentCard",
+    )
+}
+SENDS = frozenset({"SendMessage", "SendStreamingMessage"})
+STREAMS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
+PUSH_METHODS = frozenset(
+    {
+        "CreateTaskPushNotificationConfig",
+        "GetTaskPushNotificationConfig",
+        "ListTaskPushNotificationConfigs",
+        "DeleteTaskPushNotificationConfig",
+    }
+)
+TASK_METHODS = PUSH_METHODS | {"GetTask", "CancelTask", "SubscribeToTask"}
+
+# HTTP+JSON paths (1.0; a /{tenant}, a 0.3 /v1 or any base prefix precedes them) -> method per HTTP verb.
+_TASK = r"(?P<task>[^/:]+)"
+REST_ROUTES: tuple[tuple[re.Pattern[str], dict[str, str]], ...] = tuple(
+    (re.compile(rf"^(?P<prefix>.*?){path}$"), verbs)
+    for path, verbs in (
+        (r"/message:send", {"POST": "SendMessage"}),
+        (r"/message:stream", {"POST": "SendStreamingMessage"}),
+        (rf"/tasks/{_TASK}:cancel", {"POST": "CancelTask"}),
+        (rf"/tasks/{_TASK}:subscribe", {"GET": "SubscribeToTask", "POST": "SubscribeToTask"}),
+        (
+            rf"/tasks/{_TASK}/pushNotificationConfigs/[^/]+",
+            {"GET": "GetTaskPushNotificationConfig", "DELETE": "DeleteTaskPushNotificationConfig"},
+        ),
+        (
+            rf"/tasks/{_TASK}/pushNotificationConfigs",
+            {"POST": "CreateTaskPushNotificationConfig", "GET": "ListTaskPushNotificationConfigs"},
+        ),
+        (rf"/tasks/{_TASK}", {"GET": "GetTask"}),
+        (r"/tasks", {"GET": "ListTasks"}),
+        (r"/extendedAgentCard", {"GET": "GetExtendedAgentCard"}),
+        (r"/v1/card", {"GET": "GetExtendedAgentCard"}),
+    )
+)
+JSON_TYPES = frozenset({"application/json", "application/a2a+json"})
+ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
+TASK_NOT_FOUND = -32001
+TASK_KEY = "wicket:a2a:task:"
+TASK_TTL = 7 * 86400.0
+MAX_TASK_ID = 256
+
+
+@dataclasses.dataclass(slots=True)
+class A2ACall:
+    """One parsed A2A request: its 1.0 method name, the binding and version the client spoke."""
+
+    name: str
+    rest: bool
+    v03: bool  # the client spoke 0.3 (0.3 method names; on REST, no A2A-Version 1.x)
+    params: dict[str, Any]
+    task_id: str | None = None
+    request_id: Any = None
+
+
+@dataclasses.dataclass(slots=True)
+class _Exchange:
+    """One forward in flight: who asked, what for, and the outcome the audit records."""
+
+    call: A2ACall
+    session: Session
+    caller: Caller
+    status: str = "success"
+    detail: str | None = None
+    claimed: set[str] = dataclasses.field(default_factory=set)
+
+    def failed(self, detail: str) -> None:
+        self.status = "error"
+        self.detail = detail
+
+
+class A2AProxy:
+    """Every path of one upstream A2A agent, served on Wicket's data port under the same paths."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        checker: Checker,
+        identity: IdentityResolver,
+        store: Store,
+        metrics: Metrics,
+        client: aiohttp.ClientSession,
+        credentials: CredentialBroker,
+        keys: KeyRing,
+    ) -> None:
+        assert settings.a2a_upstream
+        self._settings = settings
+        self._upstream = settings.a2a_upstream
+        self._origin = origin_of(settings.a2a_upstream)
+        self._checker = checker
+        self._identity = identity
+        self._store = store
+        self._metrics = metrics
+        self._client = client
+        self._credentials = credentials
+        self._origins = OriginPolicy(settings.allowed_hosts, settings.allowed_origins)
+        self._cards = CardRewriter(
+            self._origin, keys, signatures=settings.a2a_card_signatures, oidc_issuer=settings.oidc_issuer
+        )
+        self._post_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout or None
+        )
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, connect=settings.connect_timeout, sock_read=settings.stream_idle_timeout or None
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        """A catch-all: mounted after every route of Wicket's own, so it sees only the agent's paths."""
+        return [web.route("*", "/{tail:.*}", self.handle)]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        rest = _rest_route(request) is not None
+        try:
+            problem = self._origins.host_problem(request.headers.get("Host")) or self._origins.origin_problem(
+                request.headers.get("Origin")
+            )
+            if problem is not None:
+                raise Refusal(403, jsonrpc.INVALID_REQUEST, f"Forbidden: {problem}.", reason="origin")
+            if request.method == "GET" and request.path in CARD_PATHS:
+                return await self._public_card(request)
+            call = await self._parse(request)
+            rest = call.rest
+            try:
+                return await self._call(request, call)
+            except Refusal as refusal:
+                if refusal.request_id is None and is_id(call.request_id):
+                    refusal.request_id = call.request_id
+                raise
+        except Refusal as refusal:
+            return self._refusal_response(refusal, rest=rest)
+        except StoreUnavailable as exc:
+            message = f"Wicket's state store is unavailable ({exc}); nothing was forwarded. Retry shortly."
+            return self._refusal_response(Refusal(503, jsonrpc.STORE_UNAVAILABLE, message, reason="store"), rest=rest)
+
+    # -- parsing the wire into one call ------------------------------------------------------
+
+    async def _parse(self, request: web.Request) -> A2ACall:
+        route = _rest_route(request)
+        if route is not None:
+            name, task = route
+            body: dict[str, Any] = {}
+            if request.method in ("POST", "PUT", "PATCH"):
+                body = await self._json_body(request, allow_empty=True)
+            version = request.headers.get("A2A-Version") or request.query.get("A2A-Version") or "0.3"
+            task_id = unquote(task) if task is not None else None
+            return A2ACall(name, rest=True, v03=not version.startswith("1"), params=body, task_id=task_id)
+        if request.method != "POST":
+            raise Refusal(404, jsonrpc.METHOD_NOT_FOUND, f"{request.method} {request.path} is not an A2A operation.")
+        message = await self._json_body(request, allow_empty=False)
+        if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str) or "id" not in message:
+            raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: expected one JSON-RPC 2.0 request.")
+        request_id = message["id"]
+        method = message["method"]
+        name = JSONRPC_METHODS.get(method)
+        if name is None:
+            raise Refusal(
+                200,
+                jsonrpc.METHOD_NOT_FOUND,
+                f"Method not found: '{method}' is not an A2A method; Wicket did not forward it.",
+                reason="unknown_method",
+                request_id=request_id if is_id(request_id) else None,
+            )
+        params = message.get("params")
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise Refusal(
+                400, jsonrpc.INVALID_REQUEST, "Invalid Request: params must be an object.", request_id=request_id
+            )
+        call = A2ACall(name, rest=False, v03=method in V03_METHODS, params=params, request_id=request_id)
+        if name in TASK_METHODS:
+            task = params.get("taskId") if name in PUSH_METHODS and "taskId" in params else params.get("id")
+            call.task_id = task if isinstance(task, str) else ""
+        return call
+
+    async def _json_body(self, request: web.Request, *, allow_empty: bool) -> dict[str, Any]:
+        body = await read_body(request, self._settings.max_body_bytes)
+        if not body.strip() and allow_empty:
+            return {}
+        if request.content_type not in JSON_TYPES:
+            raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
+        try:
+            message = json.loads(body)
+        except ValueError:
+            raise Refusal(
+                400, jsonrpc.PARSE_ERROR, "Parse error: the body is not valid JSON.", reason="parse"
+            ) from None
+        if not isinstance(message, dict):
+            raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: expected one JSON object.", reason="batch")
+        request._wicket_body = body  # type: ignore[attr-defined]  # forwarded as the original bytes
+        return message
+
+    # -- deciding ------------------------------------------------------------------------------
+
+    async def _call(self, request: web.Request, call: A2ACall) -> web.StreamResponse:
+        caller = await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
+        session = await self._identity.session_for(caller)
+        try:
+            self._identity.admit(caller, session)
+        except IdentityError as exc:
+            raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="revoked") from None
+        policy = self._checker.policy
+        message = call.params.get("message") if call.name in SENDS else None
+        message = message if isinstance(message, dict) else {}
+        metadata = message.get("metadata")
+        skill = metadata.get(policy.a2a_skill_key) if isinstance(metadata, dict) else None
+        skill = skill if isinstance(skill, str) and skill else None
+        if call.name in SENDS and isinstance(message.get("taskId"), str):
+            call.task_id = message["taskId"]  # continuing a task: it must be the caller's own
+        urls = push_urls(call.params) if call.name == "CreateTaskPushNotificationConfig" else []
+        if call.name in SENDS:
+            urls = push_urls(call.params.get("configuration"))
+        action = Action(
+            protocol=PROTOCOL,
+            method=PROTOCOL,
+            name=call.name,
+            arguments=_arguments(call, message, skill, urls),
+            agent_id=caller.agent_id,
+            session_id=session.session_id,
+            upstream=self._upstream,
+            is_tool_call=True,
+            fixed_effect=self._effect(call.name, skill),
+        )
+        if call.task_id is not None and not await self._owns(call.task_id, caller, session):
+            await self._checker.refuse(action, session.session_id, f"Task '{call.task_id[:80]}' is not this caller's.")
+            return _task_not_found(call)
+        if call.name in SENDS and skill is None and policy.a2a_require_skill:
+            reason = f"The policy requires every message to name a skill in message.metadata['{policy.a2a_skill_key}']."
+            return _denial(call, await self._checker.refuse(action, session.session_id, reason))
+        for url in urls:
+            problem = await push_url_problem(url, policy.a2a_push_allowed_hosts)
+            if problem is not None:
+                reason = f"Push notification url refused: {problem}."
+                return _denial(call, await self._checker.refuse(action, session.session_id, reason))
+        decision = await self._checker.check(action, session)
+        if not decision.allowed:
+            return _denial(call, decision)
+        for url in urls:
+            await self._checker.audit_event(
+                {
+                    "event": "push_config",
+                    "protocol": PROTOCOL,
+                    "decision_id": decision.decision_id,
+                    "agent_id": caller.agent_id,
+                    "session_id": session.session_id,
+                    "action": action.label,
+                    "url": _without_query(url),
+                }
+            )
+        return await self._forward(request, _Exchange(call, session, caller), action, decision)
+
+    def _effect(self, name: str, skill: str | None) -> Effect:
+        """The policy's word for this skill (``a2a:skill:<id>``), else for the method (``a2a:<Method>``),
+        else the protocol's default."""
+        policy = self._checker.policy
+        effect = policy.effect_override(f"{PROTOCOL}:skill:{skill}") if skill else None
+        if effect is None:
+            effect = policy.effect_override(f"{PROTOCOL}:{name}")
+        return effect if effect is not None else DEFAULT_EFFECTS[name]
+
+    # -- task ownership ---------------------------------------------------------------------------
+
+    async def _owns(self, task_id: str, caller: Caller, session: Session) -> bool:
+        """A task belongs to the session that created it and to that session's agent identity;
+        a task Wicket never saw created belongs to nobody (so it is never forwarded)."""
+        if not task_id or len(task_id) > MAX_TASK_ID:
+            return False
+        raw = await self._store.get(TASK_KEY + task_id)
+        return raw is not None and _owner_admits(json.loads(raw), caller, session)
+
+    async def _claim(self, task_id: Any, exchange: _Exchange) -> None:
+        if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID or task_id in exchange.claimed:
+            return
+        exchange.claimed.add(task_id)
+        owner = {
+            "session": exchange.session.session_id,
+            "agent": exchange.caller.agent_id,
+            "anonymous": exchange.caller.anonymous,
+        }
+        # First writer wins: an id the agent reuses never changes hands.
+        await self._store.compare_and_set(TASK_KEY + task_id, None, jsonrpc.dumps(owner), ttl=TASK_TTL)
+
+    # -- forwarding -------------------------------------------------------------------------------
+
+    async def _forward(
+        self, request: web.Request, exchange: _Exchange, action: Action, decision: Decision
+    ) -> web.StreamResponse:
+        headers = forward_headers(request.headers, DROP_UPSTREAM)
+        body: bytes | None = getattr(request, "_wicket_body", None)
+        timeout = self._stream_timeout if exchange.call.name in STREAMS else self._post_timeout
+        issued: list[IssuedCredential] = []
+        started = time.perf_counter()
+        try:
+            response = await send_upstream(
+                self._client,
+                request.method,
+                self._origin + request.raw_path,
+                body=body,
+                headers=headers,
+                limits=timeout,
+                retry=decision.effect is Effect.READ,
+                credential=lambda: self._credential(action, exchange),
+                issued=issued,
+                answer=lambda upstream: self._relay(request, upstream, exchange),
+            )
+        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError, TimeoutError) as exc:
+            kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError) else "unreachable"
+            exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
+            self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
+            status, code = (504, jsonrpc.UPSTREAM_TIMEOUT) if kind == "timeout" else (502, jsonrpc.UPSTREAM_UNAVAILABLE)
+            text = "did not answer in time" if kind == "timeout" else "is unreachable; nothing was executed"
+            refusal = Refusal(status, code, f"The upstream A2A agent {text}.", request_id=exchange.call.request_id)
+            response = self._refusal_response(refusal, rest=exchange.call.rest)
+        except Refusal as refusal:
+            exchange.failed(refusal.message)
+            refusal.request_id = exchange.call.request_id
+            response = self._refusal_response(refusal, rest=exchange.call.rest)
+        elapsed = time.perf_counter() - started
+        self._metrics.upstream_seconds.labels(PROTOCOL).observe(elapsed)
+        await self._checker.outcome(
+            action,
+            decision,
+            status=exchange.status,
+            duration=elapsed,
+            detail=exchange.detail,
+            credential=issued[-1].audit() if issued else None,
+        )
+        return response
+
+    async def _credential(self, action: Action, exchange: _Exchange) -> IssuedCredential:
+        try:
+            return await self._credentials.issue(action, exchange.session, inbound_token=exchange.caller.inbound_token)
+        except CredentialError as exc:
+            self._metrics.upstream_errors.labels(PROTOCOL, "credential").inc()
+            message = f"Wicket could not obtain an upstream credential: {exc.reason}. Nothing was executed."
+            raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="credential") from None
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
+    ) -> web.StreamResponse:
+        if upstream.status >= 400:
+            exchange.failed(f"upstream HTTP {upstream.status}")
+        if upstream.content_type == "text/event-stream":
+            return await relay_stream(
+                request,
+                upstream,
+                lambda text: self._screen(text, exchange),
+                exchange.failed,
+                metrics=self._metrics,
+                protocol=PROTOCOL,
+            )
+        headers = forward_headers(upstream.headers, DROP_DOWNSTREAM)
+        payload = await read_answer(
+            upstream, self._settings.max_response_bytes, metrics=self._metrics, protocol=PROTOCOL
+        )
+        if payload and upstream.content_type in JSON_TYPES:
+            replacement = await self._screen(payload, exchange, public_base=self._public_base(request))
+            if replacement is not None:
+                payload = replacement
+                headers.popall("ETag", None)
+        return web.Response(status=upstream.status, body=payload, headers=headers)
+
+    # -- screening answers -----------------------------------------------------------------------
+
+    async def _screen(self, text: str | bytes, exchange: _Exchange, public_base: str | None = None) -> bytes | None:
+        """Claim created tasks, hide others' tasks from a list, rewrite an extended card."""
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(message, dict):
+            return None
+        call = exchange.call
+        if call.rest:
+            result: Any = message
+            if "error" in message and len(message) == 1:
+                exchange.failed("A2A error")
+                return None
+        else:
+            if "error" in message:
+                error = message["error"]
+                exchange.failed(f"JSON-RPC error {error.get('code')}" if isinstance(error, dict) else "JSON-RPC error")
+                return None
+            result = message.get("result")
+        if not isinstance(result, dict):
+            return None
+        if call.name in SENDS:
+            for task_id in _created_tasks(result):
+                await self._claim(task_id, exchange)
+            return None
+        if call.name == "ListTasks":
+            kept = await self._owned_tasks(result, exchange)
+            if kept is None:
+                return None
+            filtered = {**result, "tasks": kept}
+            if "totalSize" in filtered:
+                filtered["totalSize"] = len(kept)
+            return jsonrpc.dumps(filtered if call.rest else {**message, "result": filtered})
+        if call.name == "GetExtendedAgentCard" and public_base is not None:
+            try:
+                card = self._cards.rewrite(result, public_base)
+            except CardError as exc:
+                exchange.failed(str(exc))
+                raise Refusal(
+                    502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Wicket cannot serve the agent card: {exc}."
+                ) from None
+            return jsonrpc.dumps(card if call.rest else {**message, "result": card})
+        return None
+
+    async def _owned_tasks(self, result: dict[str, Any], exchange: _Exchange) -> list[Any] | None:
+        tasks = result.get("tasks")
+        if not isinstance(tasks, list) or not tasks:
+            return None
+        ids = [t.get("id") if isinstance(t, dict) else None for t in tasks]
+        keys = [TASK_KEY + i if isinstance(i, str) and 0 < len(i) <= MAX_TASK_ID else "" for i in ids]
+        owners = await self._store.get_many([k for k in keys if k])
+        by_key = dict(zip([k for k in keys if k], owners, strict=True))
+        kept = []
+        for task, key in zip(tasks, keys, strict=True):
+            raw = by_key.get(key) if key else None
+            if raw is not None and _owner_admits(json.loads(raw), exchange.caller, exchange.session):
+                kept.append(task)
+        return None if len(kept) == len(tasks) else kept
+
+    # -- the public agent card ---------------------------------------------------------------------
+
+    async def _public_card(self, request: web.Request) -> web.Response:
+        """The agent's card as Wicket serves it, under both well-known names (whichever the agent has);
+        discovery, so no caller identity is needed."""
+        headers = forward_headers(request.headers, DROP_UPSTREAM | {"if-none-match", "if-modified-since"})
+        status, payload = 404, b""
+        for path in (request.path, *sorted(CARD_PATHS - {request.path})):
+            try:
+                async with self._client.get(
+                    self._origin + path, headers=headers, timeout=self._post_timeout
+                ) as upstream:
+                    status = upstream.status
+                    payload = await read_answer(
+                        upstream, self._settings.max_response_bytes, metrics=self._metrics, protocol=PROTOCOL
+                    )
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                self._metrics.upstream_errors.labels(PROTOCOL, "unreachable").inc()
+                message = f"The upstream A2A agent's card could not be fetched ({exc.__class__.__name__})."
+                raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="upstream") from None
+            if status != 404:
+                break
+        if status != 200:
+            raise Refusal(
+                status if status >= 400 else 502, jsonrpc.UPSTREAM_UNAVAILABLE, "The agent serves no card here."
+            )
+        try:
+            card = json.loads(payload)
+            if not isinstance(card, dict):
+                raise ValueError("not an object")
+            rewritten = self._cards.rewrite(card, self._public_base(request))
+        except (ValueError, CardError) as exc:
+            raise Refusal(
+                502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Wicket cannot serve the agent card: {exc}.", reason="card"
+            ) from None
+        return web.Response(body=jsonrpc.dumps(rewritten), content_type="application/json")
+
+    def _public_base(self, request: web.Request) -> str:
+        return (self._settings.public_url or f"{request.scheme}://{request.host}").rstrip("/")
+
+    def _refusal_response(self, refusal: Refusal, *, rest: bool) -> web.Response:
+        self._metrics.rejections.labels(refusal.reason).inc()
+        headers = None
+        if refusal.status == 401:
+            headers = {"WWW-Authenticate": refusal.challenge or 'Bearer realm="wicket"'}
+        if rest:
+            problem: dict[str, Any] = {
+                "type": "about:blank",
+                "title": "Refused by Wicket",
+                "status": refusal.status,
+                "detail": refusal.message,
+            }
+            if refusal.data is not None:
+                problem["decision"] = refusal.data
+            return web.Response(
+                status=refusal.status,
+                body=jsonrpc.dumps(problem),
+                content_type="application/problem+json",
+                headers=headers,
+            )
+        data = refusal.data if refusal.data is not None else jsonrpc.NODATA
+        return web.Response(
+            status=refusal.status,
+            body=jsonrpc.error_body(refusal.code, refusal.message, data, refusal.request_id),
+            content_type="application/json",
+            headers=headers,
+        )
+
+
+def _rest_route(request: web.Request) -> tuple[str, str | None] | None:
+    """(1.0 method name, raw task id) for an HTTP+JSON path, or None for anything else."""
+    path = request.raw_path.split("?", 1)[0]
+    for pattern, verbs in REST_ROUTES:
+        match = pattern.match(path)
+        if match is not None:
+            name = verbs.get(request.method)
+            if name is None:
+                return None
+            return name, match.groupdict().get("task")
+    return None
+
+
+def _arguments(call: A2ACall, message: dict[str, Any], skill: str | None, urls: list[Any]) -> dict[str, Any]:
+    """What the guardian tiers see: the message's text parts (untrusted data, like tool arguments),
+    the skill, the task and any push-notification URL; never the whole wire message."""
+    arguments: dict[str, Any] = {}
+    if call.name in SENDS:
+        parts = message.get("parts")
+        texts = (
+            [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
+            if isinstance(parts, list)
+            else []
+        )
+        arguments["text"] = "\n".join(texts)
+        if skill is not None:
+            arguments["skill"] = skill
+    if call.task_id:
+        arguments["task_id"] = call.task_id
+    if urls:
+        arguments["push_urls"] = [_without_query(u) for u in urls]
+    return arguments
+
+
+def _without_query(url: Any) -> str:
+    """A push URL as audited: scheme, host and path; a query may carry the receiver's secret."""
+    if not isinstance(url, str):
+        return repr(url)[:200]
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"[:500]
+
+
+def _created_tasks(result: dict[str, Any]) -> list[Any]:
+    """Task ids a send's answer (or one stream event) reveals: 1.0 wraps by kind, 0.3 tags ``kind``."""
+    ids: list[Any] = []
+    task = result.get("task")
+    if isinstance(task, dict):
+        ids.append(task.get("id"))
+    for key in ("statusUpdate", "artifactUpdate", "message"):
+        event = result.get(key)
+        if isinstance(event, dict) and "taskId" in event:
+            ids.append(event["taskId"])
+    kind = result.get("kind")
+    if kind == "task":
+        ids.append(result.get("id"))
+    elif kind in ("status-update", "artifact-update", "message") and "taskId" in result:
+        ids.append(result["taskId"])
+    return ids
+
+
+def _owner_admits(owner: dict[str, Any], caller: Caller, session: Session) -> bool:
+    if owner.get("session") == session.session_id:
+        return True
+    return not caller.anonymous and not owner.get("anonymous") and owner.get("agent") == caller.agent_id
+
+
+def _error_info(reason: str, domain: str, metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """A2A 1.0 error details: a google.rpc.ErrorInfo (string metadata) that a 1.x client exposes."""
+    strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
+    return [{"@type": ERROR_INFO, "reason": reason, "domain": domain, "metadata": strings}]
+
+
+def _denial(call: A2ACall, decision: Decision) -> web.Response:
+    """-32050 in the JSON-RPC shape of the client's version; on REST a problem+json body; both carry the record."""
+    record = decision.record()
+    pending = decision.verdict is Verdict.APPROVAL_REQUIRED
+    verb = "needs approval" if pending else "was denied"
+    message = f"Wicket: {call.name} {verb}. {decision.reason} (decision {decision.decision_id})"
+    if call.rest:
+        problem = {
+            "type": "about:blank",
+            "title": "Approval required by Wicket" if pending else "Denied by Wicket",
+            "status": 403,
+            "detail": message,
+            "decision": record,
+        }
+        return web.Response(status=403, body=jsonrpc.dumps(problem), content_type="application/problem+json")
+    reason = "WICKET_APPROVAL_REQUIRED" if pending else "WICKET_DENIED"
+    data = record if call.v03 else _error_info(reason, "wicket", record)
+    return web.Response(
+        status=200,
+        body=jsonrpc.error_body(jsonrpc.DENIED, message, data, call.request_id),
+        content_type="application/json",
+    )
+
+
+def _task_not_found(call: A2ACall) -> web.Response:
+    """Exactly what the agent answers for a task that does not exist: another caller's task is not there."""
+    if call.rest:
+        error = {
+            "code": 404,
+            "status": "NOT_FOUND",
+            "message": "Task not found",
+            "details": _error_info("TASK_NOT_FOUND", "a2a-protocol.org", {}),
+        }
+        return web.Response(status=404, body=jsonrpc.dumps({"error": error}), content_type="application/json")
+    data: Any = jsonrpc.NODATA if call.v03 else _error_info("TASK_NOT_FOUND", "a2a-protocol.org", {})
+    body = jsonrpc.error_body(TASK_NOT_FOUND, "Task not found", data, call.request_id)
+    return web.Response(status=200, body=body, content_type="application/json")

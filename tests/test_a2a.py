@@ -1,0 +1,349 @@
+"""A2A through Wicket with the real a2a-sdk on both sides: the 1.3 echo agent (JSON-RPC and
+REST routes, 0.3 compatibility on) behind Wicket, the 1.3 client over both bindings, unary and
+streaming. The agent's ledger proves what ran; every refused call must be missing from it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+import pytest
+from a2a.client import A2AClientError, ClientConfig, create_client
+from a2a.helpers import get_stream_response_text, new_text_message
+from a2a.types import (
+    AgentCard,
+    GetTaskRequest,
+    ListTasksRequest,
+    Role,
+    SendMessageRequest,
+)
+from a2a.utils.errors import TaskNotFoundError
+from a2a.utils.signing import create_agent_card_signer, create_signature_verifier
+from google.protobuf.json_format import ParseDict
+from jwt import PyJWK
+
+from proxy.demo.a2a_agent import JSONRPC_PATH, REST_PREFIX, DemoA2AAgent
+from tests.conftest import RunningWicket, WicketFactory
+
+POLICY = """
+version: 1
+anonymous: {enabled: true, scope: ["*"]}
+tools:
+  "a2a:skill:purge": {effect: destructive}
+a2a:
+  push_allowed_hosts: ["receiver.test"]
+"""
+
+
+@pytest.fixture
+async def agent() -> AsyncIterator[DemoA2AAgent]:
+    server = DemoA2AAgent()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def front(agent: DemoA2AAgent, make_wicket: WicketFactory) -> RunningWicket:
+    return await make_wicket("", POLICY, a2a_upstream=agent.base)
+
+
+def base_of(running: RunningWicket) -> str:
+    return f"http://127.0.0.1:{running.wicket.data_port}"
+
+
+async def token_for(running: RunningWicket, agent_id: str) -> str:
+    created = await running.create_session(agent_id, mode="read-write")
+    return str(created["token"])
+
+
+async def sdk_client(running: RunningWicket, token: str, binding: str, *, streaming: bool) -> Any:
+    http = httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    config = ClientConfig(streaming=streaming, supported_protocol_bindings=[binding], httpx_client=http)
+    return await create_client(base_of(running), client_config=config)
+
+
+def user_message(text: str) -> Any:
+    return new_text_message(text, role=Role.ROLE_USER)
+
+
+def skill_message(text: str, skill: str | None = None) -> Any:
+    message = user_message(text)
+    if skill is not None:
+        message.metadata.update({"wicket/skill": skill})
+    return message
+
+
+async def rpc(
+    running: RunningWicket, method: str, params: dict[str, Any], *, token: str, version: str | None = "1.0"
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if version is not None:
+        headers["A2A-Version"] = version
+    body = {"jsonrpc": "2.0", "id": 7, "method": method, "params": params}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base_of(running) + JSONRPC_PATH, json=body, headers=headers) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return dict(await response.json())
+
+
+def decisions(running: RunningWicket, action: str) -> list[dict[str, Any]]:
+    return [e for e in running.audit_events() if e.get("event") == "decision" and e.get("action") == action]
+
+
+# -- the agent card -------------------------------------------------------------------------------
+
+
+def every_url(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [u for k, v in value.items() for u in ([v] if k == "url" and isinstance(v, str) else every_url(v))]
+    if isinstance(value, list):
+        return [u for v in value for u in every_url(v)]
+    return []
+
+
+async def test_card_points_every_url_at_wicket_and_drops_grpc(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    async with aiohttp.ClientSession() as http:
+        direct = await (await http.get(agent.base + "/.well-known/agent-card.json")).json()
+        for path in ("/.well-known/agent-card.json", "/.well-known/agent.json"):
+            async with http.get(base_of(front) + path) as response:
+                assert response.status == 200, path
+                card = await response.json()
+            urls = every_url(card)
+            assert urls and all(u.startswith(base_of(front) + "/a2a/") for u in urls), urls
+            bindings = {i["protocolBinding"] for i in card["supportedInterfaces"]}
+            assert bindings == {"JSONRPC", "HTTP+JSON"}  # the agent's GRPC interface is gone
+            assert "GRPC" in {i["protocolBinding"] for i in direct["supportedInterfaces"]}
+            assert card["url"] == base_of(front) + JSONRPC_PATH  # the 0.3 half of the hybrid card
+            assert list(card["securitySchemes"]) == ["wicket_bearer"]
+            assert card["security"] == [{"wicket_bearer": []}]
+            assert card["skills"] == direct["skills"]
+
+
+async def test_signed_card_is_resigned_with_wicket_key(make_wicket: WicketFactory) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    agent_key = ec.generate_private_key(ec.SECP256R1())
+    signer = create_agent_card_signer(agent_key, {"kid": "agent-key", "alg": "ES256", "jku": None, "typ": "JOSE"})
+    agent = DemoA2AAgent(signer=signer)
+    await agent.start()
+    try:
+        front = await make_wicket("", POLICY, a2a_upstream=agent.base)
+        dropping = await make_wicket("", POLICY, a2a_upstream=agent.base, a2a_card_signatures="drop")
+        async with aiohttp.ClientSession() as http:
+            direct = await (await http.get(agent.base + "/.well-known/agent-card.json")).json()
+            card = await (await http.get(base_of(front) + "/.well-known/agent-card.json")).json()
+            jwks = await (await http.get(base_of(front) + "/.well-known/jwks.json")).json()
+            unsigned = await (await http.get(base_of(dropping) + "/.well-known/agent-card.json")).json()
+        assert direct["signatures"] and "signatures" not in unsigned
+        assert card["signatures"] != direct["signatures"]
+        keys = {k["kid"]: k for k in jwks["keys"]}
+
+        def wicket_key(kid: str | None, jku: str | None) -> PyJWK:
+            assert jku == base_of(front) + "/.well-known/jwks.json"
+            return PyJWK(keys[kid])
+
+        verify = create_signature_verifier(wicket_key, ["EdDSA", "ES256"])
+        verify(ParseDict(card, AgentCard(), ignore_unknown_fields=True))  # raises when it does not verify
+        forged = ParseDict({**card, "name": "Someone else"}, AgentCard(), ignore_unknown_fields=True)
+        with pytest.raises(Exception, match="signature"):
+            verify(forged)
+    finally:
+        await agent.stop()
+
+
+# -- both bindings, unary and streaming, through the 1.3 client -----------------------------------
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_allowed_and_refused_sends(
+    front: RunningWicket, agent: DemoA2AAgent, binding: str, streaming: bool
+) -> None:
+    token = await token_for(front, "planner")
+    client = await sdk_client(front, token, binding, streaming=streaming)
+    texts = [
+        get_stream_response_text(event)
+        async for event in client.send_message(SendMessageRequest(message=skill_message("hello", "echo")))
+    ]
+    assert "echo: hello" in "".join(texts)
+    assert agent.ledger.texts() == ["hello"]
+    # The purge skill is destructive by policy and no Deep Guard is configured: refused, never run.
+    with pytest.raises(A2AClientError) as refused:
+        async for _ in client.send_message(SendMessageRequest(message=skill_message("wipe it", "purge"))):
+            pass
+    assert "403" in str(refused.value) or "-32050" in str(refused.value)
+    assert agent.ledger.texts() == ["hello"]
+    [allowed, denied] = decisions(front, "a2a:SendMessage" if not streaming else "a2a:SendStreamingMessage")
+    assert (allowed["decision"], allowed["effect"]) == ("allow", "mutating")
+    assert (denied["decision"], denied["effect"]) == ("deny", "destructive")
+    assert all(e["protocol"] == "a2a" for e in (allowed, denied))
+    outcomes = [e for e in front.audit_events() if e.get("event") == "outcome"]
+    assert [o["decision_id"] for o in outcomes] == [allowed["decision_id"]]
+    assert outcomes[0]["status"] == "success" and outcomes[0]["credential_mode"] == "minted"
+    # The caller's token never reaches the agent; a minted credential does.
+    sent = [h.get("authorization", "") for method, path, h in agent.ledger.requests if method == "POST"]
+    assert sent and all(a.startswith("Bearer ") and token not in a for a in sent)
+    await client.close()
+
+
+async def test_stream_is_relayed_event_by_event(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    """The agent holds after its first status event until released: the client can only release it if
+    that event reached it before the agent finished (a buffered stream would hold it 10 s, noted)."""
+    token = await token_for(front, "planner")
+    for binding in ("JSONRPC", "HTTP+JSON"):
+        agent.executor.released.clear()
+        client = await sdk_client(front, token, binding, streaming=True)
+        seen: list[str] = []
+        async for event in client.send_message(SendMessageRequest(message=user_message(f"wait {binding}"))):
+            seen.append(event.WhichOneof("payload"))
+            if len(seen) == 1:
+                assert not agent.ledger.executed[-1].get("released")  # the agent has not finished
+                agent.release()
+        assert agent.ledger.executed[-1]["released"] is True, binding
+        assert seen[-1] == "status_update" and "artifact_update" in seen
+        await client.close()
+
+
+# -- task ownership -----------------------------------------------------------------------------
+
+
+async def test_tasks_belong_to_their_creator(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    owner = await token_for(front, "planner")
+    other = await token_for(front, "intruder")
+    client = await sdk_client(front, owner, "JSONRPC", streaming=False)
+    events = [e async for e in client.send_message(SendMessageRequest(message=user_message("mine")))]
+    task_id = events[0].task.id
+    assert (await client.get_task(GetTaskRequest(id=task_id))).id == task_id
+    for binding in ("JSONRPC", "HTTP+JSON"):
+        intruder = await sdk_client(front, other, binding, streaming=False)
+        reached = len(agent.ledger.requests)
+        with pytest.raises(TaskNotFoundError):
+            await intruder.get_task(GetTaskRequest(id=task_id))
+        assert len(agent.ledger.requests) == reached  # refused by Wicket, not by the agent
+        listed = await intruder.list_tasks(ListTasksRequest())
+        assert task_id not in [t.id for t in listed.tasks]
+        await intruder.close()
+    assert task_id in [t.id for t in (await client.list_tasks(ListTasksRequest())).tasks]
+    # Cancelling and continuing someone else's task are refused the same way.
+    reply = await rpc(front, "CancelTask", {"id": task_id}, token=other)
+    assert reply["error"]["code"] == -32001
+    reply = await rpc(front, "tasks/cancel", {"id": task_id}, token=other, version=None)
+    assert reply["error"] == {"code": -32001, "message": "Task not found"}
+    assert agent.ledger.cancelled == []
+    await client.close()
+
+
+# -- push notifications ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://10.1.2.3/hook",
+        "http://93.184.216.34/hook",
+        "https://localhost/hook",
+    ],
+)
+async def test_push_urls_to_internal_targets_are_refused(front: RunningWicket, agent: DemoA2AAgent, url: str) -> None:
+    token = await token_for(front, "planner")
+    created = await rpc(front, "SendMessage", {"message": _wire_message("task for push")}, token=token)
+    task_id = created["result"]["task"]["id"]
+    reached = len(agent.ledger.requests)
+    reply = await rpc(front, "CreateTaskPushNotificationConfig", {"taskId": task_id, "url": url}, token=token)
+    assert reply["error"]["code"] == -32050
+    assert "Push notification url refused" in reply["error"]["message"]
+    inline = {"message": _wire_message("inline"), "configuration": {"taskPushNotificationConfig": {"url": url}}}
+    reply = await rpc(front, "SendMessage", inline, token=token)
+    assert reply["error"]["code"] == -32050
+    assert len(agent.ledger.requests) == reached and agent.ledger.texts() == ["task for push"]
+
+
+async def test_push_url_allowed_when_public_or_named(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    token = await token_for(front, "planner")
+    created = await rpc(front, "SendMessage", {"message": _wire_message("task for push")}, token=token)
+    task_id = created["result"]["task"]["id"]
+    for url in ("https://93.184.216.34/hook?secret=s3", "http://receiver.test/hook"):
+        reply = await rpc(front, "CreateTaskPushNotificationConfig", {"taskId": task_id, "url": url}, token=token)
+        assert reply["result"]["url"] == url, reply
+    audited = [e for e in front.audit_events() if e.get("event") == "push_config"]
+    assert [e["url"] for e in audited] == ["https://93.184.216.34/hook", "http://receiver.test/hook"]
+
+
+# -- versions and denial shapes -------------------------------------------------------------------
+
+
+async def test_versions_pass_through_to_the_agent(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    token = await token_for(front, "planner")
+    no_header = await rpc(front, "SendMessage", {"message": _wire_message("v1 no header")}, token=token, version=None)
+    assert no_header["error"]["code"] == -32009  # the agent's own VersionNotSupported
+    old_method = {"message": {**_wire_message("v03"), "kind": "message", "role": "user"}}
+    mismatched = await rpc(front, "message/send", old_method, token=token, version="1.0")
+    assert "not supported" in mismatched["error"]["message"]
+    assert agent.ledger.texts() == []  # the agent refused both itself; Wicket remapped nothing
+    versions = [h.get("a2a-version") for _, path, h in agent.ledger.requests if path == JSONRPC_PATH]
+    assert versions == [None, "1.0"]
+
+
+async def test_denials_follow_the_client_version_and_binding(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    token = await token_for(front, "planner")
+    purge = {"message": {**_wire_message("purge"), "metadata": {"wicket/skill": "purge"}}}
+    v10 = await rpc(front, "SendMessage", purge, token=token)
+    [info] = v10["error"]["data"]
+    assert info["reason"] == "WICKET_DENIED" and info["metadata"]["decision"] == "deny"
+    old = {"message": {**purge["message"], "kind": "message", "role": "user", "parts": [{"kind": "text", "text": "x"}]}}
+    v03 = await rpc(front, "message/send", old, token=token, version=None)
+    assert v03["error"]["code"] == -32050 and v03["error"]["data"]["effect"] == "destructive"
+    headers = {"Authorization": f"Bearer {token}", "A2A-Version": "1.0"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base_of(front) + REST_PREFIX + "/message:send", json=purge, headers=headers) as response,
+    ):
+        assert response.status == 403 and response.content_type == "application/problem+json"
+        problem = await response.json()
+    assert problem["decision"]["decision"] == "deny" and problem["decision"]["effect"] == "destructive"
+    assert agent.ledger.texts() == []
+
+
+async def test_extensions_header_and_anonymous_read_only(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    headers = {"A2A-Version": "1.0", "A2A-Extensions": "https://ext.test/a", "X-A2A-Extensions": "https://ext.test/b"}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": _wire_message("anon")}}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base_of(front) + JSONRPC_PATH, json=body, headers=headers) as response,
+    ):
+        reply = await response.json()
+    assert reply["error"]["code"] == -32050  # anonymous sessions are read-only
+    token = await token_for(front, "planner")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            base_of(front) + JSONRPC_PATH, json=body, headers={**headers, "Authorization": f"Bearer {token}"}
+        ) as response,
+    ):
+        assert "result" in await response.json()
+    [(_, _, seen)] = [r for r in agent.ledger.requests if r[1] == JSONRPC_PATH]
+    assert (seen["a2a-extensions"], seen["x-a2a-extensions"]) == ("https://ext.test/a", "https://ext.test/b")
+    async with aiohttp.ClientSession() as http:
+        metrics = await (await http.get(front.admin_url + "/metrics")).text()
+    assert 'wicket_decisions_total{decision="deny",effect="mutating",protocol="a2a",tier="fast"}' in metrics
+
+
+def _wire_message(text: str) -> dict[str, Any]:
+    return {"messageId": f"m-{text.replace(' ', '-')}", "role": "ROLE_USER", "parts": [{"text": text}]}
+
+
+async def test_unknown_paths_and_methods_are_not_forwarded(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    token = await token_for(front, "planner")
+    reply = await rpc(front, "tasks/purgeAll", {}, token=token)
+    assert reply["error"]["code"] == -32601
+    async with aiohttp.ClientSession() as http:
+        response = await http.get(base_of(front) + "/admin/secrets", headers={"Authorization": f"Bearer {token}"})
+        assert response.status == 404
+    assert agent.ledger.requests == []
