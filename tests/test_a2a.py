@@ -172,7 +172,7 @@ async def test_allowed_and_refused_sends(
     ]
     assert "echo: hello" in "".join(texts)
     assert agent.ledger.texts() == ["hello"]
-    # The purge skill is destructive by policy and no Deep Guard is configured: refused, never run.
+    # The purge skill is destructive by policy and no Deep Guard is configured: it waits for a human, never run.
     with pytest.raises(A2AClientError) as refused:
         async for _ in client.send_message(SendMessageRequest(message=skill_message("wipe it", "purge"))):
             pass
@@ -180,7 +180,7 @@ async def test_allowed_and_refused_sends(
     assert agent.ledger.texts() == ["hello"]
     [allowed, denied] = decisions(front, "a2a:SendMessage" if not streaming else "a2a:SendStreamingMessage")
     assert (allowed["decision"], allowed["effect"]) == ("allow", "mutating")
-    assert (denied["decision"], denied["effect"]) == ("deny", "destructive")
+    assert (denied["decision"], denied["effect"]) == ("approval_required", "destructive")
     assert all(e["protocol"] == "a2a" for e in (allowed, denied))
     outcomes = [e for e in front.audit_events() if e.get("event") == "outcome"]
     assert [o["decision_id"] for o in outcomes] == [allowed["decision_id"]]
@@ -296,7 +296,8 @@ async def test_denials_follow_the_client_version_and_binding(front: RunningWicke
     purge = {"message": {**_wire_message("purge"), "metadata": {"wicket/skill": "purge"}}}
     v10 = await rpc(front, "SendMessage", purge, token=token)
     [info] = v10["error"]["data"]
-    assert info["reason"] == "WICKET_DENIED" and info["metadata"]["decision"] == "deny"
+    assert info["reason"] == "WICKET_APPROVAL_REQUIRED" and info["metadata"]["decision"] == "approval_required"
+    assert info["metadata"]["approval_id"].startswith("apr_")
     old = {"message": {**purge["message"], "kind": "message", "role": "user", "parts": [{"kind": "text", "text": "x"}]}}
     v03 = await rpc(front, "message/send", old, token=token, version=None)
     assert v03["error"]["code"] == -32050 and v03["error"]["data"]["effect"] == "destructive"
@@ -307,7 +308,7 @@ async def test_denials_follow_the_client_version_and_binding(front: RunningWicke
     ):
         assert response.status == 403 and response.content_type == "application/problem+json"
         problem = await response.json()
-    assert problem["decision"]["decision"] == "deny" and problem["decision"]["effect"] == "destructive"
+    assert problem["decision"]["decision"] == "approval_required" and problem["decision"]["effect"] == "destructive"
     assert agent.ledger.texts() == []
 
 
