@@ -333,7 +333,9 @@ async def test_extensions_header_and_anonymous_read_only(front: RunningWicket, a
     assert (seen["a2a-extensions"], seen["x-a2a-extensions"]) == ("https://ext.test/a", "https://ext.test/b")
     async with aiohttp.ClientSession() as http:
         metrics = await (await http.get(front.admin_url + "/metrics")).text()
-    assert 'wicket_decisions_total{decision="deny",effect="mutating",mode="enforce",protocol="a2a",tier="fast"}' in metrics
+    assert (
+        'wicket_decisions_total{decision="deny",effect="mutating",mode="enforce",protocol="a2a",tier="fast"}' in metrics
+    )
 
 
 def _wire_message(text: str) -> dict[str, Any]:
