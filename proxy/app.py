@@ -14,13 +14,15 @@ from aiohttp import web
 from proxy.adapters.a2a import A2AProxy
 from proxy.adapters.mcp import McpProxy
 from proxy.admin.api import AdminApi, store_faults
+from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
 from proxy.admin.control import ControlApi
 from proxy.admin.health import HealthApi
 from proxy.admin.policy import PolicyApi
 from proxy.admin.tools import ToolsApi
+from proxy.audit.checkpoint import CheckpointingSink
 from proxy.audit.feed import EventFeed, PublishingSink
-from proxy.audit.sink import AuditUnavailable, open_sink
+from proxy.audit.sink import AuditSink, AuditUnavailable, FileAuditSink, open_sink
 from proxy.core.approval_store import Approvals
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.checker import Checker
@@ -146,7 +148,22 @@ class Wicket:
         self.store: Store = open_store(self.settings)
         # Every audit event written also goes to the live feed (/v1/events), never blocking the write.
         self.events = EventFeed(on_drop=self.metrics.event_feed_dropped.inc)
-        sink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
+        try:
+            self.keys = KeyRing.from_env(self.settings.environ)
+        except SigningKeyError as exc:
+            raise SystemExit(f"wicket: {exc}") from None
+        sink: AuditSink = open_sink(self.settings.audit_log, fsync=self.settings.audit_fsync)  # type: ignore[arg-type]
+        self.checkpoints: CheckpointingSink | None = None
+        if isinstance(sink, FileAuditSink):
+            # The chain head is signed in the background and checked on start (proxy/audit/checkpoint.py).
+            sink = self.checkpoints = CheckpointingSink(
+                sink,
+                self.keys,
+                store=self.store,
+                every=self.settings.audit_checkpoint_every,
+                interval=self.settings.audit_checkpoint_seconds,
+                on_checkpoint=self.metrics.audit_checkpoints.inc,
+            )
         self.audit = PublishingSink(sink, self.events)
         self.signer = RecordSigner(self.settings.session_key)
         self.sessions = SessionManager(self.store, self.signer)
@@ -184,7 +201,6 @@ class Wicket:
             self.store, self.policy, signer=self.signer, audit=self.checker.audit_event, metrics=self.metrics
         )
         try:
-            self.keys = KeyRing.from_env(self.settings.environ)
             needs_exchange = any(s.mode == "exchange" for _, _, s in self.policy.credential_variants())
             self.exchanger: TokenExchanger | None = TokenExchanger() if needs_exchange else None
             self.credentials = CredentialBroker(
@@ -329,6 +345,13 @@ class Wicket:
             admin_token=self.settings.admin_token, reload=self.reload_policy, audit_path=self.audit.path
         )
         app.add_routes(policy_api.routes())
+        audit = AuditApi(
+            admin_token=self.settings.admin_token,
+            checkpoints=self.checkpoints,
+            checker=self.checker,
+            metrics=self.metrics,
+        )
+        app.add_routes(audit.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))
         return app
 
@@ -387,6 +410,9 @@ class Wicket:
         self._resync = asyncio.create_task(self._resync_revocations())
         if not self.audit.healthy:
             log.error("audit log unavailable: %s; only reads will be allowed", self.audit.problem)
+        if self.checkpoints is not None and (held := await self.checkpoints.start()) is not None:
+            self.metrics.audit_held.set(1)
+            await self.checker.integrity_failure("audit", f"audit log on hold: {held}")
         if self.oidc is not None and not await self.oidc.warm():
             log.error("OIDC: the keys of %s are unreachable; agents' JWTs get 503 until they are", self.oidc.issuer)
         data_host, data_port = self.settings.listen_address

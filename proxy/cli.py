@@ -201,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
-    verify = audit.add_parser("verify", help="verify a hash-chained audit log")
+    verify = audit.add_parser("verify", help="verify a hash-chained audit log and its signed checkpoints")
     verify.add_argument("file", metavar="FILE")
     show = audit.add_parser("show", help="explain a past decision from the audit log")
     show.add_argument("decision_id", metavar="DECISION_ID", help="dec_...")
@@ -210,6 +210,15 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument("file", nargs="?", default="./wicket-audit.jsonl", metavar="FILE")
     summary.add_argument("--limit", type=int, default=20)
     summary.add_argument("--json", action="store_true")
+    verify.add_argument("--checkpoints", metavar="PATH", help="the signed checkpoints (default: FILE.checkpoints)")
+    trust = verify.add_mutually_exclusive_group()
+    trust.add_argument("--key", metavar="PEM", help="Wicket's public (or private) key, PEM text or file")
+    trust.add_argument("--jwks", metavar="FILE|URL", help="a JWKS, e.g. http://127.0.0.1:9090/.well-known/jwks.json")
+    verify.add_argument("--chain-only", action="store_true", help="verify the hash chain alone, without checkpoints")
+    ack = audit.add_parser("acknowledge", help="accept an audit log that fell behind its last signed checkpoint")
+    ack.add_argument("--approver", metavar="NAME", help="your name, recorded next to the operator credential")
+    ack.add_argument("--note", metavar="TEXT", help="why (recorded in the audit log)")
+    ack.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
 
     sessions = sub.add_parser("sessions", help="runtime sessions").add_subparsers(
         dest="sessions_command", required=True
@@ -630,7 +639,13 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    return {"verify": cmd_audit_verify, "show": cmd_audit_show, "summary": cmd_audit_summary}[args.audit_command](args)
+    handlers = {
+        "verify": cmd_audit_verify,
+        "show": cmd_audit_show,
+        "summary": cmd_audit_summary,
+        "acknowledge": cmd_audit_acknowledge,
+    }
+    return handlers[args.audit_command](args)
 
 
 def cmd_audit_show(args: argparse.Namespace) -> int:
@@ -672,16 +687,66 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
     from proxy.audit.chain import verify_file
+    from proxy.audit.checkpoint import SUFFIX, check_against_checkpoints
 
     if not Path(args.file).is_file():
         print(f"wicket: no audit log at {args.file}", file=sys.stderr)
         return 2
     result = verify_file(args.file)
-    if result.ok:
-        print(f"ok: {result.count} records, head {result.head}")
+    if not result.ok:
+        print(f"broken: {result.reason}")
+        return 1
+    print(f"ok: {result.count} records, head {result.head}")
+    if args.chain_only:
+        print("note: checkpoints not checked (--chain-only): records cut from the end would not be detected")
         return 0
-    print(f"broken: {result.reason}")
-    return 1
+    try:
+        keys = _checkpoint_keys(args)
+    except (ValueError, OSError) as exc:
+        print(f"wicket: {exc}", file=sys.stderr)
+        return 2
+    checkpoints = Path(args.checkpoints or args.file + SUFFIX)
+    report = check_against_checkpoints(Path(args.file), checkpoints, keys)
+    for problem in report.problems:
+        print(f"broken: {problem}")
+    if report.last is not None:
+        after = result.count - report.last.seq
+        tail = f"; {after} later record(s) rest on the chain alone" if after > 0 else ""
+        print(f"checkpoints: {report.checked} verified, the last at {report.last.describe()}{tail}")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 1 if report.problems else 0
+
+
+def _checkpoint_keys(args: argparse.Namespace) -> dict[str, Any] | None:
+    """kid -> public key from --key, --jwks or WICKET_SIGNING_KEY; None: trust the keys the checkpoints carry."""
+    from proxy.audit.checkpoint import public_keys
+    from proxy.credentials.keys import SIGNING_KEY_ENV, public_key_from_pem
+
+    if args.jwks:
+        if args.jwks.startswith(("http://", "https://")):
+            with urllib.request.urlopen(args.jwks, timeout=10) as response:
+                document = json.loads(response.read())
+        else:
+            document = json.loads(Path(args.jwks).read_text())
+        keys = public_keys(document)
+        if not keys:
+            raise ValueError(f"--jwks: {args.jwks} holds no usable key")
+        return keys
+    value = args.key or os.environ.get(SIGNING_KEY_ENV, "").strip()
+    if not value:
+        return None
+    return public_keys({"keys": [public_key_from_pem(value, "--key" if args.key else SIGNING_KEY_ENV)]})
+
+
+def cmd_audit_acknowledge(args: argparse.Namespace) -> int:
+    payload = {k: v for k, v in (("approver", args.approver), ("note", args.note)) if v}
+    status, body = _admin_call(args.admin_url, "/v1/audit/acknowledge", _operator_token(), payload)
+    if status >= 300:
+        print(f"wicket: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
+        return 1
+    print(json.dumps(body, indent=2))
+    return 0
 
 
 def _operator_token() -> str:

@@ -31,6 +31,8 @@ class Settings:
     policy_files: list[str] = field(default_factory=lambda: ["policies/default.yaml"])
     audit_log: str = "./wicket-audit.jsonl"
     audit_fsync: str = "interval"
+    audit_checkpoint_every: int = 1000  # sign the chain head after this many records ...
+    audit_checkpoint_seconds: float = 5.0  # ... and this often while records arrive
     store: str = "memory"
     max_body_bytes: int = 4 * MiB
     max_response_bytes: int = 64 * MiB

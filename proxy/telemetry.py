@@ -163,6 +163,14 @@ class Metrics:
         )
         self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
         self.audit_healthy.set(1)
+        self.audit_checkpoints = Counter(
+            "wicket_audit_checkpoints_total", "Signed checkpoints of the audit chain head written.", registry=r
+        )
+        self.audit_held = Gauge(
+            "wicket_audit_held",
+            "1 while the audit log is behind its last signed checkpoint and no operator has acknowledged it.",
+            registry=r,
+        )
         info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)
         info.labels(version=__version__).set(1)
 

@@ -30,8 +30,15 @@ async def test_audit_verify_cli(wicket: RunningWicket, capsys: pytest.CaptureFix
     for i in range(3):
         await wicket.create_session(f"agent-{i}")
     path = wicket.audit_path
-    assert main(["audit", "verify", str(path)]) == 0
+    assert main(["audit", "verify", str(path)]) == 1, "no checkpoint signed yet: the tail is unprotected"
+    assert "no checkpoints" in capsys.readouterr().out
+    assert main(["audit", "verify", "--chain-only", str(path)]) == 0
     assert capsys.readouterr().out.startswith("ok: 3 records, head ")
+    assert wicket.wicket.checkpoints is not None
+    await wicket.wicket.checkpoints.checkpoint()
+    assert main(["audit", "verify", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ok: 3 records, head ") and "checkpoints: 1 verified" in out
 
     lines = path.read_text().splitlines()
     event = json.loads(lines[1])

@@ -8,8 +8,9 @@ line of the log is the canonical JSON of the full event followed by ``"\\n"``.
 
 Because each record names the hash of the one before it, altering, removing, reordering or inserting a
 record breaks the chain at (or right after) that record, and :func:`verify_lines` names the first
-broken line. Removing records from the *end* of the log is not detectable from the file alone; compare
-the count and head with a copy kept elsewhere (``GET /v1/sessions/{id}/accountability`` reports them).
+broken line. Removing records from the *end* of the log, or rewriting it from some record on and
+re-hashing the rest, is not detectable from the file alone: :mod:`proxy.audit.checkpoint` signs the
+head periodically so that it is.
 
 This module is pure apart from :func:`verify_file`, which streams a file line by line.
 """

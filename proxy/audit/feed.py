@@ -120,6 +120,10 @@ class PublishingSink:
         return self.inner.problem
 
     @property
+    def hold(self) -> str | None:
+        return self.inner.hold
+
+    @property
     def head(self) -> str:
         return self.inner.head
 

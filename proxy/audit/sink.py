@@ -39,9 +39,18 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from proxy.audit.chain import AuditCorrupt, HashChain
+from proxy.audit.chain import GENESIS, AuditCorrupt, HashChain
 
-__all__ = ["AuditSink", "AuditUnavailable", "FileAuditSink", "FsyncPolicy", "StdoutAuditSink", "open_sink"]
+__all__ = [
+    "AuditSink",
+    "AuditUnavailable",
+    "FileAuditSink",
+    "FsyncPolicy",
+    "StdoutAuditSink",
+    "first_record_hash",
+    "line_ending_at",
+    "open_sink",
+]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +76,12 @@ class AuditSink(Protocol):
     @property
     def problem(self) -> str | None:
         """Why the sink is not healthy, as a sentence for ``/readyz``; None when healthy."""
+        ...
+
+    @property
+    def hold(self) -> str | None:
+        """Why only reads are allowed although events can be written (the log fell behind its last
+        signed checkpoint and no operator has acknowledged it yet); None normally."""
         ...
 
     @property
@@ -116,6 +131,46 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
     return b"".join(parts)
 
 
+def line_ending_at(fd: int, end: int) -> bytes:
+    """The whole line that ends (with its newline) at byte ``end``, read by seeking back.
+
+    Raises AuditCorrupt when byte ``end - 1`` is not a newline or the line is implausibly long."""
+    if _pread_exact(fd, 1, end - 1) != b"\n":
+        raise AuditCorrupt("the file ends in the middle of a record (a write was interrupted)")
+    buf = b""
+    pos = end
+    while pos > 0:
+        start = max(0, pos - _TAIL_CHUNK)
+        buf = _pread_exact(fd, pos - start, start) + buf
+        pos = start
+        cut = buf.rfind(b"\n", 0, len(buf) - 1)
+        if cut >= 0:
+            return buf[cut + 1 :]
+        if len(buf) > _MAX_LINE:
+            raise AuditCorrupt("the last record is implausibly long (garbage)")
+    return buf
+
+
+def first_record_hash(fd: int) -> str:
+    """The ``hash`` of the file's first record, which names its chain (GENESIS for an empty file)."""
+    buf = b""
+    offset = 0
+    while b"\n" not in buf:
+        chunk = os.pread(fd, _TAIL_CHUNK, offset)
+        if not chunk:
+            break
+        buf += chunk
+        offset += len(chunk)
+        if len(buf) > _MAX_LINE:
+            raise AuditCorrupt("the first record is implausibly long (garbage)")
+    if not buf:
+        return GENESIS
+    line, newline, _ = buf.partition(b"\n")
+    if not newline:
+        raise AuditCorrupt("the first record is not terminated by a newline")
+    return HashChain.resume_from_line(line + b"\n").head
+
+
 def _resume(fd: int) -> tuple[HashChain, bool]:
     """The chain continuing the file open on ``fd``, and whether it is a regular file.
 
@@ -126,21 +181,7 @@ def _resume(fd: int) -> tuple[HashChain, bool]:
     size = info.st_size
     if not regular or size == 0:  # a device or pipe cannot be resumed from; an empty file starts a chain
         return HashChain(), regular
-    if _pread_exact(fd, 1, size - 1) != b"\n":
-        raise AuditCorrupt("the file ends in the middle of a record (a write was interrupted)")
-    buf = b""
-    pos = size
-    while pos > 0:
-        start = max(0, pos - _TAIL_CHUNK)
-        buf = _pread_exact(fd, pos - start, start) + buf
-        pos = start
-        cut = buf.rfind(b"\n", 0, len(buf) - 1)
-        if cut >= 0:
-            buf = buf[cut + 1 :]
-            break
-        if len(buf) > _MAX_LINE:
-            raise AuditCorrupt("the last record is implausibly long (garbage)")
-    return HashChain.resume_from_line(buf), regular
+    return HashChain.resume_from_line(line_ending_at(fd, size)), regular
 
 
 def _fsync_dup(fd: int) -> None:
@@ -179,6 +220,8 @@ class FileAuditSink:
         self._torn = 0  # bytes of a partial line at the end of the file that are still to be truncated
         self._written = 0  # lines written so far; a line's number is its fsync "generation"
         self._synced = 0  # every line up to this generation is known to be on disk
+        self._size = 0  # bytes of the file through the last record written (checkpoints name it)
+        self._log_id = GENESIS  # the hash of the chain's first record: which chain this file holds
         self._sync_lock = asyncio.Lock()  # one fsync (or reopen) at a time
         self._dirty = asyncio.Event()  # set by writes, consumed by the interval fsync task
         self._sync_task: asyncio.Task[None] | None = None
@@ -232,7 +275,15 @@ class FileAuditSink:
             os.close(fd)
             self._set_open_problem(f"cannot read the end of the audit log {self._path}: {_oserror_text(exc)}")
             return
-        self._fd, self._chain, self._regular = fd, chain, regular
+        try:
+            log_id = first_record_hash(fd) if regular and chain.seq else GENESIS
+        except (AuditCorrupt, OSError) as exc:
+            os.close(fd)
+            self._corrupt = f"the audit log {self._path} starts with a corrupt record: {exc}"
+            log.error("%s", self._corrupt)
+            return
+        self._fd, self._chain, self._regular, self._log_id = fd, chain, regular, log_id
+        self._size = os.fstat(fd).st_size if regular else 0
         if self._open_problem is not None:
             log.warning("the audit log %s is open again", self._path)
         self._open_problem = None
@@ -257,6 +308,7 @@ class FileAuditSink:
                 self._repair_torn(old_fd)
             self._fd = None
             self._chain = HashChain()
+            self._log_id = GENESIS
             self._corrupt = self._open_problem = self._write_problem = self._sync_problem = None
             self._torn = 0
             self._open()  # no await between closing the old chain and opening the new one
@@ -329,6 +381,9 @@ class FileAuditSink:
             raise AuditUnavailable(problem) from exc
         self._chain.advance(event)
         self._written += 1
+        self._size += len(line)
+        if event["seq"] == 1:
+            self._log_id = event["hash"]
         if self._write_problem is not None:
             log.warning("the audit log %s is writable again", self._path)
             self._write_problem = None
@@ -379,6 +434,26 @@ class FileAuditSink:
             if self._sync_problem is not None:
                 log.warning("the audit log %s can be fsynced again", self._path)
                 self._sync_problem = None
+
+    @property
+    def log_id(self) -> str:
+        """The hash of the chain's first record (GENESIS while it has none)."""
+        return self._log_id
+
+    @property
+    def hold(self) -> str | None:
+        return None
+
+    async def durable_position(self) -> tuple[str, int, str, int]:
+        """(log id, seq, head, byte size) of the last record, once it is fsynced whatever the policy:
+        a signed checkpoint must never name a record that a power loss could still take back."""
+        position = self._log_id, self._chain.seq, self._chain.head, self._size
+        written = self._written
+        if self._fd is None:
+            raise AuditUnavailable(self.problem or "the audit log is not open")
+        if self._regular and self._synced < written:
+            await self._sync_through(written)
+        return position
 
     async def _sync_loop(self) -> None:
         """The ``interval`` policy: fsync at most every ``fsync_interval`` seconds, and only after writes."""
@@ -433,6 +508,10 @@ class StdoutAuditSink:
     @property
     def problem(self) -> str | None:
         return "the audit log is closed" if self._closed else self._problem
+
+    @property
+    def hold(self) -> str | None:
+        return None
 
     @property
     def head(self) -> str:

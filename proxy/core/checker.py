@@ -247,6 +247,16 @@ class Checker:
             self._audit_failed()
 
     async def _record(self, action: Action, session_id: str, decision: Decision) -> Decision:
+        hold = self._audit.hold
+        if hold is not None and decision.allowed and decision.effect is not Effect.READ:
+            decision = Decision(
+                Verdict.DENY,
+                decision.effect,
+                Tier.FAST,
+                f"The audit log failed its check against its last signed checkpoint ({hold}); only read "
+                "actions are allowed until an operator acknowledges it with `wicket audit acknowledge`.",
+                decision_id=decision.decision_id,
+            )
         fields: dict[str, Any] = {
             "event": "decision",
             "decision_id": decision.decision_id,

@@ -118,6 +118,13 @@ def _load_public_or_private(pem: bytes, source: str) -> PublicKey:
     raise SigningKeyError(f"{source}: the key must be Ed25519 or EC P-256 (ES256), not {type(key).__name__}")
 
 
+def public_key_from_pem(value: str, source: str) -> dict[str, str]:
+    """The public JWK (with ``kid``) of a PEM key given as text or a file path, private or public:
+    what ``wicket audit verify --key`` checks checkpoint signatures against."""
+    published = _published(_load_public_or_private(_pem_bytes(value, source), source))
+    return published.public()
+
+
 class KeyRing:
     """The active signing key plus the retired public keys still published in the JWKS.
 
