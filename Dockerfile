@@ -1,19 +1,61 @@
-# Wicket sidecar image: slim, non-root, no build tools at run time.
-FROM python:3.12-slim AS build
+# Wicket image: slim, non-root, read-only root filesystem friendly.
+#
+#   docker build -t wicket .                  the sidecar (default target)
+#   docker build -t wicket:stdio --target stdio .   plus Node.js (npx) and uv (uvx) for stdio MCP servers
+#
+# Base images are pinned by the digest of their multi-platform index (docker-library/repo-info):
+# python:3.12-slim-trixie (Python 3.12.13) and node:22-trixie-slim (Node.js 22.23.2). Bump them together
+# with a reviewed change; `docker buildx imagetools inspect python:3.12-slim-trixie` shows the current one.
+
+FROM python:3.12-slim-trixie@sha256:229a2c5bfa27522db7815ea81f9bed70af17ccb9de9fc7ad142b1877b5830d36 AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY proxy ./proxy
 RUN pip install --no-cache-dir --prefix=/install .
 
-FROM python:3.12-slim
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
-RUN useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin wicket \
-    && mkdir -p /app && chown wicket /app
+FROM node:22-trixie-slim@sha256:c5849ff9c9ebcd66615412f0b548ca5b8ecaef84003dc9ac2e077ebe46aaa3f6 AS node
+
+FROM python:3.12-slim-trixie@sha256:229a2c5bfa27522db7815ea81f9bed70af17ccb9de9fc7ad142b1877b5830d36 AS base
+# State, the audit log, temporary files (the stdio bridge's socket) and caches all live under
+# /var/lib/wicket, the one declared volume; nothing else is written, so --read-only works.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/var/lib/wicket \
+    TMPDIR=/var/lib/wicket \
+    WICKET_AUDIT_LOG=/var/lib/wicket/audit.jsonl \
+    WICKET_HEALTH_LISTEN=0.0.0.0:9091
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/wicket --shell /usr/sbin/nologin wicket \
+    && mkdir -p /var/lib/wicket \
+    && chown 10001:10001 /var/lib/wicket \
+    && chmod 0700 /var/lib/wicket
 COPY --from=build /install /usr/local
 COPY --chown=root:root policies /app/policies
 WORKDIR /app
-USER 10001
-EXPOSE 8080 9090
-# The admin port listens on loopback by default; expose it deliberately with --admin-listen.
+VOLUME ["/var/lib/wicket"]
+# 8080: MCP data port. 9091: /healthz, /readyz, /metrics. The admin port (9090, /v1 and /console)
+# stays on loopback unless you pass --admin-listen.
+EXPOSE 8080 9091
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9091/healthz', timeout=2)"]
+USER 10001:10001
 ENTRYPOINT ["wicket"]
-CMD ["run", "--help"]
+# With no arguments: the bundled demo (a demo MCP server behind Wicket). Production:
+#   docker run ... wicket run --upstream URL --policy FILE   or   ... wicket run --policy FILE -- CMD ARG...
+CMD ["demo", "--listen", "0.0.0.0:8080"]
+
+# Wicket plus Node.js (npx) and uv (uvx), for stdio MCP servers: wicket run -- npx -y @scope/server
+FROM base AS stdio
+USER 0
+# libstdc++6 for the node binary; Debian's security updates keep it current, so it is not version-pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libstdc++6 \
+    && rm -rf /var/lib/apt/lists/*
+COPY --from=node /usr/local/bin/node /usr/local/bin/node
+COPY --from=node /usr/local/lib/node_modules/npm /usr/local/lib/node_modules/npm
+RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
+    && ln -s ../lib/node_modules/npm/bin/npx-cli.js /usr/local/bin/npx \
+    && pip install --no-cache-dir uv==0.13.8
+USER 10001:10001
+
+FROM base AS runtime

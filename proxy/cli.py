@@ -29,9 +29,10 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
     )
     parser.add_argument(
         "--health-listen",
+        default=os.environ.get("WICKET_HEALTH_LISTEN") or None,
         metavar="HOST:PORT",
         help="also serve /healthz, /readyz and /metrics (nothing else) here, e.g. 0.0.0.0:9091 for kubelet "
-        "probes and Prometheus (default: off; they are always on the admin port)",
+        "probes and Prometheus (env WICKET_HEALTH_LISTEN; default: off, they are always on the admin port)",
     )
     parser.add_argument(
         "--store",
@@ -39,7 +40,10 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
         help=f"state store: memory, or a redis://, redis+sentinel:// or redis+cluster:// URL (default: {store})",
     )
     parser.add_argument(
-        "--audit-log", default="./wicket-audit.jsonl", metavar="PATH", help="JSONL audit log; '-' for stdout"
+        "--audit-log",
+        default=os.environ.get("WICKET_AUDIT_LOG") or "./wicket-audit.jsonl",
+        metavar="PATH",
+        help="JSONL audit log; '-' for stdout (env WICKET_AUDIT_LOG; default ./wicket-audit.jsonl)",
     )
     parser.add_argument(
         "--audit-fsync",
