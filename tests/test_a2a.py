@@ -4,7 +4,13 @@ streaming. The agent's ledger proves what ran; every refused call must be missin
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -350,3 +356,59 @@ async def test_unknown_paths_and_methods_are_not_forwarded(front: RunningWicket,
         response = await http.get(base_of(front) + "/admin/secrets", headers={"Authorization": f"Bearer {token}"})
         assert response.status == 404
     assert agent.ledger.requests == []
+
+
+# -- an a2a-sdk 0.3 client against the same agent ----------------------------------------------------
+
+A2A_03 = "0.3.26"
+
+
+@pytest.fixture(scope="session")
+def sdk03_path() -> Path:
+    """a2a-sdk 0.3.x installed once beside the venv (pip, from its cache when warm): the 0.3 line
+    cannot be imported in the same process as 1.x, so the client runs in a child interpreter."""
+    target = Path(sys.prefix) / f"a2a-sdk-{A2A_03}"
+    marker = target / ".complete"
+    if not marker.exists():
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), f"a2a-sdk=={A2A_03}"],
+            check=True,
+            timeout=600,
+        )
+        marker.touch()
+    return target
+
+
+async def run_03_client(path: Path, running: RunningWicket, token: str, text: str, skill: str, streaming: bool) -> Any:
+    script = Path(__file__).with_name("a2a03_client.py")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        base_of(running),
+        token,
+        text,
+        skill,
+        "1" if streaming else "0",
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(path)},
+    )
+    out, _ = await asyncio.wait_for(process.communicate(), 120)
+    assert process.returncode == 0
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+async def test_a2a_03_client_through_wicket(
+    sdk03_path: Path, front: RunningWicket, agent: DemoA2AAgent, streaming: bool
+) -> None:
+    token = await token_for(front, "legacy-planner")
+    allowed = await run_03_client(sdk03_path, front, token, "hello from 0.3", "echo", streaming)
+    assert allowed.get("texts") == ["echo: hello from 0.3"], allowed
+    assert allowed["card_url"] == base_of(front) + JSONRPC_PATH  # it dialled Wicket, as the rewritten card says
+    refused = await run_03_client(sdk03_path, front, token, "purge from 0.3", "purge", streaming)
+    assert "-32050" in refused.get("error", "") or "Wicket" in refused.get("error", ""), refused
+    assert agent.ledger.texts() == ["hello from 0.3"]
+    label = "a2a:SendStreamingMessage" if streaming else "a2a:SendMessage"
+    assert [e["decision"] for e in decisions(front, label)] == ["allow", "approval_required"]
+    versions = {h.get("a2a-version") for m, p, h in agent.ledger.requests if p == JSONRPC_PATH}
+    assert versions == {None}  # a 0.3 client sends no A2A-Version; Wicket adds none

@@ -39,6 +39,7 @@ from proxy.adapters.relay import (
     resolve_caller,
     send_upstream,
 )
+from proxy.adapters.sse import event_bytes
 from proxy.core.action import Action, Decision, Effect, Verdict
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
@@ -677,11 +678,15 @@ def _denial(call: A2ACall, decision: Decision) -> web.Response:
         return web.Response(status=403, body=jsonrpc.dumps(problem), content_type="application/problem+json")
     reason = "WICKET_APPROVAL_REQUIRED" if pending else "WICKET_DENIED"
     data = record if call.v03 else _error_info(reason, "wicket", record)
-    return web.Response(
-        status=200,
-        body=jsonrpc.error_body(jsonrpc.DENIED, message, data, call.request_id),
-        content_type="application/json",
-    )
+    return _jsonrpc_answer(call, jsonrpc.error_body(jsonrpc.DENIED, message, data, call.request_id))
+
+
+def _jsonrpc_answer(call: A2ACall, body: bytes) -> web.Response:
+    """Wicket's own JSON-RPC answer; a streaming method gets it as the one event of an SSE stream,
+    since a 0.3 client reads nothing but ``text/event-stream`` there."""
+    if call.name in STREAMS:
+        return web.Response(status=200, body=event_bytes(body), content_type="text/event-stream")
+    return web.Response(status=200, body=body, content_type="application/json")
 
 
 def _task_not_found(call: A2ACall) -> web.Response:
@@ -695,5 +700,4 @@ def _task_not_found(call: A2ACall) -> web.Response:
         }
         return web.Response(status=404, body=jsonrpc.dumps({"error": error}), content_type="application/json")
     data: Any = jsonrpc.NODATA if call.v03 else _error_info("TASK_NOT_FOUND", "a2a-protocol.org", {})
-    body = jsonrpc.error_body(TASK_NOT_FOUND, "Task not found", data, call.request_id)
-    return web.Response(status=200, body=body, content_type="application/json")
+    return _jsonrpc_answer(call, jsonrpc.error_body(TASK_NOT_FOUND, "Task not found", data, call.request_id))
