@@ -180,4 +180,4 @@ def test_run_without_an_upstream_says_what_it_needs(tmp_path: Path) -> None:
     env = {k: v.replace(VOLUME, str(tmp_path)) for k, v in stage.env.items()} | {"PATH": f"{BIN}:/usr/bin:/bin"}
     result = subprocess.run([str(BIN / "wicket"), "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert "wicket run needs --upstream URL, or -- CMD ARG... to run a stdio MCP server" in result.stderr
+    assert result.stderr.startswith("wicket: wicket run needs --upstream URL, -- CMD ARG... to run a stdio MCP server")
