@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import fnmatch
+import functools
 import json
 import math
 import posixpath
@@ -39,6 +40,7 @@ from urllib.parse import unquote, urlsplit
 from proxy.core.action import Action, Effect, Finding
 from proxy.core.effects import tokenize
 from proxy.core.policy import Constraint, Policy
+from proxy.core.sql_meaning import MAX_PARSE, sql_meaning
 
 __all__ = [
     "MAX_NODES",
@@ -116,13 +118,23 @@ _EMPTY: Final = ArgumentReport()
 # --------------------------------------------------------------------------- walking the arguments
 
 
-@dataclass(frozen=True, slots=True)
 class Leaf:
-    """One value inside the arguments: where it is (for messages), its nearest key, and itself."""
+    """One value inside the arguments: where it is (for messages), its nearest key, and itself.
 
-    path: str  # "sql", "options.path", "files[2]": names the argument, never its value
-    key: str  # the nearest mapping key above the value ("files" for files[2])
-    value: Any
+    The path is built only when asked for: most values never appear in a message."""
+
+    __slots__ = ("_parent", "_step", "key", "value")
+
+    def __init__(self, parent: str, step: str | int, key: str, value: Any) -> None:
+        self._parent, self._step, self.key, self.value = parent, step, key, value
+
+    @property
+    def path(self) -> str:
+        """``sql``, ``options.path``, ``files[2]``: names the argument, never its value."""
+        return _label(self._parent, self._step)
+
+    def __repr__(self) -> str:
+        return f"Leaf({self.path!r}, {self.key!r})"
 
 
 def _label(path: str, key: str | int) -> str:
@@ -136,9 +148,14 @@ def _label(path: str, key: str | int) -> str:
     return joined if len(joined) <= _MAX_LABEL else joined[: _MAX_LABEL - 3] + "..."
 
 
-def _children(value: Any) -> Iterator[tuple[str | int, Any]] | None:
+_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _children(value: Any) -> Iterator[tuple[Any, Any]] | None:
+    if type(value) in _SCALARS:
+        return None
     if isinstance(value, Mapping):
-        return ((str(k), v) for k, v in value.items())
+        return iter(value.items())
     if isinstance(value, list | tuple):
         return enumerate(value)
     return None
@@ -152,21 +169,23 @@ def iter_values(arguments: Mapping[str, Any]) -> Iterator[Leaf]:
     if not isinstance(arguments, Mapping):
         return
     left = MAX_NODES
-    top = _children(arguments)
-    assert top is not None
-    stack: list[tuple[str, str, Iterator[tuple[str | int, Any]]]] = [("", "", top)]
+    stack: list[tuple[str, str, Iterator[tuple[Any, Any]], bool]] = [("", "", iter(arguments.items()), True)]
     while stack:
-        path, key, children = stack[-1]
+        path, key, children, mapping = stack[-1]
         for child_key, child in children:
             if left <= 0:
                 return
             left -= 1
-            child_path = _label(path, child_key)
-            nearest = child_key if isinstance(child_key, str) else key
-            yield Leaf(child_path, nearest, child)
+            if mapping:
+                if type(child_key) is not str:
+                    child_key = str(child_key)
+                nearest = child_key
+            else:
+                nearest = key
+            yield Leaf(path, child_key, nearest, child)
             grandchildren = _children(child)
             if grandchildren is not None:
-                stack.append((child_path, nearest, grandchildren))
+                stack.append((_label(path, child_key), nearest, grandchildren, isinstance(child, Mapping)))
                 break
         else:
             stack.pop()
@@ -187,7 +206,7 @@ def walk_complete(arguments: Mapping[str, Any]) -> bool:
         left -= len(children)
         if left < 0:
             return False
-        stack.extend(child for child in children if isinstance(child, Mapping | list | tuple))
+        stack.extend(child for child in children if type(child) not in _SCALARS)
     return True
 
 
@@ -198,6 +217,7 @@ def iter_strings(arguments: Mapping[str, Any]) -> Iterator[Leaf]:
             yield leaf
 
 
+@functools.lru_cache(maxsize=1024)
 def _key_words(key: str) -> frozenset[str]:
     return frozenset(tokenize(key[:_MAX_LABEL]))
 
@@ -237,6 +257,17 @@ _D, _M, _A = Effect.DESTRUCTIVE, Effect.MUTATING, Effect.ADMIN
 
 _SQL_TOOL_WORDS: Final = frozenset(
     {"query", "sql", "execute", "exec", "db", "database", "postgres", "postgresql", "pg", "psql", "mysql", "sqlite"}
+)
+_SQL_WEAK_TOOL_WORDS: Final = frozenset({"query", "execute", "exec"})
+"""Database words that other tools use too (``query_docs``, ``exec`` for a shell): on such a tool
+a query/command argument is read as SQL only when it starts like a statement."""
+_SQL_START: Final = re.compile(
+    r"\s*(?:[(]|/\*|--|#|(?:select|with|insert|update|delete|merge|upsert|replace|create|drop|alter|truncate"
+    r"|grant|revoke|explain|analy[sz]e|show|describe|desc|call|do|exec|execute|copy|attach|detach|pragma|values"
+    r"|table|set|reset|use|begin|start|commit|rollback|savepoint|release|lock|vacuum|load|prepare|declare|refresh"
+    r"|reindex|cluster|comment|listen|notify|discard|kill|handler|optimize|repair|checksum|flush|purge|install"
+    r"|uninstall|import|export|unload|put|get|remove|list|undrop|rename|summarize|pivot|unpivot|from)\b)",
+    re.IGNORECASE,
 )
 _SQL_STRICT_KEYS: Final = frozenset({"sql", "stmt", "statement", "statements"})
 _SQL_SOFT_KEYS: Final = frozenset({"query", "queries", "command", "cmd", "q"})
@@ -285,6 +316,7 @@ _SQL_SHAPES: Final[tuple[tuple[re.Pattern[str], Effect, str], ...]] = tuple(
         (r"merge into\b", _M, "MERGE"),
         (rf"create (?:or replace )?(?:(?:global|local|unlogged|external|virtual) )?(?:{_OBJECTS})\b", _M, "CREATE"),
         (r"into (?:outfile|dumpfile)\b", _M, "SELECT INTO OUTFILE"),
+        (r"copy\b[^;]{0,4096}?\b(?:to|from) program\b", _A, "COPY ... PROGRAM"),
     )
 )
 # The first verb of each statement, for strings known to be SQL ("TRUNCATE x", "CALL p()").
@@ -421,6 +453,9 @@ _SQL_TOO_LONG: Final = "text too long to analyse"
 _SQL_TOO_DEEP: Final = "dynamic SQL nested too deep to analyse"
 _SQL_TOO_MANY: Final = "dynamic SQL with too many literals to analyse"
 _SQL_BOUNDS: Final = frozenset({_SQL_TOO_LONG, _SQL_TOO_DEEP, _SQL_TOO_MANY})
+_SQL_UNPARSED: Final = "text past the per-call parse budget, so not a proven read"
+MAX_TOTAL_PARSE: Final = 4 * MAX_PARSE
+"""Characters of strict SQL parsed per call; statements past it are not proven reads."""
 
 
 def _sql_candidate(text: str) -> bool:
@@ -432,17 +467,21 @@ def _sql_candidate(text: str) -> bool:
     return any(hint in lowered for hint in _SQL_HINTS) or ("do" in lowered and ("$" in text or "'" in text))
 
 
-def sql_effects(text: str, strict: bool = True, _depth: int = 0) -> set[tuple[Effect, str]]:
+def sql_effects(text: str, strict: bool = True, _depth: int = 0, *, parse: bool = True) -> set[tuple[Effect, str]]:
     """(effect, statement kind) pairs that SQL ``text`` implies; empty for reads.
 
-    ``strict`` says the text is known to be SQL, so each statement's leading verb counts;
-    otherwise only unmistakable statement shapes (``DELETE FROM``, ``DROP TABLE``) do.
-    Both dialect families are tried (standard/PostgreSQL and MySQL quoting and comments),
-    and a comment both as a gap and as nothing (``DR/**/OP``); the highest reading wins.
+    ``strict`` says the text is known to be SQL: the parser must then prove it a read
+    (:func:`~proxy.core.sql_meaning.sql_meaning`; without ``parse`` it is not one), and each
+    statement's leading verb counts; otherwise only unmistakable statement shapes
+    (``DELETE FROM``, ``DROP TABLE``) do. The shapes try both dialect families
+    (standard/PostgreSQL and MySQL quoting and comments), and a comment both as a gap and as
+    nothing (``DR/**/OP``); the highest reading wins.
     """
-    if not _sql_candidate(text):
-        return set()
     found: set[tuple[Effect, str]] = set()
+    if strict:
+        found.update(sql_meaning(text) if parse else ((_M, _SQL_UNPARSED),))
+    if not _sql_candidate(text):
+        return found
     if len(text) > MAX_SCAN:
         found.add((_D, _SQL_TOO_LONG))
         text = text[:MAX_SCAN]
@@ -477,33 +516,47 @@ class SqlDetector:
     """SQL in arguments: destructive (DELETE, DROP, TRUNCATE, ALTER), mutating (UPDATE,
     INSERT, MERGE, REPLACE, CREATE, ...) and admin (GRANT, REVOKE, users and roles) statements.
 
-    Strict (leading verbs count) for keys named sql/statement/stmt, and for query/command/q
-    on database tools; shapes only for any other string of a database tool and for
-    query/command keys of other tools (where ``query`` is usually prose).
+    Strict (the parser must prove a read, leading verbs count) for keys named
+    sql/statement/stmt, and for query/command/q on database tools (on a tool that is only
+    called a query or exec tool, when the text starts like a statement); shapes only for any
+    other string of a database tool and for query/command keys of other tools (where
+    ``query`` is usually prose).
     """
 
     name = "sql"
 
     def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
         sql_tool = not _SQL_TOOL_WORDS.isdisjoint(tool_words)
+        database_tool = not (_SQL_TOOL_WORDS - _SQL_WEAK_TOOL_WORDS).isdisjoint(tool_words)
         budget = _Budget()
+        parse_left = MAX_TOTAL_PARSE
         for leaf in iter_strings(arguments):
+            value = leaf.value
             words = _key_words(leaf.key)
             soft = not _SQL_SOFT_KEYS.isdisjoint(words)
-            strict = not _SQL_STRICT_KEYS.isdisjoint(words) or (sql_tool and soft)
-            if not (strict or sql_tool or soft) or not _sql_candidate(leaf.value):
+            strict = not _SQL_STRICT_KEYS.isdisjoint(words) or (
+                soft and (database_tool or (sql_tool and _SQL_START.match(value) is not None))
+            )
+            if not (strict or ((sql_tool or soft) and _sql_candidate(value))):
                 continue
-            if not budget.spend(leaf.value):
+            if not budget.spend(value):
                 yield _too_large(self.name)
                 return
-            for effect, kind in sorted(sql_effects(leaf.value, strict), key=lambda f: (-f[0], f[1])):
+            # A text too long to parse at all is reported as such, without using up the budget.
+            parse = strict and (len(value) > MAX_PARSE or len(value) <= parse_left)
+            if parse and len(value) <= MAX_PARSE:
+                parse_left -= len(value)
+            found = sql_effects(value, strict, parse=parse)
+            for effect, kind in sorted(found, key=lambda f: (-f[0], f[1])):
                 yield _sql_finding(self.name, leaf.path, effect, kind)
 
 
 def _sql_finding(detector: str, path: str, effect: Effect, kind: str) -> Finding:
     if kind in _SQL_BOUNDS:  # a bound of the analysis, not a statement kind
         return Finding(detector, effect, f"argument {path!r}: SQL {kind}; treated as destructive")
-    return Finding(detector, effect, f"argument {path!r}: SQL {kind} statement")
+    if kind.isupper():  # a statement kind: DROP, SELECT INTO, COPY ... PROGRAM
+        return Finding(detector, effect, f"argument {path!r}: SQL {kind} statement")
+    return Finding(detector, effect, f"argument {path!r}: SQL {kind}")  # a call, or why it is not a read
 
 
 # --------------------------------------------------------------------------- shell
