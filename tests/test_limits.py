@@ -201,3 +201,26 @@ async def test_answer_past_the_recursion_limit_is_32603_not_500(content_type: st
         assert isinstance(body, str)
         body = json.loads(body.split("data: ", 1)[1])
     assert body["id"] == 1 and body["error"]["code"] == -32603, body
+
+
+async def test_deeply_nested_a2a_request_is_400_invalid_request(make_wicket: WicketFactory) -> None:
+    from proxy.demo.a2a_agent import JSONRPC_PATH, DemoA2AAgent
+    from tests.test_a2a import POLICY, base_of, token_for
+
+    agent = DemoA2AAgent()
+    await agent.start()
+    try:
+        running = await make_wicket("", POLICY, a2a_upstream=agent.base)
+        token = await token_for(running, "planner")
+        message = {"messageId": "m-1", "role": "ROLE_USER", "parts": [{"text": "hi"}], "metadata": "__deep__"}
+        body = with_deep({"jsonrpc": "2.0", "id": 7, "method": "SendMessage", "params": {"message": message}}, 5_000)
+        headers = {"Authorization": f"Bearer {token}", "A2A-Version": "1.0", "Content-Type": "application/json"}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(base_of(running) + JSONRPC_PATH, data=body, headers=headers) as response,
+        ):
+            assert response.status == 400
+            assert (await response.json())["error"]["code"] == -32600
+        assert agent.ledger.requests == []
+    finally:
+        await agent.stop()

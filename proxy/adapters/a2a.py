@@ -278,7 +278,14 @@ class A2AProxy:
         if request.content_type not in JSON_TYPES:
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
         try:
-            message = json.loads(body)
+            message = jsonrpc.loads(body)
+        except jsonrpc.NestingTooDeep:
+            raise Refusal(
+                400,
+                jsonrpc.INVALID_REQUEST,
+                f"Invalid Request: the body nests deeper than {jsonrpc.MAX_DEPTH} levels.",
+                reason="too_deep",
+            ) from None
         except ValueError:
             raise Refusal(
                 400, jsonrpc.PARSE_ERROR, "Parse error: the body is not valid JSON.", reason="parse"
@@ -463,7 +470,12 @@ class A2AProxy:
     async def _screen(self, text: str | bytes, exchange: _Exchange, public_base: str | None = None) -> bytes | None:
         """Claim created tasks, hide others' tasks from a list, rewrite an extended card."""
         try:
-            message = json.loads(text)
+            message = jsonrpc.loads(text)
+        except jsonrpc.NestingTooDeep:
+            # Valid JSON that cannot be screened (or walked safely later) is not relayed.
+            exchange.failed(f"upstream message nested deeper than {jsonrpc.MAX_DEPTH} levels")
+            reason = f"The upstream's answer nests deeper than {jsonrpc.MAX_DEPTH} levels; Wicket did not relay it."
+            return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, reason, request_id=exchange.call.request_id)
         except ValueError:
             return None
         if not isinstance(message, dict):
@@ -547,7 +559,7 @@ class A2AProxy:
                 status if status >= 400 else 502, jsonrpc.UPSTREAM_UNAVAILABLE, "The agent serves no card here."
             )
         try:
-            card = json.loads(payload)
+            card = jsonrpc.loads(payload)
             if not isinstance(card, dict):
                 raise ValueError("not an object")
             rewritten = self._cards.rewrite(card, self._public_base(request))
