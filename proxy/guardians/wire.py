@@ -255,6 +255,8 @@ _DECISION_FIELDS: Final = (
     "decision_id",
     "approval_id",
     "escalated_from",
+    "fail_closed",
+    "shadow_of",
 )
 _ACTIVITY_FIELDS: Final = (
     "calls",
@@ -352,6 +354,8 @@ def encode_decision(decision: Decision) -> dict[str, Any]:
         "decision_id": decision.decision_id,
         "approval_id": decision.approval_id,
         "escalated_from": _label(decision.escalated_from),
+        "fail_closed": decision.fail_closed,
+        "shadow_of": decision.shadow_of.value if decision.shadow_of is not None else None,
     }
 
 
@@ -366,6 +370,8 @@ def decode_decision(data: Any, where: str = "decision") -> Decision:
         decision_id=o.text("decision_id"),
         approval_id=o.opt_text("approval_id"),
         escalated_from=o.opt_choice("escalated_from", _EFFECTS),
+        fail_closed=o.flag("fail_closed"),
+        shadow_of=o.opt_choice("shadow_of", _VERDICTS),
     )
 
 
