@@ -133,6 +133,10 @@ class MemoryAuditSink:
         return None
 
     @property
+    def hold(self) -> str | None:
+        return None
+
+    @property
     def head(self) -> str:
         return self._chain.head
 

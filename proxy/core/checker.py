@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from proxy import tracing
 from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core import injection
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, arguments_sha256
@@ -74,6 +75,20 @@ class Checker:
 
     async def check(self, action: Action, session: Session) -> Decision:
         """Decide ``action`` in ``session``; the returned Decision is already audited."""
+        with tracing.span("wicket.check", {"wicket.action": action.label, "wicket.protocol": action.protocol}) as span:
+            decision = await self._check(action, session)
+            span.set_attributes(
+                {
+                    "wicket.agent_id": action.agent_id,
+                    "wicket.effect": decision.effect.label,
+                    "wicket.tier": decision.tier.value,
+                    "wicket.decision": decision.recorded_verdict,
+                    "wicket.decision_id": decision.decision_id,
+                }
+            )
+        return decision
+
+    async def _check(self, action: Action, session: Session) -> Decision:
         started = time.perf_counter()
         effect = self.classifier.classify(action)
         if not action.is_tool_call:
@@ -256,6 +271,7 @@ class Checker:
                 f"The audit log failed its check against its last signed checkpoint ({hold}); only read "
                 "actions are allowed until an operator acknowledges it with `wicket audit acknowledge`.",
                 decision_id=decision.decision_id,
+                fail_closed=True,
             )
         fields: dict[str, Any] = {
             "event": "decision",
@@ -279,6 +295,9 @@ class Checker:
             fields["approval_id"] = decision.approval_id
         if decision.shadow_of is not None:
             fields["mode"] = "shadow"
+        ids = tracing.current_ids()
+        if ids is not None:
+            fields["trace_id"] = ids[0]  # jump from the record to its trace
         try:
             await self._audit.append(fields)
             self._metrics.audit_healthy.set(1)
