@@ -520,6 +520,49 @@ Verify the audit chain: .venv/bin/wicket audit verify {audit}      Stop with Ctr
 )
 
 
+_A2A_MESSAGE = {"messageId": "m1", "role": "ROLE_USER", "parts": [{"text": "hello"}]}
+_A2A_DEMO_RPC = json.dumps(
+    {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": _A2A_MESSAGE}}, separators=(",", ":")
+)
+_A2A_DEMO_REST = json.dumps({"message": _A2A_MESSAGE}, separators=(",", ":"))
+
+A2A_DEMO_BANNER = (
+    """
+A2A: the demo agent (a2a-sdk) is behind Wicket too.
+  Agent card through Wicket   : http://127.0.0.1:{data}/.well-known/agent-card.json  (every URL on it is Wicket's)
+  Demo A2A agent (direct)     : {agent}
+
+An anonymous caller is read-only, so sending a message is refused with the decision record:
+  curl -s http://127.0.0.1:{data}/a2a/jsonrpc -H 'Content-Type: application/json' -H 'A2A-Version: 1.0' \\
+    -d '"""
+    + _A2A_DEMO_RPC.replace("{", "{{").replace("}", "}}")
+    + """'
+With a read-write runtime token the same message reaches the agent (over the REST binding this time):
+  TOKEN=$(WICKET_ADMIN_TOKEN={admin_token} .venv/bin/wicket sessions create --admin-url http://127.0.0.1:{admin} \\
+    --agent demo-peer --mode read-write | sed -n 's/.*"token": "\\(.*\\)".*/\\1/p')
+  curl -s http://127.0.0.1:{data}/a2a/rest/message:send -H "Authorization: Bearer $TOKEN" \\
+    -H 'Content-Type: application/json' -H 'A2A-Version: 1.0' -d '"""
+    + _A2A_DEMO_REST.replace("{", "{{").replace("}", "}}")
+    + """'
+"""
+)
+
+
+class _Together:
+    """Several demo servers started and stopped as one."""
+
+    def __init__(self, *servers: Any) -> None:
+        self.servers = servers
+
+    async def start(self) -> None:
+        for server in self.servers:
+            await server.start()
+
+    async def stop(self) -> None:
+        for server in reversed(self.servers):
+            await server.stop()
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.app import Wicket
     from proxy.demo.server import DemoUpstream
@@ -527,13 +570,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _configure_logging(args.log_level)
     files = args.policy or ["policies/demo.yaml"]
     upstream = DemoUpstream("127.0.0.1", args.demo_port)
-    wicket = Wicket(_settings(args, upstream.url, files), _load_policy(files))
-    banner = (
-        DEMO_BANNER.replace("{upstream}", upstream.url)
-        .replace("{audit}", args.audit_log)
-        .replace("{policy}", ", ".join(files))
-    )
-    asyncio.run(_serve_until_signal(wicket, banner, extra=upstream))
+    extra: Any = upstream
+    a2a: dict[str, Any] = {}
+    banner = DEMO_BANNER
+    if args.a2a:
+        from proxy.demo.a2a_agent import DemoA2AAgent
+
+        agent = DemoA2AAgent(args.a2a_port)
+        extra = _Together(upstream, agent)
+        a2a = {"a2a_upstream": agent.base}
+        if not os.environ.get("WICKET_ADMIN_TOKEN"):
+            os.environ["WICKET_ADMIN_TOKEN"] = "demo-" + os.urandom(16).hex()  # so the banner's token command works
+        banner += A2A_DEMO_BANNER.replace("{agent}", agent.base).replace(
+            "{admin_token}", os.environ["WICKET_ADMIN_TOKEN"]
+        )
+    wicket = Wicket(_settings(args, upstream.url, files, **a2a), _load_policy(files))
+    banner = banner.replace("{upstream}", upstream.url).replace("{audit}", args.audit_log)
+    banner = banner.replace("{policy}", ", ".join(files))
+    asyncio.run(_serve_until_signal(wicket, banner, extra=extra))
     return 0
 
 
