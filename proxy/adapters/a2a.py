@@ -40,6 +40,7 @@ from proxy.adapters.relay import (
     send_upstream,
 )
 from proxy.adapters.sse import event_bytes
+from proxy.core import injection
 from proxy.core.action import Action, Decision, Effect, Verdict
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
@@ -332,6 +333,14 @@ class A2AProxy:
         if call.name in SENDS and skill is None and policy.a2a_require_skill:
             reason = f"The policy requires every message to name a skill in message.metadata['{policy.a2a_skill_key}']."
             return _denial(call, await self._checker.refuse(action, session.session_id, reason))
+        text = action.arguments.get("text")
+        if text and policy.a2a_scan_messages:
+            findings = await self._checker.scan_untrusted([text])
+            if findings:
+                reason = (
+                    f"The message looks like prompt injection ({injection.describe(findings)}); the agent never saw it."
+                )
+                return _denial(call, await self._checker.refuse(action, session.session_id, reason))
         for url in urls:
             problem = await push_url_problem(url, policy.a2a_push_allowed_hosts)
             if problem is not None:
@@ -371,7 +380,7 @@ class A2AProxy:
         if not task_id or len(task_id) > MAX_TASK_ID:
             return False
         raw = await self._store.get(TASK_KEY + task_id)
-        return raw is not None and _owner_admits(json.loads(raw), caller, session)
+        return raw is not None and _owner_admits(jsonrpc.loads(raw), caller, session)
 
     async def _claim(self, task_id: Any, exchange: _Exchange) -> None:
         if not isinstance(task_id, str) or not task_id or len(task_id) > MAX_TASK_ID or task_id in exchange.claimed:
@@ -472,9 +481,14 @@ class A2AProxy:
         try:
             message = jsonrpc.loads(text)
         except jsonrpc.NestingTooDeep:
-            # Valid JSON that cannot be screened (or walked safely later) is not relayed.
+            # Valid JSON that cannot be screened (or walked safely) is not relayed.
             exchange.failed(f"upstream message nested deeper than {jsonrpc.MAX_DEPTH} levels")
-            reason = f"The upstream's answer nests deeper than {jsonrpc.MAX_DEPTH} levels; Wicket did not relay it."
+            self._metrics.upstream_errors.labels(PROTOCOL, "too_deep").inc()
+            reason = f"The agent's answer nests deeper than {jsonrpc.MAX_DEPTH} levels; Wicket did not relay it."
+            if exchange.call.rest:
+                return jsonrpc.dumps(
+                    {"type": "about:blank", "title": "Refused by Wicket", "status": 502, "detail": reason}
+                )
             return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, reason, request_id=exchange.call.request_id)
         except ValueError:
             return None
@@ -528,7 +542,7 @@ class A2AProxy:
         kept = []
         for task, key in zip(tasks, keys, strict=True):
             raw = by_key.get(key) if key else None
-            if raw is not None and _owner_admits(json.loads(raw), exchange.caller, exchange.session):
+            if raw is not None and _owner_admits(jsonrpc.loads(raw), exchange.caller, exchange.session):
                 kept.append(task)
         return None if len(kept) == len(tasks) else kept
 

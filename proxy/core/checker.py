@@ -211,17 +211,20 @@ class Checker:
                 "(policy sampling.max_requests / window_seconds).",
             )
         if policy.sampling_scan_prompts:
-            texts = injection.sampling_texts(dict(action.arguments))
-            if sum(map(len, texts)) <= _INLINE_SCAN_CHARS:
-                findings = injection.scan(texts)
-            else:  # a long prompt is scanned off the event loop so other calls keep moving
-                findings = await asyncio.to_thread(injection.scan, texts)
+            findings = await self.scan_untrusted(injection.sampling_texts(dict(action.arguments)))
             if findings:
                 return "prompt_scan", (
                     f"The sampling prompt looks like prompt injection ({injection.describe(findings)}); "
                     "it was not shown to the agent's model."
                 )
         return "guardian", None
+
+    async def scan_untrusted(self, texts: list[str]) -> tuple[injection.InjectionFinding, ...]:
+        """The prompt-injection scan of text a model will read (a sampling prompt, an A2A message);
+        a long text is scanned off the event loop so other calls keep moving."""
+        if sum(map(len, texts)) <= _INLINE_SCAN_CHARS:
+            return injection.scan(texts)
+        return await asyncio.to_thread(injection.scan, texts)
 
     async def refuse(self, action: Action, session_id: str, reason: str, effect: Effect | None = None) -> Decision:
         """Audit and count a denial reached before the guardian ran (hijack, tampered session)."""

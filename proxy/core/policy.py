@@ -369,6 +369,8 @@ class Policy:
     a2a_skill_key: str = "wicket/skill"
     """The ``message.metadata`` key an A2A caller names the skill it wants under."""
     a2a_require_skill: bool = False
+    a2a_scan_messages: bool = True
+    """Scan the text parts of every A2A message for prompt injection; a finding refuses the message."""
     a2a_push_allowed_hosts: GlobSet = _NOTHING
     """Push-notification hosts allowed although they are not public https receivers."""
     tool_on_change: str = "block"
@@ -921,6 +923,7 @@ _SCALARS: Final[dict[tuple[str, str], str]] = {
     ("elicitation", "enabled"): "elicitation_enabled",
     ("a2a", "skill_key"): "a2a_skill_key",
     ("a2a", "require_skill"): "a2a_require_skill",
+    ("a2a", "scan_messages"): "a2a_scan_messages",
     ("a2a", "push_allowed_hosts"): "a2a_push_allowed_hosts",
     ("tool_definitions", "on_change"): "tool_on_change",
     ("tool_definitions", "on_poisoning"): "tool_on_poisoning",
