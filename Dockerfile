@@ -29,7 +29,7 @@ RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/wicket --shell
     && chown 10001:10001 /var/lib/wicket \
     && chmod 0700 /var/lib/wicket
 COPY --from=build /install /usr/local
-COPY --chown=root:root policies /app/policies
+# The default policies ship inside the package (proxy/data); mount your own and pass --policy.
 WORKDIR /app
 VOLUME ["/var/lib/wicket"]
 # 8080: MCP data port. 9091: /healthz, /readyz, /metrics. The admin port (9090, /v1 and /console)

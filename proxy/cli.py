@@ -17,9 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from proxy import __version__
-from proxy.settings import MiB, Settings
+from proxy.settings import MiB, Settings, bundled_policy
 
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
+
+
+def _default_audit_log() -> str:
+    """Where ``run`` writes the audit log and ``audit verify`` looks for it unless told otherwise."""
+    return os.environ.get("WICKET_AUDIT_LOG") or "./wicket-audit.jsonl"
 
 
 def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) -> None:
@@ -41,9 +46,9 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
     )
     parser.add_argument(
         "--audit-log",
-        default=os.environ.get("WICKET_AUDIT_LOG") or "./wicket-audit.jsonl",
+        default=_default_audit_log(),
         metavar="PATH",
-        help="JSONL audit log; '-' for stdout (env WICKET_AUDIT_LOG; default ./wicket-audit.jsonl)",
+        help="JSONL audit log; '-' for stdout (default: $WICKET_AUDIT_LOG or ./wicket-audit.jsonl)",
     )
     parser.add_argument(
         "--audit-fsync",
@@ -158,11 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="stdio: pass this environment variable to the server (repeatable); it gets only PATH, HOME, USER, "
         "LOGNAME, SHELL, LANG, LANGUAGE, LC_*, TZ, TERM and TMPDIR/TMP/TEMP otherwise",
     )
-    run.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
+    run.add_argument(
+        "--policy", action="append", metavar="FILE", help="policy file (repeatable; default: the bundled default.yaml)"
+    )
     _run_options(run, listen="0.0.0.0:8080", store=os.environ.get("REDIS_URL") or "memory")
 
     demo = sub.add_parser("demo", help="start the bundled demo MCP server with Wicket in front of it")
-    demo.add_argument("--policy", action="append", metavar="FILE", help="policy file (default policies/demo.yaml)")
+    demo.add_argument("--policy", action="append", metavar="FILE", help="policy file (default: the bundled demo.yaml)")
     demo.add_argument("--demo-port", type=int, default=8081, help="port of the demo MCP server (default 8081)")
     demo.add_argument("--a2a", action="store_true", help="also front a small A2A agent (a2a-sdk) on --a2a-port")
     demo.add_argument("--a2a-port", type=int, default=8082, help="port of the demo A2A agent (default 8082)")
@@ -206,19 +213,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="audit log tools").add_subparsers(dest="audit_command", required=True)
     verify = audit.add_parser("verify", help="verify a hash-chained audit log and its signed checkpoints")
-    verify.add_argument("file", metavar="FILE")
-    show = audit.add_parser("show", help="explain a past decision from the audit log")
-    show.add_argument("decision_id", metavar="DECISION_ID", help="dec_...")
-    show.add_argument("--audit-log", default="./wicket-audit.jsonl", metavar="PATH")
-    summary = audit.add_parser("summary", help="the most frequent would-be refusals recorded in shadow mode")
-    summary.add_argument("file", nargs="?", default="./wicket-audit.jsonl", metavar="FILE")
-    summary.add_argument("--limit", type=int, default=20)
-    summary.add_argument("--json", action="store_true")
+    verify.add_argument(
+        "file",
+        nargs="?",
+        default=_default_audit_log(),
+        metavar="FILE",
+        help="the log to verify (default: $WICKET_AUDIT_LOG or ./wicket-audit.jsonl, where run writes it)",
+    )
     verify.add_argument("--checkpoints", metavar="PATH", help="the signed checkpoints (default: FILE.checkpoints)")
     trust = verify.add_mutually_exclusive_group()
     trust.add_argument("--key", metavar="PEM", help="Wicket's public (or private) key, PEM text or file")
     trust.add_argument("--jwks", metavar="FILE|URL", help="a JWKS, e.g. http://127.0.0.1:9090/.well-known/jwks.json")
     verify.add_argument("--chain-only", action="store_true", help="verify the hash chain alone, without checkpoints")
+    show = audit.add_parser("show", help="explain a past decision from the audit log")
+    show.add_argument("decision_id", metavar="DECISION_ID", help="dec_...")
+    show.add_argument("--audit-log", default=_default_audit_log(), metavar="PATH")
+    summary = audit.add_parser("summary", help="the most frequent would-be refusals recorded in shadow mode")
+    summary.add_argument("file", nargs="?", default=_default_audit_log(), metavar="FILE")
+    summary.add_argument("--limit", type=int, default=20)
+    summary.add_argument("--json", action="store_true")
     ack = audit.add_parser("acknowledge", help="accept an audit log that fell behind its last signed checkpoint")
     ack.add_argument("--approver", metavar="NAME", help="your name, recorded next to the operator credential")
     ack.add_argument("--note", metavar="TEXT", help="why (recorded in the audit log)")
@@ -244,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     approvals_sub = approvals.add_subparsers(dest="approvals_command", required=True)
     listing = approvals_sub.add_parser("list", help="pending approval requests (newest first)")
     listing.add_argument("--all", action="store_true", help="also approved, denied and expired ones")
+    listing.add_argument("--json", action="store_true", help="the full records, redacted arguments included")
     approve = approvals_sub.add_parser("approve", help="approve a request: elevate exactly its actions for a while")
     approve.add_argument("id", metavar="ID", help="the approval id (apr_...)")
     approve.add_argument("--approver", metavar="NAME", help="your name, recorded with the operator credential")
@@ -415,7 +429,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from proxy.app import Wicket
 
     _configure_logging(args.log_level)
-    files = args.policy or ["policies/default.yaml"]
+    files = args.policy or [bundled_policy("default")]
     upstream, transport, command = resolve_upstream(args)
     settings = _settings(
         args,
@@ -568,7 +582,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo.server import DemoUpstream
 
     _configure_logging(args.log_level)
-    files = args.policy or ["policies/demo.yaml"]
+    files = args.policy or [bundled_policy("demo")]
     upstream = DemoUpstream("127.0.0.1", args.demo_port)
     extra: Any = upstream
     a2a: dict[str, Any] = {}
@@ -595,7 +609,7 @@ def cmd_guardian_serve(args: argparse.Namespace) -> int:
     from proxy.guardians.service import serve_guardian
 
     _configure_logging(args.log_level)
-    asyncio.run(serve_guardian(args.listen, args.policy or ["policies/default.yaml"], os.environ))
+    asyncio.run(serve_guardian(args.listen, args.policy or [bundled_policy("default")], os.environ))
     return 0
 
 
@@ -837,7 +851,8 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         print(f"wicket: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
         return 1
     if args.approvals_command == "list":
-        print(_approvals_table(body.get("approvals", []), pending_only=not args.all))
+        found = body.get("approvals", [])
+        print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else _approvals_table(found, not args.all))
         return 0
     approval = body.get("approval", {})
     if args.approvals_command == "approve":
@@ -852,15 +867,18 @@ def cmd_approvals(args: argparse.Namespace) -> int:
     return 0
 
 
-def _approvals_table(approvals: list[dict[str, Any]], *, pending_only: bool) -> str:
+def _approvals_table(approvals: list[dict[str, Any]], pending_only: bool) -> str:
     if not approvals:
         return "no pending approval requests" if pending_only else "no approval requests"
-    columns = ("approval_id", "status", "agent_id", "actions", "effect", "expires_at", "reason")
-    headers = ("ID", "STATUS", "AGENT", "ACTIONS", "EFFECT", "EXPIRES", "REASON")
+    columns = ("approval_id", "status", "agent_id", "actions", "effect", "binding", "expires_at", "reason")
+    headers = ("ID", "STATUS", "AGENT", "ACTIONS", "EFFECT", "BINDING", "EXPIRES", "REASON", "ARGUMENTS")
     rows = []
     for item in approvals:
         values = (item.get(column) for column in columns)
-        rows.append([", ".join(v) if isinstance(v, list) else "" if v is None else str(v) for v in values])
+        row = [", ".join(v) if isinstance(v, list) else "" if v is None else str(v) for v in values]
+        # Redacted by Wicket before they were stored; compact JSON so the approver sees what will run.
+        row.append(json.dumps(item.get("arguments"), ensure_ascii=False, separators=(",", ":")))
+        rows.append(row)
     return _table(headers, rows)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import secrets
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ class Settings:
     listen: str = "0.0.0.0:8080"
     admin_listen: str = "127.0.0.1:9090"
     health_listen: str | None = None  # /healthz, /readyz, /metrics only, e.g. 0.0.0.0:9091 for kubelet and Prometheus
-    policy_files: list[str] = field(default_factory=lambda: ["policies/default.yaml"])
+    policy_files: list[str] = field(default_factory=lambda: [bundled_policy("default")])
     audit_log: str = "./wicket-audit.jsonl"
     audit_fsync: str = "interval"
     audit_checkpoint_every: int = 1000  # sign the chain head after this many records ...
@@ -83,6 +84,9 @@ class Settings:
             self.session_key = env.encode() if env else secrets.token_bytes(32)
         if self.admin_token is None:
             self.admin_token = self.environ.get("WICKET_ADMIN_TOKEN") or None
+        _require_length("WICKET_SESSION_KEY", len(self.session_key))
+        if self.admin_token is not None:
+            _require_length("WICKET_ADMIN_TOKEN", len(self.admin_token.encode()))
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -95,3 +99,21 @@ class Settings:
     @property
     def health_address(self) -> tuple[str, int] | None:
         return split_host_port(self.health_listen, 9091) if self.health_listen else None
+
+
+MIN_SECRET_BYTES = 16
+
+
+def _require_length(name: str, length: int) -> None:
+    """Refuse to start with a guessable secret: one line saying the minimum, no traceback."""
+    if length < MIN_SECRET_BYTES:
+        raise SystemExit(
+            f"wicket: {name} must be at least {MIN_SECRET_BYTES} bytes (got {length}); "
+            "generate one with: openssl rand -hex 32"
+        )
+
+
+def bundled_policy(name: str) -> str:
+    """The path of a policy shipped inside the package (``default``, ``demo``), so an installed
+    ``wicket`` finds its defaults from any directory; ``policies/`` in the repository links to them."""
+    return str(importlib.resources.files("proxy").joinpath("data", f"{name}.yaml"))

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -66,3 +69,66 @@ async def test_sessions_create_cli(
     code = await asyncio.to_thread(main, [*argv, "--admin-url", wicket.admin_url])
     assert code == 1
     assert "Operator credential required" in capsys.readouterr().err
+
+
+# -- errors a person can act on ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["WICKET_SESSION_KEY", "WICKET_ADMIN_TOKEN"])
+def test_a_short_secret_is_refused_at_start_with_one_line(variable: str, tmp_path: Path) -> None:
+    env = {**os.environ, "WICKET_SESSION_KEY": "k" * 32, "WICKET_ADMIN_TOKEN": "t" * 32, variable: "short"}
+    argv = [sys.executable, "-m", "proxy", "run", "--upstream", "http://127.0.0.1:9/mcp"]
+    argv += ["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--audit-log", str(tmp_path / "a.jsonl")]
+    done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"wicket: {variable} must be at least 16 bytes (got 5); generate one with: openssl rand -hex 32"
+    ]
+    assert not (tmp_path / "a.jsonl").exists()
+
+
+async def test_revoking_an_unknown_session_fails_clearly(
+    wicket: RunningWicket, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WICKET_ADMIN_TOKEN", ADMIN_TOKEN)
+    code = await asyncio.to_thread(main, ["revoke", "session", "ses_nosuch", "--admin-url", wicket.admin_url])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "No live session 'ses_nosuch'" in err and "nothing was revoked" in err and "HTTP 404" in err
+    assert all(e["event"] != "revocation" for e in wicket.audit_events())
+    live = await wicket.create_session("bot")
+    code = await asyncio.to_thread(main, ["revoke", "session", live["session_id"], "--admin-url", wicket.admin_url])
+    assert code == 0 and json.loads(capsys.readouterr().out)["id"] == live["session_id"]
+
+
+async def test_audit_verify_defaults_to_the_configured_log(
+    wicket: RunningWicket, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    await wicket.create_session("agent")
+    monkeypatch.setenv("WICKET_AUDIT_LOG", str(wicket.audit_path))
+    assert main(["audit", "verify"]) == 0
+    assert capsys.readouterr().out.startswith("ok: 1 records, head ")
+    monkeypatch.delenv("WICKET_AUDIT_LOG")
+    monkeypatch.chdir(tmp_path)  # where `wicket run` writes by default: ./wicket-audit.jsonl
+    assert main(["audit", "verify"]) == 2
+    assert "no audit log at ./wicket-audit.jsonl" in capsys.readouterr().err
+
+
+async def test_approvals_list_json_shows_the_full_records(
+    wicket: RunningWicket, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.conftest import mcp_client
+
+    monkeypatch.setenv("WICKET_ADMIN_TOKEN", ADMIN_TOKEN)
+    grant = await wicket.create_session("notes-bot")
+    async with mcp_client(wicket.url, token=grant["token"]) as client:
+        await client.call_tool("create_note", {"title": "t", "text": "x", "password": "hunter2hunter2"})
+    code = await asyncio.to_thread(main, ["approvals", "list", "--json", "--admin-url", wicket.admin_url])
+    assert code == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert record["arguments"] == {"title": "t", "text": "x", "password": "[REDACTED]"}
+    assert record["binding"] == "tool" and record["status"] == "pending" and "read-only" in record["why"]
+    code = await asyncio.to_thread(main, ["approvals", "list", "--admin-url", wicket.admin_url])
+    table = capsys.readouterr().out
+    assert code == 0 and record["approval_id"] in table and '"password":"[REDACTED]"' in table
+    assert "hunter2" not in table

@@ -117,7 +117,7 @@ def image_command(stage: Stage, volume: Path, app: Path) -> tuple[list[str], dic
     env["WICKET_HEALTH_LISTEN"] = f"127.0.0.1:{ports['health']}"
     env["PATH"] = f"{BIN}:/usr/bin:/bin"
     assert stage.instructions["WORKDIR"] == "/app"
-    shutil.copytree(ROOT / "policies", app / "policies")  # COPY policies /app/policies
+    app.mkdir()  # WORKDIR /app; the default policies come from the package itself (proxy/data)
     return argv, env, ports
 
 
