@@ -497,7 +497,17 @@ async def test_cli_lists_and_approves(
         approval_id = record_of(await client.call_tool(*CREATE, meta={"intent": "file the minutes"}))["approval_id"]
         assert await asyncio.to_thread(main, ["approvals", "list", *url]) == 0
         table = capsys.readouterr().out.splitlines()
-        assert table[0].split() == ["ID", "STATUS", "AGENT", "ACTIONS", "EFFECT", "BINDING", "EXPIRES", "REASON", "ARGUMENTS"]
+        assert table[0].split() == [
+            "ID",
+            "STATUS",
+            "AGENT",
+            "ACTIONS",
+            "EFFECT",
+            "BINDING",
+            "EXPIRES",
+            "REASON",
+            "ARGUMENTS",
+        ]
         assert table[1].startswith(approval_id) and "cli-agent" in table[1] and "file the minutes" in table[1]
 
         argv = ["approvals", "approve", approval_id, "--approver", "dana", *url]
