@@ -11,7 +11,6 @@ import asyncio
 import json
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import sys
@@ -172,7 +171,7 @@ async def test_default_command_serves_the_demo_with_health_listener_and_volume(t
     ]
     assert calls[-2:] == [("tools/call:get_weather", "allow"), ("tools/call:drop_table", "deny")]
     assert verify_file(str(audit)).ok
-    assert sorted(p.name for p in app.iterdir()) == ["policies"]
+    assert list(app.iterdir()) == [], "nothing is written to the working directory: state lives on the volume"
 
 
 def test_run_without_an_upstream_says_what_it_needs(tmp_path: Path) -> None:
