@@ -198,7 +198,14 @@ class Wicket:
             approvals=self.approvals,
         )
         self.toolpins = ToolPins(
-            self.store, self.policy, signer=self.signer, audit=self.checker.audit_event, metrics=self.metrics
+            self.store,
+            self.policy,
+            signer=self.signer,
+            audit=self.checker.audit_event,
+            metrics=self.metrics,
+            effect_of=lambda name, upstream, hints, trusted: classifier.tool_effect(
+                name, upstream, hints, trusted=trusted
+            ),
         )
         try:
             needs_exchange = any(s.mode == "exchange" for _, _, s in self.policy.credential_variants())

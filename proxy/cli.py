@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     tools_sub = tools.add_subparsers(dest="tools_command", required=True)
     tools_list = tools_sub.add_parser("list", help="tools whose definition awaits approval (changed or poisoned)")
     tools_list.add_argument("--all", action="store_true", help="every pinned tool, approved or not")
+    tools_list.add_argument(
+        "--held", action="store_true", help="tools held at a higher effect than their annotations claim (see trust)"
+    )
     tools_list.add_argument("--upstream", metavar="URL", help="only this upstream's tools")
     tools_list.add_argument("--json", action="store_true", help="the full records, pending definitions included")
     tools_approve = tools_sub.add_parser("approve", help="adopt a tool's pending definition as its new pin")
@@ -282,7 +285,18 @@ def build_parser() -> argparse.ArgumentParser:
     tools_approve.add_argument(
         "--sha256", metavar="HASH", help="approve only if the pending definition still has this hash (or prefix)"
     )
-    for command in (tools_list, tools_approve):
+    tools_trust = tools_sub.add_parser(
+        "trust", help="accept a pinned tool's annotations (readOnlyHint makes it a read) until its definition changes"
+    )
+    tools_trust.add_argument("name", metavar="NAME", help="the tool's name")
+    tools_trust.add_argument("--approver", metavar="NAME", help="your name, recorded with the operator credential")
+    tools_trust.add_argument(
+        "--upstream", metavar="URL", help="the tool's upstream (default: the one the Wicket at --admin-url proxies)"
+    )
+    tools_trust.add_argument(
+        "--sha256", metavar="HASH", help="trust only if the pinned definition still has this hash (or prefix)"
+    )
+    for command in (tools_list, tools_approve, tools_trust):
         command.add_argument("--admin-url", default=os.environ.get("WICKET_ADMIN_URL", DEFAULT_ADMIN_URL))
 
     guardian = sub.add_parser("guardian", help="the central guardian service")
@@ -894,7 +908,7 @@ def _table(headers: Sequence[str], rows: list[list[str]]) -> str:
 def cmd_tools(args: argparse.Namespace) -> int:
     token = _operator_token()
     if args.tools_command == "list":
-        query = {"status": "all" if args.all else "pending"}
+        query = {"status": "all" if args.all else "held" if args.held else "pending"}
         if args.upstream:
             query["upstream"] = args.upstream
         status, body = _admin_call(args.admin_url, "/v1/tools?" + urllib.parse.urlencode(query), token, None)
@@ -904,16 +918,23 @@ def cmd_tools(args: argparse.Namespace) -> int:
             for key, value in (("approver", args.approver), ("upstream", args.upstream), ("sha256", args.sha256))
             if value
         }
-        path = f"/v1/tools/{urllib.parse.quote(args.name, safe='')}/approve"
+        path = f"/v1/tools/{urllib.parse.quote(args.name, safe='')}/{args.tools_command}"
         status, body = _admin_call(args.admin_url, path, token, payload)
     if status >= 300:
         print(f"wicket: {body.get('error', body)} (HTTP {status})", file=sys.stderr)
         return 1
     if args.tools_command == "list":
         found = body.get("tools", [])
-        print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else _tools_table(found, args.all))
+        empty = "no tools held above their annotations" if args.held else None
+        print(json.dumps(found, indent=2, ensure_ascii=False) if args.json else _tools_table(found, args.all, empty))
         return 0
     tool = body.get("tool", {})
+    if args.tools_command == "trust":
+        print(
+            f"trusted the annotations of {tool.get('name')} (sha256 {str(tool.get('sha256'))[:12]}…, upstream "
+            f"{tool.get('upstream')}): its calls are {tool.get('effect')} now, until its definition changes."
+        )
+        return 0
     print(
         f"approved {tool.get('name')}: sha256 {str(tool.get('sha256'))[:12]}… is its pin now "
         f"(upstream {tool.get('upstream')}); agents can list and call it again."
@@ -921,10 +942,12 @@ def cmd_tools(args: argparse.Namespace) -> int:
     return 0
 
 
-def _tools_table(tools: list[dict[str, Any]], every: bool) -> str:
+def _tools_table(tools: list[dict[str, Any]], every: bool, empty: str | None = None) -> str:
+    """One row per tool; EFFECT is what its calls are held at, ``mutating>read`` when its
+    annotations claim less (``wicket tools trust`` accepts them)."""
     if not tools:
-        return "no pinned tools" if every else "no tools awaiting approval"
-    headers = ("NAME", "STATUS", "BLOCKED", "PINNED", "PENDING", "CHANGED", "UPSTREAM", "FINDINGS")
+        return empty or ("no pinned tools" if every else "no tools awaiting approval")
+    headers = ("NAME", "STATUS", "BLOCKED", "EFFECT", "PINNED", "PENDING", "CHANGED", "UPSTREAM", "FINDINGS")
     rows = []
     for tool in tools:
         findings = "; ".join(f"{f.get('category')}: {f.get('message')}" for f in tool.get("findings") or [])
@@ -932,6 +955,7 @@ def _tools_table(tools: list[dict[str, Any]], every: bool) -> str:
             str(tool.get("name")),
             str(tool.get("status")),
             "yes" if tool.get("blocked") else "no",
+            _effect_cell(tool),
             str(tool.get("sha256") or "-")[:12],
             str(tool.get("pending_sha256") or "-")[:12],
             str(tool.get("changed_at") or "-"),
@@ -940,6 +964,13 @@ def _tools_table(tools: list[dict[str, Any]], every: bool) -> str:
         )
         rows.append(list(cells))
     return _table(headers, rows)
+
+
+def _effect_cell(tool: dict[str, Any]) -> str:
+    held = str(tool.get("effect") or "-")
+    if tool.get("held_above_annotations"):
+        return f"{held}>{tool.get('annotated_effect')}"
+    return held + ("(trusted)" if tool.get("annotations_trusted") else "")
 
 
 def cmd_sessions_create(args: argparse.Namespace) -> int:

@@ -138,6 +138,12 @@ class Metrics:
             ["method", "decision", "reason"],
             registry=r,
         )
+        self.tool_catalog_lists = Counter(
+            "wicket_tool_catalog_lists_total",
+            "Upstream tool lists Wicket made itself to learn a tool no replica had pinned, by outcome (ok, error).",
+            ["outcome"],
+            registry=r,
+        )
         self.tools_hidden = Counter(
             "wicket_tools_hidden_total",
             "Tools removed from tools/list results because the session may never call them.",

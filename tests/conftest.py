@@ -50,19 +50,33 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+ECHO_TOOLS = [{"name": "get_weather", "inputSchema": {"type": "object"}}]
+
+
 @pytest.fixture
 async def echo_upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
-    """A plain HTTP server that records the headers it receives (to see what Wicket forwards)."""
+    """A plain HTTP server that records the headers it receives (to see what Wicket forwards).
+
+    It answers ``initialize`` and ``tools/list`` (one tool, ``get_weather``) as an MCP server
+    would, so Wicket can learn the tool, and every other request with a successful tool result."""
     seen: list[dict[str, str]] = []
 
     async def handle(request: web.Request) -> web.Response:
         seen.append(dict(request.headers))
+        if request.method != "POST":
+            return web.Response(status=200)
         body = await request.json()
-        result = {"content": [{"type": "text", "text": "ok"}], "isError": False}
+        if "id" not in body:
+            return web.Response(status=202)
+        result: dict[str, Any] = {"content": [{"type": "text", "text": "ok"}], "isError": False}
+        if body.get("method") == "initialize":
+            result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "echo"}}
+        elif body.get("method") == "tools/list":
+            result = {"tools": ECHO_TOOLS}
         return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result})
 
     app = web.Application()
-    app.router.add_post("/mcp", handle)
+    app.router.add_route("*", "/mcp", handle)
     async with serve(app) as base:
         yield base + "/mcp", seen
 

@@ -7,6 +7,7 @@ is Chromium (tests/browser.py) clicking the page. The upstream's ledger proves w
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from proxy.adapters import jsonrpc
 from proxy.demo.server import DemoUpstream
 from tests.browser import Browser, chromium_page, require_chromium
 from tests.conftest import ADMIN_TOKEN, RunningWicket, WicketFactory, mcp_client
+from tests.test_tool_pinning_e2e import RugPullServer
 
 STRICT = "version: 1\n"  # token sessions only, read-only until an operator approves
 XSS = '<img src=x onerror="window.__pwned=1">'
@@ -174,8 +176,19 @@ async def test_the_feed_shows_an_agents_decisions_as_they_happen(
         assert_clean(browser)
 
 
-async def test_agent_supplied_text_is_shown_as_text(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
-    running = await make_wicket(upstream.url, STRICT)
+@pytest.fixture
+async def xss_upstream() -> AsyncIterator[DemoUpstream]:
+    """A server that lists a tool whose very name is markup (Wicket refuses names a server does not list)."""
+    server = RugPullServer()
+    server.define(XSS, "A tool with a hostile name.")
+    upstream = DemoUpstream(server=(server.server, server.ledger))
+    await upstream.start()
+    yield upstream
+    await upstream.stop()
+
+
+async def test_agent_supplied_text_is_shown_as_text(xss_upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    running = await make_wicket(xss_upstream.url, STRICT)
     grant = await running.create_session("alice")
     async with chromium_page() as browser:
         page = browser.page
@@ -194,7 +207,7 @@ async def test_agent_supplied_text_is_shown_as_text(upstream: DemoUpstream, make
         )
         assert await page.locator("img").count() == 0, "no element was parsed out of agent text"
         assert await page.evaluate("window.__pwned") is None
-        assert upstream.ledger.names() == []
+        assert xss_upstream.ledger.names() == []
         assert_clean(browser)
 
 

@@ -137,8 +137,9 @@ async def test_unreachable_upstream_is_502(make_wicket: WicketFactory) -> None:
     assert body["error"]["code"] == -32051
     assert body["id"] == 1
     assert "unreachable" in body["error"]["message"]
-    outcome = [e for e in running.audit_events() if e["event"] == "outcome"]
-    assert outcome and outcome[-1]["status"] == "error"
+    # Wicket cannot learn the tool's definition from an unreachable upstream: refused, and audited.
+    decisions = [e for e in running.audit_events() if e["event"] == "decision"]
+    assert decisions and decisions[-1]["decision"] == "deny" and "unreachable" in decisions[-1]["reason"]
 
 
 async def test_unknown_mcp_session_is_404(upstream: DemoUpstream, wicket: RunningWicket) -> None:

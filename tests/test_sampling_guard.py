@@ -251,7 +251,17 @@ async def batching_upstream() -> AsyncIterator[tuple[str, list[Any]]]:
     received: list[Any] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "DELETE":
+            return web.Response(status=200)
         body = await request.json()
+        method = body.get("method")
+        if method == "initialize" or method == "tools/list" or (method and "id" not in body):
+            # What Wicket asks to learn the tool it has never seen listed (not recorded).
+            info = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "b"}}
+            result = {"tools": [{"name": "ask", "inputSchema": {"type": "object"}}]} if method == "tools/list" else info
+            if "id" not in body:
+                return web.Response(status=202)
+            return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": result})
         received.append(body)
         if "method" not in body:
             return web.Response(status=202)  # a reply to the server's request
@@ -269,7 +279,7 @@ async def batching_upstream() -> AsyncIterator[tuple[str, list[Any]]]:
         return response
 
     app = web.Application()
-    app.router.add_post("/mcp", handle)
+    app.router.add_route("*", "/mcp", handle)
     async with serve(app) as base:
         yield base + "/mcp", received
 

@@ -16,6 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from mcp.server.mcpserver import MCPServer
+from mcp_types import ToolAnnotations
 
 from proxy.demo.server import DemoUpstream, Ledger
 from tests.conftest import MODES, RunningWicket, WicketFactory, admin, mcp_client
@@ -39,7 +40,7 @@ class RugPullServer:
         self.define("get_definition", ORIGINAL)
         self.define("list_words", "List the words in the dictionary.")
 
-    def define(self, name: str, description: str) -> None:
+    def define(self, name: str, description: str, annotations: ToolAnnotations | None = None) -> None:
         ledger = self.ledger
 
         def run(word: str = "", notes: str = "") -> str:
@@ -48,7 +49,7 @@ class RugPullServer:
 
         if name in {tool.name for tool in self.server._tool_manager.list_tools()}:
             self.server.remove_tool(name)
-        self.server.add_tool(run, name=name, description=description)
+        self.server.add_tool(run, name=name, description=description, annotations=annotations)
 
 
 @pytest.fixture(params=[False, True], ids=["sse", "json"])

@@ -144,7 +144,8 @@ async def test_cli_lists_and_approves(
 
     assert await asyncio.to_thread(main, ["tools", "list", *url]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split() == ["NAME", "STATUS", "BLOCKED", "PINNED", "PENDING", "CHANGED", "UPSTREAM", "FINDINGS"]
+    headers = ["NAME", "STATUS", "BLOCKED", "EFFECT", "PINNED", "PENDING", "CHANGED", "UPSTREAM", "FINDINGS"]
+    assert table[0].split() == headers
     rows = {line.split()[0]: line for line in table[1:]}
     assert set(rows) == {"get_definition", SLASHED}
     assert rows[SLASHED].split()[1:3] == ["poisoned", "yes"] and "exfiltration" in rows[SLASHED]

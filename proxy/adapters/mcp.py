@@ -32,6 +32,7 @@ from proxy.adapters.relay import (
     resolve_caller,
     send_upstream,
 )
+from proxy.adapters.tool_catalog import ToolCatalog
 from proxy.audit.sink import AuditUnavailable
 from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
@@ -107,12 +108,24 @@ class McpProxy:
         self._client = client
         self._credentials = credentials
         self._origins = OriginPolicy(settings.allowed_hosts, settings.allowed_origins)
-        self._annotations: dict[str, dict[str, Any]] = {}
         self._post_timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout or None
         )
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_read=settings.stream_idle_timeout or None
+        )
+        self._catalog = (
+            None
+            if toolpins is None
+            else ToolCatalog(
+                upstream=self._upstream,
+                client=client,
+                credentials=credentials,
+                toolpins=toolpins,
+                metrics=metrics,
+                timeout=self._post_timeout,
+                max_bytes=settings.max_response_bytes,
+            )
         )
 
     def routes(self) -> list[web.RouteDef]:
@@ -205,7 +218,6 @@ class McpProxy:
             agent_id=caller.agent_id,
             session_id="",
             upstream=self._upstream,
-            annotations=self._annotations.get(action_name) if is_tool_call else None,
             is_tool_call=is_tool_call,
             fixed_effect=METHOD_EFFECTS.get(method),
             intent=_intent(params) if is_tool_call else None,
@@ -219,7 +231,27 @@ class McpProxy:
             modern = _is_modern(request, params)
             body = jsonrpc.error_body(jsonrpc.METHOD_NOT_FOUND, reason, decision.record(), request_id)
             return web.Response(status=404 if modern else 200, body=body, content_type="application/json")
-        if is_tool_call and self._toolpins is not None:
+        if is_tool_call and self._toolpins is not None and self._catalog is not None:
+            # The tool's pinned definition decides its effect, whichever replica pinned it; a tool no
+            # replica has seen is learnt from the upstream's own list first, and one it does not list never runs.
+            try:
+                facts = await self._catalog.facts(
+                    action.name,
+                    session=session,
+                    inbound_token=caller.inbound_token,
+                    mcp_headers=_session_headers(request),
+                )
+            except Refusal as refusal:
+                await self._checker.refuse(action, session.session_id, refusal.message)  # audited like any refusal
+                raise
+            if facts is None:
+                reason = (
+                    f"The upstream does not list a tool named '{action.name[:128]}' (Wicket listed its tools); "
+                    "nothing was forwarded."
+                )
+                decision = await self._checker.refuse(action, session.session_id, reason)
+                return _denial(action, decision, request_id, modern=_is_modern(request, params))
+            action = dataclasses.replace(action, annotations=facts.annotations, annotations_trusted=facts.trusted)
             # A tool whose definition changed or looks poisoned waits for an operator; the upstream never sees it.
             pinned = await self._toolpins.refusal(self._upstream, action.name)
             if pinned is not None:
@@ -355,8 +387,8 @@ class McpProxy:
         finally:
             elapsed = time.perf_counter() - started
             self._metrics.upstream_seconds.labels(PROTOCOL).observe(elapsed)
-        if exchange.tools_changed:
-            self._annotations.clear()
+        if exchange.tools_changed and self._toolpins is not None:
+            self._toolpins.forget(self._upstream)
         credential = issued[-1] if issued else None
         audit = credential.audit() if credential is not None else None
         if decided is not None:
@@ -476,7 +508,6 @@ class McpProxy:
     async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
         """Hide the tools this session may never call and those awaiting an operator's approval
         (tool pinning); re-serialise only when one is hidden."""
-        self._learn_tools(tools)
         policy, session = self._checker.policy, exchange.session
         unapproved: frozenset[str] = frozenset()
         if self._toolpins is not None:
@@ -593,16 +624,6 @@ class McpProxy:
             status=status, body=jsonrpc.error_body(code, message, None, request_id), content_type="application/json"
         )
 
-    def _learn_tools(self, tools: list[Any]) -> None:
-        """Remember each tool's annotations from ``tools/list`` for effect classification."""
-        for tool in tools:
-            if isinstance(tool, dict) and isinstance(tool.get("name"), str):
-                annotations = tool.get("annotations")
-                if isinstance(annotations, dict):
-                    self._annotations[tool["name"]] = annotations
-                else:
-                    self._annotations.pop(tool["name"], None)
-
     def _refusal_response(self, refusal: Refusal) -> web.Response:
         self._metrics.rejections.labels(refusal.reason).inc()
         headers = None
@@ -707,6 +728,11 @@ def _check_headers(request: web.Request, method: str | None, params: dict[str, A
             problem = f"Mcp-Name header '{header_name}' does not match the body's '{body_name}'"
     if problem is not None:
         raise Refusal(400, jsonrpc.HEADER_MISMATCH, f"Header mismatch: {problem}.", reason="header_mismatch")
+
+
+def _session_headers(request: web.Request) -> dict[str, str]:
+    """The client's MCP session headers, for a request Wicket sends in that session itself."""
+    return {name: value for name in ("Mcp-Session-Id", "MCP-Protocol-Version") if (value := request.headers.get(name))}
 
 
 def _with_session(action: Action, session_id: str) -> Action:

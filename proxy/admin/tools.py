@@ -2,7 +2,9 @@
 
 ``GET /v1/tools`` lists every pinned tool with its status (pinned, changed, poisoned,
 approved), both hashes and the pending definition to review; ``POST /v1/tools/{name}/approve``
-adopts the pending definition as the new pin. An agent's own token gets 401 on both.
+adopts the pending definition as the new pin; ``POST /v1/tools/{name}/trust`` accepts the
+annotations of the pinned definition (``readOnlyHint: true`` then makes the tool a read) until
+its definition changes. An agent's own token gets 401 on all three.
 """
 
 from __future__ import annotations
@@ -34,21 +36,31 @@ class ToolsApi:
             web.get("/v1/tools", self.list_tools),
             # ``.+``: tool names may contain "/" (sent percent-encoded, decoded before matching).
             web.post("/v1/tools/{name:.+}/approve", self.approve),
+            web.post("/v1/tools/{name:.+}/trust", self.trust),
         ]
 
     async def list_tools(self, request: web.Request) -> web.Response:
         if (refusal := operator_refusal(request, self._admin_token)) is not None:
             return refusal
         status = request.query.get("status", "all")
-        if status not in ("all", "pending"):
-            return problem(400, "status must be 'all' or 'pending'.")
+        if status not in ("all", "pending", "held"):
+            return problem(400, "status must be 'all', 'pending' or 'held'.")
         upstream = request.query.get("upstream") or None
         tools = await self._toolpins.states(upstream)
         if status == "pending":
             tools = [t for t in tools if t["pending_sha256"] is not None]
+        elif status == "held":  # held at a higher effect than their annotations claim
+            tools = [t for t in tools if t.get("held_above_annotations")]
         return web.json_response({"tools": tools}, dumps=_dumps)
 
     async def approve(self, request: web.Request) -> web.Response:
+        return await self._decide(request, self._toolpins.approve, "approved")
+
+    async def trust(self, request: web.Request) -> web.Response:
+        return await self._decide(request, self._toolpins.trust, "trusted")
+
+    async def _decide(self, request: web.Request, decide: Any, done: str) -> web.Response:
+        """One operator decision about one tool (``approve`` or ``trust``), with the same body and answers."""
         if (refusal := operator_refusal(request, self._admin_token)) is not None:
             return refusal
         assert self._admin_token is not None
@@ -63,11 +75,11 @@ class ToolsApi:
         approver = approver_identity(token_fingerprint(self._admin_token), body.get("approver"))["decided_by"]
         upstream = body.get("upstream") or self._upstream
         try:
-            tool = await self._toolpins.approve(upstream, name, approver, sha256=body.get("sha256"))
+            tool = await decide(upstream, name, approver, sha256=body.get("sha256"))
         except ToolPinError as exc:
             return problem(exc.status, exc.message)
         except AuditUnavailable:
-            return problem(503, "The audit log cannot be written, so nothing was approved; retry when it recovers.")
+            return problem(503, f"The audit log cannot be written, so nothing was {done}; retry when it recovers.")
         return web.json_response({"tool": tool}, dumps=_dumps)
 
 

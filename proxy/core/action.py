@@ -79,6 +79,9 @@ class Action:
     server_initiated: bool = False
     """A request the upstream sends to the agent's client (sampling, elicitation): the agent is
     not writing anything, so a read-only session does not stop it; its own limits do."""
+    annotations_trusted: bool = False
+    """An operator accepted these annotations for exactly this pinned definition (``wicket tools
+    trust``), so they may lower the effect like those of a trusted upstream."""
 
     @property
     def label(self) -> str:

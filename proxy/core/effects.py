@@ -116,11 +116,12 @@ class EffectClassifier:
 
     A hint may always raise the tier, since believing a server that says its tool is more
     dangerous costs only friction. It may lower the tier only when ``is_trusted_upstream``
-    says so, because an untrusted server could otherwise label ``delete_all`` read-only.
+    says so, or an operator accepted this tool's pinned definition (``annotations_trusted``),
+    because an untrusted server could otherwise label ``delete_all`` read-only.
     ADMIN is never lowered, even for a trusted upstream: there is no admin hint in MCP, so
     a hint that a tool is "not destructive" says nothing about admin powers.
 
-    Results are cached per (name, upstream, readOnlyHint, destructiveHint). Call
+    Results are cached per (name, upstream, readOnlyHint, destructiveHint, trusted). Call
     :meth:`clear` whenever ``overrides`` or ``is_trusted_upstream`` change (policy reload)
     or an upstream's tools change (``tools/list_changed``).
     """
@@ -137,20 +138,27 @@ class EffectClassifier:
         self.overrides = overrides
         self.is_trusted_upstream = is_trusted_upstream
         self._max_cache = max_cache
-        self._cache: dict[tuple[str, str, bool | None, bool | None], Effect] = {}
+        self._cache: dict[tuple[str, str, bool | None, bool | None, bool], Effect] = {}
 
     def classify(self, action: Action) -> Effect:
         """The effect of ``action``; see the class docstring for the order of rules."""
         if action.fixed_effect is not None:
             return action.fixed_effect
-        read_only = _explicit_hint(action.annotations, "readOnlyHint")
-        destructive = _explicit_hint(action.annotations, "destructiveHint")
-        key = (action.name, action.upstream, read_only, destructive)
+        return self.tool_effect(action.name, action.upstream, action.annotations, trusted=action.annotations_trusted)
+
+    def tool_effect(
+        self, name: str, upstream: str, annotations: Mapping[str, Any] | None, *, trusted: bool = False
+    ) -> Effect:
+        """The effect of calling tool ``name`` of ``upstream`` with these annotations; ``trusted``:
+        an operator accepted them, so they may lower the tier."""
+        read_only = _explicit_hint(annotations, "readOnlyHint")
+        destructive = _explicit_hint(annotations, "destructiveHint")
+        key = (name, upstream, read_only, destructive, trusted)
         effect = self._cache.get(key)
         if effect is not None:
             return effect
-        effect = self._classify(action.name, action.upstream, read_only, destructive)
-        if len(action.name) <= _MAX_CACHED_NAME:
+        effect = self._classify(name, upstream, read_only, destructive, trusted)
+        if len(name) <= _MAX_CACHED_NAME:
             if len(self._cache) >= self._max_cache:
                 # A client inventing names must not grow memory without bound; dropping
                 # everything is cheaper than LRU bookkeeping and refills in a few calls.
@@ -175,13 +183,15 @@ class EffectClassifier:
             return fixed, f"fixed by the protocol: '{action.method}' is always {fixed.label}"
         read_only = _explicit_hint(action.annotations, "readOnlyHint")
         destructive = _explicit_hint(action.annotations, "destructiveHint")
-        return self._explained(action.name, action.upstream, read_only, destructive)
+        return self._explained(action.name, action.upstream, read_only, destructive, action.annotations_trusted)
 
-    def _classify(self, name: str, upstream: str, read_only: bool | None, destructive: bool | None) -> Effect:
-        return self._explained(name, upstream, read_only, destructive)[0]
+    def _classify(
+        self, name: str, upstream: str, read_only: bool | None, destructive: bool | None, operator_trusted: bool
+    ) -> Effect:
+        return self._explained(name, upstream, read_only, destructive, operator_trusted)[0]
 
     def _explained(
-        self, name: str, upstream: str, read_only: bool | None, destructive: bool | None
+        self, name: str, upstream: str, read_only: bool | None, destructive: bool | None, operator_trusted: bool
     ) -> tuple[Effect, str]:
         override = self.overrides(name)
         if override is not None:
@@ -198,6 +208,8 @@ class EffectClassifier:
         trusted = self.is_trusted_upstream(upstream)
         if read_only is True:
             # READ can only lower; it is never a raise.
+            if operator_trusted:
+                return Effect.READ, "annotation readOnlyHint: true, trusted by an operator for this pinned definition"
             if trusted:
                 return Effect.READ, f"annotation readOnlyHint: true from trusted upstream {upstream}"
             return effect, f"{source}; readOnlyHint: true ignored (upstream {upstream} is not trusted to lower effects)"
@@ -205,6 +217,6 @@ class EffectClassifier:
             effect, source = Effect.DESTRUCTIVE, f"annotation destructiveHint: true raised it ({source})"
         elif read_only is False and effect < Effect.MUTATING:
             effect, source = Effect.MUTATING, f"annotation readOnlyHint: false raised it ({source})"
-        if destructive is False and effect > Effect.MUTATING and trusted:
-            effect, source = Effect.MUTATING, f"annotation destructiveHint: false from trusted upstream {upstream}"
+        if destructive is False and effect > Effect.MUTATING and (trusted or operator_trusted):
+            effect, source = Effect.MUTATING, "annotation destructiveHint: false from a trusted upstream or definition"
         return effect, source

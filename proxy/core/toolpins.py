@@ -38,6 +38,7 @@ from typing import Any
 
 from proxy.audit.sink import AuditUnavailable
 from proxy.core import injection
+from proxy.core.action import Effect
 from proxy.core.approvals import rfc3339
 from proxy.core.policy import Policy, normalise_url
 from proxy.core.sessions import RecordSigner, SessionIntegrityError
@@ -58,6 +59,7 @@ MAX_STORED_DEFINITION = 64 * 1024
 """Bytes of a definition kept for the operator to review; a larger one is stored shortened."""
 _CAS_ATTEMPTS = 8
 _SCAN_MEMO = 4096
+_FACTS_LIMIT = 10_000
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 INTEGRITY = "integrity"
 """The finding category of a pin that failed its integrity check (altered, or deleted from the store)."""
@@ -144,9 +146,58 @@ def _stored(tool: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "name": tool.get("name"),
         "description": description[:4096] if isinstance(description, str) else None,
+        "annotations": _hints(tool.get("annotations")),  # the call path classifies by them
         "truncated": True,
         "size": len(text),
     }
+
+
+def _hints(annotations: Any) -> dict[str, bool] | None:
+    """The boolean hints of a tool's annotations (what effect classification reads), nothing else."""
+    if not isinstance(annotations, Mapping):
+        return None
+    return {str(k): v for k, v in annotations.items() if isinstance(v, bool) and len(str(k)) <= 64}
+
+
+def _stricter(first: Any, second: Any) -> dict[str, bool] | None:
+    """The hints of two definitions of one tool combined so the result is never the milder:
+    read-only only if both say so, destructive if either does."""
+    a, b = _hints(first) or {}, _hints(second) or {}
+    if not a and not b:
+        return None
+    combined: dict[str, bool] = {}
+    if a.get("readOnlyHint") is not None or b.get("readOnlyHint") is not None:
+        combined["readOnlyHint"] = a.get("readOnlyHint") is True and b.get("readOnlyHint") is True
+    if a.get("destructiveHint") is True or b.get("destructiveHint") is True:
+        combined["destructiveHint"] = True
+    elif a.get("destructiveHint") is False and b.get("destructiveHint") is False:
+        combined["destructiveHint"] = False
+    return combined
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ToolFacts:
+    """What a ``tools/call`` needs to know of a pinned tool: its annotations and whether an
+    operator accepted them (``wicket tools trust``) for exactly the definition pinned now."""
+
+    annotations: Mapping[str, Any] | None
+    trusted: bool = False
+
+    @staticmethod
+    def of(record: PinRecord) -> ToolFacts:
+        pinned = record.definition.get("annotations") if record.definition else None
+        if record.pending is None:
+            return ToolFacts(pinned, record.annotations_trusted)
+        # A changed (or poisoned) definition in warn mode still runs: believe the stricter of the two.
+        return ToolFacts(
+            _stricter(pinned, record.pending.get("annotations"))
+            if record.definition
+            else _hints(record.pending.get("annotations"))
+        )
+
+
+EffectOf = Callable[[str, str, Mapping[str, Any] | None, bool], Effect]
+"""(tool, upstream, annotations, trusted) -> the effect a call is held at (``EffectClassifier.tool_effect``)."""
 
 
 def _findings_json(findings: Iterable[injection.InjectionFinding]) -> list[dict[str, str]]:
@@ -231,6 +282,15 @@ class PinRecord:
     pending: dict[str, Any] | None = None
     pending_findings: tuple[dict[str, str], ...] = ()
     changed_at: float | None = None
+    trusted_sha256: str | None = None  # the definition whose annotations an operator accepted
+    trusted_by: str | None = None
+    trusted_at: float | None = None
+
+    @property
+    def annotations_trusted(self) -> bool:
+        """An operator accepted the annotations of the definition pinned now; any other definition
+        (a pending one, or one approved since) withdraws that."""
+        return self.trusted_sha256 is not None and self.trusted_sha256 == self.sha256 and self.pending_sha256 is None
 
     @property
     def status(self) -> str:
@@ -275,9 +335,20 @@ class PinRecord:
         except (ValueError, TypeError) as exc:
             raise SessionIntegrityError(f"tool pin {key!r} is malformed ({exc})") from None
 
-    def view(self, policy: Policy) -> dict[str, Any]:
-        """What an operator sees (``GET /v1/tools``, ``wicket tools list``)."""
+    def view(self, policy: Policy, effect_of: EffectOf | None = None) -> dict[str, Any]:
+        """What an operator sees (``GET /v1/tools``, ``wicket tools list``); with ``effect_of``, also
+        the effect calls are held at and the one the annotations claim (``held_above_annotations``)."""
         flag = self.flag()
+        facts = ToolFacts.of(self)
+        extra: dict[str, Any] = {}
+        if effect_of is not None:
+            held = effect_of(self.name, self.upstream, facts.annotations, facts.trusted)
+            claimed = effect_of(self.name, self.upstream, facts.annotations, True)
+            extra = {
+                "effect": held.label,
+                "annotated_effect": claimed.label,
+                "held_above_annotations": held > claimed,
+            }
         return {
             "name": self.name,
             "upstream": self.upstream,
@@ -292,6 +363,11 @@ class PinRecord:
             "findings": list(self.pending_findings if flag is not None else self.findings),
             "definition": self.definition,
             "pending": self.pending,
+            "annotations_trusted": facts.trusted,
+            "trusted_sha256": self.trusted_sha256,
+            "trusted_by": self.trusted_by,
+            "trusted_at": rfc3339(self.trusted_at),
+            **extra,
         }
 
 
@@ -412,6 +488,7 @@ class ToolPins:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         refresh_seconds: float = 5.0,
+        effect_of: EffectOf | None = None,
     ) -> None:
         self._store = store
         self._policy = policy
@@ -425,6 +502,9 @@ class ToolPins:
         self._scans: dict[str, tuple[dict[str, str], ...]] = {}
         self._known_upstreams: set[str] = set()
         self._versions: dict[str, int] = {}  # upstream tag -> highest document version this process saw
+        self._effect_of = effect_of
+        # (upstream tag, tool) -> (its facts, or None: no record, when read): the call path's copy of the records.
+        self._facts: dict[tuple[str, str], tuple[ToolFacts | None, float]] = {}
 
     # -- tools/list ----------------------------------------------------------------------------
 
@@ -458,6 +538,10 @@ class ToolPins:
         consistent = document is not None and all(
             document.entries.get(n) == (r.flag() if r else None) and (r is None or n in pins) for n, r in final.items()
         )
+        now, tag = self._clock(), upstream_tag(upstream)
+        self._trim_facts()
+        for name, record in final.items():
+            self._facts[(tag, name)] = (ToolFacts.of(record) if record is not None else None, now)
         if written or not consistent or document is None:
             entries = await self._sync_pending(upstream, names)
         else:
@@ -655,7 +739,94 @@ class ToolPins:
             self._cache[tag] = _Cached(entries, self._clock())
             return entries
 
+    async def facts(self, upstream: str, name: str) -> ToolFacts | None:
+        """The pinned facts of a tool (None: no replica has pinned it yet), from this process's
+        copy, read again from the store at most every ``refresh_seconds`` (so a definition another
+        replica pinned, or an operator's trust, arrives within seconds). A pin that fails its
+        integrity check gives no annotations at all: the tool is classified by name, and the
+        pending document blocks it once a list records it as tampered."""
+        tag = upstream_tag(upstream)
+        cached = self._facts.get((tag, name))
+        if cached is not None and 0 <= self._clock() - cached[1] < self._refresh:
+            return cached[0]
+        key = record_key(upstream, name)
+        try:
+            record = PinRecord.decode(await self._store.get(key), self._signer, key)
+        except SessionIntegrityError:
+            log.error("tool pin %s failed its integrity check; its annotations are ignored", key)
+            return ToolFacts(None)
+        found = ToolFacts.of(record) if record is not None else None
+        self._trim_facts()
+        self._facts[(tag, name)] = (found, self._clock())
+        return found
+
+    def forget(self, upstream: str) -> None:
+        """Drop this process's copy of an upstream's tools (it announced ``tools/list_changed``)."""
+        tag = upstream_tag(upstream)
+        for key in [k for k in self._facts if k[0] == tag]:
+            del self._facts[key]
+
+    def _trim_facts(self) -> None:
+        if len(self._facts) >= _FACTS_LIMIT:
+            self._facts.clear()  # names invented by clients must not grow memory; refills on demand
+
     # -- the operator ----------------------------------------------------------------------------
+
+    async def trust(self, upstream: str, name: str, operator: str, *, sha256: str | None = None) -> dict[str, Any]:
+        """Accept the annotations of the tool's pinned definition, so they may lower its effect
+        (``readOnlyHint: true`` makes it a read). Recorded with the pin: a later definition,
+        pending or approved, withdraws it. ``sha256`` (a prefix of 8+ hex digits) guards against
+        trusting a definition other than the one the operator read. Audited before it takes effect."""
+        if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256):
+            raise ToolPinError(400, "sha256 must be 8 to 64 hex digits of the pinned definition's hash.")
+        key = record_key(upstream, name)
+        for _ in range(_CAS_ATTEMPTS):
+            raw = await self._store.get(key)
+            try:
+                record = PinRecord.decode(raw, self._signer, key)
+            except SessionIntegrityError:
+                raise ToolPinError(
+                    409, f"Tool {name!r}'s pin failed its integrity check; it cannot be trusted."
+                ) from None
+            if record is None:
+                raise ToolPinError(404, f"No tool {name!r} has been seen from {upstream}.")
+            if record.sha256 is None or record.pending_sha256 is not None:
+                raise ToolPinError(
+                    409,
+                    f"Tool {name!r} has a definition awaiting approval (sha256 {_short(record.pending_sha256)}); "
+                    "approve or reject it first, then trust its annotations.",
+                )
+            if sha256 is not None and not record.sha256.startswith(sha256.lower()):
+                raise ToolPinError(
+                    409, f"Tool {name!r} is pinned at sha256 {_short(record.sha256)}, not {sha256.lower()[:12]}…."
+                )
+            if not _hints((record.definition or {}).get("annotations")):
+                raise ToolPinError(409, f"Tool {name!r} declares no annotations: there is nothing to trust.")
+            if record.annotations_trusted:
+                return record.view(self._policy, self._effect_of)
+            trusted = dataclasses.replace(
+                record, trusted_sha256=record.sha256, trusted_by=operator, trusted_at=self._clock()
+            )
+            encoded = trusted.encode(self._signer, key)
+            if not await self._store.compare_and_set(key, raw, encoded):
+                continue
+            event = {
+                "event": "tool_annotations_trusted",
+                "protocol": "api",
+                "upstream": record.upstream,
+                "tool": record.name,
+                "sha256": record.sha256,
+                "annotations": _hints((record.definition or {}).get("annotations")),
+                "approver": operator,
+            }
+            try:
+                await self._audit(event)
+            except Exception:
+                await self._store.compare_and_set(key, encoded, raw)  # nothing unaudited takes effect
+                raise
+            self._facts[(upstream_tag(upstream), name)] = (ToolFacts.of(trusted), self._clock())
+            return trusted.view(self._policy, self._effect_of)
+        raise StoreUnavailable("the tool pin kept changing under concurrent writers; try again")
 
     async def approve(self, upstream: str, name: str, approver: str, *, sha256: str | None = None) -> dict[str, Any]:
         """Adopt the pending definition as the tool's pin (a poisoned one included: the operator has
@@ -723,7 +894,8 @@ class ToolPins:
                 await self._store.compare_and_set(key, encoded, raw)
                 raise
             await self._sync_pending(upstream, [name])
-            return approved.view(self._policy)
+            self._facts[(upstream_tag(upstream), name)] = (ToolFacts.of(approved), self._clock())
+            return approved.view(self._policy, self._effect_of)
         raise StoreUnavailable("the tool pin kept changing under concurrent writers; try again")
 
     async def states(self, upstream: str | None = None) -> list[dict[str, Any]]:
@@ -748,5 +920,5 @@ class ToolPins:
                     log.error("tool pin %s failed its integrity check; the next tools/list blocks it", key)
                     continue
                 if record is not None:
-                    out.append(record.view(self._policy))
+                    out.append(record.view(self._policy, self._effect_of))
         return out

@@ -234,6 +234,7 @@ _ACTION_FIELDS: Final = (
     "fixed_effect",
     "intent",
     "server_initiated",
+    "annotations_trusted",
 )
 _SESSION_FIELDS: Final = (
     "session_id",
@@ -291,6 +292,7 @@ def encode_action(action: Action) -> dict[str, Any]:
         "fixed_effect": _label(action.fixed_effect),
         "intent": action.intent,
         "server_initiated": action.server_initiated,
+        "annotations_trusted": action.annotations_trusted,
     }
 
 
@@ -311,6 +313,7 @@ def decode_action(data: Any, where: str = "action") -> Action:
         fixed_effect=o.opt_choice("fixed_effect", _EFFECTS),
         intent=o.opt_text("intent", MAX_TEXT),
         server_initiated=o.flag("server_initiated"),
+        annotations_trusted=o.flag("annotations_trusted"),
     )
 
 
