@@ -20,6 +20,7 @@ from a2a.client import A2AClientError, ClientConfig, create_client
 from a2a.helpers import get_stream_response_text, new_text_message
 from a2a.types import (
     AgentCard,
+    GetExtendedAgentCardRequest,
     GetTaskRequest,
     ListTasksRequest,
     Role,
@@ -30,6 +31,7 @@ from a2a.utils.signing import create_agent_card_signer, create_signature_verifie
 from google.protobuf.json_format import ParseDict
 from jwt import PyJWK
 
+from proxy.adapters.a2a_card import CardError
 from proxy.demo.a2a_agent import JSONRPC_PATH, REST_PREFIX, DemoA2AAgent
 from tests.conftest import RunningWicket, WicketFactory, admin
 
@@ -452,3 +454,34 @@ async def test_read_only_session_elevated_by_an_operator(front: RunningWicket, a
     ):
         assert response.status == 401 and response.content_type == "application/problem+json"
     assert agent.ledger.texts() == ["may I"]
+
+
+async def test_extended_card_is_rewritten_on_both_bindings(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    token = await token_for(front, "planner")
+    for binding in ("JSONRPC", "HTTP+JSON"):
+        client = await sdk_client(front, token, binding, streaming=False)
+        card = await client.get_extended_agent_card(GetExtendedAgentCardRequest())
+        assert "report" in [s.id for s in card.skills]  # the agent's extended card, not the public one
+        urls = [i.url for i in card.supported_interfaces]
+        assert urls and all(u.startswith(base_of(front) + "/a2a/") for u in urls), urls
+        assert "GRPC" not in {i.protocol_binding for i in card.supported_interfaces}
+        assert list(card.security_schemes) == ["wicket_bearer"]
+        await client.close()
+    assert [e["decision"] for e in decisions(front, "a2a:GetExtendedAgentCard")] == ["allow", "allow"]
+    reply = await rpc(front, "agent/getAuthenticatedExtendedCard", {}, token=token, version=None)
+    assert reply["result"]["url"] == base_of(front) + JSONRPC_PATH, reply
+
+
+def test_card_names_the_operator_idp_when_one_is_set() -> None:
+    from proxy.adapters.a2a_card import CardRewriter
+    from proxy.credentials import KeyRing
+
+    rewriter = CardRewriter("http://agent:9", KeyRing.generate(), oidc_issuer="https://idp.example")
+    card = {"name": "a", "supportedInterfaces": [{"url": "http://agent:9/rpc", "protocolBinding": "JSONRPC"}]}
+    out = rewriter.rewrite(card, "https://wicket.example")
+    assert out["supportedInterfaces"] == [{"url": "https://wicket.example/rpc", "protocolBinding": "JSONRPC"}]
+    oidc = out["securitySchemes"]["wicket_oidc"]["openIdConnectSecurityScheme"]
+    assert oidc == {"openIdConnectUrl": "https://idp.example/.well-known/openid-configuration"}
+    elsewhere = {"name": "a", "supportedInterfaces": [{"url": "http://other:9/rpc", "protocolBinding": "JSONRPC"}]}
+    with pytest.raises(CardError):
+        rewriter.rewrite(elsewhere, "https://wicket.example")  # nothing left that Wicket fronts: not served

@@ -110,7 +110,7 @@ def agent_card(base: str, *, grpc: bool = True) -> AgentCard:
         description="Echoes what it is sent; a Wicket demo agent.",
         version="1.0.0",
         supported_interfaces=interfaces,
-        capabilities=AgentCapabilities(streaming=True, push_notifications=True, extended_agent_card=False),
+        capabilities=AgentCapabilities(streaming=True, push_notifications=True, extended_agent_card=True),
         default_input_modes=["text/plain"],
         default_output_modes=["text/plain"],
         skills=[
@@ -120,6 +120,15 @@ def agent_card(base: str, *, grpc: bool = True) -> AgentCard:
     )
 
 
+def extended_card(card: AgentCard) -> AgentCard:
+    """What authenticated callers see: one more skill."""
+    extended = AgentCard()
+    extended.CopyFrom(card)
+    del extended.signatures[:]
+    extended.skills.append(AgentSkill(id="report", name="Report", description="Summarises the ledger.", tags=["demo"]))
+    return extended
+
+
 def build_app(base: str, ledger: Ledger, executor: EchoExecutor, card: AgentCard | None = None) -> Starlette:
     card = card or agent_card(base)
     handler = DefaultRequestHandler(
@@ -127,6 +136,7 @@ def build_app(base: str, ledger: Ledger, executor: EchoExecutor, card: AgentCard
         task_store=InMemoryTaskStore(),
         agent_card=card,
         push_config_store=InMemoryPushNotificationConfigStore(),
+        extended_agent_card=extended_card(card),
     )
     routes = [
         *create_agent_card_routes(card),
