@@ -52,6 +52,7 @@ from proxy.state.base import Store, StoreUnavailable
 from proxy.state.memory import MemoryStore
 from proxy.state.redis import RedisStore
 from proxy.telemetry import Metrics
+from proxy.tracing import Tracing, TracingConfigError
 from proxy.upstreams.reachability import UpstreamReachability
 from proxy.upstreams.setup import bridge_for
 from proxy.webhook import ApprovalWebhook
@@ -145,6 +146,11 @@ class Wicket:
     metrics: Metrics = field(default_factory=Metrics)
 
     def __post_init__(self) -> None:
+        try:
+            # Off (None, nothing imported) unless OTEL_* asks for traces.
+            self.tracing: Tracing | None = Tracing.from_env(self.settings.environ)
+        except TracingConfigError as exc:
+            raise SystemExit(f"wicket: tracing: {exc}") from None
         self.store: Store = open_store(self.settings)
         # Every audit event written also goes to the live feed (/v1/events), never blocking the write.
         self.events = EventFeed(on_drop=self.metrics.event_feed_dropped.inc)
@@ -285,7 +291,7 @@ class Wicket:
         assert self._client is not None
         # The body limit is enforced by the adapter (413 with a JSON-RPC error); aiohttp's
         # own limit is kept just above it as a backstop.
-        app = web.Application(client_max_size=self.settings.max_body_bytes + 1)
+        app = web.Application(client_max_size=self.settings.max_body_bytes + 1, middlewares=self._tracing_middleware())
         if self.settings.upstream:
             proxy = McpProxy(
                 self.settings,
@@ -341,7 +347,7 @@ class Wicket:
         )
         self._policy_users += [api, control]
         check = CheckApi(identity=self.identity, checker=self.checker, store=self.store, signer=self.signer)
-        app = web.Application(client_max_size=64 * 1024, middlewares=[store_faults])
+        app = web.Application(client_max_size=64 * 1024, middlewares=[*self._tracing_middleware(), store_faults])
         app.add_routes(self.health.routes())
         app.add_routes(api.routes())
         app.add_routes(control.routes())
@@ -458,6 +464,23 @@ class Wicket:
             await asyncio.sleep(self.settings.revocation_resync_seconds)
             await self._sync_revocations()
 
+    def _tracing_middleware(self) -> list[Any]:
+        """A server span per request (continuing the caller's traceparent) when tracing is on; none when off."""
+        traced = self.tracing
+        if traced is None:
+            return []
+
+        @web.middleware
+        async def trace_request(request: web.Request, handler: Any) -> web.StreamResponse:
+            if traced.skips(request.path):
+                return await handler(request)
+            with traced.serve(request.method, request.path, request.headers) as span:
+                response = await handler(request)
+                span.set_attribute("http.response.status_code", response.status)
+                return response
+
+        return [trace_request]
+
     async def stop(self) -> None:
         if self._resync is not None:
             self._resync.cancel()
@@ -485,4 +508,6 @@ class Wicket:
         if self.webhook is not None:
             await self.webhook.close()
         await self.audit.close()
+        if self.tracing is not None:
+            await self.tracing.close()  # exports what is still buffered
         await self.store.close()

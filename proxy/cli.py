@@ -105,6 +105,7 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
         help="the data port's external base URL, e.g. https://mcp.example.com (default: each request's Host)",
     )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-format", default="text", choices=("text", "json"), help="json: one JSON object per line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gserve.add_argument("--policy", action="append", metavar="FILE", help="policy file (repeatable)")
     gserve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    gserve.add_argument("--log-format", default="text", choices=("text", "json"), help="json: one JSON object per line")
 
     inject = sub.add_parser(
         "inject-webhook", help="the Kubernetes sidecar injector: a mutating admission webhook over TLS"
@@ -322,6 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", required=True, metavar="PATH", help="sidecar settings (sidecar.yaml of the chart's ConfigMap)"
     )
     inject.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    inject.add_argument("--log-format", default="text", choices=("text", "json"), help="json: one JSON object per line")
     return parser
 
 
@@ -378,12 +381,10 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], 
     )
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for noisy in ("uvicorn", "uvicorn.error", "mcp", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _configure_logging(level: str, log_format: str = "text") -> None:
+    from proxy.logfmt import configure
+
+    configure(level, log_format)
 
 
 def _load_policy(files: list[str]) -> Any:
@@ -442,7 +443,7 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
 def cmd_run(args: argparse.Namespace) -> int:
     from proxy.app import Wicket
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     files = args.policy or [bundled_policy("default")]
     upstream, transport, command = resolve_upstream(args)
     settings = _settings(
@@ -595,7 +596,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.app import Wicket
     from proxy.demo.server import DemoUpstream
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     files = args.policy or [bundled_policy("demo")]
     upstream = DemoUpstream("127.0.0.1", args.demo_port)
     extra: Any = upstream
@@ -622,7 +623,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_guardian_serve(args: argparse.Namespace) -> int:
     from proxy.guardians.service import serve_guardian
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
     asyncio.run(serve_guardian(args.listen, args.policy or [bundled_policy("default")], os.environ))
     return 0
 
@@ -630,7 +631,7 @@ def cmd_guardian_serve(args: argparse.Namespace) -> int:
 def cmd_inject_webhook(args: argparse.Namespace) -> int:
     from proxy.k8s.webhook import serve_injector
 
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_format)
 
     async def serve() -> None:
         stop = asyncio.Event()

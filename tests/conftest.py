@@ -166,10 +166,14 @@ async def wicket(upstream: DemoUpstream, make_wicket: WicketFactory) -> RunningW
 
 
 @asynccontextmanager
-async def mcp_client(url: str, *, token: str | None = None, mode: str = "legacy", **kwargs: Any) -> AsyncIterator[Any]:
-    """The real mcp SDK client, optionally presenting a Wicket runtime token."""
-    headers = {"Authorization": f"Bearer {token}"} if token else None
-    async with create_mcp_http_client(headers=headers) as http:
+async def mcp_client(
+    url: str, *, token: str | None = None, mode: str = "legacy", headers: dict[str, str] | None = None, **kwargs: Any
+) -> AsyncIterator[Any]:
+    """The real mcp SDK client, optionally presenting a Wicket runtime token (and extra HTTP headers)."""
+    sent = dict(headers or {})
+    if token:
+        sent["Authorization"] = f"Bearer {token}"
+    async with create_mcp_http_client(headers=sent or None) as http:
         async with Client(streamable_http_client(url, http_client=http), mode=mode, **kwargs) as client:
             yield client
 

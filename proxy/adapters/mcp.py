@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from proxy import tracing
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
 from proxy.adapters.relay import (
@@ -178,7 +179,8 @@ class McpProxy:
             )
         method, request_id, params = _shape(message)
         try:
-            return await self._post_message(request, body, message, method, request_id, params)
+            with tracing.continue_from_meta(method or "reply", params.get("_meta")):
+                return await self._post_message(request, body, message, method, request_id, params)
         except Refusal as refusal:
             # Once the envelope is known to be valid, Wicket's own error answers the client's id.
             if refusal.request_id is None and is_id(request_id):

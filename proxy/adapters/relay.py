@@ -15,6 +15,7 @@ import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
 
+from proxy import tracing
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import forward_headers
 from proxy.adapters.sse import SseScanner, event_bytes
@@ -177,13 +178,18 @@ async def send_upstream(
     """
     attempts = 2 if retry else 1
     for attempt in range(attempts):
-        issued.append(await credential())
+        with tracing.span("wicket.credential") as credential_span:
+            issued.append(await credential())
+            credential_span.set_attribute("wicket.credential.mode", issued[-1].mode)
         for name, value in issued[-1].headers.items():
             headers.popall(name, None)  # the caller cannot supply its own value for an injected header
             headers[name] = value
         try:
-            async with client.request(method, url, data=body or None, headers=headers, timeout=limits) as upstream:
-                return await answer(upstream)
+            with tracing.span("wicket.upstream", {"http.request.method": method}, client=True) as upstream_span:
+                tracing.inject(headers)
+                async with client.request(method, url, data=body or None, headers=headers, timeout=limits) as upstream:
+                    upstream_span.set_attribute("http.response.status_code", upstream.status)
+                    return await answer(upstream)
         except aiohttp.ServerDisconnectedError:
             if attempt + 1 >= attempts:
                 raise

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from proxy import tracing
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.breaker import CircuitBreaker
 from proxy.core.policy import Policy
@@ -216,6 +217,21 @@ class GuardianRouter:
         return decision
 
     async def _ask(
+        self,
+        slot: _Slot,
+        action: Action,
+        session: Session,
+        effect: Effect,
+        prior: Decision,
+        context: ReviewContext,
+    ) -> tuple[Decision | None, str]:
+        """The tier's decision, or None and why it is unavailable; one trace span per tier."""
+        with tracing.span(f"wicket.guardian.{slot.tier.value}", {"wicket.effect": effect.label}) as span:
+            verdict, problem = await self._ask_tier(slot, action, session, effect, prior, context)
+            span.set_attribute("wicket.verdict", verdict.verdict.value if verdict is not None else "unavailable")
+            return verdict, problem
+
+    async def _ask_tier(
         self,
         slot: _Slot,
         action: Action,
