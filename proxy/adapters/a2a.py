@@ -149,6 +149,7 @@ class A2ACall:
     params: dict[str, Any]
     task_id: str | None = None
     request_id: Any = None
+    body: bytes | None = None  # forwarded as the original bytes
 
 
 @dataclasses.dataclass(slots=True)
@@ -237,15 +238,17 @@ class A2AProxy:
         route = _rest_route(request)
         if route is not None:
             name, task = route
-            body: dict[str, Any] = {}
-            if request.method in ("POST", "PUT", "PATCH"):
-                body = await self._json_body(request, allow_empty=True)
+            params: dict[str, Any] = {}
+            raw: bytes | None = None
+            if request.method in ("POST", "PUT", "PATCH"):  # GET and DELETE bodies are neither read nor forwarded
+                params, raw = await self._json_body(request, allow_empty=True)
             version = request.headers.get("A2A-Version") or request.query.get("A2A-Version") or "0.3"
             task_id = unquote(task) if task is not None else None
-            return A2ACall(name, rest=True, v03=not version.startswith("1"), params=body, task_id=task_id)
+            v03 = not version.startswith("1")
+            return A2ACall(name, rest=True, v03=v03, params=params, task_id=task_id, body=raw)
         if request.method != "POST":
             raise Refusal(404, jsonrpc.METHOD_NOT_FOUND, f"{request.method} {request.path} is not an A2A operation.")
-        message = await self._json_body(request, allow_empty=False)
+        message, raw = await self._json_body(request, allow_empty=False)
         if message.get("jsonrpc") != "2.0" or not isinstance(message.get("method"), str) or "id" not in message:
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: expected one JSON-RPC 2.0 request.")
         request_id = message["id"]
@@ -266,16 +269,17 @@ class A2AProxy:
             raise Refusal(
                 400, jsonrpc.INVALID_REQUEST, "Invalid Request: params must be an object.", request_id=request_id
             )
-        call = A2ACall(name, rest=False, v03=method in V03_METHODS, params=params, request_id=request_id)
+        call = A2ACall(name, rest=False, v03=method in V03_METHODS, params=params, request_id=request_id, body=raw)
         if name in TASK_METHODS:
             task = params.get("taskId") if name in PUSH_METHODS and "taskId" in params else params.get("id")
             call.task_id = task if isinstance(task, str) else ""
         return call
 
-    async def _json_body(self, request: web.Request, *, allow_empty: bool) -> dict[str, Any]:
+    async def _json_body(self, request: web.Request, *, allow_empty: bool) -> tuple[dict[str, Any], bytes | None]:
+        """The body's JSON object and its original bytes (None when empty and allowed to be)."""
         body = await read_body(request, self._settings.max_body_bytes)
         if not body.strip() and allow_empty:
-            return {}
+            return {}, None
         if request.content_type not in JSON_TYPES:
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
         try:
@@ -293,8 +297,7 @@ class A2AProxy:
             ) from None
         if not isinstance(message, dict):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: expected one JSON object.", reason="batch")
-        request._wicket_body = body  # type: ignore[attr-defined]  # forwarded as the original bytes
-        return message
+        return message, body
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -400,7 +403,6 @@ class A2AProxy:
         self, request: web.Request, exchange: _Exchange, action: Action, decision: Decision
     ) -> web.StreamResponse:
         headers = forward_headers(request.headers, DROP_UPSTREAM)
-        body: bytes | None = getattr(request, "_wicket_body", None)
         timeout = self._stream_timeout if exchange.call.name in STREAMS else self._post_timeout
         issued: list[IssuedCredential] = []
         started = time.perf_counter()
@@ -409,7 +411,7 @@ class A2AProxy:
                 self._client,
                 request.method,
                 self._origin + request.raw_path,
-                body=body,
+                body=exchange.call.body,
                 headers=headers,
                 limits=timeout,
                 retry=decision.effect is Effect.READ,
@@ -633,7 +635,7 @@ def _arguments(call: A2ACall, message: dict[str, Any], skill: str | None, urls: 
     the skill, the task and any push-notification URL; never the whole wire message."""
     arguments: dict[str, Any] = {}
     if call.name in SENDS:
-        parts = message.get("parts")
+        parts = message.get("parts", message.get("content"))  # 0.3 HTTP+JSON names them content
         texts = (
             [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
             if isinstance(parts, list)
