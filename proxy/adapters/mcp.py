@@ -82,6 +82,8 @@ SERVER_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": P
 SERVER_REQUEST_EFFECTS = {"sampling/createMessage": Effect.MUTATING, "elicitation/create": Effect.READ}
 # Methods whose target travels in ``Mcp-Name`` (2026-07-28) and in this body parameter.
 NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
+# Requests that touch one resource: its URI is audited and checked against the policy's ``resources``.
+RESOURCE_METHODS = frozenset({"resources/read", "resources/subscribe"})
 
 
 class McpProxy:
@@ -209,6 +211,9 @@ class McpProxy:
         if not isinstance(action_name, str):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"params.{NAME_PARAMS[method]} must be a string.")
         is_tool_call = method == "tools/call"
+        resource = params.get("uri") if method in RESOURCE_METHODS else None
+        if method in RESOURCE_METHODS and not isinstance(resource, str):
+            raise Refusal(400, jsonrpc.INVALID_REQUEST, "params.uri must be a string.", reason="invalid")
         arguments = params.get("arguments") if is_tool_call else None
         if arguments is not None and not isinstance(arguments, dict):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "params.arguments must be an object.", reason="invalid")
@@ -223,6 +228,8 @@ class McpProxy:
             is_tool_call=is_tool_call,
             fixed_effect=METHOD_EFFECTS.get(method),
             intent=_intent(params) if is_tool_call else None,
+            resource=resource,
+            prompt=action_name if method == "prompts/get" else None,
         )
         session = await self._session(caller, mcp_session_id, method, draft)
         action = _with_session(draft, session.session_id)

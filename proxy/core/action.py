@@ -82,6 +82,11 @@ class Action:
     annotations_trusted: bool = False
     """An operator accepted these annotations for exactly this pinned definition (``wicket tools
     trust``), so they may lower the effect like those of a trusted upstream."""
+    resource: str | None = None
+    """The URI of the resource this action reads or subscribes to: audited, and checked against
+    the policy's ``resources`` patterns."""
+    prompt: str | None = None
+    """The name of the prompt this action fetches, audited."""
 
     @property
     def label(self) -> str:

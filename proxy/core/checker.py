@@ -255,6 +255,7 @@ class Checker:
             "status": status,
             "duration_ms": round(duration * 1000, 3),
         }
+        _touched(fields, action)
         if detail:
             fields["detail"] = detail
         if credential:
@@ -292,6 +293,7 @@ class Checker:
         }
         if action.arguments:
             fields["arguments_sha256"] = arguments_sha256(action.arguments)
+        _touched(fields, action)
         if decision.escalated_from is not None:
             fields["escalated_from"] = decision.escalated_from.label
         if decision.approval_id is not None:
@@ -343,3 +345,11 @@ class Checker:
         except AuditUnavailable:
             self._audit_failed()
             raise
+
+
+def _touched(fields: dict[str, Any], action: Action) -> None:
+    """What the action touched besides a tool, so the audit answers "who read this resource?"."""
+    if action.resource is not None:
+        fields["resource"] = action.resource
+    if action.prompt is not None:
+        fields["prompt"] = action.prompt

@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
+import string
 import time
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,6 +47,10 @@ class FastGuard:
                 return _deny(effect, refusal)
             if context.violations:
                 return _deny(effect, "The arguments break policy: " + "; ".join(context.violations) + ".")
+        elif action.resource is not None:
+            refusal = resource_refusal(self._policy, action.resource)
+            if refusal is not None:
+                return _deny(effect, refusal)
         if effect is not Effect.READ and session.read_only and not action.server_initiated:
             return _read_only(action, effect, context)
         reason = f"Allowed by Fast Guard: '{name}' is a {effect.label} action."
@@ -62,6 +69,50 @@ def tool_refusal(policy: Policy, agent_id: str, session: Session, name: str) -> 
     if not session.scope_globs.matches(name):
         return f"Tool '{name}' is outside this session's scope ceiling ({', '.join(session.scope) or 'empty'})."
     return None
+
+
+def resource_refusal(policy: Policy, uri: str) -> str | None:
+    """Why reading the resource ``uri`` is refused by the policy's ``resources`` patterns, or None.
+
+    Servers resolve URIs differently, so the URI is judged in every form one might take it in
+    (as sent, RFC 3986-normalised, and fully percent-decoded): any form on the deny list refuses
+    it, and with an allow list every form must be on it."""
+    forms = uri_forms(uri)
+    shown = uri if len(uri) <= 200 else uri[:197] + "..."
+    if any(policy.resource_deny.matches(form) for form in forms):
+        return f"Resource '{shown}' matches a resources.deny pattern of the policy; no session may read it."
+    if not all(policy.resource_allow.matches(form) for form in forms):
+        return f"Resource '{shown}' is not covered by the policy's resources.allow patterns."
+    return None
+
+
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+
+
+def uri_forms(uri: str) -> tuple[str, ...]:
+    """``uri`` as sent, RFC 3986-normalised (scheme and host lower-cased, escapes of unreserved
+    characters decoded, dot segments removed) and fully percent-decoded with dot segments removed."""
+    parts = urllib.parse.urlsplit(uri)
+    unreserved = _ESCAPE.sub(lambda m: chr(c) if chr(c := int(m[1], 16)) in _UNRESERVED else m[0].upper(), uri)
+    normal = _dot_free(urllib.parse.urlsplit(unreserved), parts)
+    decoded = _dot_free(urllib.parse.urlsplit(urllib.parse.unquote(uri, errors="surrogateescape")), parts)
+    return tuple(dict.fromkeys((uri, normal, decoded)))
+
+
+def _dot_free(parts: urllib.parse.SplitResult, original: urllib.parse.SplitResult) -> str:
+    segments: list[str] = []
+    for segment in parts.path.split("/"):
+        if segment == "..":
+            if len(segments) > 1:
+                segments.pop()
+        elif segment != ".":
+            segments.append(segment)
+    path = "/".join(segments)
+    if parts.path.endswith(("/.", "/..")):
+        path += "/"
+    netloc = parts.netloc.lower() if original.netloc else parts.netloc
+    return urllib.parse.urlunsplit((parts.scheme.lower(), netloc, path, parts.query, parts.fragment))
 
 
 def _read_only(action: Action, effect: Effect, context: ReviewContext) -> Decision:

@@ -347,6 +347,10 @@ class Policy:
     default_capabilities: GlobSet = _EVERYTHING
     agents: tuple[AgentRule, ...] = ()
     blocklist: GlobSet = _NOTHING
+    resource_allow: GlobSet = _EVERYTHING
+    """Resource URIs that may be read (``resources.allow``); every URI by default."""
+    resource_deny: GlobSet = _NOTHING
+    """Resource URIs that may never be read (``resources.deny``, from every file)."""
     effect_overrides: tuple[tuple[str, Effect], ...] = ()
     """Precedence order: exact names always win; globs are tried in this order."""
     upstreams: tuple[UpstreamRule, ...] = ()
@@ -957,6 +961,7 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
     origin: dict[str, tuple[int, str, int]] = {}  # field -> (layer index, file, line) where last set
     agents: list[AgentRule] = []
     blocklist: list[str] = []
+    resource_deny: list[str] = []
     upstreams: list[UpstreamRule] = []
     guardian: dict[str | None, dict[str, Any]] = {"anomaly": {}, "spot": {}, "deep": {}, None: {}}
     approvals: dict[str, Any] = {}  # approvals.<key> as given; a later file's keys (and whole webhook) win
@@ -998,6 +1003,10 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
                 )
             )
         blocklist.extend(layer.data.get("blocklist", ()))
+        resources = layer.data.get("resources") or {}
+        if "allow" in resources:
+            settings["resource_allow"] = GlobSet(resources["allow"])
+        resource_deny.extend(resources.get("deny", ()))
         upstreams.extend(
             UpstreamRule(u["url"], bool(u.get("trusted", False)), u.get("mode"))
             for u in layer.data.get("upstreams", ())
@@ -1034,6 +1043,7 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
         **settings,
         agents=tuple(agents),
         blocklist=GlobSet(blocklist),
+        resource_deny=GlobSet(resource_deny),
         effect_overrides=tuple(overrides.items()),
         upstreams=tuple(upstreams),
         guardian=GuardianSettings(

@@ -235,6 +235,8 @@ _ACTION_FIELDS: Final = (
     "intent",
     "server_initiated",
     "annotations_trusted",
+    "resource",
+    "prompt",
 )
 _SESSION_FIELDS: Final = (
     "session_id",
@@ -293,6 +295,8 @@ def encode_action(action: Action) -> dict[str, Any]:
         "intent": action.intent,
         "server_initiated": action.server_initiated,
         "annotations_trusted": action.annotations_trusted,
+        "resource": action.resource,
+        "prompt": action.prompt,
     }
 
 
@@ -314,6 +318,8 @@ def decode_action(data: Any, where: str = "action") -> Action:
         intent=o.opt_text("intent", MAX_TEXT),
         server_initiated=o.flag("server_initiated"),
         annotations_trusted=o.flag("annotations_trusted"),
+        resource=o.opt_text("resource"),
+        prompt=o.opt_text("prompt"),
     )
 
 
