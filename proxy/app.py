@@ -12,8 +12,9 @@ import aiohttp
 from aiohttp import web
 
 from proxy.adapters.a2a import A2AProxy
+from proxy.adapters.http_guard import admin_origin_policy
 from proxy.adapters.mcp import McpProxy
-from proxy.admin.api import AdminApi, store_faults
+from proxy.admin.api import AdminApi, host_check, store_faults
 from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
 from proxy.admin.control import ControlApi
@@ -347,7 +348,11 @@ class Wicket:
         )
         self._policy_users += [api, control]
         check = CheckApi(identity=self.identity, checker=self.checker, store=self.store, signer=self.signer)
-        app = web.Application(client_max_size=64 * 1024, middlewares=[*self._tracing_middleware(), store_faults])
+        hosts = admin_origin_policy(self.settings.admin_address[0], self.settings.admin_allowed_hosts)
+        app = web.Application(
+            client_max_size=64 * 1024,
+            middlewares=[host_check(hosts, self.metrics), *self._tracing_middleware(), store_faults],
+        )
         app.add_routes(self.health.routes())
         app.add_routes(api.routes())
         app.add_routes(control.routes())

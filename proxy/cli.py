@@ -60,6 +60,13 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
     parser.add_argument(
         "--allowed-origin", action="append", default=[], metavar="ORIGIN", help="extra browser Origin to accept"
     )
+    parser.add_argument(
+        "--admin-allowed-host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="extra Host the admin port answers (localhost and its listen address always)",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=4 * MiB, help="request body limit (default 4 MiB)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="upstream connect timeout, seconds")
     parser.add_argument(
@@ -369,6 +376,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], 
         upstream_keepalive=args.upstream_keepalive,
         allowed_hosts=args.allowed_host,
         allowed_origins=args.allowed_origin,
+        admin_allowed_hosts=args.admin_allowed_host,
         credential_issuer=args.credential_issuer,
         guardian_url=args.guardian_url,
         guardian_client_id=args.guardian_client_id or "",

@@ -51,6 +51,8 @@ class Settings:
     upstream_idle_seconds: float = 1800.0  # sse/stdio: an MCP session idle this long is closed
     allowed_hosts: list[str] = field(default_factory=list)
     allowed_origins: list[str] = field(default_factory=list)
+    admin_allowed_hosts: list[str] = field(default_factory=list)
+    """Host names the admin port answers besides localhost and its own listen address."""
     session_key: bytes = b""
     admin_token: str | None = None
     credential_issuer: str = "wicket"  # iss of minted upstream credentials: set it to Wicket's public base URL

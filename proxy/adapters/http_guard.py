@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 from multidict import CIMultiDict, CIMultiDictProxy
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
+WILDCARD_ADDRESSES = frozenset({"", "0.0.0.0", "::", "[::]"})
 
 # RFC 9110 §7.6.1 hop-by-hop headers, plus the ones a proxy must set itself.
 HOP_BY_HOP = frozenset(
@@ -43,10 +44,13 @@ class OriginPolicy:
     otherwise blind the upstream's own check.
     """
 
-    def __init__(self, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = ()) -> None:
+    def __init__(
+        self, allowed_hosts: Iterable[str] = (), allowed_origins: Iterable[str] = (), *, flag: str = "--allowed-host"
+    ) -> None:
         self.hosts = LOCAL_HOSTS | {_hostname(h) for h in allowed_hosts}
         self.any_host = "*" in self.hosts
         self.origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
+        self._flag = flag  # the option that adds a Host, named in the refusal
 
     def host_problem(self, host: str | None) -> str | None:
         if self.any_host:
@@ -54,7 +58,7 @@ class OriginPolicy:
         if not host:
             return "the request has no Host header"
         if _hostname(host) not in self.hosts:
-            return f"Host '{host}' is not served here (add it with --allowed-host)"
+            return f"Host '{host}' is not served here (add it with {self._flag})"
         return None
 
     def origin_problem(self, origin: str | None) -> str | None:
@@ -83,3 +87,14 @@ def forward_headers(
             continue
         out.add(key, value)
     return out
+
+
+def admin_origin_policy(listen_host: str, extra_hosts: Iterable[str]) -> OriginPolicy:
+    """The admin port's Host check: the local names, the address it listens on (unless that is a
+    wildcard, which names no host) and the operator's ``--admin-allowed-host`` values."""
+    own = (
+        ()
+        if listen_host.lower() in WILDCARD_ADDRESSES
+        else (f"[{listen_host}]" if ":" in listen_host else listen_host,)
+    )
+    return OriginPolicy((*own, *extra_hosts), flag="--admin-allowed-host")

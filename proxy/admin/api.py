@@ -14,9 +14,10 @@ import time
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
 from proxy.adapters import jsonrpc
+from proxy.adapters.http_guard import OriginPolicy
 from proxy.admin.console import console_routes
 from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.approvals import rfc3339
@@ -82,6 +83,21 @@ def operator_refusal(request: web.Request, admin_token: str | None) -> web.Respo
             challenge='Bearer realm="wicket-admin"',
         )
     return None
+
+
+def host_check(origins: OriginPolicy, metrics: Metrics) -> Middleware:
+    """DNS-rebinding protection for the admin port, as on the data port: a page a browser loaded
+    from another site cannot reach ``/v1`` through a name that resolves to this host."""
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        refused = origins.host_problem(request.headers.get("Host"))
+        if refused is not None:
+            metrics.rejections.labels("origin").inc()
+            return problem(403, f"Forbidden: {refused}.")
+        return await handler(request)
+
+    return check
 
 
 @web.middleware
