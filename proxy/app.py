@@ -34,6 +34,7 @@ from proxy.core.policy import Policy, PolicyError, load_policy
 from proxy.core.revocations import RevocationList, SignedRevocations
 from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
+from proxy.core.tasks import TaskOwners
 from proxy.core.toolpins import ToolPins
 from proxy.credentials import (
     JWKS_PATH,
@@ -303,6 +304,7 @@ class Wicket:
                 client=self._client,
                 credentials=self.credentials,
                 toolpins=self.toolpins,
+                tasks=TaskOwners(self.store, self.signer),
             )
             app.add_routes(proxy.routes())
         app.router.add_get(JWKS_PATH, jwks_handler(self.keys))

@@ -40,6 +40,7 @@ from proxy.core.checker import Checker
 from proxy.core.guardian import tool_refusal
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
+from proxy.core.tasks import TaskOwners, task_id_of
 from proxy.core.toolpins import ToolPins
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential
 from proxy.settings import Settings
@@ -70,11 +71,19 @@ METHOD_EFFECTS: dict[str, Effect] = {
         "completion/complete",
         "logging/setLevel",
         "subscriptions/listen",
+        # The Tasks extension: reading one's own task.
+        "tasks/get",
+        "tasks/result",
+        "tasks/list",
     )
 }
+# Cancelling a task or answering its input requests acts on it: a write, in a read-only session too.
+METHOD_EFFECTS.update({"tasks/cancel": Effect.MUTATING, "tasks/update": Effect.MUTATING})
+# Methods on one task (``params.taskId``): only the session that created it may use them.
+TASK_METHODS = frozenset({"tasks/get", "tasks/result", "tasks/cancel", "tasks/update"})
 STREAM_METHODS = frozenset({"subscriptions/listen"})
 # Every client-to-server request method of both generations; anything else gets -32601 from Wicket.
-KNOWN_METHODS = frozenset({*METHOD_EFFECTS, "tools/call", "tasks/get", "tasks/result", "tasks/list", "tasks/cancel"})
+KNOWN_METHODS = frozenset({*METHOD_EFFECTS, "tools/call"})
 # Requests an upstream sends to the agent's client (legacy: on an SSE stream; 2026-07-28: as
 # ``inputRequests`` of an ``input_required`` result), with the protocol they are audited under.
 # Sampling spends the agent's model on the server's prompt, so it is checked like a write.
@@ -100,8 +109,10 @@ class McpProxy:
         client: aiohttp.ClientSession,
         credentials: CredentialBroker,
         toolpins: ToolPins | None = None,
+        tasks: TaskOwners | None = None,
     ) -> None:
         self._settings = settings
+        self._tasks = tasks
         self._toolpins = toolpins
         self._upstream = settings.upstream
         self._checker = checker
@@ -240,6 +251,14 @@ class McpProxy:
             modern = _is_modern(request, params)
             body = jsonrpc.error_body(jsonrpc.METHOD_NOT_FOUND, reason, decision.record(), request_id)
             return web.Response(status=404 if modern else 200, body=body, content_type="application/json")
+        if method in TASK_METHODS and self._tasks is not None:
+            task_id = params.get("taskId")
+            owner = await self._tasks.owner(self._upstream, task_id) if isinstance(task_id, str) else None
+            if owner != session.session_id:
+                shown = str(task_id)[:128]
+                reason = f"Task '{shown}' was not created by this session; Wicket did not forward {method}."
+                decision = await self._checker.refuse(action, session.session_id, reason)
+                return _denial(action, decision, request_id, modern=_is_modern(request, params))
         if is_tool_call and self._toolpins is not None and self._catalog is not None:
             # The tool's pinned definition decides its effect, whichever replica pinned it; a tool no
             # replica has seen is learnt from the upstream's own list first, and one it does not list never runs.
@@ -502,14 +521,24 @@ class McpProxy:
         if method is not None:
             if method in SERVER_REQUESTS and "id" in message:
                 return await self._screen_server_request(message, exchange)
+            params = message.get("params")
+            if method == "notifications/tasks" and isinstance(params, dict):
+                # A task's status push may carry its input requests: a refused one is never delivered.
+                refused = await self._refused_input_request(_input_requests(params), exchange)
+                return b"" if refused is not None else None
             return None
         if message.get("id") != exchange.request_id or exchange.request_id is None:
             return None
         result = message.get("result")
         if not isinstance(result, dict):
             return None
-        if result.get("resultType") == "input_required":
-            return await self._screen_input_required(result, exchange)
+        if self._tasks is not None and exchange.method not in TASK_METHODS:
+            created = task_id_of(result)
+            if created is not None:  # before the client can learn the id, so its first tasks/get finds the owner
+                await self._tasks.record(self._upstream, created, exchange.session.session_id)
+        requests = _input_requests(result)
+        if requests is not None:
+            return await self._screen_input_required(requests, exchange)
         if exchange.method == "tools/list" and isinstance(result.get("tools"), list):
             return await self._screen_tools_list(message, result["tools"], exchange)
         return None
@@ -566,11 +595,21 @@ class McpProxy:
         await self._answer_upstream(error, exchange)
         return b""
 
-    async def _screen_input_required(self, result: dict[str, Any], exchange: _Exchange) -> bytes | None:
-        """2026-07-28: a result asking the client for input. Every sampling or elicitation
-        request in it is checked; if any is refused, the client gets a -32050 error for its
-        own request instead of the result, so it never runs the refused request."""
-        requests = result.get("inputRequests")
+    async def _screen_input_required(self, requests: Any, exchange: _Exchange) -> bytes | None:
+        """2026-07-28: a result asking the client for input (an ``input_required`` result, or a
+        task's in ``tasks/get``). Every sampling or elicitation request in it is checked; if any
+        is refused, the client gets a -32050 error for its own request instead of the result,
+        so it never runs the refused request."""
+        refused = await self._refused_input_request(requests, exchange)
+        if refused is None:
+            return None
+        key, method, decision = refused
+        exchange.failed(f"{method} input request refused by Wicket")
+        message = f"Wicket refused the server's {method} input request '{key}': {decision.reason}"
+        return jsonrpc.error_body(jsonrpc.DENIED, message, decision.record(), exchange.request_id)
+
+    async def _refused_input_request(self, requests: Any, exchange: _Exchange) -> tuple[str, str, Decision] | None:
+        """The first of these ``inputRequests`` the sampling guard refuses, else None."""
         if not isinstance(requests, dict):
             return None
         for key, entry in requests.items():
@@ -579,9 +618,7 @@ class McpProxy:
                 continue
             decision = await self._check_server_request(method, entry.get("params"), exchange)
             if not decision.allowed:
-                exchange.failed(f"{method} input request refused by Wicket")
-                message = f"Wicket refused the server's {method} input request '{key}': {decision.reason}"
-                return jsonrpc.error_body(jsonrpc.DENIED, message, decision.record(), exchange.request_id)
+                return str(key), method, decision
         return None
 
     async def _check_server_request(self, method: str, params: Any, exchange: _Exchange) -> Decision:
@@ -737,6 +774,15 @@ def _check_headers(request: web.Request, method: str | None, params: dict[str, A
             problem = f"Mcp-Name header '{header_name}' does not match the body's '{body_name}'"
     if problem is not None:
         raise Refusal(400, jsonrpc.HEADER_MISMATCH, f"Header mismatch: {problem}.", reason="header_mismatch")
+
+
+def _input_requests(result: dict[str, Any]) -> Any:
+    """``inputRequests`` of a result or task status, top-level or inside its ``task``; None without any."""
+    found = result.get("inputRequests")
+    task = result.get("task")
+    if found is None and isinstance(task, dict):
+        found = task.get("inputRequests")
+    return found
 
 
 def _session_headers(request: web.Request) -> dict[str, str]:
