@@ -35,6 +35,10 @@ async def test_a_foreign_host_is_refused_and_local_names_are_served(
     async with aiohttp.ClientSession() as http:
         async with http.get(f"{running.admin_url}/metrics", headers={"Host": "rebound.example"}) as response:
             assert response.status == 403
+        async with http.get(
+            f"{running.admin_url}/.well-known/jwks.json", headers={"Host": "wicket.ns.svc"}
+        ) as response:
+            assert response.status == 200, "public keys are served under any name (upstreams fetch them)"
         async with http.get(f"{running.admin_url}/metrics") as response:
             assert response.status == 200
             assert 'wicket_http_rejections_total{reason="origin"} 3.0' in await response.text()

@@ -25,6 +25,7 @@ from proxy.core.checker import Checker
 from proxy.core.policy import Policy
 from proxy.core.revocations import KINDS, SignedRevocations
 from proxy.core.sessions import MODES, TOKEN_PREFIX, SessionIntegrityError, SessionManager, token_fingerprint
+from proxy.credentials.keys import JWKS_PATH
 from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
 
@@ -91,6 +92,8 @@ def host_check(origins: OriginPolicy, metrics: Metrics) -> Middleware:
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == JWKS_PATH:
+            return await handler(request)  # public keys, fetched by upstreams under whatever name they use
         refused = origins.host_problem(request.headers.get("Host"))
         if refused is not None:
             metrics.rejections.labels("origin").inc()
