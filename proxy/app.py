@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -186,6 +187,8 @@ class Wicket:
         self.deep: ReviewTier | None = None
         webhook = self.policy.approvals.webhook
         self.webhook = ApprovalWebhook(webhook, self.metrics) if webhook is not None else None
+        self.metrics.agent_limit = max(0, self.settings.metrics_agents)
+        self.metrics.on_scrape(self._scrape_store)
         self.approvals = Approvals(
             self.store,
             self.signer,
@@ -470,6 +473,19 @@ class Wicket:
         while True:
             await asyncio.sleep(self.settings.revocation_resync_seconds)
             await self._sync_revocations()
+
+    async def _scrape_store(self) -> None:
+        """Gauges a scrape reads from the store: is it up, and how long have approvals been waiting."""
+        try:
+            await self.store.ping()
+            pending = await self.approvals.recent(pending_only=True)
+        except StoreUnavailable:
+            self.metrics.store_up.set(0)
+            return
+        self.metrics.store_up.set(1)
+        now = time.time()
+        self.metrics.approvals_pending.set(len(pending))
+        self.metrics.approvals_oldest_pending.set(max((now - r.created_at for r in pending), default=0.0))
 
     def _tracing_middleware(self) -> list[Any]:
         """A server span per request (continuing the caller's traceparent) when tracing is on; none when off."""

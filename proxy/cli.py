@@ -111,6 +111,13 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
         metavar="URL",
         help="the data port's external base URL, e.g. https://mcp.example.com (default: each request's Host)",
     )
+    parser.add_argument(
+        "--metrics-agents",
+        type=int,
+        default=0,
+        metavar="N",
+        help="per-agent decision metrics for the first N agents seen (default 0: none; later agents count as 'other')",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", default="text", choices=("text", "json"), help="json: one JSON object per line")
 
@@ -385,6 +392,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], 
         oidc_jwks_url=args.oidc_jwks_url,
         oidc_agent_claim=args.oidc_agent_claim,
         public_url=args.public_url,
+        metrics_agents=args.metrics_agents,
         **extra,
     )
 

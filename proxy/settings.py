@@ -46,6 +46,7 @@ class Settings:
     upstream_transport: str = "streamable-http"  # or "sse" (2024-11-05 HTTP+SSE URL) or "stdio" (upstream_command)
     upstream_command: list[str] | None = None  # the stdio MCP server's argv; one child per MCP session
     upstream_name: str | None = None  # stdio: the server's name (http://stdio/NAME); None: program + argv digest
+    metrics_agents: int = 0  # per-agent decision series for the first N agents (0: none; ids can be many)
     stdio_env: list[str] = field(default_factory=list)  # stdio: environment variables passed beyond the allowlist
     max_upstream_children: int = 32  # sse/stdio: live channels (children, SSE connections) at most
     upstream_idle_seconds: float = 1800.0  # sse/stdio: an MCP session idle this long is closed

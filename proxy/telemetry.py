@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from proxy import __version__
 
+log = logging.getLogger(__name__)
+SCRAPE_REFRESH_SECONDS = 2.0
 _CHECK_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0, 5.0, 15.0)
 _UPSTREAM_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0)
 
@@ -179,6 +185,51 @@ class Metrics:
         )
         info = Gauge("wicket_build_info", "Wicket version.", ["version"], registry=r)
         info.labels(version=__version__).set(1)
+        self.store_up = Gauge(
+            "wicket_store_up", "1 while the state store answered its last ping (refreshed on every scrape).", registry=r
+        )
+        self.approvals_pending = Gauge(
+            "wicket_approvals_pending",
+            "Approval requests waiting for an operator (refreshed on every scrape).",
+            registry=r,
+        )
+        self.approvals_oldest_pending = Gauge(
+            "wicket_approvals_oldest_pending_seconds",
+            "Age of the oldest approval request still waiting for an operator; 0 when none waits.",
+            registry=r,
+        )
+        self.agent_decisions = Counter(
+            "wicket_agent_decisions_total",
+            "Decisions per agent and verdict; only with --metrics-agents N, for the first N agents seen "
+            '(later ones count as agent="other").',
+            ["agent", "decision"],
+            registry=r,
+        )
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
+        self._agents: set[str] = set()
+        self.agent_limit = 0  # 0: no per-agent series at all (the default)
+
+    def count_agent(self, agent_id: str, decision: str) -> None:
+        """Per-agent decisions, bounded: the first ``agent_limit`` agents by name, the rest as ``other``."""
+        if not self.agent_limit:
+            return
+        if agent_id not in self._agents:
+            if len(self._agents) >= self.agent_limit:
+                agent_id = "other"
+            else:
+                self._agents.add(agent_id)
+        self.agent_decisions.labels(agent_id, decision).inc()
+
+    def on_scrape(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Run ``refresh`` (bounded to 2 s) before each exposition: gauges that read the store."""
+        self._refreshers.append(refresh)
+
+    async def refresh(self) -> None:
+        for refresh in self._refreshers:
+            try:
+                await asyncio.wait_for(refresh(), SCRAPE_REFRESH_SECONDS)
+            except Exception as exc:  # a scrape must still answer; the gauge keeps its last value
+                log.warning("metrics refresh failed: %s", exc.__class__.__name__)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -29,6 +29,7 @@ class HealthApi:
         ]
 
     async def metrics(self, request: web.Request) -> web.Response:
+        await self._metrics.refresh()
         body = self._metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 

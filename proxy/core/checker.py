@@ -324,6 +324,7 @@ class Checker:
             decision.tier.value,
             "enforce" if decision.shadow_of is None else "shadow",
         ).inc()
+        self._metrics.count_agent(action.agent_id, decision.recorded_verdict)
         return decision
 
     def _audit_failed(self) -> None:

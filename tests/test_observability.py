@@ -1,0 +1,138 @@
+"""What operators scrape and page on: the shipped dashboard and alerts refer only to metrics Wicket
+exports, the README lists every metric, label sets stay bounded, and the store-read gauges work."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import aiohttp
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from proxy.demo.server import DemoUpstream
+from tests.conftest import ROOT, RunningWicket, WicketFactory, mcp_client
+from tests.redis_support import RedisServer
+
+DASHBOARD = ROOT / "charts" / "wicket" / "files" / "grafana-dashboard.json"
+ALERTS = ROOT / "charts" / "wicket" / "files" / "prometheus-alerts.yaml"
+METRIC = re.compile(r"\bwicket_[a-z0-9_]+\b")
+STRICT = "version: 1\nanonymous: {enabled: false}\n"
+
+
+async def scrape(running: RunningWicket) -> str:
+    async with aiohttp.ClientSession() as http, http.get(running.admin_url + "/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
+def families(exposition: str) -> set[str]:
+    """Metric families by their exposed name (prometheus_client's per-counter ``_created`` gauges aside)."""
+    names = {line.split()[2] for line in exposition.splitlines() if line.startswith("# TYPE ")}
+    return {n for n in names if not n.endswith("_created")}
+
+
+def exported(name: str, known: set[str]) -> bool:
+    return name in known or any(
+        name.endswith(s) and name.removesuffix(s) in known for s in ("_bucket", "_count", "_sum")
+    )
+
+
+def queries() -> list[str]:
+    dashboard = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    exprs += [t["query"]["query"] for t in dashboard["templating"]["list"] if isinstance(t.get("query"), dict)]
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    return exprs + [rule["expr"] for rule in rules]
+
+
+async def test_dashboard_and_alerts_use_only_exported_metrics(wicket: RunningWicket) -> None:
+    async with mcp_client(wicket.url, mode="2026-07-28") as client:
+        await client.call_tool("get_weather", {"city": "Oslo"})
+        await client.call_tool("drop_table", {"table": "t"})
+    known = families(await scrape(wicket))
+    used = {name for expr in queries() for name in METRIC.findall(expr)}
+    assert len(used) >= 15
+    missing = sorted(name for name in used if not exported(name, known))
+    assert not missing, f"dashboard/alert queries refer to metrics Wicket does not export: {missing}"
+
+
+def test_the_alert_rules_are_well_formed() -> None:
+    rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]
+    names = [rule["alert"] for rule in rules]
+    assert len(names) == len(set(names))
+    assert {
+        "WicketAuditLogUnhealthy",
+        "WicketGuardianBreakerOpen",
+        "WicketStoreUnavailable",
+        "WicketDenialRateHigh",
+        "WicketEscalationsHigh",
+        "WicketApprovalsWaiting",
+    } <= set(names)
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("critical", "warning")
+        assert rule["annotations"]["summary"] and rule["annotations"]["description"]
+    assert (ROOT / "docs" / "prometheus-alerts.yaml").resolve() == ALERTS.resolve()
+    assert (ROOT / "docs" / "grafana-dashboard.json").resolve() == DASHBOARD.resolve()
+
+
+async def test_the_readme_lists_every_metric(wicket: RunningWicket) -> None:
+    readme = (ROOT / "README.md").read_text()
+    listed = set(METRIC.findall(readme))
+    missing = sorted(f for f in families(await scrape(wicket)) if f not in listed)
+    assert not missing, f"metrics missing from the README's Metrics section: {missing}"
+
+
+async def test_invented_tool_names_never_become_label_values(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    running = await make_wicket(upstream.url)
+    before = await scrape(running)
+    async with mcp_client(running.url, mode="2026-07-28") as client:
+        for n in range(40):
+            await client.call_tool(f"invented_tool_{n}_zz", {})
+    after = await scrape(running)
+    assert "invented_tool_" not in after
+    series = lambda text: {line.split(" ")[0] for line in text.splitlines() if line.startswith("wicket_")}  # noqa: E731
+    grown = series(after) - series(before)
+    assert len(grown) < 40, f"40 tool names must not make 40 series: {sorted(grown)}"
+
+
+async def test_per_agent_series_are_opt_in_and_capped(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    off = await make_wicket(upstream.url, STRICT)
+    on = await make_wicket(upstream.url, STRICT, metrics_agents=2)
+    for running in (off, on):
+        for agent in ("alpha", "beta", "gamma"):
+            grant = await running.create_session(agent)
+            async with mcp_client(running.url, token=grant["token"], mode="2026-07-28") as client:
+                await client.call_tool("get_weather", {"city": "Oslo"})
+    assert "wicket_agent_decisions_total{" not in await scrape(off)
+    text = await scrape(on)
+    agents = set(re.findall(r'wicket_agent_decisions_total\{agent="([^"]+)"', text))
+    assert agents == {"alpha", "beta", "other"}
+
+
+async def test_store_and_approval_gauges(
+    upstream: DemoUpstream, make_wicket: WicketFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    key = tmp_path / "signing.pem"
+    key.write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    running = await make_wicket(upstream.url, STRICT, store=redis_server.url, environ={"WICKET_SIGNING_KEY": str(key)})
+    assert "wicket_approvals_pending 0.0" in await scrape(running)
+    grant = await running.create_session("writer")
+    async with mcp_client(running.url, token=grant["token"], mode="2026-07-28") as client:
+        pending = await client.call_tool("create_note", {"title": "t", "text": "x"})
+    assert pending.meta["wicket/decision"]["decision"] == "approval_required"
+    text = await scrape(running)
+    assert "wicket_store_up 1.0" in text and "wicket_approvals_pending 1.0" in text
+    oldest = float(re.search(r"^wicket_approvals_oldest_pending_seconds (\S+)$", text, re.M).group(1))  # type: ignore[union-attr]
+    assert 0.0 <= oldest < 300
+    redis_server.kill()
+    assert "wicket_store_up 0.0" in await scrape(running)
+    assert upstream.ledger.names() == []
