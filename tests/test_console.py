@@ -305,3 +305,74 @@ async def test_revoke_in_the_console_ends_the_agents_session(
         revocations = [e for e in running.audit_events() if e["event"] == "revocation"]
         assert [e["revoked"] for e in revocations] == [alice["session_id"]]
         assert_clean(browser)
+
+
+SCREENSHOT = Path(__file__).resolve().parent / "artifacts" / "console-400px.png"
+
+
+async def test_pending_approvals_show_id_arguments_and_why_and_the_console_fits_400px(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    """Each pending request shows its id, the redacted arguments, what they bind and why it is pending
+    (an anomaly escalation with its figures); a revoked session shows no elevation; at 400 px wide
+    nothing needs a sideways scroll, and the operator can still approve. The test saves a screenshot
+    of the narrow console to tests/artifacts/console-400px.png."""
+    running = await make_wicket(upstream.url, STRICT)
+    gardener = await running.create_session("gardener", scope=["create_note", "list_notes"])
+    bob = await running.create_session("bob")
+    note = {"title": "minutes", "text": "we met", "api_key": "sk-live-0123456789abcdef"}
+    async with chromium_page() as browser:
+        page = browser.page
+        await page.set_viewport_size({"width": 400, "height": 1400})
+        await open_console(page, running, approver="ops-dana")
+        async with mcp_client(running.url, token=bob["token"]) as agent:
+            bob_id = decision_of(await agent.call_tool("create_note", {"title": "b", "text": "c"}))["approval_id"]
+            await approval_row(page, bob_id).get_by_test_id("approve-button").click()
+            await expect(page.get_by_test_id("notice")).to_contain_text(f"Approved {bob_id}")
+        bob_elevation = session_row(page, bob["session_id"]).get_by_test_id("session-elevation")
+        await expect(bob_elevation).to_contain_text("tools/call:create_note")
+        browser.accept_dialogs = True
+        async with page.expect_event("dialog"):
+            await session_row(page, bob["session_id"]).get_by_test_id("revoke-button").click()
+        await expect(session_row(page, bob["session_id"])).to_have_attribute("data-revoked", "true")
+        await expect(bob_elevation).to_have_text("—")
+
+        async with mcp_client(running.url, token=gardener["token"]) as agent:
+            for _ in range(3):  # outside the scope ceiling: three denials
+                assert (await agent.call_tool("drop_table", {"table": "t"})).is_error
+            for _ in range(2):
+                assert not (await agent.call_tool("list_notes", {})).is_error
+            # 3 denials in 5 calls: the write is judged one tier up, destructive, and bound to this call.
+            asked = decision_of(await agent.call_tool("create_note", note, meta={"wicket/intent": "file minutes"}))
+            assert asked["decision"] == "approval_required" and asked["effect"] == "destructive"
+            row = approval_row(page, asked["approval_id"])
+            await expect(row.get_by_test_id("approval-id")).to_have_text(asked["approval_id"])
+            arguments = row.get_by_test_id("approval-arguments")
+            await expect(arguments).to_contain_text('"api_key": "[REDACTED]"')
+            await expect(arguments).to_contain_text('"title": "minutes"')
+            await expect(arguments).not_to_contain_text("sk-live")
+            await expect(row.get_by_test_id("approval-binding")).to_have_text("this call only")
+            await expect(row.get_by_test_id("approval-escalation")).to_have_text(
+                "anomaly escalation: denial rate 60% over 5 calls (threshold 30%)"
+            )
+            await expect(row.get_by_test_id("approval-why")).to_contain_text(
+                "Effect raised from mutating to destructive by anomaly escalation"
+            )
+            await expect(row.get_by_test_id("approval-reason")).to_have_text("file minutes")
+            assert "sk-live" not in await page.content()
+
+            # 400 px: the page is no wider than the window, and each cell names its column.
+            width = await page.evaluate("document.documentElement.scrollWidth")
+            assert width <= 400, f"the console is {width} px wide in a 400 px window"
+            assert await row.get_by_test_id("approval-id").get_attribute("data-label") == "Request"
+            await expect(row.get_by_test_id("approve-button")).to_be_in_viewport()
+            SCREENSHOT.parent.mkdir(exist_ok=True)
+            await page.screenshot(path=str(SCREENSHOT))  # the window: the pending request and the sessions
+
+            await row.get_by_test_id("approve-button").click()
+            await expect(page.get_by_test_id("notice")).to_contain_text(f"Approved {asked['approval_id']}")
+            changed = decision_of(await agent.call_tool("create_note", {**note, "text": "we never met"}))
+            assert changed["decision"] == "approval_required", "the approval covers only the approved arguments"
+            assert not (await agent.call_tool("create_note", note)).is_error
+        assert upstream.ledger.names().count("create_note") == 1
+        assert_clean(browser)

@@ -26,7 +26,7 @@ from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core.action import Activity
 from proxy.core.anomaly import escalation
 from proxy.core.approval_store import Approvals
-from proxy.core.approvals import ApprovalError, ApprovalRequest, approver_identity, rfc3339
+from proxy.core.approvals import ApprovalError, ApprovalRequest, approver_identity, grant_key, rfc3339
 from proxy.core.policy import Policy
 from proxy.core.revocations import RevocationList
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager, token_fingerprint
@@ -163,11 +163,13 @@ class ControlApi:
         out = []
         for session, elevation, (calls, denials, writes) in zip(sessions, elevations, counts, strict=True):
             flagged = escalation(Activity(calls=calls, denials=denials, writes=writes), settings) is not None
+            revoked = self._revocations.reason(session.agent_id, session.session_id, None) is not None
             out.append(
                 {
                     **_session_view(session),
-                    "revoked": self._revocations.reason(session.agent_id, session.session_id, None) is not None,
-                    "elevation": None if elevation is None else elevation.public(now),
+                    "revoked": revoked,
+                    # A revoked session can use nothing, its elevation included: showing one would mislead.
+                    "elevation": None if elevation is None or revoked else elevation.public(now),
                     "anomaly": {"calls": calls, "denials": denials, "writes": writes, "flagged": flagged},
                 }
             )
@@ -251,6 +253,7 @@ class ControlApi:
 def _elevation_view(request: ApprovalRequest, active: frozenset[str]) -> dict[str, Any]:
     return {
         "session_id": request.session_id,
-        "actions": [a for a in request.actions if a in active] or list(request.actions),
+        "actions": [a for a in request.actions if grant_key(a, request.arguments_sha256) in active]
+        or list(request.actions),
         "expires_at": rfc3339(request.elevation_expires_at),
     }
