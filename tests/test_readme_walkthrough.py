@@ -87,3 +87,15 @@ def test_the_readme_walkthrough_works_when_pasted(tmp_path: Path) -> None:
     assert all("escalated_from" not in e for e in events)
     outcomes = [e for e in events if e["event"] == "outcome" and e["action"] == "tools/call:create_note"]
     assert [e["status"] for e in outcomes] == ["success"], "the upstream ran the note exactly once"
+
+
+def test_the_docs_stand_on_their_own() -> None:
+    """README, docs/ and the policy reference name no sections of a contract the reader does not have."""
+    documents = [ROOT / "README.md", ROOT / "policies" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    dangling = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in documents
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if re.search(r"SPEC\s*§|SPEC section", line)
+    ]
+    assert dangling == []
