@@ -178,29 +178,56 @@ async def test_deeply_nested_upstream_answer_is_32603(deep_upstream: DemoUpstrea
     assert deep_upstream.ledger.names() == ["get_tree", "get_tree"]  # it ran; its answer was withheld
 
 
+@pytest.mark.parametrize("deep_answer", ["tools/call", "tools/list"])
 @pytest.mark.parametrize("content_type", ["application/json", "text/event-stream"])
-async def test_answer_past_the_recursion_limit_is_32603_not_500(content_type: str, make_wicket: WicketFactory) -> None:
-    """A hostile upstream answers with JSON nested 100,000 levels deep (Python's parser gives up)."""
+async def test_answer_past_the_recursion_limit_is_an_error_not_500(
+    content_type: str, deep_answer: str, make_wicket: WicketFactory
+) -> None:
+    """A hostile upstream answers with JSON nested 100,000 levels deep (Python's parser gives up):
+    the agent's call, or the tool list Wicket asks for itself before it."""
+    executed: list[str] = []
     deep = with_deep({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "x": "__deep__"}}, 100_000)
 
     async def answer(request: web.Request) -> web.Response:
-        await request.read()
-        if content_type == "application/json":
-            return web.Response(text=deep, content_type=content_type)
-        return web.Response(text=f"event: message\ndata: {deep}\n\n", content_type=content_type)
+        message = await request.json()
+        method, request_id = message.get("method"), message.get("id")
+        if request_id is None:
+            return web.Response(status=202)
+        if method == "initialize":
+            result = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "deep"}}
+        elif method != deep_answer and method == "tools/list":
+            tool = {"name": "get_weather", "inputSchema": {"type": "object"}, "annotations": {"readOnlyHint": True}}
+            result = {"tools": [tool]}
+        else:
+            executed.append(method)
+            text = deep.replace('"id": 1', f'"id": {json.dumps(request_id)}', 1)
+            if content_type == "application/json":
+                return web.Response(text=text, content_type=content_type)
+            return web.Response(text=f"event: message\ndata: {text}\n\n", content_type=content_type)
+        reply = {"jsonrpc": "2.0", "id": request_id, "result": result}
+        return web.json_response(reply, headers={"Mcp-Session-Id": "deep-1"})
+
+    async def end(request: web.Request) -> web.Response:
+        return web.Response(status=200)
 
     app = web.Application()
     app.router.add_post("/mcp", answer)
+    app.router.add_delete("/mcp", end)
     async with serve(app) as base:
         running = await make_wicket(base + "/mcp")
         status, _, body = await post(
             running.url, json.dumps(call("get_weather", {"city": "x"})), modern_headers(name="get_weather")
         )
+    if deep_answer == "tools/list":  # Wicket could not learn the tool: the call is refused, never forwarded
+        assert status == 502 and body["id"] == 1 and body["error"]["code"] == -32051, body
+        assert executed == ["tools/list"]
+        return
     assert status == 200, body
     if content_type == "text/event-stream":
         assert isinstance(body, str)
         body = json.loads(body.split("data: ", 1)[1])
     assert body["id"] == 1 and body["error"]["code"] == -32603, body
+    assert executed == ["tools/call"]
 
 
 async def test_deeply_nested_a2a_request_is_400_invalid_request(make_wicket: WicketFactory) -> None:

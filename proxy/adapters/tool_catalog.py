@@ -18,7 +18,6 @@ inventing names cannot make Wicket hammer the upstream; a failure fails the call
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -240,7 +239,9 @@ def _matching(text: str | bytes | None, request_id: Any) -> dict[str, Any] | Non
     if text is None:
         return None
     try:
-        message = json.loads(text)
+        message = jsonrpc.loads(text)
+    except jsonrpc.NestingTooDeep:
+        raise ListingFailed(f"the tool list nests deeper than {jsonrpc.MAX_DEPTH} levels") from None
     except ValueError:
         return None
     if isinstance(message, dict) and message.get("id") == request_id and "method" not in message:
