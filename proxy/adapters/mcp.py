@@ -539,9 +539,12 @@ class McpProxy:
         requests = _input_requests(result)
         if requests is not None:
             return await self._screen_input_required(requests, exchange)
+        translated = exchange.modern and _complete_for_modern(result, exchange.method)
         if exchange.method == "tools/list" and isinstance(result.get("tools"), list):
-            return await self._screen_tools_list(message, result["tools"], exchange)
-        return None
+            replaced = await self._screen_tools_list(message, result["tools"], exchange)
+            if replaced is not None:
+                return replaced
+        return jsonrpc.dumps(message) if translated else None
 
     async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
         """Hide the tools this session may never call and those awaiting an operator's approval
@@ -697,6 +700,11 @@ class _Exchange:
     detail: str | None = None
     tools_changed: bool = False  # the upstream announced notifications/tools/list_changed
 
+    @property
+    def modern(self) -> bool:
+        """The client speaks 2026-07-28 (every result it accepts carries ``resultType``)."""
+        return self.request.headers.get("MCP-Protocol-Version", "") >= MODERN_VERSION
+
     def failed(self, detail: str) -> None:
         self.status = "error"
         self.detail = detail
@@ -774,6 +782,25 @@ def _check_headers(request: web.Request, method: str | None, params: dict[str, A
             problem = f"Mcp-Name header '{header_name}' does not match the body's '{body_name}'"
     if problem is not None:
         raise Refusal(400, jsonrpc.HEADER_MISMATCH, f"Header mismatch: {problem}.", reason="header_mismatch")
+
+
+CACHEABLE_METHODS = frozenset(
+    {"prompts/list", "resources/list", "resources/read", "resources/templates/list", "server/discover", "tools/list"}
+)
+"""2026-07-28 results of these methods must say how long they may be cached (``ttlMs``, ``cacheScope``)."""
+
+
+def _complete_for_modern(result: dict[str, Any], method: str | None) -> bool:
+    """Give a result from a server older than 2026-07-28 the fields a 2026-07-28 client requires;
+    whether anything was added. Such a server never asks for input, so its result is complete,
+    and its lists get the SDKs' own safe cache defaults (immediately stale, private)."""
+    if "resultType" in result:
+        return False
+    result["resultType"] = "complete"
+    if method in CACHEABLE_METHODS:
+        result.setdefault("ttlMs", 0)
+        result.setdefault("cacheScope", "private")
+    return True
 
 
 def _input_requests(result: dict[str, Any]) -> Any:

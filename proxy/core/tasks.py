@@ -46,8 +46,9 @@ class TaskOwners:
         return f"wicket:task:{digest[:40]}"
 
     async def record(self, upstream: str, task_id: str, session_id: str) -> None:
+        """First writer wins: an upstream naming an existing task again never hands it to another session."""
         key = self._key(upstream, task_id)
-        await self._store.put(key, self._signer.encode(key, {"session_id": session_id}), self._ttl)
+        await self._store.compare_and_set(key, None, self._signer.encode(key, {"session_id": session_id}), self._ttl)
 
     async def owner(self, upstream: str, task_id: str) -> str | None:
         """The creating session, or None when unknown or when the record fails its integrity check."""
