@@ -15,11 +15,14 @@ from typing import Any
 
 import pytest
 from mcp_types import ToolAnnotations
+from playwright.async_api import expect
 
 from proxy.cli import main
 from proxy.demo.server import DemoUpstream
+from tests.browser import chromium_page
 from tests.conformance.suite import EVERYTHING_PACKAGE, node_binary, package_file
 from tests.conftest import ADMIN_TOKEN, WicketFactory, admin, mcp_client
+from tests.test_console import assert_clean, open_console
 from tests.test_tool_pinning_e2e import WARN_POLICY, RugPullServer, events, refusal_of
 
 POLICY = """
@@ -135,5 +138,33 @@ async def test_trust_needs_the_operator_and_annotations(make_wicket: WicketFacto
         assert (await admin(running, "POST", "/v1/tools/nope/trust"))[0] == 404
         assert not events(running, "tool_annotations_trusted")
         assert json.dumps(body)  # the answer is JSON
+    finally:
+        await upstream.stop()
+
+
+async def test_the_console_trusts_a_tools_annotations(make_wicket: WicketFactory) -> None:
+    server = RugPullServer()
+    server.define("recall", "Answers from memory.", ToolAnnotations(readOnlyHint=True))
+    upstream = DemoUpstream(server=(server.server, server.ledger))
+    await upstream.start()
+    try:
+        running = await make_wicket(upstream.url, POLICY)
+        async with chromium_page() as browser, mcp_client(running.url) as client:
+            page = browser.page
+            await open_console(page, running, approver="erin")
+            await client.list_tools()
+            row = page.locator('[data-testid="tool-row"][data-tool="recall"]')
+            await expect(row.get_by_test_id("tool-effect")).to_have_text("mutating (claims read)")
+            assert refusal_of(await client.call_tool("recall", {"word": "a"}))["effect"] == "mutating"
+            await row.get_by_test_id("tool-trust-button").click()
+            await expect(page.get_by_test_id("notice")).to_have_text(
+                "Trusted the annotations of recall: its calls are read now."
+            )
+            await expect(row).to_have_count(0)
+            assert not (await client.call_tool("recall", {"word": "b"})).is_error
+            assert_clean(browser)
+        [trusted] = events(running, "tool_annotations_trusted")
+        assert trusted["approver"].startswith("erin (operator:")
+        assert server.ledger.names() == ["recall"]
     finally:
         await upstream.stop()

@@ -223,7 +223,9 @@ class McpProxy:
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"params.{NAME_PARAMS[method]} must be a string.")
         is_tool_call = method == "tools/call"
         resource = params.get("uri") if method in RESOURCE_METHODS else None
-        if method in RESOURCE_METHODS and not isinstance(resource, str):
+        if resource is not None and not isinstance(resource, str):
+            # (A missing uri is the upstream's to refuse: 2026-07-28 servers answer a removed
+            # resources/subscribe with 404/-32601, which clients and the conformance suite expect.)
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "params.uri must be a string.", reason="invalid")
         arguments = params.get("arguments") if is_tool_call else None
         if arguments is not None and not isinstance(arguments, dict):
