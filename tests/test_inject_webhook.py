@@ -25,6 +25,7 @@ import jsonpatch
 import pytest
 import yaml
 
+from proxy.cli import build_parser
 from proxy.demo.server import free_port
 from tests.k8s_support import validate_strictly, write_serving_certificate
 
@@ -188,6 +189,12 @@ async def test_opted_in_pod_gets_one_native_sidecar(injector: Injector) -> None:
     assert args[args.index("--policy") + 1] == "/etc/wicket/policy/policy.yaml"
     assert args[args.index("--audit-log") + 1] == "/var/lib/wicket/audit.jsonl"
     assert args[args.index("--store") + 1] == "memory"
+    parsed = build_parser().parse_args(args)  # what `wicket` makes of the sidecar's command line
+    assert (parsed.command, parsed.upstream, parsed.health_listen) == (
+        "run",
+        "https://mcp.tools.svc:8443/mcp",
+        "0.0.0.0:9091",
+    )
     secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in sidecar["env"] if "valueFrom" in e}
     assert secrets == {
         k: {"name": "wicket-keys", "key": k} for k in ("WICKET_SESSION_KEY", "WICKET_SIGNING_KEY", "WICKET_ADMIN_TOKEN")
@@ -253,6 +260,8 @@ async def test_classic_sidecar_and_stdio_command(injector: Injector) -> None:
     assert "restartPolicy" not in sidecar and sidecar["image"] == STDIO_IMAGE
     args = sidecar["args"]
     assert args[args.index("--") + 1 :] == command and "--upstream" not in args
+    parsed = build_parser().parse_args(args[: args.index("--")])  # main() hands the rest to the stdio server
+    assert parsed.allowed_host == ["everything.tools.svc", "everything.tools.svc.cluster.local"]
     assert args[args.index("--listen") + 1] == "0.0.0.0:8080", "named hosts: served on the pod IP"
     assert [args[i + 1] for i, a in enumerate(args) if a == "--allowed-host"] == [
         "everything.tools.svc",
