@@ -5,11 +5,13 @@ schemas, cert-manager and Prometheus Operator kinds against their CRD models."""
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 from typing import Any
 
 import helm_python as helm
+import jsonpatch
 import pytest
 import yaml
 from cloudcoil.models.cert_manager import v1 as cert_manager
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from proxy.cli import build_parser
 from proxy.credentials.keys import load_private_key
-from proxy.k8s.injector import SidecarConfig
+from proxy.k8s.injector import SidecarConfig, review
 from tests.conftest import ROOT
 from tests.k8s_support import validate_strictly
 
@@ -247,3 +249,45 @@ def test_every_optional_feature_renders_valid_manifests() -> None:
 def test_values_schema_rejects_a_bad_value(values: dict[str, Any], where: str) -> None:
     with pytest.raises(helm.HelmValuesError, match=re.escape(where)):
         render(values)
+
+
+def test_helm_lint_strict_finds_no_warning() -> None:
+    for values in ({}, EVERYTHING_ON):
+        report = helm.lint(CHART, values, strict=True, kube_version="v1.29.0")
+        assert report["errors"] == []
+        # Severity 1 is informational ("icon is recommended"); 2 is a warning, 3 an error.
+        assert [m for m in report["messages"] if m["severity"] > 1] == []
+
+
+def test_the_charts_sidecar_settings_inject_a_valid_pod() -> None:
+    """Chart -> injector -> pod: the ConfigMap the chart renders is what the injector applies."""
+    resources = render({"targetNamespaces": ["agents"], "policy": {"create": True}})
+    config = SidecarConfig.from_mapping(
+        yaml.safe_load(one(resources, "ConfigMap", "wicket-injector")["data"]["sidecar.yaml"])
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "research-agent-0",
+            "annotations": {"wicket.dev/inject": "true", "wicket.dev/upstream": "http://mcp.tools.svc:8000/mcp"},
+        },
+        "spec": {"containers": [{"name": "agent", "image": "registry.example.com/agent:1"}]},
+    }
+    request = {"uid": "u1", "kind": {"group": "", "version": "v1", "kind": "Pod"}, "operation": "CREATE"}
+    answer = review(
+        {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {**request, "object": pod}},
+        config,
+    ).response["response"]
+    injected = jsonpatch.apply_patch(pod, json.loads(base64.b64decode(answer["patch"])))
+    validate_strictly(injected)
+    [sidecar] = injected["spec"]["initContainers"]
+    secret = one(resources, "Secret", "wicket-keys", "agents")
+    policy = one(resources, "ConfigMap", "wicket-policy", "agents")
+    assert {e["valueFrom"]["secretKeyRef"]["name"] for e in sidecar["env"] if "valueFrom" in e} == {
+        secret["metadata"]["name"]
+    }
+    assert {e["valueFrom"]["secretKeyRef"]["key"] for e in sidecar["env"] if "valueFrom" in e} <= set(secret["data"])
+    assert {"name": "wicket-policy", "configMap": {"name": policy["metadata"]["name"]}} in injected["spec"]["volumes"]
+    args = sidecar["args"]
+    assert Path(args[args.index("--policy") + 1]).name in policy["data"]
