@@ -78,3 +78,18 @@ async def test_stdio_upstream_is_ready_once_started(make_wicket: WicketFactory) 
     running = await make_wicket("", upstream_transport="stdio", upstream_command=command, health_listen="127.0.0.1:0")
     status, body = await get_json(health_url(running) + "/readyz")
     assert (status, body["checks"]["upstream"]) == (200, "ok")
+
+
+async def test_probes_by_pod_ip_reach_the_health_listener_while_the_admin_port_checks_host(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    """The kubelet and Prometheus call the health listener as http://<pod IP>:9091; the admin port
+    refuses a Host that is not its own (DNS rebinding), so probes belong on the health listener."""
+    running = await make_wicket(upstream.url, health_listen="127.0.0.1:0")
+    pod_ip = {"Host": f"10.244.1.17:{running.wicket.health_port}"}
+    async with aiohttp.ClientSession() as http:
+        for path in ("/healthz", "/readyz", "/metrics"):
+            async with http.get(health_url(running) + path, headers=pod_ip) as response:
+                assert response.status == 200, path
+            async with http.get(running.admin_url + path, headers={"Host": "rebind.attacker.example"}) as response:
+                assert response.status == 403, path
