@@ -25,6 +25,7 @@ from a2a.types import (
     ListTasksRequest,
     Role,
     SendMessageRequest,
+    SubscribeToTaskRequest,
 )
 from a2a.utils.errors import TaskNotFoundError
 from a2a.utils.signing import create_agent_card_signer, create_signature_verifier
@@ -552,3 +553,30 @@ async def test_policy_can_require_a_skill(agent: DemoA2AAgent, make_wicket: Wick
     named = {"message": {**_wire_message("with skill"), "metadata": {"wicket/skill": "echo"}}}
     assert "result" in await rpc(strict, "SendMessage", named, token=token)
     assert agent.ledger.texts() == ["with skill"]
+
+
+async def test_subscribing_to_a_task_is_for_its_owner(front: RunningWicket, agent: DemoA2AAgent) -> None:
+    owner = await token_for(front, "planner")
+    other = await token_for(front, "intruder")
+    agent.executor.released.clear()
+    client = await sdk_client(front, owner, "JSONRPC", streaming=True)
+    stream = client.send_message(SendMessageRequest(message=user_message("wait for subscribers")))
+    task_id = (await anext(stream)).task.id
+    for binding in ("JSONRPC", "HTTP+JSON"):
+        intruder = await sdk_client(front, other, binding, streaming=True)
+        reached = len(agent.ledger.requests)
+        with pytest.raises(TaskNotFoundError):
+            async for _ in intruder.subscribe(SubscribeToTaskRequest(id=task_id)):
+                pass
+        assert len(agent.ledger.requests) == reached
+        await intruder.close()
+    watcher = await sdk_client(front, owner, "HTTP+JSON", streaming=True)
+    seen = []
+    async for event in watcher.subscribe(SubscribeToTaskRequest(id=task_id)):
+        seen.append(event.WhichOneof("payload"))
+        if len(seen) == 1:
+            agent.release()
+    assert seen[0] == "task" and seen[-1] == "status_update"
+    await stream.aclose()
+    await watcher.close()
+    await client.close()
