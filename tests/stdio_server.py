@@ -14,7 +14,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.resolve import Elicit, Resolve
@@ -105,6 +105,16 @@ async def get_colour(colour: Annotated[Colour, Resolve(ask_colour)]) -> str:
     """Read: ask the client (elicitation) and repeat its answer with this process's id."""
     note("get_colour")
     return f"pid={os.getpid()} colour={colour.colour}"
+
+
+@server.tool()
+def get_deep(depth: int) -> dict[str, Any]:
+    """Answer with structured content nested ``depth`` levels deep."""
+    note("get_deep")
+    tree: Any = 1
+    for _ in range(depth):
+        tree = [tree]
+    return {"tree": tree}
 
 
 @server.tool()

@@ -390,6 +390,17 @@ async def test_a_crash_fails_the_call_and_the_next_session_gets_a_new_child(
     assert any("ended: the stdio MCP server exited with code 3" in r.getMessage() for r in caplog.records)
 
 
+async def test_a_message_nested_too_deep_ends_the_channel_with_a_clear_error(make_wicket: WicketFactory) -> None:
+    """A stdio server that answers with JSON nested past what Wicket reads is stopped: the pending
+    call fails with -32051 and a reason, the proxy never answers 500."""
+    running = await stdio_wicket(make_wicket)
+    async with mcp_client(running.url, mode="legacy") as client:
+        with pytest.raises(MCPError) as stopped:
+            await client.call_tool("get_deep", {"depth": 100})
+    assert stopped.value.error.code == -32051
+    assert "nested deeper than 64 levels" in stopped.value.error.message
+
+
 async def test_a_crash_during_a_stateless_request_says_what_to_do(make_wicket: WicketFactory) -> None:
     running = await stdio_wicket(make_wicket)
     async with mcp_client(running.url, mode="2026-07-28") as client:

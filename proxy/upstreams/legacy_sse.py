@@ -10,7 +10,6 @@ connection is one MCP session, so the bridge opens one per session.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import AsyncIterator, Mapping
@@ -21,6 +20,7 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from proxy.adapters import jsonrpc
 from proxy.httpio import read_limited
 from proxy.upstreams.channel import ChannelEnd, ChannelError, Incoming, encode
 
@@ -297,7 +297,10 @@ class LegacySseChannel:
                 log.debug("legacy SSE server %s: ignored a %r event", self._where, event)
             return None
         try:
-            message = json.loads(data)
+            message = jsonrpc.loads(data)
+        except jsonrpc.NestingTooDeep:
+            too_deep = f"a message nested deeper than {jsonrpc.MAX_DEPTH} levels"
+            raise ChannelError(f"the legacy SSE MCP server at {self._where} sent {too_deep}") from None
         except ValueError:
             log.warning("legacy SSE server %s: ignored a message that is not JSON", self._where)
             return None

@@ -22,6 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import quote
 
+from proxy.adapters import jsonrpc
 from proxy.upstreams.channel import ChannelEnd, ChannelError, Incoming, encode
 
 __all__ = ["StdioChannel", "StdioFactory", "child_environment", "stdio_label"]
@@ -213,7 +214,11 @@ class StdioChannel:
             if not line:
                 continue
             try:
-                message = json.loads(line)
+                message = jsonrpc.loads(line)
+            except jsonrpc.NestingTooDeep:
+                violation = f"the stdio MCP server sent a message nested deeper than {jsonrpc.MAX_DEPTH} levels"
+                log.error("[pid %d] %s; stopping it", self.pid, violation)
+                break
             except ValueError:
                 log.warning("[pid %d] ignored a stdout line that is not JSON: %.200r", self.pid, line)
                 continue
