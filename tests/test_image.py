@@ -11,9 +11,11 @@ import asyncio
 import json
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -79,6 +81,10 @@ def effective(name: str) -> Stage:
 
 def final_stage() -> Stage:
     return effective(list(stages())[-1])
+
+
+def entries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir())
 
 
 def test_hadolint_finds_nothing() -> None:
@@ -180,3 +186,46 @@ def test_run_without_an_upstream_says_what_it_needs(tmp_path: Path) -> None:
     result = subprocess.run([str(BIN / "wicket"), "run"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.startswith("wicket: wicket run needs --upstream URL, -- CMD ARG... to run a stdio MCP server")
+
+
+async def test_stdio_server_under_the_image_environment_keeps_everything_in_the_volume() -> None:
+    """`wicket run -- CMD` as the stdio image runs it: the bridge's private socket directory and the
+    child's HOME and TMPDIR (npm and uv caches) are in the volume, so a read-only root is enough."""
+    stage = effective("stdio")
+    volume = Path(tempfile.mkdtemp(prefix="wkt-vol-"))  # short, like /var/lib/wicket: Unix socket paths are bounded
+    try:
+        env = {k: v.replace(VOLUME, str(volume)) for k, v in stage.env.items()} | {"PATH": f"{BIN}:/usr/bin:/bin"}
+        data, admin, health = free_port(), free_port(), free_port()
+        env["WICKET_HEALTH_LISTEN"] = f"127.0.0.1:{health}"
+        process = await asyncio.create_subprocess_exec(
+            *(str(BIN / "wicket"), "run", "--listen", f"127.0.0.1:{data}", "--admin-listen", f"127.0.0.1:{admin}"),
+            *("--policy", "policies/demo.yaml", "--", sys.executable, str(ROOT / "tests" / "stdio_server.py")),
+            env=env,
+            cwd=ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        try:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(300):
+                    try:
+                        async with http.get(f"http://127.0.0.1:{health}/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientConnectionError:
+                        pass
+                    assert process.returncode is None, "wicket run exited"
+                    await asyncio.sleep(0.05)
+            sockets = [name for name in entries(volume) if not name.startswith("audit.jsonl")]
+            assert len(sockets) == 1 and sockets[0].startswith("wicket-upstream-"), entries(volume)
+            async with mcp_client(f"http://127.0.0.1:{data}/mcp") as client:
+                result = await client.call_tool("get_environment", {})
+            assert {"HOME", "TMPDIR"} <= set(json.loads(result.content[0].text)), "the child's caches go to the volume"
+        finally:
+            process.send_signal(signal.SIGTERM)
+            output = (await asyncio.wait_for(process.communicate(), 20))[0].decode()
+        assert process.returncode == 0, output
+        assert "audit.jsonl" in entries(volume)
+        assert [n for n in entries(volume) if not n.startswith("audit.jsonl")] == [], "the socket directory is removed"
+    finally:
+        shutil.rmtree(volume)

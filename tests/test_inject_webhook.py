@@ -10,6 +10,8 @@ import asyncio
 import base64
 import copy
 import json
+import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -24,9 +26,12 @@ import aiohttp
 import jsonpatch
 import pytest
 import yaml
+from aiohttp import web
 
 from proxy.cli import build_parser
 from proxy.demo.server import free_port
+from proxy.k8s.injector import SidecarConfig
+from proxy.k8s.webhook import CertificateFiles, InjectorApp
 from tests.k8s_support import validate_strictly, write_serving_certificate
 
 WICKET = str(Path(sys.executable).with_name("wicket"))
@@ -371,3 +376,45 @@ def test_bad_configuration_refuses_to_start(tmp_path: Path) -> None:
     )
     assert result.returncode == 1
     assert "unknown sidecar configuration key(s): sidecarImage" in result.stderr
+
+
+async def test_a_rotated_certificate_is_served_to_new_connections(tmp_path: Path) -> None:
+    """cert-manager renews the Secret in place; the injector serves the new pair without a restart."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    ca1, cert1, key1 = write_serving_certificate(first)
+    ca2, cert2, key2 = write_serving_certificate(second)
+    live_cert, live_key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copy(cert1, live_cert)
+    shutil.copy(key1, live_key)
+    files = CertificateFiles(str(live_cert), str(live_key))
+    assert files.reload_if_changed() is False, "nothing changed yet"
+
+    runner = web.AppRunner(InjectorApp(SidecarConfig.from_mapping(SIDECAR)).app())
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=files.context).start()
+    try:
+
+        async def served_by(ca: Path) -> int:
+            async with aiohttp.ClientSession() as http:
+                tls = ssl.create_default_context(cafile=str(ca))
+                async with http.get(f"https://localhost:{port}/healthz", ssl=tls) as response:
+                    return response.status
+
+        assert await served_by(ca1) == 200
+        shutil.copy(cert2, live_cert)
+        shutil.copy(key2, live_key)
+        os.utime(live_cert, (1, 1))  # a different mtime even within the file system's clock resolution
+        assert files.reload_if_changed() is True
+        assert await served_by(ca2) == 200
+        with pytest.raises(aiohttp.ClientConnectorCertificateError):
+            await served_by(ca1)
+
+        live_key.write_text("not a key")  # a half-written renewal keeps the previous pair
+        os.utime(live_key, (2, 2))
+        assert files.reload_if_changed() is False
+        assert await served_by(ca2) == 200
+    finally:
+        await runner.cleanup()
