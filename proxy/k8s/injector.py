@@ -70,7 +70,7 @@ class SidecarConfig:
     health_port: int = 9091
     app_env_name: str = "WICKET_URL"
     secret_name: str = "wicket-keys"
-    policy_configmap: str = ""  # "" = the image's default policy
+    policy_configmap: str = ""  # "" = the bundled default policy
     policy_key: str = "policy.yaml"
     store: str = "memory"
     store_secret_key: str = ""  # a key of the Secret holding the Redis URL (it may hold a password)
