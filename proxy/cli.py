@@ -891,7 +891,8 @@ def cmd_approvals(args: argparse.Namespace) -> int:
         actions = ", ".join(elevation.get("actions", []))
         print(
             f"approved {approval.get('approval_id')}: {actions} elevated in session {approval.get('session_id')} "
-            f"until {elevation.get('expires_at')}; the agent can retry its call now."
+            f"until {elevation.get('expires_at')}; the agent can retry its call now"
+            + (" (with exactly the approved arguments)." if approval.get("binding") == "call" else ".")
         )
     else:
         print(f"denied {approval.get('approval_id')} (agent {approval.get('agent_id')}).")
