@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.exceptions import MCPError
@@ -122,3 +123,29 @@ def test_resource_rules_judge_every_form_of_a_uri() -> None:
     assert resource_refusal(deny_only, "file:///var/../etc/shadow") is not None
     nothing = parse_policy_text("version: 1\nresources: {allow: []}\n", "p.yaml")
     assert resource_refusal(nothing, "docs://handbook") is not None
+
+
+async def test_a_subscription_to_a_denied_uri_is_refused_before_the_upstream(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    running = await make_wicket(upstream.url, POLICY)
+    grant = await running.create_session("reader")
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    body = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "resources/subscribe",
+        "params": {"uri": "file:///etc/shadow", "_meta": meta},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "Authorization": f"Bearer {grant['token']}",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "resources/subscribe",
+    }
+    async with aiohttp.ClientSession() as http, http.post(running.url, json=body, headers=headers) as response:
+        answer = await response.json()
+    assert answer["error"]["code"] == -32050 and "resources.allow" in answer["error"]["message"]
+    assert upstream.ledger.calls == []
+    (event,) = [e for e in running.audit_events() if e.get("action") == "resources/subscribe"]
+    assert event["resource"] == "file:///etc/shadow" and event["decision"] == "deny"
