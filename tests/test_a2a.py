@@ -455,6 +455,11 @@ async def test_read_only_session_elevated_by_an_operator(front: RunningWicket, a
     ):
         assert response.status == 401 and response.content_type == "application/problem+json"
     assert agent.ledger.texts() == ["may I"]
+    # The operator's accountability view holds the session's A2A decisions in a verified chain.
+    status, view = await admin(front, "GET", f"/v1/sessions/{created['session_id']}/accountability")
+    assert status == 200 and view["audit"]["chain_valid"] is True and view["audit"]["session_chain_valid"] is True
+    decided = [e for e in front.audit_events() if e.get("session_id") == created["session_id"]]
+    assert view["audit"]["session_events"] == len(decided) >= 3
 
 
 async def test_extended_card_is_rewritten_on_both_bindings(front: RunningWicket, agent: DemoA2AAgent) -> None:

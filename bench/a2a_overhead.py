@@ -2,7 +2,7 @@
 after another to the a2a-sdk demo agent directly and through Wicket (memory store, audit log in
 a temporary directory, minted credentials, Spot in process, no Deep).
 
-Run: ``python bench/a2a.py --calls 300``. Prints median and p95 latency per path and the difference.
+Run: ``python bench/a2a_overhead.py --calls 300``. Prints median and p95 latency per path and the difference.
 """
 
 from __future__ import annotations
