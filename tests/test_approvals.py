@@ -736,3 +736,20 @@ async def test_spot_approval_band_on_destructive_is_decided_by_deep(
     (review,) = fake_anthropic.requests
     assert "spot_review" in review.user_text and "Spot Guard needs human approval" in review.user_text
     assert approval_events(running) == [] and upstream.ledger.calls == [("delete_note", {"title": "old"})]
+
+
+async def test_a_revoked_session_lists_no_elevation(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    running = await make_wicket(upstream.url, STRICT)
+    grant = await running.create_session("notes-bot")
+    async with mcp_client(running.url, token=grant["token"]) as client:
+        approval_id = record_of(await client.call_tool(*CREATE))["approval_id"]
+    assert (await admin(running, "POST", f"/v1/approvals/{approval_id}/approve"))[0] == 200
+
+    async def listed() -> dict[str, Any]:
+        sessions = (await admin(running, "GET", "/v1/sessions"))[1]["sessions"]
+        return next(s for s in sessions if s["session_id"] == grant["session_id"])
+
+    assert (await listed())["elevation"]["actions"] == [CREATE_LABEL]
+    assert (await admin(running, "POST", "/v1/revocations", {"kind": "session", "id": grant["session_id"]}))[0] == 201
+    shown = await listed()
+    assert shown["revoked"] is True and shown["elevation"] is None
