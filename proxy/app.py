@@ -15,6 +15,7 @@ from aiohttp import web
 from proxy.adapters.a2a import A2AProxy
 from proxy.adapters.http_guard import admin_origin_policy
 from proxy.adapters.mcp import McpProxy
+from proxy.adapters.relay import follow_disconnects
 from proxy.admin.api import AdminApi, host_check, store_faults
 from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
@@ -296,7 +297,10 @@ class Wicket:
         assert self._client is not None
         # The body limit is enforced by the adapter (413 with a JSON-RPC error); aiohttp's
         # own limit is kept just above it as a backstop.
-        app = web.Application(client_max_size=self.settings.max_body_bytes + 1, middlewares=self._tracing_middleware())
+        app = web.Application(
+            client_max_size=self.settings.max_body_bytes + 1,
+            middlewares=[*self._tracing_middleware(), follow_disconnects],
+        )
         if self.settings.upstream:
             proxy = McpProxy(
                 self.settings,
@@ -440,13 +444,16 @@ class Wicket:
             log.error("OIDC: the keys of %s are unreachable; agents' JWTs get 503 until they are", self.oidc.issuer)
         data_host, data_port = self.settings.listen_address
         admin_host, admin_port = self.settings.admin_address
-        self.data_port = await self._serve(self.data_app(), data_host, data_port)
+        self.data_port = await self._serve(self.data_app(), data_host, data_port, cancel_on_disconnect=True)
         self.admin_port = await self._serve(self.admin_app(), admin_host, admin_port)
         if (health := self.settings.health_address) is not None:
             self.health_port = await self._serve(self.health_app(), *health)
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
+    async def _serve(self, app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = False) -> int:
+        # On the data port a lost client connection cancels its handler at once (relay.follow_disconnects).
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=5.0, handler_cancellation=cancel_on_disconnect
+        )
         await runner.setup()
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()

@@ -76,7 +76,10 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
         help="longest silence from the upstream while answering a POST, seconds (0: none)",
     )
     parser.add_argument(
-        "--stream-idle-timeout", type=float, default=0.0, help="longest silence on a GET SSE stream (0: none)"
+        "--stream-idle-timeout",
+        type=float,
+        default=300.0,
+        help="longest silence on a long-lived stream, GET or subscriptions/listen (default 300 s; 0: none)",
     )
     parser.add_argument(
         "--upstream-keepalive",

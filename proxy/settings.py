@@ -37,9 +37,10 @@ class Settings:
     store: str = "memory"
     max_body_bytes: int = 4 * MiB
     max_response_bytes: int = 64 * MiB
+    max_message_bytes: int = 16 * MiB  # one SSE event or JSON line of a streamed answer
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
-    stream_idle_timeout: float = 0.0  # 0 = GET streams may idle forever (closed by either side)
+    stream_idle_timeout: float = 300.0  # a silent stream (GET, subscriptions/listen) is closed; 0 = never
     upstream_pool_size: int = 100
     revocation_resync_seconds: float = 5.0
     upstream_keepalive: float = 4.0  # below the 5 s idle timeout of uvicorn and Node servers

@@ -49,6 +49,12 @@ class Metrics:
             buckets=_UPSTREAM_BUCKETS,
             registry=r,
         )
+        self.client_disconnects = Counter(
+            "wicket_client_disconnects_total",
+            "Requests whose client left before the answer ended; Wicket closed the upstream request.",
+            ["protocol"],
+            registry=r,
+        )
         self.upstream_errors = Counter(
             "wicket_upstream_errors_total",
             "Upstream failures: unreachable, timeout, protocol error or oversized response.",

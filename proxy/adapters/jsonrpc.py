@@ -87,3 +87,59 @@ def error_body(code: int, message: str, data: Any = NODATA, request_id: Any = No
 
 def result_body(result: Any, request_id: Any) -> bytes:
     return dumps(serialize_success(SuccessResponse(result, request_id)))
+
+
+INVALID_PARAMS = -32602
+
+# What JavaScript's Number() accepts from a string, after trimming (the TypeScript SDK matches
+# response ids with Number(id)); anything else is NaN there and matches nothing.
+_JS_NUMBER = re.compile(
+    r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?|[+-]?Infinity|0[xX][0-9a-fA-F]+|0[oO][0-7]+|0[bB][01]+"
+)
+_JS_SPACE = (
+    " \t\n\v\f\r\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000\ufeff"
+)
+
+
+def _js_number(value: Any) -> float | None:
+    if isinstance(value, str):
+        text = value.strip(_JS_SPACE)
+        if not text:
+            return 0.0
+        if _JS_NUMBER.fullmatch(text) is None:
+            return None
+        if text[:2].lower() in ("0x", "0o", "0b"):
+            return float(int(text, 0))
+        return float(text)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        return None if number != number else number
+    return None
+
+
+def _python_id(value: Any) -> Any:
+    """The Python SDK's correlation key: an integral string or float is the integer."""
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def same_id(answer_id: Any, request_id: Any) -> bool:
+    """Would any MCP SDK take a message with ``answer_id`` as the answer to ``request_id``?
+
+    The Python SDK compares ids after turning integral strings into integers, the TypeScript
+    SDK after ``Number()``: to a client ``"1"``, ``" 1"``, ``"01"``, ``1.0`` and ``1`` are
+    one id, so screening must treat them as one too.
+    """
+    if answer_id is None or request_id is None or isinstance(answer_id, bool) or isinstance(request_id, bool):
+        return False
+    if answer_id == request_id or _python_id(answer_id) == _python_id(request_id):
+        return True
+    number = _js_number(answer_id)
+    return number is not None and number == _js_number(request_id)

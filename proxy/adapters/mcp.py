@@ -11,9 +11,12 @@ tool pinning) and the final response (the outcome audit).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
 import logging
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -23,12 +26,16 @@ from proxy import tracing
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
 from proxy.adapters.relay import (
+    CLIENT_GONE,
     DROP_DOWNSTREAM,
     DROP_UPSTREAM,
+    FLIGHT,
     Refusal,
+    answer_kind,
     is_id,
     read_answer,
     read_body,
+    relay_json_lines,
     relay_stream,
     resolve_caller,
     send_upstream,
@@ -122,6 +129,7 @@ class McpProxy:
         self._client = client
         self._credentials = credentials
         self._origins = OriginPolicy(settings.allowed_hosts, settings.allowed_origins)
+        self._background_work: set[asyncio.Task[None]] = set()
         self._post_timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout or None
         )
@@ -386,10 +394,14 @@ class McpProxy:
         async def answer(upstream: aiohttp.ClientResponse) -> web.StreamResponse:
             sid = upstream.headers.get("Mcp-Session-Id")
             if bind_to is not None and upstream.status == 200 and sid:
-                await self._sessions.bind_mcp(sid, bind_to)
+                await asyncio.shield(self._sessions.bind_mcp(sid, bind_to))
             return await self._relay(request, upstream, exchange)
 
+        flight = request[FLIGHT]  # set by relay.follow_disconnects
+        flight.upstream_open = True
         try:
+            if flight.gone:
+                raise asyncio.CancelledError  # the client left while this was being decided: not forwarded
             response = await send_upstream(
                 self._client,
                 request.method,
@@ -402,11 +414,22 @@ class McpProxy:
                 issued=issued,
                 answer=answer,
             )
+        except asyncio.CancelledError:
+            # The client went away: leaving send_upstream closed the upstream request.
+            current = asyncio.current_task()
+            if current is not None:
+                current.uncancel()
+            exchange.gone = True
+            response = web.Response(status=499)  # nobody receives it
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
-            kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "unreachable"
-            exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
-            self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
-            response = self._upstream_failure(request, kind, decided)
+            if request.transport is None or request.transport.is_closing():
+                exchange.gone = True  # a write to the client failed: it left
+                response = web.Response(status=499)
+            else:
+                kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "unreachable"
+                exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
+                self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
+                response = self._upstream_failure(request, kind, decided)
         except Refusal as refusal:
             exchange.failed(refusal.message)
             response = self._refusal_response(refusal)
@@ -415,8 +438,17 @@ class McpProxy:
             self._metrics.upstream_errors.labels(PROTOCOL, "timeout").inc()
             response = self._upstream_failure(request, "timeout", decided)
         finally:
+            flight.upstream_open = False
             elapsed = time.perf_counter() - started
             self._metrics.upstream_seconds.labels(PROTOCOL).observe(elapsed)
+        if exchange.gone or exchange.detail == CLIENT_GONE:
+            exchange.failed("the client disconnected; Wicket closed the upstream request")
+            self._metrics.client_disconnects.labels(PROTOCOL).inc()
+            if decided is not None and is_id(exchange.request_id) and request.headers.get("Mcp-Session-Id"):
+                # The session generation does not cancel on a closed response: say so, as the client would have.
+                params = {"requestId": exchange.request_id, "reason": "The client disconnected."}
+                notice = jsonrpc.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
+                self._background(self._post_upstream(notice, exchange))
         if exchange.tools_changed and self._toolpins is not None:
             self._toolpins.forget(self._upstream)
         credential = issued[-1] if issued else None
@@ -458,30 +490,86 @@ class McpProxy:
     async def _relay(
         self, request: web.Request, upstream: aiohttp.ClientResponse, exchange: _Exchange
     ) -> web.StreamResponse:
-        """Copy the upstream's answer to the client, screening every JSON-RPC message in it first."""
-        if upstream.content_type == "text/event-stream":
+        """Copy the upstream's answer to the client, screening every JSON-RPC message in it first.
+
+        The answer is read the way clients read it (``answer_kind``); one Wicket cannot screen
+        (a Content-Type clients disagree on, a body that is not JSON) is not relayed.
+        """
+        kind = answer_kind(upstream.headers.getall("Content-Type", ()))
+        if kind == "ambiguous":
+            self._metrics.upstream_errors.labels(PROTOCOL, "unscreenable").inc()
+            message = "The upstream's Content-Type names both JSON and SSE, which clients read differently; "
+            raise Refusal(502, jsonrpc.INTERNAL_ERROR, message + "Wicket did not relay it.", reason="unscreenable")
+        if upstream.status >= 400:
+            exchange.failed(f"upstream HTTP {upstream.status}")
+        screen = functools.partial(self._screen_text, exchange=exchange)
+        if kind == "sse":
             return await relay_stream(
                 request,
                 upstream,
-                lambda text: self._screen_text(text, exchange),
+                screen,
                 exchange.failed,
                 metrics=self._metrics,
                 protocol=PROTOCOL,
+                max_event_bytes=self._settings.max_message_bytes,
+                last_word=exchange.last_word,
             )
         headers = forward_headers(upstream.headers, DROP_DOWNSTREAM)
-        payload = await read_answer(
-            upstream, self._settings.max_response_bytes, metrics=self._metrics, protocol=PROTOCOL
+
+        async def document(payload: bytes) -> web.Response:
+            if payload.strip() and (kind == "json" or upstream.status < 400):
+                # Error pages (HTML, text) no client reads as JSON-RPC pass as they are; anything else is screened.
+                replacement = await self._screen_body(payload, exchange)
+                if replacement is not None:
+                    payload = replacement
+            return web.Response(status=upstream.status, body=payload, headers=headers)
+
+        if kind == "json" and upstream.content_length is None:
+            return await relay_json_lines(
+                request,
+                upstream,
+                screen,
+                exchange.failed,
+                metrics=self._metrics,
+                protocol=PROTOCOL,
+                max_line_bytes=self._settings.max_message_bytes,
+                max_document_bytes=self._settings.max_response_bytes,
+                document=document,
+                last_word=exchange.last_word,
+            )
+        return await document(
+            await read_answer(upstream, self._settings.max_response_bytes, metrics=self._metrics, protocol=PROTOCOL)
         )
-        if payload and upstream.content_type == "application/json":
-            replacement = await self._screen_text(payload, exchange)
-            if replacement is not None:
-                payload = replacement
-                headers.popall("Content-Length", None)
-        elif upstream.status >= 400:
-            exchange.failed(f"upstream HTTP {upstream.status}")
-        return web.Response(status=upstream.status, body=payload, headers=headers)
 
     # -- screening what the upstream sends back ------------------------------------------
+
+    async def _screen_body(self, payload: bytes, exchange: _Exchange) -> bytes | None:
+        """A whole JSON body: one message or batch, or (from a server that streams) JSON lines."""
+        try:
+            message = jsonrpc.loads(payload)
+        except jsonrpc.NestingTooDeep:
+            return self._unreadable(exchange, f"nests deeper than {jsonrpc.MAX_DEPTH} levels")
+        except ValueError:
+            lines = payload.splitlines(keepends=True)
+            if len(lines) < 2:
+                return self._unreadable(exchange, "is not JSON")
+            changed = False
+            for index, line in enumerate(lines):
+                replacement = await self._screen_text(line, exchange) if line.strip() else None
+                if replacement is not None:
+                    lines[index] = replacement + b"\n" if replacement else b""
+                    changed = True
+            return b"".join(lines) if changed else None
+        return await self._screen_value(message, exchange)
+
+    def _unreadable(self, exchange: _Exchange, problem: str) -> bytes:
+        """What the client gets for an upstream message Wicket cannot screen: an error for its request."""
+        exchange.failed(f"the upstream's message {problem}")
+        self._metrics.upstream_errors.labels(PROTOCOL, "unscreenable").inc()
+        if exchange.request_id is None:
+            return b""
+        message = f"The upstream's answer {problem}; Wicket did not relay it."
+        return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, message, request_id=exchange.request_id)
 
     async def _screen_text(self, text: str | bytes, exchange: _Exchange) -> bytes | None:
         """Observe one message from the upstream; return what the client gets instead of it
@@ -489,19 +577,16 @@ class McpProxy:
         try:
             message = jsonrpc.loads(text)
         except jsonrpc.NestingTooDeep:
-            # Valid JSON that cannot be screened (or walked safely later) is not relayed.
-            exchange.failed(f"upstream message nested deeper than {jsonrpc.MAX_DEPTH} levels")
-            self._metrics.upstream_errors.labels(PROTOCOL, "too_deep").inc()
-            if exchange.request_id is None:
-                return b""
-            reason = f"The upstream's answer nests deeper than {jsonrpc.MAX_DEPTH} levels; Wicket did not relay it."
-            return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, reason, request_id=exchange.request_id)
+            return self._unreadable(exchange, f"nests deeper than {jsonrpc.MAX_DEPTH} levels")
         except ValueError:
-            return None
+            return self._unreadable(exchange, "is not JSON")
+        return await self._screen_value(message, exchange)
+
+    async def _screen_value(self, message: Any, exchange: _Exchange) -> bytes | None:
         if isinstance(message, dict):
             return await self._screen_message(message, exchange)
         if not isinstance(message, list):
-            return None
+            return self._unreadable(exchange, "is not a JSON-RPC message")
         # A JSON-RPC batch (2025-03-26) must not carry a server request past the screen.
         kept: list[Any] = []
         changed = False
@@ -529,21 +614,25 @@ class McpProxy:
                 refused = await self._refused_input_request(_input_requests(params), exchange)
                 return b"" if refused is not None else None
             return None
-        if message.get("id") != exchange.request_id or exchange.request_id is None:
-            return None
         result = message.get("result")
         if not isinstance(result, dict):
             return None
-        if self._tasks is not None and exchange.method not in TASK_METHODS:
+        # A response under another id may answer another of the client's requests (clients
+        # match ids loosely, and a GET stream carries no request of its own): it is screened
+        # by what it holds, never let through because the id is not this request's.
+        answer_id = message.get("id")
+        ours = exchange.answers(answer_id)
+        if ours and self._tasks is not None and exchange.method not in TASK_METHODS:
             created = task_id_of(result)
             if created is not None:  # before the client can learn the id, so its first tasks/get finds the owner
                 await self._tasks.record(self._upstream, created, exchange.session.session_id)
         requests = _input_requests(result)
         if requests is not None:
-            return await self._screen_input_required(requests, exchange)
-        translated = exchange.modern and _complete_for_modern(result, exchange.method)
-        if exchange.method == "tools/list" and isinstance(result.get("tools"), list):
-            replaced = await self._screen_tools_list(message, result["tools"], exchange)
+            return await self._screen_input_required(requests, exchange, answer_id)
+        translated = ours and exchange.modern and _complete_for_modern(result, exchange.method)
+        tools = result.get("tools")
+        if isinstance(tools, list) and (exchange.method == "tools/list" or not ours):
+            replaced = await self._screen_tools_list(message, tools, exchange)
             if replaced is not None:
                 return replaced
         return jsonrpc.dumps(message) if translated else None
@@ -555,9 +644,10 @@ class McpProxy:
         unapproved: frozenset[str] = frozenset()
         if self._toolpins is not None:
             try:
-                unapproved = await self._toolpins.review(
+                review = self._toolpins.review(
                     self._upstream, tools, agent_id=session.agent_id, session_id=session.session_id
                 )
+                unapproved = await asyncio.shield(review)
             except StoreUnavailable as exc:
                 # Without the pins no tool can be vouched for: the client gets an error, never an unchecked list
                 # (the SSE stream may already be under way, so this replaces the message instead of a 503).
@@ -566,7 +656,7 @@ class McpProxy:
                 reason = (
                     f"Wicket's state store is unavailable ({exc}), so the tool list cannot be checked; retry shortly."
                 )
-                return jsonrpc.error_body(jsonrpc.STORE_UNAVAILABLE, reason, request_id=exchange.request_id)
+                return jsonrpc.error_body(jsonrpc.STORE_UNAVAILABLE, reason, request_id=message.get("id"))
         kept: list[Any] = []
         never_allowed = 0  # counted here; tools awaiting approval have their own metrics
         for tool in tools:
@@ -597,10 +687,10 @@ class McpProxy:
         error = jsonrpc.error_body(
             jsonrpc.DENIED, f"Wicket refused {method}: {decision.reason}", decision.record(), message["id"]
         )
-        await self._answer_upstream(error, exchange)
+        await asyncio.shield(self._post_upstream(error, exchange))
         return b""
 
-    async def _screen_input_required(self, requests: Any, exchange: _Exchange) -> bytes | None:
+    async def _screen_input_required(self, requests: Any, exchange: _Exchange, answer_id: Any) -> bytes | None:
         """2026-07-28: a result asking the client for input (an ``input_required`` result, or a
         task's in ``tasks/get``). Every sampling or elicitation request in it is checked; if any
         is refused, the client gets a -32050 error for its own request instead of the result,
@@ -611,7 +701,7 @@ class McpProxy:
         key, method, decision = refused
         exchange.failed(f"{method} input request refused by Wicket")
         message = f"Wicket refused the server's {method} input request '{key}': {decision.reason}"
-        return jsonrpc.error_body(jsonrpc.DENIED, message, decision.record(), exchange.request_id)
+        return jsonrpc.error_body(jsonrpc.DENIED, message, decision.record(), answer_id)
 
     async def _refused_input_request(self, requests: Any, exchange: _Exchange) -> tuple[str, str, Decision] | None:
         """The first of these ``inputRequests`` the sampling guard refuses, else None."""
@@ -639,10 +729,17 @@ class McpProxy:
             fixed_effect=SERVER_REQUEST_EFFECTS[method],
             server_initiated=True,
         )
-        return await self._checker.check_server_request(action, session)
+        return await asyncio.shield(self._checker.check_server_request(action, session))
 
-    async def _answer_upstream(self, body: bytes, exchange: _Exchange) -> None:
-        """POST Wicket's own reply to a server-to-client request, as the client would have."""
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` beyond this request (kept referenced until it ends)."""
+        task = asyncio.ensure_future(work)
+        self._background_work.add(task)
+        task.add_done_callback(self._background_work.discard)
+
+    async def _post_upstream(self, body: bytes, exchange: _Exchange) -> None:
+        """POST a message of Wicket's own on the client's MCP session, as the client would have:
+        a refusal of a server-to-client request, or a cancellation."""
         headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
         for name in ("Mcp-Session-Id", "MCP-Protocol-Version"):
             value = exchange.request.headers.get(name)
@@ -656,10 +753,10 @@ class McpProxy:
             ) as reply:
                 await reply.read()
                 if reply.status >= 400:
-                    log.warning("the upstream answered Wicket's refusal of its request with HTTP %s", reply.status)
+                    log.warning("the upstream answered Wicket's own message with HTTP %s", reply.status)
         except (Refusal, aiohttp.ClientError, OSError, TimeoutError) as exc:
             # The request stays unanswered upstream (it times out there); the client still never saw it.
-            log.warning("could not deliver a refusal to the upstream: %s", exc.__class__.__name__)
+            log.warning("could not deliver a message to the upstream: %s", exc.__class__.__name__)
 
     def _upstream_failure(
         self, request: web.Request, kind: str, decided: tuple[Action, Decision, Any] | None
@@ -701,6 +798,20 @@ class _Exchange:
     status: str = "success"  # the outcome audit: success, tool_error or error
     detail: str | None = None
     tools_changed: bool = False  # the upstream announced notifications/tools/list_changed
+    gone: bool = False  # the client disconnected before the answer ended
+
+    def answers(self, answer_id: Any) -> bool:
+        """Does a response with ``answer_id`` answer this request, as clients match ids?"""
+        if type(answer_id) is type(self.request_id):
+            return bool(answer_id == self.request_id)
+        return jsonrpc.same_id(answer_id, self.request_id)
+
+    def last_word(self, problem: str) -> bytes | None:
+        """The error a stream Wicket had to end carries for the client's request."""
+        if self.request_id is None:
+            return None
+        message = f"Wicket ended the upstream's stream: {problem}."
+        return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, message, request_id=self.request_id)
 
     @property
     def modern(self) -> bool:
@@ -716,7 +827,7 @@ class _Exchange:
         if message.get("method") == "notifications/tools/list_changed":
             self.tools_changed = True
             return
-        if "method" in message or message.get("id") != self.request_id:
+        if "method" in message or not self.answers(message.get("id")):
             return  # a server-to-client request or notification on the stream
         if "error" in message:
             error = message["error"]

@@ -8,8 +8,11 @@ and returns what the client gets instead (``b""``: nothing) or ``None`` to pass 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Literal
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +21,7 @@ from multidict import CIMultiDict
 from proxy import tracing
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import forward_headers
-from proxy.adapters.sse import SseScanner, event_bytes
+from proxy.adapters.sse import DEFAULT_MAX_EVENT_BYTES, JsonLines, SseEvent, SseScanner, event_bytes
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.credentials import IssuedCredential
@@ -27,6 +30,9 @@ from proxy.identity_providers.oidc import resource_metadata_url, www_authenticat
 from proxy.settings import Settings
 from proxy.telemetry import Metrics
 
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Screen = Callable[[str | bytes], Awaitable[bytes | None]]
 """One upstream message in; its replacement (``b""`` drops it) or ``None`` to forward it as it came."""
 
@@ -60,6 +66,45 @@ class Refusal(Exception):
         self.request_id = request_id  # the client's id, once the envelope was valid enough to have one
 
 
+@dataclasses.dataclass(slots=True)
+class Flight:
+    """A request's link to its connection: has the client gone, is the upstream being talked to."""
+
+    gone: bool = False
+    upstream_open: bool = False  # an adapter sets it while the upstream request is open
+
+
+FLIGHT = web.RequestKey("wicket.flight", Flight)
+
+
+@web.middleware
+async def follow_disconnects(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Serve each request in its own task, so a client that goes away is noticed at once.
+
+    The data port runs with aiohttp's handler cancellation: the moment a client's connection
+    is lost, this middleware is cancelled. The request's work goes on unless the adapter has
+    the upstream request open (``Flight.upstream_open``); then it is cancelled too, which
+    closes the upstream request. Decisions and audit records are therefore never cut short,
+    and the upstream never works on for a client that left.
+    """
+    flight = Flight()
+    request[FLIGHT] = flight
+    work = asyncio.ensure_future(handler(request))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        flight.gone = True
+        if flight.upstream_open:
+            work.cancel()
+        work.add_done_callback(_log_failure)
+        raise
+
+
+def _log_failure(task: asyncio.Future[web.StreamResponse]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a request failed after its client disconnected", exc_info=task.exception())
+
+
 def is_id(value: Any) -> bool:
     """A JSON-RPC id Wicket may echo: a string or a number (never an object, a bool or null)."""
     return isinstance(value, str | int | float) and not isinstance(value, bool)
@@ -75,6 +120,33 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return body
 
 
+CLIENT_GONE = "client disconnected before the response ended"
+
+AnswerKind = Literal["sse", "json", "ambiguous", "other"]
+
+
+def answer_kind(content_types: Iterable[str]) -> AnswerKind:
+    """How clients read an answer's Content-Type, and ``ambiguous`` when they disagree.
+
+    The Python SDK lower-cases the (comma-joined) header and checks how it starts; the
+    TypeScript SDK looks for ``text/event-stream``, then ``application/json``, anywhere in it,
+    case and all. Parameters, a list of types and odd case are read as each client would.
+    """
+    joined = ", ".join(content_types)
+    lowered = joined.lower()
+    readings = {
+        "json" if lowered.startswith("application/json") else "sse" if lowered.startswith("text/event-stream") else "",
+        "sse" if "text/event-stream" in joined else "json" if "application/json" in joined else "",
+        "sse" if "text/event-stream" in lowered else "json" if "application/json" in lowered else "",
+    }
+    readings.discard("")
+    if not readings:
+        return "other"
+    if len(readings) > 1:
+        return "ambiguous"
+    return "sse" if "sse" in readings else "json"
+
+
 async def relay_stream(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
@@ -83,37 +155,139 @@ async def relay_stream(
     *,
     metrics: Metrics,
     protocol: str,
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
+    last_word: Callable[[str], bytes | None] = lambda problem: None,
 ) -> web.StreamResponse:
-    """Copy an upstream SSE stream to the client event by event, each ``data`` screened first."""
+    """Copy an upstream SSE stream to the client event by event, each ``data`` screened first.
+
+    An event over ``max_event_bytes`` ends the stream: the client gets ``last_word(problem)``
+    (a JSON-RPC error, say) as a final event, never the unscreened bytes.
+    """
     response = web.StreamResponse(status=upstream.status, headers=forward_headers(upstream.headers, DROP_DOWNSTREAM))
     await response.prepare(request)
-    scanner = SseScanner()
+    scanner = SseScanner(max_event_bytes)
     try:
         async for chunk in upstream.content.iter_any():
-            out: list[bytes] = []
-            for raw, data in scanner.feed(chunk):
-                replacement = None if data is None else await screen(data)
-                if replacement is None:
-                    out.append(raw)
-                elif replacement:
-                    out.append(event_bytes(replacement))
-            if not out:
-                continue
+            events = scanner.feed(chunk)
             try:
-                await response.write(out[0] if len(out) == 1 else b"".join(out))
+                if events:
+                    out = [await _screened_event(event, screen) for event in events]
+                    await response.write(out[0] if len(out) == 1 else b"".join(out))
+                if scanner.problem is not None:
+                    await _end_unscreenable(
+                        response, scanner.problem, failed, last_word, event_bytes, metrics, protocol
+                    )
+                    return response
             except ConnectionError:
-                failed("client disconnected before the response ended")
+                failed(CLIENT_GONE)
                 return response  # leaving the caller's context closes the upstream stream (cancels the call)
+        last = scanner.rest()
+        if last is not None:
+            await response.write(await _screened_event(last, screen))
     except (aiohttp.ClientError, TimeoutError) as exc:
         # The stream has started, so the status is sent: end it where the upstream did.
         failed(f"upstream stream ended abnormally ({exc.__class__.__name__})")
         metrics.upstream_errors.labels(protocol, "stream").inc()
         return response
-    rest = scanner.rest()
-    if rest:
-        await response.write(rest)
     await response.write_eof()
     return response
+
+
+async def _screened_event(event: SseEvent, screen: Screen) -> bytes:
+    """The bytes the client gets for one SSE event: its own, a replacement, or nothing."""
+    if not event.data:
+        return event.raw  # comments, keep-alives, priming events with no data
+    replacement = await screen(event.data)
+    if replacement is None:
+        return event.raw
+    return event_bytes(replacement) if replacement else b""
+
+
+async def _end_unscreenable(
+    response: web.StreamResponse,
+    problem: str,
+    failed: Callable[[str], None],
+    last_word: Callable[[str], bytes | None],
+    frame: Callable[[bytes], bytes],
+    metrics: Metrics,
+    protocol: str,
+) -> None:
+    """End a stream Wicket can no longer screen: the client's error, then the end."""
+    log.warning("ending an upstream stream: %s", problem)
+    failed(problem)
+    metrics.upstream_errors.labels(protocol, "unscreenable").inc()
+    final = last_word(problem)
+    if final:
+        await response.write(frame(final))
+    await response.write_eof()
+
+
+async def relay_json_lines(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    screen: Screen,
+    failed: Callable[[str], None],
+    *,
+    metrics: Metrics,
+    protocol: str,
+    max_line_bytes: int,
+    max_document_bytes: int,
+    document: Callable[[bytes], Awaitable[web.StreamResponse]],
+    last_word: Callable[[str], bytes | None] = lambda problem: None,
+) -> web.StreamResponse:
+    """A JSON answer without a length: relayed line by line when it streams JSON lines, each
+    line screened, with the limits of SSE; a body that is one document goes to ``document``."""
+    lines = JsonLines(_is_json, max_line_bytes, max_document_bytes)
+    response: web.StreamResponse | None = None
+    try:
+        async for chunk in upstream.content.iter_any():
+            out: list[bytes] = []
+            for line in lines.feed(chunk):
+                replacement = await screen(line) if line.strip() else None
+                if replacement is None:
+                    out.append(line)
+                elif replacement:
+                    out.append(replacement + b"\n")
+            if out:
+                if response is None:
+                    headers = forward_headers(upstream.headers, DROP_DOWNSTREAM)
+                    response = web.StreamResponse(status=upstream.status, headers=headers)
+                    await response.prepare(request)
+                await response.write(out[0] if len(out) == 1 else b"".join(out))
+            if lines.problem is not None:
+                if response is None:
+                    metrics.upstream_errors.labels(protocol, "unscreenable").inc()
+                    message = f"Wicket did not relay the upstream's answer: {lines.problem}."
+                    raise Refusal(502, jsonrpc.INTERNAL_ERROR, message, reason="unscreenable")
+                await _end_unscreenable(
+                    response, lines.problem, failed, last_word, lambda body: body + b"\n", metrics, protocol
+                )
+                return response
+        rest = lines.rest()
+    except ConnectionError:
+        failed(CLIENT_GONE)
+        return response if response is not None else web.Response(status=499)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        if response is None:
+            raise
+        failed(f"upstream stream ended abnormally ({exc.__class__.__name__})")
+        metrics.upstream_errors.labels(protocol, "stream").inc()
+        return response
+    if response is None:
+        return await document(rest)  # nothing was streamed: one document (or one line), screened whole
+    if rest.strip():
+        replacement = await screen(rest)
+        await response.write(rest if replacement is None else replacement)
+    await response.write_eof()
+    return response
+
+
+def _is_json(line: bytes) -> bool:
+    try:
+        jsonrpc.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 async def read_answer(upstream: aiohttp.ClientResponse, limit: int, *, metrics: Metrics, protocol: str) -> bytes:
