@@ -13,7 +13,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.adapters.a2a import A2AProxy
-from proxy.adapters.http_guard import admin_origin_policy
+from proxy.adapters.http_guard import OriginPolicy, admin_origin_policy, cors
 from proxy.adapters.mcp import McpProxy
 from proxy.adapters.relay import follow_disconnects
 from proxy.admin.api import AdminApi, host_check, store_faults
@@ -301,6 +301,8 @@ class Wicket:
             client_max_size=self.settings.max_body_bytes + 1,
             middlewares=[*self._tracing_middleware(), follow_disconnects],
         )
+        # Every answer's CORS headers are Wicket's own, never the upstream's.
+        app.on_response_prepare.append(cors(OriginPolicy(self.settings.allowed_hosts, self.settings.allowed_origins)))
         if self.settings.upstream:
             proxy = McpProxy(
                 self.settings,

@@ -52,8 +52,8 @@ def require_chromium(path: Path = CHROMIUM) -> None:
 
 
 @asynccontextmanager
-async def chromium_page() -> AsyncIterator[Browser]:
-    """A page in a new headless Chromium with an empty user-data-dir.
+async def chromium_page(extra_args: tuple[str, ...] = ()) -> AsyncIterator[Browser]:
+    """A page in a new headless Chromium with an empty user-data-dir (``extra_args`` added to its command line).
 
     ``confirm()`` dialogs are answered by ``Browser.accept_dialogs`` and their messages recorded.
     """
@@ -61,7 +61,7 @@ async def chromium_page() -> AsyncIterator[Browser]:
     with tempfile.TemporaryDirectory(prefix="wicket-chromium-") as profile:
         async with async_playwright() as playwright:
             context = await playwright.chromium.launch_persistent_context(
-                profile, executable_path=str(CHROMIUM), headless=True, args=list(CHROMIUM_ARGS)
+                profile, executable_path=str(CHROMIUM), headless=True, args=[*CHROMIUM_ARGS, *extra_args]
             )
             try:
                 context.set_default_timeout(TIMEOUT_MS)

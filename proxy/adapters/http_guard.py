@@ -1,10 +1,12 @@
-"""Transport defences shared by every HTTP adapter: Host/Origin checks and header hygiene."""
+"""Transport defences shared by every HTTP adapter: Host/Origin checks, CORS and header hygiene."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
 
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
@@ -98,3 +100,48 @@ def admin_origin_policy(listen_host: str, extra_hosts: Iterable[str]) -> OriginP
         else (f"[{listen_host}]" if ":" in listen_host else listen_host,)
     )
     return OriginPolicy((*own, *extra_hosts), flag="--admin-allowed-host")
+
+
+# What a browser MCP client sends and must be able to read (the session id above all).
+CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+CORS_REQUEST_HEADERS = (
+    "Authorization, Content-Type, Accept, Last-Event-ID, Mcp-Session-Id, MCP-Protocol-Version, Mcp-Method, Mcp-Name"
+)
+CORS_EXPOSED_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version, WWW-Authenticate"
+CORS_MAX_AGE = "600"
+_HEADER_LIST = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\s*,\s*[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
+
+
+def preflight(request: web.Request) -> web.Response:
+    """The answer to a CORS preflight from an origin the ``OriginPolicy`` already accepted
+    (``Access-Control-Allow-Origin`` is added by ``cors``, as on every answer)."""
+    headers = {"Access-Control-Allow-Methods": CORS_METHODS, "Access-Control-Max-Age": CORS_MAX_AGE}
+    asked = request.headers.get("Access-Control-Request-Headers", "").strip()
+    # A trusted page may send other headers too (they are forwarded like any other): allow what it asks for.
+    headers["Access-Control-Allow-Headers"] = (
+        f"{CORS_REQUEST_HEADERS}, {asked}" if asked and _HEADER_LIST.fullmatch(asked) else CORS_REQUEST_HEADERS
+    )
+    return web.Response(status=204, headers=headers)
+
+
+def cors(origins: OriginPolicy) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
+    """An ``on_response_prepare`` hook: every answer's CORS headers are Wicket's own.
+
+    Whatever the upstream said (``Access-Control-Allow-Origin: *``, say) is removed; a browser
+    origin Wicket accepts gets itself named back, with the headers an MCP client must read.
+    """
+
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        headers = response.headers
+        if request.method != "OPTIONS":  # preflights are answered by Wicket itself; everything else was relayed
+            for name in [name for name in headers if name[:15].lower() == "access-control-"]:
+                headers.popall(name, None)
+        origin = request.headers.get("Origin")
+        if origin is None or origins.origin_problem(origin) is not None:
+            return
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Access-Control-Expose-Headers"] = CORS_EXPOSED_HEADERS
+        vary = headers.get("Vary")
+        headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
+
+    return on_prepare

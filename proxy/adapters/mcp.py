@@ -24,7 +24,7 @@ from aiohttp import web
 
 from proxy import tracing
 from proxy.adapters import jsonrpc
-from proxy.adapters.http_guard import OriginPolicy, forward_headers
+from proxy.adapters.http_guard import OriginPolicy, forward_headers, preflight
 from proxy.adapters.relay import (
     CLIENT_GONE,
     DROP_DOWNSTREAM,
@@ -162,6 +162,8 @@ class McpProxy:
                 raise Refusal(403, jsonrpc.INVALID_REQUEST, f"Forbidden: {problem}.", reason="origin")
             if request.method == "POST":
                 return await self._post(request)
+            if request.method == "OPTIONS":
+                return preflight(request)
             if request.method in ("GET", "DELETE"):
                 return await self._session_request(request)
             raise Refusal(405, jsonrpc.INVALID_REQUEST, f"Method {request.method} is not allowed on /mcp.")
