@@ -203,12 +203,12 @@ class ToolCatalog:
         if response.content_type == "text/event-stream":
             scanner = SseScanner(self._max_bytes)
             async for chunk in response.content.iter_any():
-                for _, data in scanner.feed(chunk):
-                    if scanner.overflowed:
-                        raise ListingFailed(f"an event of the tool list exceeds {self._max_bytes} bytes")
-                    found = _matching(data, request_id)
+                for event in scanner.feed(chunk):
+                    found = _matching(event.data, request_id)
                     if found is not None:
                         return found
+                if scanner.problem is not None:
+                    raise ListingFailed(f"an event of the tool list exceeds {self._max_bytes} bytes")
             return None
         body = await read_limited(response.content, self._max_bytes)
         if body is None:
