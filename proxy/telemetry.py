@@ -57,7 +57,7 @@ class Metrics:
         )
         self.upstream_errors = Counter(
             "wicket_upstream_errors_total",
-            "Upstream failures: unreachable, timeout, protocol error or oversized response.",
+            "Upstream failures: unreachable, timeout, protocol error, oversized or unscreenable answer.",
             ["protocol", "kind"],
             registry=r,
         )
