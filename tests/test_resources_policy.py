@@ -149,3 +149,27 @@ async def test_a_subscription_to_a_denied_uri_is_refused_before_the_upstream(
     assert upstream.ledger.calls == []
     (event,) = [e for e in running.audit_events() if e.get("action") == "resources/subscribe"]
     assert event["resource"] == "file:///etc/shadow" and event["decision"] == "deny"
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_resources_the_session_may_never_read_are_not_listed(mode: str, make_wicket: WicketFactory) -> None:
+    built = build_server()
+    server = built[0]
+    everything = DemoUpstream(server=built)
+    await everything.start()
+    try:
+        # Static resources so the upstream lists them.
+        listed = {"docs://readme", "file:///etc/passwd", "docs://top-secret"}
+        for uri in listed:
+            server.resource(uri, name=uri)(lambda: "static")
+        running = await make_wicket(everything.url, POLICY)
+        grant = await running.create_session("reader")
+        async with mcp_client(running.url, token=grant["token"], mode=mode) as client:
+            result = await client.list_resources()
+        assert {str(r.uri) for r in result.resources} == {"docs://readme"}
+        unrestricted = await make_wicket(everything.url, "version: 1\n")
+        grant = await unrestricted.create_session("reader")
+        async with mcp_client(unrestricted.url, token=grant["token"], mode=mode) as client:
+            assert {str(r.uri) for r in (await client.list_resources()).resources} == listed
+    finally:
+        await everything.stop()

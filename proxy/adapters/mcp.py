@@ -44,8 +44,9 @@ from proxy.adapters.tool_catalog import ToolCatalog
 from proxy.audit.sink import AuditUnavailable
 from proxy.core.action import Action, Decision, Effect
 from proxy.core.checker import Checker
-from proxy.core.guardian import tool_refusal
+from proxy.core.guardian import resource_refusal, resources_restricted, tool_refusal
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
+from proxy.core.policy import Policy
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
 from proxy.core.tasks import TaskOwners, task_id_of
 from proxy.core.toolpins import ToolPins
@@ -637,6 +638,13 @@ class McpProxy:
             replaced = await self._screen_tools_list(message, tools, exchange)
             if replaced is not None:
                 return replaced
+        if exchange.method == "resources/list" and isinstance(result.get("resources"), list):
+            policy = self._checker.policy
+            if resources_restricted(policy):
+                listed = result["resources"]
+                kept = [r for r in listed if not (isinstance(r, dict) and _refused_resource(policy, r.get("uri")))]
+                if len(kept) != len(listed):  # a URI the session may never read is not offered
+                    return jsonrpc.dumps({**message, "result": {**result, "resources": kept}})
         return jsonrpc.dumps(message) if translated else None
 
     async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
@@ -930,6 +938,10 @@ def _input_requests(result: dict[str, Any]) -> Any:
 def _session_headers(request: web.Request) -> dict[str, str]:
     """The client's MCP session headers, for a request Wicket sends in that session itself."""
     return {name: value for name in ("Mcp-Session-Id", "MCP-Protocol-Version") if (value := request.headers.get(name))}
+
+
+def _refused_resource(policy: Policy, uri: Any) -> bool:
+    return not isinstance(uri, str) or resource_refusal(policy, uri) is not None
 
 
 def _with_session(action: Action, session_id: str) -> Action:

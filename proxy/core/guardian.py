@@ -71,6 +71,11 @@ def tool_refusal(policy: Policy, agent_id: str, session: Session, name: str) -> 
     return None
 
 
+def resources_restricted(policy: Policy) -> bool:
+    """Whether the policy limits which resource URIs may be read at all (the common case: not)."""
+    return bool(policy.resource_deny) or policy.resource_allow.patterns != ("*",)
+
+
 def resource_refusal(policy: Policy, uri: str) -> str | None:
     """Why reading the resource ``uri`` is refused by the policy's ``resources`` patterns, or None.
 
