@@ -240,7 +240,7 @@ class Wicket:
         self._client: aiohttp.ClientSession | None = None
         self._a2a_client: aiohttp.ClientSession | None = None
         # stdio and legacy SSE upstreams: the proxy forwards to this bridge, which runs the real servers.
-        self.bridge = bridge_for(self.settings, self.metrics)
+        self.bridge = bridge_for(self.settings, self.metrics, self.policy.upstream_env(self.settings.upstream))
         self.metrics.upstream_info.labels(self.settings.upstream, self.settings.upstream_transport).set(1)
         self.health = HealthApi(
             audit=self.audit, store=self.store, metrics=self.metrics, upstream=UpstreamReachability(self.settings)

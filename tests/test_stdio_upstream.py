@@ -599,3 +599,24 @@ async def test_wicket_run_command_exits_cleanly_and_leaves_no_child(tmp_path: Pa
     assert reaped(child), log_path.read_text()
     await eventually(lambda: not_running(grandchild), "the grandchild is gone")
     assert "shutting down" in log_path.read_text()
+
+
+async def test_the_policy_names_what_a_stdio_server_gets(
+    make_wicket: WicketFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STDIO_TEST_FROM_POLICY", "yes")
+    monkeypatch.setenv("STDIO_TEST_NOT_NAMED", "no")
+    policy = (
+        POLICY
+        + f"""
+upstreams:
+  - url: "{stdio_label(COMMAND, "envtest")}"
+    env: [STDIO_TEST_FROM_POLICY]
+"""
+    )
+    running = await make_wicket(
+        "", policy, upstream_command=COMMAND, upstream_transport="stdio", upstream_name="envtest"
+    )
+    async with mcp_client(running.url, mode="legacy") as client:
+        seen = set(json.loads(text(await client.call_tool("get_environment", {}))))
+    assert "STDIO_TEST_FROM_POLICY" in seen and "STDIO_TEST_NOT_NAMED" not in seen, seen

@@ -113,6 +113,8 @@ class UpstreamRule:
     trusted: bool = False
     mode: str | None = None
     """``enforce`` | ``shadow`` for calls to this upstream; None: the policy's top-level ``mode``."""
+    env: tuple[str, ...] = ()
+    """A stdio upstream: environment variables its children get beyond the allowlist."""
 
 
 def normalise_url(url: str) -> str:
@@ -487,6 +489,11 @@ class Policy:
     def is_trusted_upstream(self, url: str) -> bool:
         """Whether annotations from this upstream may lower an effect (SPEC §6)."""
         return self._trusted.get(normalise_url(url), False)
+
+    def upstream_env(self, url: str) -> tuple[str, ...]:
+        """The environment variables the ``upstreams`` entries for ``url`` pass to a stdio server."""
+        wanted = normalise_url(url)
+        return tuple(name for rule in self.upstreams if normalise_url(rule.url) == wanted for name in rule.env)
 
     def credentials_for(self, upstream_url: str, tool_name: str | None) -> CredentialSettings:
         """How to derive the credential for a call to ``tool_name`` (``None``: protocol housekeeping)
@@ -1008,7 +1015,7 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
             settings["resource_allow"] = GlobSet(resources["allow"])
         resource_deny.extend(resources.get("deny", ()))
         upstreams.extend(
-            UpstreamRule(u["url"], bool(u.get("trusted", False)), u.get("mode"))
+            UpstreamRule(u["url"], bool(u.get("trusted", False)), u.get("mode"), tuple(u.get("env", ())))
             for u in layer.data.get("upstreams", ())
         )
         if "mode" in layer.data:

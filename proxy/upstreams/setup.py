@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 
 from proxy.settings import Settings
 from proxy.telemetry import Metrics
@@ -15,7 +16,7 @@ from proxy.upstreams.stdio import StdioFactory, child_environment
 TRANSPORTS = ("streamable-http", "sse", "stdio")
 
 
-def bridge_for(settings: Settings, metrics: Metrics) -> UpstreamBridge | None:
+def bridge_for(settings: Settings, metrics: Metrics, policy_env: Sequence[str] = ()) -> UpstreamBridge | None:
     """The bridge for a stdio or legacy SSE upstream, None for Streamable HTTP.
 
     Misconfiguration stops Wicket before any port opens (``SystemExit`` with the reason).
@@ -40,7 +41,7 @@ def bridge_for(settings: Settings, metrics: Metrics) -> UpstreamBridge | None:
             raise SystemExit("wicket: the stdio transport needs a command: wicket run [options] -- CMD ARG...")
         if shutil.which(command[0]) is None:
             raise SystemExit(f"wicket: cannot run the stdio MCP server: {command[0]!r} is not an executable program.")
-        env = child_environment(os.environ, settings.stdio_env)
+        env = child_environment(os.environ, [*settings.stdio_env, *policy_env])
         factory = StdioFactory(command, env=env, max_message_bytes=settings.max_response_bytes)
     else:
         try:
