@@ -401,19 +401,75 @@ def test_shell_detects_dangerous_commands_and_evasions(text: str, effect: Effect
         "grep -r TODO src/",
         "git status && git diff",
         "echo 'rm -rf /'",  # printed, not run
-        'git commit -m "rm -rf cleanup"',
         "cat /etc/hosts",
-        "python3 script.py --rf",
         "curl -s https://api.example.com/status",  # a download that is not run
+        "find . -name '*.py' | xargs grep -n TODO | sort | uniq -c",
+        'for f in *.log; do tail -n 5 "$f"; done',
+        "if [ -f config.yaml ]; then cat config.yaml; fi",
+        "git log --oneline -20 > /dev/null 2>&1",
+        "diff <(ls a) <(ls b)",
+        "sed -n '1,20p' README.md",
+        "awk '{print $1}' access.log | head",
+        "wc -l < data.csv",
+        "python3 --version",
+        "",
+    ],
+)
+def test_shell_reads(text: str) -> None:
+    assert analyse("run_shell", {"command": text}).findings == ()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'git commit -m "rm -rf cleanup"',
+        "python3 script.py --rf",
         "chmod 644 notes.txt",
         "chmod -R 755 ./build",
         "chown app:app data.csv",
         "npm run build",
-        "",
+        "touch x",
+        "ls > listing.txt",  # a write, whatever program makes it
+        "echo hi | tee out.txt",
+        "sed -i 's/a/b/' config.yaml",
+        "sort -o sorted.txt in.txt",
+        "find . -name '*.tmp' -exec cat {} +",
+        "git push origin main",
+        "git branch -D feature",
+        "curl -X POST -d @data.json https://api.example.com/items",
+        "cat $(touch marker)",
+        "f() { ls; }; f",
+        "case $x in a) ls;; esac",  # bashlex cannot read it: not a proven read
+        "ls 'unterminated",
     ],
 )
-def test_shell_harmless_commands(text: str) -> None:
-    assert analyse("run_shell", {"command": text}).findings == ()
+def test_shell_commands_that_are_not_reads_are_mutating(text: str) -> None:
+    report = analyse("run_shell", {"command": text})
+    assert report.effect is Effect.MUTATING, report
+    assert all("not" in f.message or "redirected" in f.message or "function" in f.message for f in report.findings)
+
+
+def test_shell_meaning_applies_to_what_a_shell_tool_runs() -> None:
+    # argv lists and command + args are judged as the program they run...
+    assert effect_of("exec", {"command": ["touch", "x"]}) is Effect.MUTATING
+    assert effect_of("exec", {"command": "git", "args": ["status"]}) is None
+    assert effect_of("exec", {"command": "git", "args": ["push"]}) is Effect.MUTATING
+    assert effect_of("run_batch", {"commands": ["ls", "cat a"]}) is None
+    assert effect_of("run_batch", {"commands": ["ls", "touch a"]}) is Effect.MUTATING
+    # ...other strings of a shell tool, and command keys of other tools, only by the patterns.
+    assert effect_of("run_shell", {"command": "ls", "cwd": "/srv", "note": "touch later"}) is None
+    assert effect_of("git_tool", {"command": "push"}) is None
+    assert effect_of("deploy", {"cmd": "touch x"}) is None
+
+
+def test_shell_parsing_is_bounded_and_reported() -> None:
+    from proxy.core.shell_meaning import MAX_PARSE, TOO_LONG, shell_meaning
+
+    long_read = "ls " + " ".join(["a"] * MAX_PARSE)
+    assert shell_meaning(long_read) == {(Effect.MUTATING, TOO_LONG)}
+    lines = [f"cat {'x' * 15_000} {i}" for i in range(6)]  # each under the limit, together past the budget
+    findings = analyse("run_batch", {"commands": lines}).findings
+    assert any("parse budget" in f.message and f.effect is Effect.MUTATING for f in findings)
 
 
 def test_shell_argv_shapes() -> None:
@@ -441,6 +497,7 @@ def test_shell_findings_name_the_pattern_not_the_value() -> None:
     report = analyse("run_shell", {"command": "rm -rf /home/alice/secret-project"})
     assert report.findings == (
         Finding("shell", Effect.DESTRUCTIVE, "argument 'command': rm -r/-f (recursive or forced delete)"),
+        Finding("shell", Effect.MUTATING, "argument 'command': program not known to be read-only"),
     )
 
 
@@ -652,7 +709,7 @@ def test_report_effect_is_the_highest_finding() -> None:
 
 def test_findings_are_deduplicated() -> None:
     report = analyse("run_shell", {"command": "rm -rf a; rm -rf b; rm -rf c"})
-    assert len(report.findings) == 1
+    assert [f.effect for f in report.findings] == [Effect.DESTRUCTIVE, Effect.MUTATING]  # rm, and not a read
 
 
 class _Flagger:
@@ -820,7 +877,7 @@ def test_padding_cannot_push_a_payload_past_the_analysis() -> None:
     prose = "lorem ipsum dolor sit amet " * 25_000
     report = analyse("run_shell", {"a": prose, "b": prose, "command": "rm -rf /"})
     rm = Finding("shell", Effect.DESTRUCTIVE, "argument 'command': rm -r/-f (recursive or forced delete)")
-    assert report.findings == (rm,)
+    assert report.findings[0] == rm and len(report.findings) == 2
 
 
 @pytest.mark.parametrize(

@@ -1,18 +1,21 @@
-"""SQL by meaning, through the real proxy: a read-only session may run queries, not side effects.
+"""SQL and shell by meaning, through the real proxy: a read-only session may run reads, not side effects.
 
 The demo server's ``run_query`` is a read by its name; what its ``sql`` does decides. Every
 statement below with a side effect is refused and never reaches the server (its ledger is
-the proof), whatever verb starts it; ordinary queries in several dialects run.
+the proof), whatever verb starts it; ordinary queries in several dialects run. Likewise a
+terminal tool the operator declares a read runs only commands the shell parser proves reads.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from mcp.server.mcpserver import MCPServer
 
-from proxy.demo.server import DemoUpstream
-from tests.conftest import RunningWicket, mcp_client
+from proxy.demo.server import DemoUpstream, Ledger
+from tests.conftest import RunningWicket, WicketFactory, mcp_client
 
 SIDE_EFFECTS = [
     "SELECT pg_terminate_backend(4242)",
@@ -73,3 +76,71 @@ async def test_a_side_effect_after_64_kib_of_padding_is_refused(upstream: DemoUp
             record = record_of(await client.call_tool("run_query", {"sql": sql}))
             assert record["decision"] != "allow", record
     assert upstream.ledger.calls == []
+
+
+# --------------------------------------------------------------------------- shell by meaning
+
+SHELL_POLICY = """\
+version: 1
+anonymous: {enabled: true, scope: ["*"]}
+tools:
+  run_command: {effect: read}   # the operator lets read-only agents run reads through it
+"""
+
+
+def shell_box() -> tuple[MCPServer, Ledger]:
+    """A terminal-like MCP server that records every command it was asked to run (and runs none)."""
+    server, ledger = MCPServer("shell-box"), Ledger()
+
+    @server.tool()
+    def run_command(command: str) -> str:
+        """Run a shell command in the sandbox."""
+        ledger.record("run_command", command=command)
+        return "ok"
+
+    return server, ledger
+
+
+@pytest.fixture
+async def shell_upstream() -> AsyncIterator[DemoUpstream]:
+    upstream = DemoUpstream(server=shell_box())
+    await upstream.start()
+    yield upstream
+    await upstream.stop()
+
+
+SHELL_READS = [
+    "ls -la /srv/data",
+    "git status && git log --oneline -5",
+    "find . -name '*.py' | xargs grep -n TODO | sort | head",
+    'for f in *.log; do tail -n 5 "$f"; done',
+]
+SHELL_WRITES = [
+    "touch /srv/data/marker",
+    "ls > /srv/data/listing.txt",
+    "cat $(touch /tmp/x)",
+    "git push --force origin main",
+    "sed -i 's/debug/info/' app.conf",
+    "case $1 in *) rm -rf /;; esac",  # the parser cannot read it: not a read
+    "rm -rf /srv/data",
+]
+
+
+@pytest.mark.parametrize("command", SHELL_WRITES)
+async def test_shell_commands_that_are_not_proven_reads_are_refused(
+    command: str, shell_upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    running = await make_wicket(shell_upstream.url, SHELL_POLICY)
+    async with mcp_client(running.url) as client:
+        record = record_of(await client.call_tool("run_command", {"command": command}))
+    assert record["decision"] != "allow" and record["effect"] != "read", record
+    assert "Argument findings: shell" in record["reason"]
+    assert shell_upstream.ledger.calls == []
+
+
+async def test_shell_reads_run(shell_upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    running = await make_wicket(shell_upstream.url, SHELL_POLICY)
+    async with mcp_client(running.url) as client:
+        for command in SHELL_READS:
+            assert not (await client.call_tool("run_command", {"command": command})).is_error, command
+    assert shell_upstream.ledger.calls == [("run_command", {"command": c}) for c in SHELL_READS]

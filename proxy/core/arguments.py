@@ -40,6 +40,8 @@ from urllib.parse import unquote, urlsplit
 from proxy.core.action import Action, Effect, Finding
 from proxy.core.effects import tokenize
 from proxy.core.policy import Constraint, Policy
+from proxy.core.shell_meaning import MAX_PARSE as SHELL_PARSE
+from proxy.core.shell_meaning import argv_meaning, shell_meaning
 from proxy.core.sql_meaning import MAX_PARSE, sql_meaning
 
 __all__ = [
@@ -467,7 +469,9 @@ def _sql_candidate(text: str) -> bool:
     return any(hint in lowered for hint in _SQL_HINTS) or ("do" in lowered and ("$" in text or "'" in text))
 
 
-def sql_effects(text: str, strict: bool = True, _depth: int = 0, *, parse: bool = True) -> set[tuple[Effect, str]]:
+def sql_effects(
+    text: str, strict: bool = True, _depth: int = 0, *, parse: bool = True, _prose: bool = False
+) -> set[tuple[Effect, str]]:
     """(effect, statement kind) pairs that SQL ``text`` implies; empty for reads.
 
     ``strict`` says the text is known to be SQL: the parser must then prove it a read
@@ -479,7 +483,8 @@ def sql_effects(text: str, strict: bool = True, _depth: int = 0, *, parse: bool 
     """
     found: set[tuple[Effect, str]] = set()
     if strict:
-        found.update(sql_meaning(text) if parse else ((_M, _SQL_UNPARSED),))
+        if not _prose:  # dynamic SQL found in prose is read by its verbs, not required to be a proven read
+            found.update(sql_meaning(text) if parse else ((_M, _SQL_UNPARSED),))
     if not _sql_candidate(text):
         return found
     if len(text) > MAX_SCAN:
@@ -508,7 +513,7 @@ def sql_effects(text: str, strict: bool = True, _depth: int = 0, *, parse: bool 
             nested_strict = bool(verbs & _SQL_DYNAMIC_VERBS) or "executesql" in normal
             nested.update((literal, nested_strict) for literal in literals[:_MAX_LITERALS])
     for literal, nested_strict in nested:
-        found |= sql_effects(literal, nested_strict, _depth + 1)
+        found |= sql_effects(literal, nested_strict, _depth + 1, parse=parse, _prose=_prose or not strict)
     return found
 
 
@@ -732,6 +737,9 @@ def _operands(args: Sequence[str]) -> list[str]:
     return [a for a in args if not a.startswith("-") or a == "-"]
 
 
+_SHELL_UNPARSED: Final = "command past the per-call parse budget, so not a proven read"
+MAX_TOTAL_SHELL_PARSE: Final = 4 * SHELL_PARSE
+"""Characters of shell command lines parsed per call; lines past it are not proven reads."""
 _NESTED_TOO_DEEP: Final = (_D, "commands nested too deep to analyse")
 _COMMAND_TOO_LONG: Final = (_D, "command too long to analyse")
 
@@ -1009,6 +1017,10 @@ class ShellDetector:
 
     Looks at every string of a shell-like tool, and at cmd/command/script/args keys of any
     tool; a list under such a key (or ``command`` plus an ``args`` list) is read as argv.
+
+    On a shell tool, the command itself (cmd/command/script/args keys, argv lists) must also be
+    proven a read by :mod:`~proxy.core.shell_meaning` (bashlex): an unknown program, a write or
+    a line the parser cannot read is mutating.
     """
 
     name = "shell"
@@ -1018,26 +1030,53 @@ class ShellDetector:
         budget = _Budget()
         found: dict[tuple[Effect, str], str] = {}
         candidates: list[tuple[str, str | list[str]]] = []
+        commands: list[tuple[str, str | list[str]]] = []  # what a shell tool will run: proven a read or not
         argv = _combined_argv(arguments)
         if argv:
             candidates.append(("command", argv))
+            if shell_tool:
+                commands.append(("command", argv))
         for leaf in iter_values(arguments):
             value = leaf.value
-            if not (shell_tool or not _SHELL_KEYS.isdisjoint(_key_words(leaf.key))):
+            command_key = not _SHELL_KEYS.isdisjoint(_key_words(leaf.key))
+            if not (shell_tool or command_key):
                 continue
+            runs = shell_tool and command_key
             if isinstance(value, str):
                 if _shell_candidate(value):
                     candidates.append((leaf.path, value))
+                if runs and not leaf.path.endswith("]") and not (argv and leaf.key in ("command", "cmd")):
+                    commands.append((leaf.path, value))
             elif isinstance(value, list):
                 if value and all(isinstance(v, str) for v in value):
                     candidates.append((leaf.path, value))
+                    if runs and not (argv and leaf.key in _ARGV_KEYS):
+                        if leaf.key in ("commands", "scripts"):  # a list of command lines
+                            commands.extend((leaf.path, line) for line in value)
+                        else:  # argv
+                            commands.append((leaf.path, value))
             elif isinstance(value, Mapping) and (argv := _combined_argv(value)):
                 candidates.append((leaf.path, argv))
+                if shell_tool:
+                    commands.append((leaf.path, argv))
         for path, command in candidates:
             if not budget.spend(command):
                 found.setdefault((Effect.DESTRUCTIVE, "arguments too large to analyse fully"), "*")
                 break
             for item in shell_effects(command):
+                found.setdefault(item, path)
+        parse_left = MAX_TOTAL_SHELL_PARSE
+        for path, command in commands:
+            if isinstance(command, str):
+                if len(command) <= SHELL_PARSE:
+                    if len(command) > parse_left:
+                        found.setdefault((Effect.MUTATING, _SHELL_UNPARSED), path)
+                        continue
+                    parse_left -= len(command)
+                meaning = shell_meaning(command)
+            else:
+                meaning = argv_meaning(command)
+            for item in meaning:
                 found.setdefault(item, path)
         for (effect, pattern), path in sorted(found.items(), key=lambda i: (-i[0][0], i[0][1])):
             yield _too_large(self.name) if path == "*" else Finding(self.name, effect, f"argument {path!r}: {pattern}")
