@@ -301,3 +301,24 @@ async def test_a_normal_restart_and_a_rotation_resume_cleanly(
     third = await start(make_wicket, upstream, audit, signing_key)
     assert (await admin(third, "GET", "/v1/audit/checkpoint"))[1]["held"] is False
     assert [e for e in third.audit_events() if e["event"] == "integrity"] == []
+
+
+async def test_a_log_whose_directory_is_gone_holds_instead_of_crashing_the_start(tmp_path: Path) -> None:
+    keys = KeyRing.generate()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    sink = CheckpointingSink(FileAuditSink(logs / "a.jsonl"), keys, every=1000, interval=30.0)
+    assert await sink.start() is None
+    await sink.append({"event": "x"})
+    await sink.close()
+    checkpoints = (logs / "a.jsonl.checkpoints").read_bytes()
+    for child in logs.iterdir():
+        child.unlink()
+    logs.rmdir()
+    logs.mkdir()
+    (logs / "a.jsonl.checkpoints").write_bytes(checkpoints)
+    (logs / "a.jsonl").symlink_to(tmp_path / "gone" / "a.jsonl")  # the log cannot even be created
+    again = CheckpointingSink(FileAuditSink(logs / "a.jsonl"), keys, every=1000, interval=30.0)
+    held = await again.start()
+    assert held is not None and "cannot be read" in held
+    await again.close()

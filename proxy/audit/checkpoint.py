@@ -439,7 +439,10 @@ class CheckpointingSink:
             return f"not a checkpoint ({exc})"
 
     def _position(self, cp: Checkpoint) -> str | None:
-        fd = os.open(self.inner.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:
+            fd = os.open(self.inner.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError as exc:
+            return f"the log cannot be read to compare it with its last checkpoint ({exc.strerror or exc})"
         try:
             self._log_id = self.inner.log_id
             return position_problem(fd, cp, self._log_id)
@@ -458,7 +461,10 @@ class CheckpointingSink:
                 pass
             self._due.clear()
             if self._hold is None and self.inner.count > self._covered:
-                await self._checkpoint_logged()
+                try:
+                    await self._checkpoint_logged()
+                except Exception:  # never let one bad checkpoint end the signing for good
+                    log.exception("an audit checkpoint failed unexpectedly")
 
     async def _checkpoint_logged(self, *, closed: bool = False) -> None:
         try:
