@@ -585,3 +585,31 @@ async def test_subscribing_to_a_task_is_for_its_owner(front: RunningWicket, agen
     await stream.aclose()
     await watcher.close()
     await client.close()
+
+
+async def test_policy_tests_build_the_adapters_action(
+    agent: DemoA2AAgent, make_wicket: WicketFactory, tmp_path: Path
+) -> None:
+    """`wicket policy test` decides an A2A case with the Action the adapter builds, so a case and a live
+    call under the same policy get the same effect (here: the purge skill is destructive)."""
+    from proxy.authoring.cases import run_file
+
+    (tmp_path / "a2a.yaml").write_text(POLICY)
+    (tmp_path / "a2a_test.yaml").write_text(
+        "cases:\n"
+        "  - name: purge\n"
+        "    action: {method: message/send, protocol: a2a, skill: purge, arguments: {parts: [{text: wipe}]}}\n"
+        "    session: {agent: peer, mode: read-write}\n"
+        "    expect: {effect: destructive}\n"
+        "  - name: read\n"
+        "    action: {method: tasks/get, protocol: a2a}\n"
+        "    expect: {decision: allow, effect: read}\n"
+    )
+    result = await run_file(tmp_path / "a2a_test.yaml")
+    assert [c.passed for c in result.cases] == [True, True], [c.line_text() for c in result.cases]
+    live = await make_wicket("", POLICY, a2a_upstream=agent.base)
+    token = await token_for(live, "peer")
+    purge = {"message": {**_wire_message("wipe"), "metadata": {"wicket/skill": "purge"}}}
+    reply = await rpc(live, "message/send", purge, token=token, version=None)
+    assert reply["error"]["data"]["effect"] == "destructive"
+    assert reply["error"]["data"]["decision"] == "approval_required"

@@ -19,12 +19,21 @@ import logging
 import re
 import time
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import aiohttp
 from aiohttp import web
 
 from proxy.adapters import jsonrpc
+from proxy.adapters.a2a_action import (
+    JSONRPC_METHODS,
+    PROTOCOL,
+    SENDS,
+    V03_METHODS,
+    a2a_action,
+    skill_of,
+    without_query,
+)
 from proxy.adapters.a2a_card import CardError, CardRewriter, origin_of
 from proxy.adapters.a2a_push import push_url_problem, push_urls
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
@@ -52,51 +61,8 @@ from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = "a2a"
 CARD_PATHS = frozenset({"/.well-known/agent-card.json", "/.well-known/agent.json"})
 
-# JSON-RPC method, in either version, -> the A2A 1.0 name every Action is labelled with.
-V10_METHODS = (
-    "SendMessage",
-    "SendStreamingMessage",
-    "GetTask",
-    "ListTasks",
-    "CancelTask",
-    "SubscribeToTask",
-    "CreateTaskPushNotificationConfig",
-    "GetTaskPushNotificationConfig",
-    "ListTaskPushNotificationConfigs",
-    "DeleteTaskPushNotificationConfig",
-    "GetExtendedAgentCard",
-)
-V03_METHODS = {
-    "message/send": "SendMessage",
-    "message/stream": "SendStreamingMessage",
-    "tasks/get": "GetTask",
-    "tasks/list": "ListTasks",
-    "tasks/cancel": "CancelTask",
-    "tasks/resubscribe": "SubscribeToTask",
-    "tasks/pushNotificationConfig/set": "CreateTaskPushNotificationConfig",
-    "tasks/pushNotificationConfig/get": "GetTaskPushNotificationConfig",
-    "tasks/pushNotificationConfig/list": "ListTaskPushNotificationConfigs",
-    "tasks/pushNotificationConfig/delete": "DeleteTaskPushNotificationConfig",
-    "agent/getAuthenticatedExtendedCard": "GetExtendedAgentCard",
-}
-JSONRPC_METHODS = {**{m: m for m in V10_METHODS}, **V03_METHODS}
-
-# Reading a task, listing tasks and reading the card are reads; everything else changes state.
-DEFAULT_EFFECTS: dict[str, Effect] = {m: Effect.MUTATING for m in V10_METHODS} | {
-    m: Effect.READ
-    for m in (
-        "GetTask",
-        "ListTasks",
-        "SubscribeToTask",
-        "GetTaskPushNotificationConfig",
-        "ListTaskPushNotificationConfigs",
-        "GetExtendedAgentCard",
-    )
-}
-SENDS = frozenset({"SendMessage", "SendStreamingMessage"})
 STREAMS = frozenset({"SendStreamingMessage", "SubscribeToTask"})
 PUSH_METHODS = frozenset(
     {
@@ -311,24 +277,22 @@ class A2AProxy:
         policy = self._checker.policy
         message = call.params.get("message") if call.name in SENDS else None
         message = message if isinstance(message, dict) else {}
-        metadata = message.get("metadata")
-        skill = metadata.get(policy.a2a_skill_key) if isinstance(metadata, dict) else None
-        skill = skill if isinstance(skill, str) and skill else None
+        skill = skill_of(message, policy)
         if call.name in SENDS and isinstance(message.get("taskId"), str):
             call.task_id = message["taskId"]  # continuing a task: it must be the caller's own
         urls = push_urls(call.params) if call.name == "CreateTaskPushNotificationConfig" else []
         if call.name in SENDS:
             urls = push_urls(call.params.get("configuration"))
-        action = Action(
-            protocol=PROTOCOL,
-            method=PROTOCOL,
-            name=call.name,
-            arguments=_arguments(call, message, skill, urls),
+        action = a2a_action(
+            policy,
+            call.name,
+            message=message,
+            skill=skill,
+            task_id=call.task_id,
+            push_urls=urls,
             agent_id=caller.agent_id,
             session_id=session.session_id,
             upstream=self._upstream,
-            is_tool_call=True,
-            fixed_effect=self._effect(call.name, skill),
         )
         if call.task_id is not None and not await self._owns(call.task_id, caller, session):
             await self._checker.refuse(action, session.session_id, f"Task '{call.task_id[:80]}' is not this caller's.")
@@ -361,19 +325,10 @@ class A2AProxy:
                     "agent_id": caller.agent_id,
                     "session_id": session.session_id,
                     "action": action.label,
-                    "url": _without_query(url),
+                    "url": without_query(url),
                 }
             )
         return await self._forward(request, _Exchange(call, session, caller), action, decision)
-
-    def _effect(self, name: str, skill: str | None) -> Effect:
-        """The policy's word for this skill (``a2a:skill:<id>``), else for the method (``a2a:<Method>``),
-        else the protocol's default."""
-        policy = self._checker.policy
-        effect = policy.effect_override(f"{PROTOCOL}:skill:{skill}") if skill else None
-        if effect is None:
-            effect = policy.effect_override(f"{PROTOCOL}:{name}")
-        return effect if effect is not None else DEFAULT_EFFECTS[name]
 
     # -- task ownership ---------------------------------------------------------------------------
 
@@ -628,35 +583,6 @@ def _rest_route(request: web.Request) -> tuple[str, str | None] | None:
                 return None
             return name, match.groupdict().get("task")
     return None
-
-
-def _arguments(call: A2ACall, message: dict[str, Any], skill: str | None, urls: list[Any]) -> dict[str, Any]:
-    """What the guardian tiers see: the message's text parts (untrusted data, like tool arguments),
-    the skill, the task and any push-notification URL; never the whole wire message."""
-    arguments: dict[str, Any] = {}
-    if call.name in SENDS:
-        parts = message.get("parts", message.get("content"))  # 0.3 HTTP+JSON names them content
-        texts = (
-            [p["text"] for p in parts if isinstance(p, dict) and isinstance(p.get("text"), str)]
-            if isinstance(parts, list)
-            else []
-        )
-        arguments["text"] = "\n".join(texts)
-        if skill is not None:
-            arguments["skill"] = skill
-    if call.task_id:
-        arguments["task_id"] = call.task_id
-    if urls:
-        arguments["push_urls"] = [_without_query(u) for u in urls]
-    return arguments
-
-
-def _without_query(url: Any) -> str:
-    """A push URL as audited: scheme, host and path; a query may carry the receiver's secret."""
-    if not isinstance(url, str):
-        return repr(url)[:200]
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path}"[:500]
 
 
 def _created_tasks(result: dict[str, Any]) -> list[Any]:

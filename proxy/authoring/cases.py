@@ -34,7 +34,6 @@ _SESSION_KEYS = frozenset(
 )
 _EXPECT_KEYS = frozenset({"decision", "effect", "tier", "reason"})
 _DECISIONS = frozenset({"allow", "deny", "approval_required", "would_deny", "would_require_approval"})
-SKILL_METADATA_KEY = "skill"
 
 
 class CaseFileError(Exception):
@@ -131,9 +130,6 @@ def parse_case(path: Path, line: int, raw: Any) -> Case:
     arguments = action.get("arguments") or {}
     if not isinstance(arguments, dict):
         raise CaseFileError(f"{where}: {name}: action.arguments is a mapping")
-    if "skill" in action:
-        # The skill an A2A message asks for travels in message.metadata under this key.
-        arguments = {**arguments, "metadata": {**arguments.get("metadata", {}), SKILL_METADATA_KEY: action["skill"]}}
     session = raw.get("session") or {}
     if not isinstance(session, dict):
         raise CaseFileError(f"{where}: {name}: 'session' is a mapping")
@@ -169,6 +165,7 @@ def parse_case(path: Path, line: int, raw: Any) -> Case:
         annotations=action.get("annotations"),
         upstream=str(action.get("upstream", ActionSpec.upstream)),
         intent=action.get("intent"),
+        skill=str(action["skill"]) if "skill" in action else None,
     )
     return Case(str(path), line, name, action_spec, session_spec, deep, {k: str(v) for k, v in expect.items()})
 

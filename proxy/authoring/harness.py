@@ -16,6 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.adapters.a2a_action import JSONRPC_METHODS as A2A_METHODS
+from proxy.adapters.a2a_action import PROTOCOL as A2A
+from proxy.adapters.a2a_action import a2a_action, skill_of
 from proxy.audit.chain import HashChain
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.approval_store import Approvals
@@ -182,8 +185,24 @@ class ActionSpec:
     annotations: Mapping[str, Any] | None = None
     upstream: str = "http://upstream.invalid/mcp"
     intent: str | None = None
+    skill: str | None = None  # A2A: the skill the message names
 
-    def action(self, session: Session) -> Action:
+    def action(self, session: Session, policy: Policy) -> Action:
+        if self.protocol == A2A:
+            # Exactly the Action the A2A adapter builds: label, policy effect, reviewed arguments.
+            name = self.tool or self.method
+            message = dict(self.arguments)
+            return a2a_action(
+                policy,
+                A2A_METHODS.get(name, name),
+                message=message,
+                skill=self.skill or skill_of(message, policy),
+                task_id=None,
+                push_urls=[],
+                agent_id=session.agent_id,
+                session_id=session.session_id,
+                upstream=self.upstream,
+            )
         is_call = self.tool is not None
         return Action(
             protocol=self.protocol,
@@ -263,7 +282,7 @@ async def evaluate(
     )
     clock.now += session_spec.age_seconds
     await _replay_history(store, session, session_spec, policy, clock)
-    action = action_spec.action(session)
+    action = action_spec.action(session, policy)
     await _grant(approvals, session, action, session_spec.elevations)
     effect, source = classifier.explain(action)
     report = ArgumentAnalyser().analyse(action, policy) if action.is_tool_call else ArgumentReport()
