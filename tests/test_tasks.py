@@ -58,6 +58,8 @@ async def tasks_upstream() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
             if created.get(task_id) == "ask":
                 result["status"] = "input_required"
                 result["inputRequests"] = {"q1": {"method": "sampling/createMessage", "params": HOSTILE}}
+        elif method == "tasks/list":
+            result = {"tasks": [{"taskId": t, "status": "working"} for t in created]}
         elif method in ("tasks/cancel", "tasks/update"):
             ledger.append((method.split("/")[1], params["taskId"]))
             result = {"resultType": "complete"}
@@ -112,6 +114,21 @@ async def test_only_the_creating_session_acts_on_a_task(
         if e["event"] == "decision" and e["decision"] == "allow"
     }
     assert effects["tasks/update"] == effects["tasks/cancel"] == "mutating"
+
+
+async def test_tasks_list_shows_a_session_only_its_own_tasks(
+    tasks_upstream: tuple[str, list[tuple[str, str]]], make_wicket: WicketFactory
+) -> None:
+    url, _ = tasks_upstream
+    running = await make_wicket(url, POLICY)
+    first = (await running.create_session("first"))["token"]
+    second = (await running.create_session("second"))["token"]
+    mine = (await rpc(running, first, "tools/call", {"name": "slow_compute", "arguments": {}}))["result"]["taskId"]
+    theirs = (await rpc(running, second, "tools/call", {"name": "slow_compute", "arguments": {}}))["result"]["taskId"]
+    listed = await rpc(running, first, "tasks/list", {})
+    assert [t["taskId"] for t in listed["result"]["tasks"]] == [mine], listed
+    listed = await rpc(running, second, "tasks/list", {})
+    assert [t["taskId"] for t in listed["result"]["tasks"]] == [theirs], listed
 
 
 async def test_a_read_only_session_reads_its_task_but_cannot_cancel_it(

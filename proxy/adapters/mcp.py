@@ -633,6 +633,11 @@ class McpProxy:
         if requests is not None:
             return await self._screen_input_required(requests, exchange, answer_id)
         translated = ours and exchange.modern and _complete_for_modern(result, exchange.method)
+        listed_tasks = result.get("tasks")
+        if self._tasks is not None and isinstance(listed_tasks, list) and (exchange.method == "tasks/list" or not ours):
+            replaced = await self._screen_tasks_list(message, listed_tasks, exchange)
+            if replaced is not None:
+                return replaced
         tools = result.get("tools")
         if isinstance(tools, list) and (exchange.method == "tools/list" or not ours):
             replaced = await self._screen_tools_list(message, tools, exchange)
@@ -646,6 +651,16 @@ class McpProxy:
                 if len(kept) != len(listed):  # a URI the session may never read is not offered
                     return jsonrpc.dumps({**message, "result": {**result, "resources": kept}})
         return jsonrpc.dumps(message) if translated else None
+
+    async def _screen_tasks_list(self, message: dict[str, Any], tasks: list[Any], exchange: _Exchange) -> bytes | None:
+        """A session sees only the tasks it created (the upstream may list every task it holds)."""
+        assert self._tasks is not None
+        ids = [t["taskId"] for t in tasks if isinstance(t, dict) and isinstance(t.get("taskId"), str)]
+        owned = await self._tasks.owned(self._upstream, ids, exchange.session.session_id)
+        kept = [t for t in tasks if isinstance(t, dict) and t.get("taskId") in owned]
+        if len(kept) == len(tasks):
+            return None
+        return jsonrpc.dumps({**message, "result": {**message["result"], "tasks": kept}})
 
     async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
         """Hide the tools this session may never call and those awaiting an operator's approval

@@ -53,7 +53,19 @@ class TaskOwners:
     async def owner(self, upstream: str, task_id: str) -> str | None:
         """The creating session, or None when unknown or when the record fails its integrity check."""
         key = self._key(upstream, task_id)
-        raw = await self._store.get(key)
+        return self._owner_of(key, await self._store.get(key))
+
+    async def owned(self, upstream: str, task_ids: list[str], session_id: str) -> set[str]:
+        """Which of ``task_ids`` ``session_id`` created (one store round trip)."""
+        keys = [self._key(upstream, task_id) for task_id in task_ids]
+        raws = await self._store.get_many(keys) if keys else []
+        return {
+            task_id
+            for task_id, key, raw in zip(task_ids, keys, raws, strict=True)
+            if self._owner_of(key, raw) == session_id
+        }
+
+    def _owner_of(self, key: str, raw: bytes | None) -> str | None:
         if raw is None:
             return None
         try:
