@@ -238,6 +238,7 @@ class Wicket:
         self._reload_lock = asyncio.Lock()
         self._runners: list[web.AppRunner] = []
         self._client: aiohttp.ClientSession | None = None
+        self._stream_client: aiohttp.ClientSession | None = None
         self._a2a_client: aiohttp.ClientSession | None = None
         # stdio and legacy SSE upstreams: the proxy forwards to this bridge, which runs the real servers.
         self.bridge = bridge_for(self.settings, self.metrics, self.policy.upstream_env(self.settings.upstream))
@@ -275,7 +276,7 @@ class Wicket:
             metrics=self.metrics,
         )
 
-    def _client_session(self, *, bridged: bool = True) -> aiohttp.ClientSession:
+    def _client_session(self, *, bridged: bool = True, pool: int | None = None) -> aiohttp.ClientSession:
         connector: aiohttp.BaseConnector
         if bridged and self.bridge is not None:
             # The upstream URL only names the server; every request goes to the bridge's private socket.
@@ -285,7 +286,7 @@ class Wicket:
             )
         else:
             connector = aiohttp.TCPConnector(
-                limit=self.settings.upstream_pool_size,
+                limit=self.settings.upstream_pool_size if pool is None else pool,
                 keepalive_timeout=self.settings.upstream_keepalive,
                 enable_cleanup_closed=True,
             )
@@ -311,6 +312,7 @@ class Wicket:
                 sessions=self.sessions,
                 metrics=self.metrics,
                 client=self._client,
+                stream_client=self._stream_client,
                 credentials=self.credentials,
                 toolpins=self.toolpins,
                 tasks=TaskOwners(self.store, self.signer),
@@ -432,6 +434,8 @@ class Wicket:
         if self.bridge is not None:
             await self.bridge.start()
         self._client = self._client_session()
+        # Streams have a pool of their own (bounded by the per-agent stream limit), so reads never wait on them.
+        self._stream_client = self._client if self.bridge is not None else self._client_session(pool=0)
         if self.settings.a2a_upstream:
             self._a2a_client = self._client_session(bridged=False) if self.bridge is not None else self._client
         await self._sync_revocations()
@@ -526,6 +530,9 @@ class Wicket:
         if self._a2a_client is not None and self._a2a_client is not self._client:
             await self._a2a_client.close()
         self._a2a_client = None
+        if self._stream_client is not None and self._stream_client is not self._client:
+            await self._stream_client.close()
+        self._stream_client = None
         if self._client is not None:
             await self._client.close()
             self._client = None

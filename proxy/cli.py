@@ -70,6 +70,12 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
     parser.add_argument("--max-body-bytes", type=int, default=4 * MiB, help="request body limit (default 4 MiB)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, help="upstream connect timeout, seconds")
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="a client's request body must arrive within this many seconds, else 408 (0: no limit)",
+    )
+    parser.add_argument(
         "--read-timeout",
         type=float,
         default=300.0,
@@ -382,6 +388,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], 
         max_body_bytes=args.max_body_bytes,
         connect_timeout=args.connect_timeout,
         read_timeout=args.read_timeout,
+        request_timeout=args.request_timeout,
         stream_idle_timeout=args.stream_idle_timeout,
         upstream_keepalive=args.upstream_keepalive,
         allowed_hosts=args.allowed_host,

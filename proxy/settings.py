@@ -39,6 +39,7 @@ class Settings:
     max_response_bytes: int = 64 * MiB
     max_message_bytes: int = 16 * MiB  # one SSE event or JSON line of a streamed answer
     connect_timeout: float = 10.0
+    request_timeout: float = 30.0  # a client's request headers and body must arrive within this (slow clients)
     read_timeout: float = 300.0
     stream_idle_timeout: float = 300.0  # a silent stream (GET, subscriptions/listen) is closed; 0 = never
     upstream_pool_size: int = 100

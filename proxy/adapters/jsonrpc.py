@@ -24,6 +24,7 @@ UPSTREAM_UNAVAILABLE = -32051
 UPSTREAM_TIMEOUT = -32052
 UNAUTHORIZED = -32053
 STORE_UNAVAILABLE = -32054
+OVER_LIMIT = -32055  # the agent holds as many requests, sessions or streams as the policy allows
 
 
 INTERNAL_ERROR = -32603

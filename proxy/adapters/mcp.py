@@ -12,11 +12,12 @@ tool pinning) and the final response (the outcome audit).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
 import aiohttp
@@ -25,6 +26,7 @@ from aiohttp import web
 from proxy import tracing
 from proxy.adapters import jsonrpc
 from proxy.adapters.http_guard import OriginPolicy, forward_headers, preflight
+from proxy.adapters.quotas import AgentSessions, AgentSlots, OverLimit
 from proxy.adapters.relay import (
     CLIENT_GONE,
     DROP_DOWNSTREAM,
@@ -118,6 +120,7 @@ class McpProxy:
         credentials: CredentialBroker,
         toolpins: ToolPins | None = None,
         tasks: TaskOwners | None = None,
+        stream_client: aiohttp.ClientSession | None = None,
     ) -> None:
         self._settings = settings
         self._tasks = tasks
@@ -128,9 +131,14 @@ class McpProxy:
         self._sessions = sessions
         self._metrics = metrics
         self._client = client
+        # Long-lived streams get their own connection pool, so they can never use up the one reads need.
+        self._stream_client = stream_client or client
         self._credentials = credentials
         self._origins = OriginPolicy(settings.allowed_hosts, settings.allowed_origins)
         self._background_work: set[asyncio.Task[None]] = set()
+        self._in_flight = AgentSlots("upstream requests")
+        self._streams = AgentSlots("streams")
+        self._open_sessions = AgentSessions(settings.upstream_idle_seconds)
         self._post_timeout = aiohttp.ClientTimeout(
             total=None, connect=settings.connect_timeout, sock_read=settings.read_timeout or None
         )
@@ -180,7 +188,7 @@ class McpProxy:
     async def _post(self, request: web.Request) -> web.StreamResponse:
         if request.content_type != "application/json":
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
-        body = await read_body(request, self._settings.max_body_bytes)
+        body = await read_body(request, self._settings.max_body_bytes, self._settings.request_timeout or None)
         try:
             message = jsonrpc.loads(body)
         except jsonrpc.NestingTooDeep:
@@ -232,6 +240,7 @@ class McpProxy:
         action_name = params.get(NAME_PARAMS.get(method, ""), method) if method in NAME_PARAMS else method
         if not isinstance(action_name, str):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"params.{NAME_PARAMS[method]} must be a string.")
+        _check_lengths(method, action_name, request_id)
         is_tool_call = method == "tools/call"
         resource = params.get("uri") if method in RESOURCE_METHODS else None
         if resource is not None and not isinstance(resource, str):
@@ -321,7 +330,8 @@ class McpProxy:
         session = await self._session(caller, mcp_session_id, request.method, None)
         response = await self._forward(request, b"", None, session=session, caller=caller, method=request.method)
         if request.method == "DELETE" and 200 <= response.status < 300:
-            await self._sessions.unbind_mcp(mcp_session_id)
+            self._open_sessions.end(mcp_session_id)
+            await asyncio.shield(self._sessions.unbind_mcp(mcp_session_id))
         return response
 
     # -- identity and sessions ----------------------------------------------------------
@@ -398,25 +408,36 @@ class McpProxy:
             sid = upstream.headers.get("Mcp-Session-Id")
             if bind_to is not None and upstream.status == 200 and sid:
                 await asyncio.shield(self._sessions.bind_mcp(sid, bind_to))
+                self._open_sessions.opened(session.agent_id, sid)
             return await self._relay(request, upstream, exchange)
 
         flight = request[FLIGHT]  # set by relay.follow_disconnects
         flight.upstream_open = True
+        policy = self._checker.policy
+        slots, limit = (
+            (self._streams, policy.max_streams_per_agent)
+            if streaming
+            else (self._in_flight, policy.max_requests_per_agent)
+        )
+        mcp_session_id = request.headers.get("Mcp-Session-Id")
+        if mcp_session_id:
+            self._open_sessions.used(mcp_session_id)
         try:
             if flight.gone:
                 raise asyncio.CancelledError  # the client left while this was being decided: not forwarded
-            response = await send_upstream(
-                self._client,
-                request.method,
-                self._upstream,
-                body=body,
-                headers=headers,
-                limits=timeout,
-                retry=decided is None or decided[1].effect is Effect.READ,
-                credential=lambda: self._credential(decided, session, method, caller),
-                issued=issued,
-                answer=answer,
-            )
+            with self._held(session.agent_id, slots, limit, opens_session=bind_to is not None):
+                response = await send_upstream(
+                    self._stream_client if streaming else self._client,
+                    request.method,
+                    self._upstream,
+                    body=body,
+                    headers=headers,
+                    limits=timeout,
+                    retry=decided is None or decided[1].effect is Effect.READ,
+                    credential=lambda: self._credential(decided, session, method, caller),
+                    issued=issued,
+                    answer=answer,
+                )
         except asyncio.CancelledError:
             # The client went away: leaving send_upstream closed the upstream request.
             current = asyncio.current_task()
@@ -436,6 +457,11 @@ class McpProxy:
         except Refusal as refusal:
             exchange.failed(refusal.message)
             response = self._refusal_response(refusal)
+        except OverLimit as exc:
+            exchange.failed(str(exc))
+            message = f"Too many {exc.what}: {exc}; nothing was forwarded. Retry when one ends."
+            refusal = Refusal(429, jsonrpc.OVER_LIMIT, message, reason="over_limit", request_id=exchange.request_id)
+            response = self._refusal_response(refusal, {"Retry-After": "1"})
         except TimeoutError:
             exchange.failed("upstream timeout")
             self._metrics.upstream_errors.labels(PROTOCOL, "timeout").inc()
@@ -470,6 +496,15 @@ class McpProxy:
             except AuditUnavailable:
                 log.error("a passthrough credential use could not be audited")
         return response
+
+    @contextlib.contextmanager
+    def _held(self, agent_id: str, slots: AgentSlots, limit: int, *, opens_session: bool) -> Iterator[None]:
+        """This agent's share of the sidecar for one forward: a request or stream slot, and room for
+        the MCP session an ``initialize`` opens. ``OverLimit`` when the policy's limits are reached."""
+        if opens_session:
+            self._open_sessions.admit(agent_id, self._checker.policy.max_sessions_per_agent)
+        with slots.hold(agent_id, limit):
+            yield
 
     async def _credential(
         self, decided: tuple[Action, Decision, Any] | None, session: Session, method: str, caller: Caller
@@ -797,9 +832,8 @@ class McpProxy:
             status=status, body=jsonrpc.error_body(code, message, None, request_id), content_type="application/json"
         )
 
-    def _refusal_response(self, refusal: Refusal) -> web.Response:
+    def _refusal_response(self, refusal: Refusal, headers: dict[str, str] | None = None) -> web.Response:
         self._metrics.rejections.labels(refusal.reason).inc()
-        headers = None
         if refusal.status == 401:
             headers = {"WWW-Authenticate": refusal.challenge or 'Bearer realm="wicket"'}
         data = refusal.data if refusal.data is not None else jsonrpc.NODATA
@@ -957,6 +991,34 @@ def _session_headers(request: web.Request) -> dict[str, str]:
 
 def _refused_resource(policy: Policy, uri: Any) -> bool:
     return not isinstance(uri, str) or resource_refusal(policy, uri) is not None
+
+
+# Longest names Wicket accepts (tool names are 1 to 128 characters in MCP); anything longer is
+# refused with -32602 before it reaches the checker, the audit log or the upstream.
+MAX_METHOD_CHARS = 128
+MAX_NAME_CHARS = 128
+MAX_URI_CHARS = 8192
+MAX_ID_CHARS = 256
+
+
+def _check_lengths(method: str, name: str, request_id: Any) -> None:
+    limits = (
+        ("the method name", method, MAX_METHOD_CHARS),
+        (
+            "the resource URI" if NAME_PARAMS.get(method) == "uri" else "the name",
+            name,
+            MAX_URI_CHARS if NAME_PARAMS.get(method) == "uri" else MAX_NAME_CHARS,
+        ),
+        ("the request id", request_id if isinstance(request_id, str) else "", MAX_ID_CHARS),
+    )
+    for what, value, limit in limits:
+        if len(value) > limit:
+            raise Refusal(
+                400,
+                jsonrpc.INVALID_PARAMS,
+                f"Invalid params: {what} is {len(value)} characters long; Wicket accepts at most {limit}.",
+                reason="too_long",
+            )
 
 
 def _with_session(action: Action, session_id: str) -> Action:

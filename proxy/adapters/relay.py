@@ -110,11 +110,17 @@ def is_id(value: Any) -> bool:
     return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The request body, refused with 413 before or as soon as it passes ``limit`` bytes."""
+async def read_body(request: web.Request, limit: int, within_seconds: float | None = None) -> bytes:
+    """The request body, refused with 413 before or as soon as it passes ``limit`` bytes, and
+    with 408 when it has not all arrived after ``within_seconds`` (a slow client holds nothing long)."""
     if request.content_length is not None and request.content_length > limit:
         raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
-    body = await read_limited(request.content, limit)
+    try:
+        async with asyncio.timeout(within_seconds):
+            body = await read_limited(request.content, limit)
+    except TimeoutError:
+        message = f"The request body did not arrive within {within_seconds:g} seconds."
+        raise Refusal(408, jsonrpc.INVALID_REQUEST, message, reason="slow_client") from None
     if body is None:
         raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
     return body

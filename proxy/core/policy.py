@@ -372,6 +372,12 @@ class Policy:
     sampling_window_seconds: int = 300
     sampling_scan_prompts: bool = True
     elicitation_enabled: bool = True
+    max_requests_per_agent: int = 32
+    """Upstream requests one agent may have in flight on this replica (fair sharing of the sidecar)."""
+    max_sessions_per_agent: int = 32
+    """MCP sessions one agent may hold open on this replica."""
+    max_streams_per_agent: int = 8
+    """Long-lived streams (GET, subscriptions/listen) one agent may hold open on this replica."""
     a2a_skill_key: str = "wicket/skill"
     """The ``message.metadata`` key an A2A caller names the skill it wants under."""
     a2a_require_skill: bool = False
@@ -932,6 +938,9 @@ _SCALARS: Final[dict[tuple[str, str], str]] = {
     ("sampling", "window_seconds"): "sampling_window_seconds",
     ("sampling", "scan_prompts"): "sampling_scan_prompts",
     ("elicitation", "enabled"): "elicitation_enabled",
+    ("limits", "max_requests_per_agent"): "max_requests_per_agent",
+    ("limits", "max_sessions_per_agent"): "max_sessions_per_agent",
+    ("limits", "max_streams_per_agent"): "max_streams_per_agent",
     ("a2a", "skill_key"): "a2a_skill_key",
     ("a2a", "require_skill"): "a2a_require_skill",
     ("a2a", "scan_messages"): "a2a_scan_messages",
