@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -142,6 +143,7 @@ class ToolCatalog:
     ) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []
         cursor: str | None = None
+        run = secrets.token_hex(6)
         for page in range(MAX_PAGES):
             params: dict[str, Any] = {} if cursor is None else {"cursor": cursor}
             extra = dict(headers)
@@ -152,7 +154,8 @@ class ToolCatalog:
                     "io.modelcontextprotocol/clientInfo": {"name": "wicket-tool-catalog", "version": __version__},
                 }
                 extra["Mcp-Method"] = "tools/list"
-            message = {"jsonrpc": "2.0", "id": page + 2, "method": "tools/list", "params": params}
+            # In the caller's own MCP session the id must never equal one of the client's in-flight ids.
+            message = {"jsonrpc": "2.0", "id": f"wicket-catalog-{run}-{page}", "method": "tools/list", "params": params}
             answer, _ = await self._call(message, session, inbound_token, extra)
             result = answer.get("result")
             if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
