@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import socket
 import time
@@ -30,9 +31,11 @@ from proxy.core.approval_store import Approvals
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.checker import Checker
 from proxy.core.effects import EffectClassifier
+from proxy.core.flows import FlowMemory
 from proxy.core.guardian import FastGuard, GuardianRouter, ReviewTier
 from proxy.core.identity import IdentityResolver
 from proxy.core.policy import Policy, PolicyError, load_policy
+from proxy.core.protection import Scanner
 from proxy.core.revocations import RevocationList, SignedRevocations
 from proxy.core.sessions import RecordSigner, SessionManager
 from proxy.core.spot import SpotGuard
@@ -208,6 +211,8 @@ class Wicket:
             audit=self.audit,
             metrics=self.metrics,
             approvals=self.approvals,
+            flows=FlowMemory(self.store, self.signer),
+            scanner=Scanner(hashlib.sha256(b"wicket fingerprint\x00" + self.settings.session_key).digest()),
         )
         self.toolpins = ToolPins(
             self.store,

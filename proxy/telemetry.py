@@ -173,6 +173,25 @@ class Metrics:
             ["mode"],
             registry=r,
         )
+        self.data_findings = Counter(
+            "wicket_data_findings_total",
+            "Secrets and personal data found in traffic, by kind, direction (arguments, results) and action taken.",
+            ["kind", "direction", "action"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "wicket_rate_limited_total",
+            "Calls refused by a policy rate limit or quota, by limit (limits[i]) and window (rate or quota).",
+            ["limit", "window"],
+            registry=r,
+        )
+        self.flows_blocked = Counter(
+            "wicket_toxic_flows_total",
+            "Calls that would complete a toxic flow, by rule and outcome (deny, approval_required, approved, "
+            "approval_used).",
+            ["rule", "outcome"],
+            registry=r,
+        )
         self.tool_calls_blocked = Counter(
             "wicket_tool_calls_blocked_total",
             "Tool calls refused because the tool awaits operator approval, by reason (changed, poisoned).",

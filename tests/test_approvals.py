@@ -634,7 +634,9 @@ async def test_destructive_approval_without_deep_runs_the_approved_call_once(
     upstream: DemoUpstream, make_wicket: WicketFactory
 ) -> None:
     """With Deep Guard not configured, the human's approval of the exact call stands in for Deep."""
-    running = await make_wicket(upstream.url, STRICT)
+    # A secret in a destructive call's arguments is refused outright by default (data protection);
+    # here it is only audited, so the approver's redacted view of it can be checked.
+    running = await make_wicket(upstream.url, STRICT + "data_protection:\n  secrets: {arguments: audit}\n")
     grant = await running.create_session("gardener", intent="prune the notes")
     async with mcp_client(running.url, token=grant["token"]) as client:
         asked = record_of(await client.call_tool("delete_note", {"title": "old", "api_key": "sk-live-123456789"}))

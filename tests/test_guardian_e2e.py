@@ -30,7 +30,11 @@ async def test_deep_allows_a_destructive_call_in_a_read_write_session(
     upstream: DemoUpstream, make_wicket: WicketFactory, fake_anthropic: FakeAnthropic
 ) -> None:
     fake_anthropic.reply(verdict="allow", confidence=0.93, reasoning="Deleting the draft matches the cleanup intent.")
-    running = await with_deep(upstream, make_wicket, fake_anthropic)
+    # Data protection would refuse a password in a destructive call outright; auditing it instead lets
+    # this test see that Deep's prompt still never carries the value.
+    env = {"ANTHROPIC_API_KEY": API_KEY, "ANTHROPIC_BASE_URL": fake_anthropic.url, "WICKET_DEEP_MODEL": "claude-test"}
+    policy = STRICT + "data_protection:\n  secrets: {arguments: audit}\n"
+    running = await make_wicket(upstream.url, policy, environ=env)
     grant = await running.create_session("cleaner", mode="read-write", intent="remove stale draft notes")
     async with mcp_client(running.url, token=grant["token"]) as client:
         result = await client.call_tool("delete_note", {"title": "draft", "password": "hunter2-secret"})

@@ -40,7 +40,7 @@ async def test_hidden_tools_are_absent_and_refused_if_called(
     assert outside.is_error and "scope ceiling" in outside.content[0].text
     assert upstream.ledger.names() == []
     hidden = running.wicket.metrics.registry.get_sample_value("wicket_tools_hidden_total")
-    assert hidden == 12 - 3  # twelve demo tools, three listed
+    assert hidden == 16 - 3  # sixteen demo tools, three listed
 
 
 async def test_an_unfiltered_list_passes_through_unchanged(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
@@ -51,5 +51,5 @@ async def test_an_unfiltered_list_passes_through_unchanged(upstream: DemoUpstrea
     grant = await running.create_session("reader")
     async with mcp_client(running.url, token=grant["token"]) as client:
         listed = [tool.name for tool in (await client.list_tools()).tools]
-    assert len(listed) == 12
+    assert len(listed) == 16
     assert not running.wicket.metrics.registry.get_sample_value("wicket_tools_hidden_total")

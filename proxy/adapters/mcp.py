@@ -44,7 +44,7 @@ from proxy.adapters.relay import (
 )
 from proxy.adapters.tool_catalog import ToolCatalog
 from proxy.audit.sink import AuditUnavailable
-from proxy.core.action import Action, Decision, Effect
+from proxy.core.action import Action, Decision, Effect, Verdict
 from proxy.core.checker import Checker
 from proxy.core.guardian import resource_refusal, resources_restricted, tool_refusal
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
@@ -99,6 +99,9 @@ KNOWN_METHODS = frozenset({*METHOD_EFFECTS, "tools/call"})
 # Sampling spends the agent's model on the server's prompt, so it is checked like a write.
 SERVER_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": PROTOCOL}
 SERVER_REQUEST_EFFECTS = {"sampling/createMessage": Effect.MUTATING, "elicitation/create": Effect.READ}
+# Client requests whose results data protection scans, and how to read them.
+RESULT_KINDS = {"tools/call": "tool", "resources/read": "resource"}
+_INLINE_SCAN_BYTES = 256 * 1024
 # Methods whose target travels in ``Mcp-Name`` (2026-07-28) and in this body parameter.
 NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 # Requests that touch one resource: its URI is audited and checked against the policy's ``resources``.
@@ -310,6 +313,11 @@ class McpProxy:
         decision = await self._checker.check(action, session)
         if not decision.allowed:
             return _denial(action, decision, request_id, modern=_is_modern(request, params))
+        if decision.forward_arguments is not None:
+            # Data protection masked a value: the upstream gets (and the credential binds to) the masked call.
+            masked = dict(decision.forward_arguments)
+            action = dataclasses.replace(action, arguments=masked)
+            body = jsonrpc.dumps({**message, "params": {**params, "arguments": masked}})
         return await self._forward(
             request,
             body,
@@ -400,7 +408,12 @@ class McpProxy:
         timeout = self._stream_timeout if streaming else self._post_timeout
         started = time.perf_counter()
         exchange = _Exchange(
-            request, session, caller, decided[2] if decided else None, decided[0].method if decided else None
+            request,
+            session,
+            caller,
+            decided[2] if decided else None,
+            decided[0].method if decided else None,
+            action=decided[0] if decided else None,
         )
         issued: list[IssuedCredential] = []
 
@@ -485,7 +498,13 @@ class McpProxy:
         if decided is not None:
             action, decision, _ = decided
             await self._checker.outcome(
-                action, decision, status=exchange.status, duration=elapsed, detail=exchange.detail, credential=audit
+                action,
+                decision,
+                status=exchange.status,
+                duration=elapsed,
+                detail=exchange.detail,
+                credential=audit,
+                data=exchange.data_protection(),
             )
         elif credential is not None and credential.mode == "passthrough" and credential.headers:
             # Passthrough is audited on every use, including forwards that carry no decision.
@@ -618,6 +637,7 @@ class McpProxy:
             return self._unreadable(exchange, f"nests deeper than {jsonrpc.MAX_DEPTH} levels")
         except ValueError:
             return self._unreadable(exchange, "is not JSON")
+        exchange.size = len(text)
         return await self._screen_value(message, exchange)
 
     async def _screen_value(self, message: Any, exchange: _Exchange) -> bytes | None:
@@ -685,6 +705,10 @@ class McpProxy:
                 kept = [r for r in listed if not (isinstance(r, dict) and _refused_resource(policy, r.get("uri")))]
                 if len(kept) != len(listed):  # a URI the session may never read is not offered
                     return jsonrpc.dumps({**message, "result": {**result, "resources": kept}})
+        if ours and exchange.method in RESULT_KINDS and exchange.action is not None:
+            replaced = await self._screen_result(message, result, exchange)
+            if replaced is not None:
+                return replaced
         return jsonrpc.dumps(message) if translated else None
 
     async def _screen_tasks_list(self, message: dict[str, Any], tasks: list[Any], exchange: _Exchange) -> bytes | None:
@@ -696,6 +720,32 @@ class McpProxy:
         if len(kept) == len(tasks):
             return None
         return jsonrpc.dumps({**message, "result": {**message["result"], "tasks": kept}})
+
+    async def _screen_result(
+        self, message: dict[str, Any], result: dict[str, Any], exchange: _Exchange
+    ) -> bytes | None:
+        """Data protection of a tool result or ``resources/read`` contents, SSE or JSON, either
+        generation: masked values are re-serialised in place; under ``deny`` the client gets a
+        -32050 error for its request instead of the result."""
+        assert exchange.action is not None and exchange.method is not None
+        kind = RESULT_KINDS[exchange.method]
+        if exchange.size > _INLINE_SCAN_BYTES:  # a long result is scanned off the event loop
+            found, masked = await asyncio.to_thread(self._checker.screen_result, exchange.action, kind, result)
+        else:
+            found, masked = self._checker.screen_result(exchange.action, kind, result)
+        if not found:
+            return None
+        exchange.scans.append(found.record())
+        if found.denied:
+            exchange.failed("result withheld by data protection")
+            why = found.incomplete or f"it carries {found.summary()}"
+            reason = (
+                f"Wicket withheld the result of '{exchange.action.name}': {why} (policy data_protection results: deny)."
+            )
+            return jsonrpc.error_body(jsonrpc.DENIED, reason, None, exchange.request_id)
+        if masked is None:
+            return None
+        return jsonrpc.dumps({**message, "result": masked})
 
     async def _screen_tools_list(self, message: dict[str, Any], tools: list[Any], exchange: _Exchange) -> bytes | None:
         """Hide the tools this session may never call and those awaiting an operator's approval
@@ -743,7 +793,12 @@ class McpProxy:
         method = message["method"]
         decision = await self._check_server_request(method, message.get("params"), exchange)
         if decision.allowed:
-            return None
+            params = self._screen_prompt(method, message.get("params"), exchange)
+            if params is None:
+                return None
+            if not isinstance(params, str):
+                return jsonrpc.dumps({**message, "params": params})
+            decision = dataclasses.replace(decision, verdict=Verdict.DENY, reason=params)
         error = jsonrpc.error_body(
             jsonrpc.DENIED, f"Wicket refused {method}: {decision.reason}", decision.record(), message["id"]
         )
@@ -772,9 +827,35 @@ class McpProxy:
             if method not in SERVER_REQUESTS:
                 continue
             decision = await self._check_server_request(method, entry.get("params"), exchange)
+            params = self._screen_prompt(method, entry.get("params"), exchange) if decision.allowed else None
+            if isinstance(params, str):
+                decision = dataclasses.replace(decision, verdict=Verdict.DENY, reason=params)
             if not decision.allowed:
                 return str(key), method, decision
         return None
+
+    def _screen_prompt(self, method: str, params: Any, exchange: _Exchange) -> dict[str, Any] | str | None:
+        """Data protection of an allowed sampling prompt: the masked params, a refusal reason
+        (policy ``deny``), or None to pass it on as it is."""
+        if method != "sampling/createMessage" or not isinstance(params, dict):
+            return None
+        action = Action(
+            protocol="sampling",
+            method=method,
+            name=method,
+            arguments={},
+            agent_id=exchange.session.agent_id,
+            session_id=exchange.session.session_id,
+            upstream=self._upstream,
+            server_initiated=True,
+        )
+        found, masked = self._checker.screen_result(action, "sampling", params)
+        if not found:
+            return None
+        exchange.scans.append(found.record())
+        if found.denied:
+            return f"the sampling prompt carries {found.incomplete or found.summary()} (policy data_protection: deny)."
+        return masked
 
     async def _check_server_request(self, method: str, params: Any, exchange: _Exchange) -> Decision:
         session = exchange.session
@@ -857,6 +938,9 @@ class _Exchange:
     status: str = "success"  # the outcome audit: success, tool_error or error
     detail: str | None = None
     tools_changed: bool = False  # the upstream announced notifications/tools/list_changed
+    action: Action | None = None  # the decided client request this forward carries
+    size: int = 0  # bytes of the message being screened (long ones are scanned off the loop)
+    scans: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # data-protection findings
     gone: bool = False  # the client disconnected before the answer ended
 
     def answers(self, answer_id: Any) -> bool:
@@ -871,6 +955,12 @@ class _Exchange:
             return None
         message = f"Wicket ended the upstream's stream: {problem}."
         return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, message, request_id=self.request_id)
+
+    def data_protection(self) -> dict[str, Any] | None:
+        """The outcome audit's ``data_protection``: one scan's record, or all of them."""
+        if not self.scans:
+            return None
+        return self.scans[0] if len(self.scans) == 1 else {"scans": self.scans}
 
     @property
     def modern(self) -> bool:

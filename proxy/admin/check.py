@@ -2,13 +2,15 @@
 
 ``POST /v1/check`` asks the same ``Checker`` the proxy uses (protocol ``api``) about one tool
 call and returns the SPEC §4 decision record, ``"decision": "allow"`` included, with HTTP 200
-either way. After running an allowed call the agent ``POST /v1/report``s what happened, which
-becomes the ``outcome`` audit event. Both take the agent's own runtime token (or OIDC JWT)
+either way (429 with ``Retry-After`` when a policy rate limit or quota refused it). After
+running an allowed call the agent ``POST /v1/report``s what happened, which becomes the
+``outcome`` audit event. Both take the agent's own runtime token (or OIDC JWT)
 and act only in that token's session; they are the only ``/v1`` calls an agent token may use.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -124,7 +126,15 @@ class CheckApi:
             record = {"decision_id": decision.decision_id, "name": name, "agent_id": caller.agent_id}
             record.update(effect=decision.effect.label, tier=decision.tier.value)
             await self._store.put(key, self._signer.encode(key, record), ttl=REPORT_TTL_SECONDS)
-        return web.json_response(decision.record())
+        answer = decision.record()
+        if decision.forward_arguments is not None:
+            # Data protection masked a value: the agent is to run the call with these arguments.
+            answer["arguments"] = dict(decision.forward_arguments)
+        if decision.retry_after is not None and not decision.allowed:
+            # A policy rate limit or quota: HTTP's own way to say "later", with the same record.
+            retry = str(max(1, math.ceil(decision.retry_after)))
+            return web.json_response(answer, status=429, headers={"Retry-After": retry})
+        return web.json_response(answer)
 
     async def report(self, request: web.Request) -> web.Response:
         call = await self._agent_call(request, REPORT_FIELDS)

@@ -125,6 +125,10 @@ class Decision:
     policy's rules: shadow mode never relaxes it."""
     shadow_of: Verdict | None = None
     """Shadow mode: the verdict enforcing would have given; the call is allowed and forwarded."""
+    retry_after: float | None = None
+    """Seconds until a refused call may succeed (a policy rate limit or quota); carried in the record."""
+    forward_arguments: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
+    """The arguments to forward instead of the agent's (data protection masked a value in them)."""
 
     @property
     def allowed(self) -> bool:
@@ -158,6 +162,8 @@ class Decision:
         if self.shadow_of is not None:
             out["mode"] = "shadow"
             out["shadow"] = self.recorded_verdict
+        if self.retry_after is not None:
+            out["retry_after"] = self.retry_after
         return out
 
 

@@ -108,6 +108,27 @@ class Approvals:
             return frozenset()
         return elevation.active(self._clock())
 
+    async def grant_id(self, session_id: str, label: str, arguments_sha256: str) -> str | None:
+        """The approval id of the running grant that covers this call (``label``, tool-wide or bound
+        to these arguments) in this session, or None: what a one-call pass, such as a toxic flow's,
+        is keyed on. One verified store read."""
+        key = elevation_key(session_id)
+        raw = await self._store.get(key)
+        if raw is None:
+            return None
+        try:
+            elevation = self._decode_elevation(key, raw, session_id)
+        except SessionIntegrityError as exc:
+            log.warning("elevation record ignored: %s", exc)
+            return None
+        now = self._clock()
+        running = [
+            g
+            for g in elevation.grants
+            if g.action == label and g.expires_at > now and g.arguments_sha256 in (None, arguments_sha256)
+        ]
+        return max(running, key=lambda g: g.expires_at).approval_id if running else None
+
     async def request(
         self, action: Action, session: Session, decision: Decision, digest: str | None = None
     ) -> Decision:

@@ -10,22 +10,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
+import secrets
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from proxy import tracing
 from proxy.audit.sink import AuditSink, AuditUnavailable
+from proxy.core import flows as flow_rules
 from proxy.core import injection
+from proxy.core import limits as limit_rules
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, arguments_sha256
 from proxy.core.anomaly import raise_effect
 from proxy.core.approval_store import Approvals
 from proxy.core.approvals import covers
 from proxy.core.arguments import ArgumentAnalyser
 from proxy.core.effects import EffectClassifier
+from proxy.core.flows import FlowMemory
 from proxy.core.guardian import GuardianRouter
 from proxy.core.policy import Policy
-from proxy.core.sessions import Session
+from proxy.core.protection import Findings, Scanner
+from proxy.core.sessions import Session, SessionIntegrityError
 from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
 
@@ -48,9 +54,15 @@ class Checker:
         metrics: Metrics,
         clock: Callable[[], float] = time.time,
         approvals: Approvals | None = None,
+        flows: FlowMemory | None = None,
+        scanner: Scanner | None = None,
     ) -> None:
         self.classifier = classifier
         self.approvals = approvals
+        self.flows = flows
+        # Fingerprints are keyed so the audit log cannot be used to test guesses; app.py shares
+        # the session key so replicas fingerprint a value alike.
+        self.scanner = scanner if scanner is not None else Scanner(secrets.token_bytes(32))
         self._policy = policy
         self._analyser = analyser
         self._router = router
@@ -96,11 +108,12 @@ class Checker:
             decision = self._shadow(action, await self._router.decide(action, session, effect))
             decision = await self._record(action, session.session_id, decision)
         else:
-            decision, own_write = await self._check_call(action, session, effect)
+            extra: dict[str, Any] = {}
+            decision, own_write = await self._check_call(action, session, effect, extra)
             # Recorded first: an audit failure can still turn the verdict into a denial, and the
             # session's history must count what was finally decided. Asking for approval is not a
             # denial, and a call a human approved is not a write the anomaly check holds against the agent.
-            decision = await self._record(action, session.session_id, decision)
+            decision = await self._record(action, session.session_id, decision, extra)
             await self._activity.note_verdict(
                 session.session_id,
                 action.label,
@@ -111,8 +124,11 @@ class Checker:
         self._metrics.check_seconds.labels(action.protocol).observe(time.perf_counter() - started)
         return decision
 
-    async def _check_call(self, action: Action, session: Session, effect: Effect) -> tuple[Decision, bool]:
-        """Arguments, session history and anomaly escalation, then the guardian tiers.
+    async def _check_call(
+        self, action: Action, session: Session, effect: Effect, extra: dict[str, Any]
+    ) -> tuple[Decision, bool]:
+        """Arguments, session history and anomaly escalation, data protection, limits and toxic
+        flows, then the guardian tiers. ``extra`` collects fields for the audit record.
 
         Also says whether the call counts as the agent's own write (a write no approval covers).
         """
@@ -124,6 +140,50 @@ class Checker:
             session.session_id, action.label, int(effect), self._clock(), guardian.spot.window_seconds
         )
         raised, why = raise_effect(effect, activity, guardian.anomaly)
+        forward: dict[str, Any] | None = None
+        if action.arguments:
+            plan = self._policy.protection.plan("arguments", action.upstream, action.name, raised)
+            if plan.active:
+                found, forward = self.scanner.arguments(action.arguments, plan)
+                if found:
+                    self.count_findings(found)
+                    extra["data_protection"] = found.record()
+                    if found.denied:
+                        why_not = found.incomplete or f"they carry {found.summary()}"
+                        refused = Decision(
+                            Verdict.DENY,
+                            raised,
+                            Tier.FAST,
+                            f"Data protection: the arguments were not forwarded because {why_not} "
+                            "(policy data_protection arguments: deny).",
+                            fail_closed=found.incomplete is not None,
+                        )
+                        return self._shadow(action, refused), raised >= Effect.MUTATING
+        limited = await self._limits(action, session, raised)
+        if limited is not None:
+            return self._shadow(action, limited), raised >= Effect.MUTATING
+        labelling = self._policy.labelling
+        call_labels = labelling.labels_for(action.name, raised, action.annotations)
+        seen = await self._seen(session) if self.flows is not None else {}
+        if seen or call_labels:
+            extra["session_labels"] = sorted(seen)
+            if call_labels:
+                extra["call_labels"] = sorted(call_labels)
+        flow_pass: str | None = None
+        rule = labelling.blocking(seen, call_labels) if labelling.flows else None
+        if rule is not None:
+            grant = None
+            call_digest = arguments_sha256(action.arguments)
+            if rule.action == "approval_required" and self.approvals is not None:
+                grant = await self.approvals.grant_id(session.session_id, action.label, call_digest)
+            if grant is None:
+                self._metrics.flows_blocked.labels(f"flows[{rule.index}]", rule.action).inc()
+                decision = Decision(Verdict(rule.action), raised, Tier.FAST, flow_rules.reason(rule, seen, action.name))
+                decision = self._shadow(action, decision)
+                if decision.verdict is Verdict.APPROVAL_REQUIRED and self.approvals is not None:
+                    decision = await self.approvals.request(action, session, decision, call_digest)
+                return decision, raised >= Effect.MUTATING
+            flow_pass = grant
         # Only a write can use an elevation (admin never does), so reads never read one. A read-only
         # session needs it for Fast Guard; a read-write one only if a tier asks for approval.
         approvals = self.approvals if raised in (Effect.MUTATING, Effect.DESTRUCTIVE) else None
@@ -131,6 +191,8 @@ class Checker:
         covered = False
         if approvals is not None and session.read_only:
             covered = covers(await approvals.elevated(session.session_id), action.label, digest)
+        if flow_pass is not None:
+            covered = True  # the approval that lets this flow through covers the call
         context = ReviewContext(
             activity=activity,
             findings=report.findings,
@@ -162,6 +224,27 @@ class Checker:
             # Names a pending request the agent can hand to a human (or refuses: admin, anonymous,
             # or a request an operator already denied).
             decision = await self.approvals.request(action, session, decision, digest or None)
+        if decision.allowed and flow_pass is not None and rule is not None:
+            passed = await self._spend_flow_pass(action, session, decision, flow_pass, rule)
+            if passed is None:
+                # The approval is spent: this call needs a new one, like the first did.
+                reason = (
+                    f"{flow_rules.reason(rule, seen, action.name)} Approval {flow_pass} was already used by one call."
+                )
+                asked = Decision(Verdict.APPROVAL_REQUIRED, raised, Tier.FAST, reason, decision_id=decision.decision_id)
+                if self.approvals is not None:
+                    asked = await self.approvals.request(action, session, asked, arguments_sha256(action.arguments))
+                return asked, raised >= Effect.MUTATING
+            decision = passed
+        if decision.allowed:
+            if self.flows is not None and call_labels & flow_rules.RESULT_LABELS:
+                now = self._clock()
+                source = flow_rules.Source(action.name, now, decision.decision_id)
+                await self.flows.remember(
+                    session.session_id, call_labels & flow_rules.RESULT_LABELS, source, session.expires_at - now, seen
+                )
+            if forward is not None:
+                decision = dataclasses.replace(decision, forward_arguments=forward)
         own_write = effect >= Effect.MUTATING and not (covered and decision.allowed)
         return decision, own_write
 
@@ -171,6 +254,70 @@ class Checker:
         if decision.allowed or decision.fail_closed or not self._policy.shadow_for(action.upstream):
             return decision
         return decision.shadowed()
+
+    async def _spend_flow_pass(
+        self, action: Action, session: Session, decision: Decision, approval_id: str, rule: Any
+    ) -> Decision | None:
+        """An operator's approval of a toxic flow lets exactly one call through, across replicas;
+        None when that call has already been made."""
+        window = float(self._policy.approvals.elevation_seconds) + 60.0
+        taken = await self._activity.take(session.session_id, "flowpass:" + approval_id, 1, window, self._clock())
+        if taken:
+            self._metrics.flows_blocked.labels(f"flows[{rule.index}]", "approved").inc()
+            return dataclasses.replace(
+                decision,
+                reason=f"{decision.reason} Toxic flow flows[{rule.index}] let through once by approval {approval_id}.",
+            )
+        self._metrics.flows_blocked.labels(f"flows[{rule.index}]", "approval_used").inc()
+        return None
+
+    async def _limits(self, action: Action, session: Session, effect: Effect) -> Decision | None:
+        """Every matching policy limit takes one hit from its counter; the first refusal denies."""
+        matching = limit_rules.applicable(self._policy.limits, action, effect)
+        for limit in matching:
+            scope = limit.counter(action)
+            for window in limit.windows:
+                taken = await self._activity.take(
+                    scope, f"{limit.index}:{window.name}", window.limit, window.seconds, self._clock()
+                )
+                if not taken:
+                    self._metrics.rate_limited.labels(f"limits[{limit.index}]", window.name).inc()
+                    retry = float(min(max(1, math.ceil(taken.retry_after)), math.ceil(window.seconds)))
+                    return Decision(
+                        Verdict.DENY, effect, Tier.FAST, limit_rules.reason(limit, window, retry), retry_after=retry
+                    )
+        return None
+
+    async def _seen(self, session: Session) -> dict[str, flow_rules.Source]:
+        """The session's label memory; a tampered record counts as having seen every label (fail closed)."""
+        assert self.flows is not None
+        try:
+            return await self.flows.seen(session.session_id)
+        except SessionIntegrityError as exc:
+            await self.integrity_failure("flows", str(exc))
+            tampered = flow_rules.Source("(tampered label record)", 0.0, "integrity")
+            return dict.fromkeys(flow_rules.LABELS, tampered)
+
+    def screen_result(self, action: Action, kind: str, payload: Mapping[str, Any]) -> tuple[Findings, Any]:
+        """Secrets and personal data in what the upstream sent back for ``action``: a tool result
+        (``kind`` "tool"), ``resources/read`` contents ("resource") or a sampling request's
+        params ("sampling"). Returns the findings and the masked payload (None: unchanged). Pure CPU."""
+        plan = self._policy.protection.plan("results", action.upstream, action.name)
+        if not plan.active:
+            return Findings("results"), None
+        if kind == "tool":
+            found, masked = self.scanner.tool_result(payload, plan)
+        elif kind == "resource":
+            found, masked = self.scanner.resource_contents(payload, plan)
+        else:
+            found, masked = self.scanner.sampling(payload, plan)
+        if found:
+            self.count_findings(found)
+        return found, masked
+
+    def count_findings(self, findings: Findings) -> None:
+        for kind, values in findings.kinds.items():
+            self._metrics.data_findings.labels(kind, findings.direction, findings.action).inc(len(values))
 
     async def check_server_request(self, action: Action, session: Session) -> Decision:
         """Decide a request the upstream sends to the agent's client (SPEC §8 sampling guard).
@@ -210,6 +357,19 @@ class Checker:
                 f"Sampling rate limit reached: at most {limit} requests per session per {window} s "
                 "(policy sampling.max_requests / window_seconds).",
             )
+        if self.flows is not None and policy.labelling.flows:
+            # A sampling request sends text to the agent's model provider: it counts as egress.
+            try:
+                seen = await self._seen(session)
+            except StoreUnavailable as exc:
+                return "store", f"The state store is unavailable ({exc}), so toxic flows cannot be checked."
+            rule = policy.labelling.blocking(seen, frozenset({"egress"}))
+            if rule is not None:
+                self._metrics.flows_blocked.labels(f"flows[{rule.index}]", "deny").inc()
+                return "toxic_flow", (
+                    flow_rules.reason(rule, seen, action.method)
+                    + " A server's sampling request cannot wait for an approval, so it is refused."
+                )
         if policy.sampling_scan_prompts:
             findings = await self.scan_untrusted(injection.sampling_texts(dict(action.arguments)))
             if findings:
@@ -242,6 +402,7 @@ class Checker:
         duration: float,
         detail: str | None = None,
         credential: Mapping[str, str] | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> None:
         """Audit what happened to a forwarded call: ``status`` is success, tool_error or error."""
         fields: dict[str, Any] = {
@@ -260,12 +421,16 @@ class Checker:
             fields["detail"] = detail
         if credential:
             fields.update(credential)  # mode, id (jti) and fingerprint: never the credential itself
+        if data:
+            fields["data_protection"] = dict(data)  # kinds, counts and fingerprints: never a value
         try:
             await self._audit.append(fields)
         except AuditUnavailable:
             self._audit_failed()
 
-    async def _record(self, action: Action, session_id: str, decision: Decision) -> Decision:
+    async def _record(
+        self, action: Action, session_id: str, decision: Decision, extra: Mapping[str, Any] | None = None
+    ) -> Decision:
         hold = self._audit.hold
         if hold is not None and decision.allowed and decision.effect is not Effect.READ:
             decision = Decision(
@@ -303,6 +468,10 @@ class Checker:
         ids = tracing.current_ids()
         if ids is not None:
             fields["trace_id"] = ids[0]  # jump from the record to its trace
+        if decision.retry_after is not None:
+            fields["retry_after"] = decision.retry_after
+        if extra:
+            fields.update(extra)
         try:
             await self._audit.append(fields)
             self._metrics.audit_healthy.set(1)

@@ -26,6 +26,9 @@ import yaml
 from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from proxy.core import flows as flow_rules
+from proxy.core import limits as limit_rules
+from proxy.core import protection
 from proxy.core.action import Effect
 from proxy.core.patterns import GlobSet
 
@@ -394,6 +397,12 @@ class Policy:
     approvals: ApprovalSettings = ApprovalSettings()
     mode: str = "enforce"
     """``enforce`` | ``shadow``: in shadow, policy refusals are recorded as would-be refusals and forwarded."""
+    protection: protection.DataProtection = field(default_factory=protection.DataProtection)
+    """``data_protection:``: secrets and personal data in arguments and results."""
+    limits: tuple[limit_rules.Limit, ...] = ()
+    """``limits:``: rate limits and quotas, every matching entry applies."""
+    labelling: flow_rules.Labelling = field(default_factory=flow_rules.Labelling)
+    """``labels:`` and ``flows:``: toxic-flow control."""
 
     _exact_effects: dict[str, Effect] = field(init=False, repr=False, compare=False)
     _glob_effects: tuple[tuple[re.Pattern[str], Effect], ...] = field(init=False, repr=False, compare=False)
@@ -1051,6 +1060,21 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
                 line = _line(_value_node(layer.root, "tools", key, "credentials"))
                 label = _join(_join("tools", key), "credentials")
                 tool_creds[key] = (_freeze_credentials(override["credentials"]), layer.source, line, label)
+    # Data protection: per category, a later file's keys win; limits add up; labels unite; the
+    # last file that gives ``flows`` replaces the list (``flows: []`` turns the default rule off).
+    protection_blocks = [layer.data["data_protection"] for layer in layers if layer.data.get("data_protection")]
+    label_globs: dict[str, list[str]] = {}
+    flow_entries: list[dict[str, Any]] | None = None
+    for layer in layers:
+        for label, patterns in (layer.data.get("labels") or {}).items():
+            label_globs.setdefault(label, []).extend(patterns or ())
+        if "flows" in layer.data:
+            flow_entries = list(layer.data["flows"] or ())
+    settings["protection"] = protection.parse(protection.merge_blocks(protection_blocks))
+    settings["limits"] = limit_rules.parse(
+        entry for layer in layers for entry in limit_rules.entries(layer.data.get("limits"))
+    )
+    settings["labelling"] = flow_rules.parse(label_globs, flow_entries)
     default_used = not upstream_creds or bool(listed - upstream_creds.keys())
     credential_issues = _check_credentials(upstream_creds, tool_creds, default_used)
     if credential_issues:

@@ -31,6 +31,13 @@ class Ledger:
         self.calls.append((name, arguments))
 
 
+INBOX = [
+    "From: alice@example.com | Subject: Q3 salaries | The spreadsheet is attached; keep it internal.",
+    "From: newsletter@shop.example | Subject: Deals | Click here, and forward this to everyone you know!",
+    "From: bob@example.com | Subject: Lunch | Noon at the usual place?",
+]
+
+
 def ask_for_summary() -> Sample:
     """The sampling request behind ``get_summary`` (module level: MCPServer resolves it by name)."""
     message = SamplingMessage(role="user", content=TextContent(type="text", text="Summarise: the notes service."))
@@ -112,6 +119,37 @@ def build_demo_server(ledger: Ledger | None = None) -> tuple[MCPServer, Ledger]:
         """Admin: hand a resource to a new owner."""
         ledger.record("transfer_ownership", resource=resource, new_owner=new_owner)
         return f"{resource} now belongs to {new_owner}"
+
+    # -- data protection and the "lethal trifecta" (private data + untrusted content + a way out) --
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True))
+    def read_inbox(limit: int = 3) -> str:
+        """Read: the newest mails (private data, written by outsiders: private and untrusted)."""
+        ledger.record("read_inbox", limit=limit)
+        return "\n".join(INBOX[: max(0, limit)])
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True, open_world_hint=True))
+    def fetch_url(url: str) -> str:
+        """Read: a web page (outside content: untrusted)."""
+        ledger.record("fetch_url", url=url)
+        return f"<html><body>Page at {url}. Great deals inside: reply to win!</body></html>"
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=False, open_world_hint=True))
+    def send_email(to: str, subject: str, body: str) -> str:
+        """Mutating: send a mail to anyone (a way to send data out: egress)."""
+        ledger.record("send_email", to=to, subject=subject)
+        return f"mail sent to {to}"
+
+    @server.tool(annotations=ToolAnnotations(read_only_hint=True))
+    def show_config(service: str) -> str:
+        """Read: a service's configuration, credentials included (what data protection masks)."""
+        ledger.record("show_config", service=service)
+        return (
+            f"service: {service}\n"
+            "database_url: postgres://app:Tr0ub4dor-3@db.internal:5432/app\n"
+            "aws_access_key_id: AKIAIOSFODNN7EXAMPLE\n"
+            "region: eu-west-1"
+        )
 
     @server.tool()
     def frobnicate(target: str) -> str:

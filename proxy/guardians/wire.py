@@ -260,6 +260,8 @@ _DECISION_FIELDS: Final = (
     "escalated_from",
     "fail_closed",
     "shadow_of",
+    "retry_after",
+    "forward_arguments",
 )
 _ACTIVITY_FIELDS: Final = (
     "calls",
@@ -365,6 +367,8 @@ def encode_decision(decision: Decision) -> dict[str, Any]:
         "escalated_from": _label(decision.escalated_from),
         "fail_closed": decision.fail_closed,
         "shadow_of": decision.shadow_of.value if decision.shadow_of is not None else None,
+        "retry_after": decision.retry_after,
+        "forward_arguments": dict(decision.forward_arguments) if decision.forward_arguments is not None else None,
     }
 
 
@@ -381,6 +385,8 @@ def decode_decision(data: Any, where: str = "decision") -> Decision:
         escalated_from=o.opt_choice("escalated_from", _EFFECTS),
         fail_closed=o.flag("fail_closed"),
         shadow_of=o.opt_choice("shadow_of", _VERDICTS),
+        retry_after=None if o.data["retry_after"] is None else o.number("retry_after", 0.0, 1e9),
+        forward_arguments=o.json_object("forward_arguments", optional=True),
     )
 
 

@@ -7,6 +7,7 @@ networked backend (Redis) be swapped without the checker or sessions noticing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from proxy.core.action import Activity
@@ -14,6 +15,18 @@ from proxy.core.action import Activity
 
 class StoreUnavailable(Exception):
     """The backing store could not be reached; callers fail closed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What one ``take`` decided: truthy when the hit was within the limit (and counted);
+    when refused, ``retry_after`` is the seconds until the oldest hit leaves the window."""
+
+    allowed: bool
+    retry_after: float = 0.0
+
+    def __bool__(self) -> bool:
+        return self.allowed
 
 
 class Store(Protocol):
@@ -38,9 +51,11 @@ class Store(Protocol):
         counter when ``wrote`` (a write the agent made on its own: an approval request, or a call a
         human approved, is not one)."""
 
-    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
-        """One hit on the session's sliding-window limit ``name``: True if it is within ``limit``
-        hits per ``window`` seconds (and counted), False if refused. Atomic across replicas."""
+    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> Taken:
+        """One hit on the sliding-window limit ``name`` of ``session_id`` (a session, or any other
+        counter scope such as an agent): within ``limit`` hits per ``window`` seconds it is counted
+        and the result is truthy; else nothing is counted and it says when to retry. Atomic
+        across replicas (the one rate-limit mechanism: sampling guard and policy ``limits``)."""
 
     async def revoke(self, kind: str, ident: str) -> None:
         """Persist a revocation and announce it to every replica (``subscribe_revocations``)."""

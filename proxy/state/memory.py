@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from proxy.core.action import Activity
+from proxy.state.base import Taken
 
 HISTORY = 20
 MAX_SESSIONS = 100_000
@@ -93,14 +94,14 @@ class MemoryStore:
         if wrote:
             state.writes += 1
 
-    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
+    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> Taken:
         hits = self._limits.setdefault((session_id, name), deque())
         while hits and hits[0] <= now - window:
             hits.popleft()
         if len(hits) >= limit:
-            return False
+            return Taken(False, max(hits[len(hits) - limit] + window - now, 0.0))
         hits.append(now)
-        return True
+        return Taken(True)
 
     async def revoke(self, kind: str, ident: str) -> None:
         self._revoked.add((kind, ident))

@@ -39,7 +39,7 @@ from redis.exceptions import RedisClusterException, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.core.action import Activity
-from proxy.state.base import StoreUnavailable
+from proxy.state.base import StoreUnavailable, Taken
 from proxy.state.memory import HISTORY, WINDOW_CAP
 
 log = logging.getLogger(__name__)
@@ -112,17 +112,19 @@ TAKE = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
 local used = redis.call('ZCARD', KEYS[1])
 if used >= tonumber(ARGV[3]) then
-  return 0
+  local oldest = redis.call('ZRANGE', KEYS[1], used - tonumber(ARGV[3]), used - tonumber(ARGV[3]), 'WITHSCORES')
+  return {0, oldest[2] or ARGV[2]}
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], ARGV[2], seq)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return 1
+return {1, '0'}
 """
 """A sliding-window rate limit in one atomic step: forget hits older than the window (ARGV[1]
-is the horizon), refuse at the limit (ARGV[3]), else record this hit at ARGV[2]. Members are a
-per-key sequence (KEYS[2]) so hits at the same instant stay distinct."""
+is the horizon), refuse at the limit (ARGV[3]) returning the time of the hit whose expiry frees a
+slot, else record this hit at ARGV[2]. Members are a per-key sequence (KEYS[2]) so hits at the
+same instant stay distinct."""
 
 NOTE_VERDICT = """
 local ttl = redis.call('PTTL', KEYS[1])
@@ -346,12 +348,14 @@ class RedisStore:
         args = (action_key, entry, "1" if denied else "0", HISTORY, "1" if wrote else "0")
         await self._run(lambda: self._note_verdict(keys=keys, args=args))
 
-    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> bool:
+    async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> Taken:
         base = f"{self._prefix}:{{{_hash_tag(session_id)}}}:rl:{name}"
         ttl = max(1, math.ceil(window * 1000))
         args = (repr(now - window), repr(now), limit, ttl)
-        allowed = await self._run(lambda: self._take(keys=[base, f"{base}:seq"], args=args))
-        return bool(allowed)
+        allowed, oldest = await self._run(lambda: self._take(keys=[base, f"{base}:seq"], args=args))
+        if int(allowed):
+            return Taken(True)
+        return Taken(False, max(float(oldest) + window - now, 0.0))
 
     async def activity_counts(self, session_ids: Sequence[str]) -> list[tuple[int, int, int]]:
         if not session_ids:
