@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from proxy.cli import main
-from tests.conftest import ADMIN_TOKEN, ROOT, RunningWicket
+from proxy.demo.server import DemoUpstream
+from tests.conftest import ADMIN_TOKEN, ROOT, RunningWicket, WicketFactory
 
 
 def test_policy_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,10 +116,17 @@ async def test_audit_verify_defaults_to_the_configured_log(
 
 
 async def test_approvals_list_json_shows_the_full_records(
-    wicket: RunningWicket, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    upstream: DemoUpstream,
+    make_wicket: WicketFactory,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from tests.conftest import mcp_client
+    from tests.conftest import DEMO_POLICY, mcp_client
 
+    # Data protection would refuse the password in a write outright; audited, the approver's
+    # redacted view of it can be checked.
+    policy = DEMO_POLICY.read_text() + "\ndata_protection:\n  secrets: {arguments: audit}\n"
+    wicket = await make_wicket(upstream.url, policy)
     monkeypatch.setenv("WICKET_ADMIN_TOKEN", ADMIN_TOKEN)
     grant = await wicket.create_session("notes-bot")
     async with mcp_client(wicket.url, token=grant["token"]) as client:

@@ -339,3 +339,55 @@ def test_key_like_fields() -> None:
     assert found.kinds.keys() == {"secret_field"} and len(found.kinds["secret_field"]) == 2
     assert found.denied, "secrets in a mutating call's arguments are refused by default"
     assert not DataProtection().plan("arguments", "u", "t", Effect.READ).actions["secret_field"] == "deny"
+
+
+def test_strict_policy_turns_personal_data_on() -> None:
+    from proxy.core.policy import load_policy
+    from tests.conftest import ROOT
+
+    default = load_policy([ROOT / "policies" / "default.yaml"])
+    strict = load_policy([ROOT / "policies" / "default.yaml", ROOT / "policies" / "strict.yaml"])
+    scanner = Scanner(b"k" * 32)
+    text = {"content": [{"type": "text", "text": "write to jane.doe@example.com, card 4111 1111 1111 1111"}]}
+    found, masked = scanner.tool_result(text, default.protection.plan("results", "u", "t"))
+    assert not found and masked is None, "personal data is off by default"
+    found, masked = scanner.tool_result(text, strict.protection.plan("results", "u", "t"))
+    assert set(found.kinds) == {"email", "credit_card"}
+    assert masked["content"][0]["text"] == "write to [REDACTED:email], card [REDACTED:credit_card]"
+    arguments = strict.protection.plan("arguments", "u", "search", Effect.READ)
+    assert scanner.arguments({"q": "jane.doe@example.com"}, arguments)[0].denied
+
+
+# -- sampling prompts the upstream sends ------------------------------------------------------------
+
+
+@pytest.fixture
+async def sampling_upstream() -> AsyncIterator[DemoUpstream]:
+    from tests.test_sampling_guard import build_sampling_server
+
+    server = DemoUpstream(server=build_sampling_server())
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_secrets_in_sampling_prompts(
+    mode: str, sampling_upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    from tests.test_sampling_guard import Llm, policy
+
+    running = await make_wicket(sampling_upstream.url, policy())
+    llm = Llm()
+    async with mcp_client(running.url, mode=mode, sampling_callback=llm) as client:
+        outcome: Any
+        try:
+            outcome = await client.call_tool("ask", {"prompt": f"Summarise: the deploy key is {GITHUB}"})
+        except Exception as exc:  # the 2026-07-28 input request is refused rather than rewritten
+            outcome = exc
+    if mode == "legacy":
+        assert llm.prompts == ["Summarise: the deploy key is [REDACTED:github_token]"], "masked on the SSE stream"
+        assert not outcome.is_error
+    else:
+        assert llm.prompts == [] and "secrets" in str(outcome), "never shown to the model unmasked"
+    assert all(GITHUB not in prompt for prompt in llm.prompts)

@@ -827,9 +827,13 @@ class McpProxy:
             if method not in SERVER_REQUESTS:
                 continue
             decision = await self._check_server_request(method, entry.get("params"), exchange)
-            params = self._screen_prompt(method, entry.get("params"), exchange) if decision.allowed else None
-            if isinstance(params, str):
-                decision = dataclasses.replace(decision, verdict=Verdict.DENY, reason=params)
+            screened = self._screen_prompt(method, entry.get("params"), exchange) if decision.allowed else None
+            if isinstance(screened, dict):
+                # Masking inside inputRequests would mean rewriting the result (or the task status)
+                # that carries them; until then a prompt to be masked is refused, never passed on.
+                screened = "the sampling prompt carries secrets or personal data to be masked (refused here)."
+            if screened is not None:
+                decision = dataclasses.replace(decision, verdict=Verdict.DENY, reason=screened)
             if not decision.allowed:
                 return str(key), method, decision
         return None
