@@ -7,6 +7,7 @@ import hashlib
 import logging
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -14,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.adapters.a2a import A2AProxy
-from proxy.adapters.http_guard import OriginPolicy, admin_origin_policy, cors
+from proxy.adapters.http_guard import HeaderDeadline, OriginPolicy, admin_origin_policy, cors
 from proxy.adapters.mcp import McpProxy
 from proxy.adapters.relay import follow_disconnects
 from proxy.admin.api import AdminApi, host_check, store_faults
@@ -242,6 +243,7 @@ class Wicket:
         self._policy_users: list[_PolicyUser] = [self.identity, self.checker, self.toolpins]
         self._reload_lock = asyncio.Lock()
         self._runners: list[web.AppRunner] = []
+        self._listeners: list[asyncio.Server] = []
         self._client: aiohttp.ClientSession | None = None
         self._stream_client: aiohttp.ClientSession | None = None
         self._a2a_client: aiohttp.ClientSession | None = None
@@ -455,22 +457,33 @@ class Wicket:
             log.error("OIDC: the keys of %s are unreachable; agents' JWTs get 503 until they are", self.oidc.issuer)
         data_host, data_port = self.settings.listen_address
         admin_host, admin_port = self.settings.admin_address
-        self.data_port = await self._serve(self.data_app(), data_host, data_port, cancel_on_disconnect=True)
+        self.data_port = await self._serve(self.data_app(), data_host, data_port, data_port=True)
         self.admin_port = await self._serve(self.admin_app(), admin_host, admin_port)
         if (health := self.settings.health_address) is not None:
             self.health_port = await self._serve(self.health_app(), *health)
 
-    async def _serve(self, app: web.Application, host: str, port: int, *, cancel_on_disconnect: bool = False) -> int:
-        # On the data port a lost client connection cancels its handler at once (relay.follow_disconnects).
+    async def _serve(self, app: web.Application, host: str, port: int, *, data_port: bool = False) -> int:
+        # On the data port a lost client connection cancels its handler at once (relay.follow_disconnects),
+        # and a client gets request_timeout to send each request's headers (slow clients hold nothing long).
+        deadline = self.settings.request_timeout if data_port else 0.0
+        extra: dict[str, Any] = {"keepalive_timeout": deadline} if deadline else {}
         runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=5.0, handler_cancellation=cancel_on_disconnect
+            app, access_log=None, handle_signals=False, shutdown_timeout=5.0, handler_cancellation=data_port, **extra
         )
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
         self._runners.append(runner)
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
+        if deadline:
+            factory = runner.server
+            assert factory is not None
+            listener = await asyncio.get_running_loop().create_server(
+                lambda: HeaderDeadline(factory(), deadline), host, port, reuse_address=True
+            )
+            self._listeners.append(listener)
+            sockets: Sequence[socket.socket] = listener.sockets
+        else:
+            site = web.TCPSite(runner, host, port, reuse_address=True)
+            await site.start()
+            sockets = getattr(site._server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     async def _sync_revocations(self) -> bool:
@@ -529,6 +542,9 @@ class Wicket:
         self.events.close()  # ends open /v1/events streams, so shutting the admin port down does not wait on them
         if self.bridge is not None:
             await self.bridge.stop()  # ends every child first, so the proxy's streams to it end too
+        for listener in self._listeners:
+            listener.close()  # no new connections; the runner's cleanup ends the open ones
+        self._listeners.clear()
         for runner in reversed(self._runners):
             await runner.cleanup()
         self._runners.clear()

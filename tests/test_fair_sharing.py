@@ -175,3 +175,17 @@ async def test_a_body_that_trickles_in_is_cut_off_with_408(upstream: DemoUpstrea
         writer.close()
     assert status_line.startswith(b"HTTP/1.1 408")
     assert upstream.ledger.names() == []
+
+
+async def test_headers_that_trickle_in_are_cut_off_with_408(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    running = await make_wicket(upstream.url, request_timeout=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.wicket.data_port)
+    try:
+        writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")  # and nothing more
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        assert await asyncio.wait_for(reader.read(), 30) is not None  # then the connection is closed
+    finally:
+        writer.close()
+    assert status_line.startswith(b"HTTP/1.1 408")
+    assert upstream.ledger.names() == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
@@ -145,3 +146,57 @@ def cors(origins: OriginPolicy) -> Callable[[web.Request, web.StreamResponse], A
         headers["Vary"] = f"{vary}, Origin" if vary else "Origin"
 
     return on_prepare
+
+
+class HeaderDeadline(asyncio.Protocol):
+    """A connection whose request headers have not all arrived ``seconds`` after it opened is
+    answered 408 and closed (a slow client holds no connection long).
+
+    It wraps aiohttp's own protocol and only watches for the blank line that ends the header
+    block; later requests on a kept-alive connection are bounded by the server's keep-alive
+    timeout, which aiohttp applies until the next request's headers are complete.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, seconds: float) -> None:
+        self._inner = inner
+        self._seconds = seconds
+        self._timer: asyncio.TimerHandle | None = None
+        self._tail = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._timer = asyncio.get_running_loop().call_later(self._seconds, self._expire)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._timer is not None:
+            seen = self._tail + data
+            if b"\r\n\r\n" in seen:
+                self._timer.cancel()
+                self._timer = None
+            else:
+                self._tail = seen[-3:]
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def _expire(self) -> None:
+        self._timer = None
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
+            self._transport.close()
