@@ -477,6 +477,23 @@ def test_jwks_publishes_only_public_keys_with_kid_alg_use() -> None:
     assert jwt.decode(token, jwt.PyJWK(published).key, algorithms=["EdDSA"]) == {"sub": "a"}
 
 
+def test_signing_is_byte_for_byte_what_pyjwt_makes_and_verifies_after_rotation() -> None:
+    # The per-call signer skips PyJWT; an Ed25519 signature is deterministic, so the tokens must be equal.
+    seed = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+    keys = KeyRing(key)
+    claims = {"sub": "agent é", "scope": "a\nb \u2028", "iat": 1, "exp": 9_999_999_999, "n": 1.5, "z": None}
+    expected = jwt.encode(dict(claims), key, algorithm="EdDSA", headers={"kid": keys.kid, "typ": "JWT"})
+    assert keys.sign(claims) == expected
+    # ES256 signatures are randomised: same header and payload, a raw R || S signature PyJWT verifies.
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    keys.rotate(ec_key)
+    token = keys.sign(claims)
+    assert jwt.get_unverified_header(token) == {"alg": "ES256", "kid": keys.kid, "typ": "JWT"}
+    assert jwt.decode(token, ec_key.public_key(), algorithms=["ES256"]) == claims
+    assert len(token.split(".")[2]) == 86  # 64 bytes, base64url without padding
+
+
 def _pem(key: Any) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
