@@ -753,6 +753,9 @@ def test_folding_cannot_multiply_the_scanned_length() -> None:
     assert len(clean(expanding)) == 18 * SCAN_LIMIT
     assert len(clean(expanding, SCAN_LIMIT)) <= 2 * SCAN_LIMIT
     assert "instruction_override" in categories(scan(["\ufdfa" * 100 + " " + ATTACK]))
+    # What folding pushes past the matched length is not silently dropped: the text is a finding.
+    hidden = "\ufdfa" * (SCAN_LIMIT // 9) + " " + ATTACK
+    assert len(hidden) < SCAN_LIMIT and "oversized" in categories(scan([hidden]))
 
 
 def test_clean_folds_lookalikes_and_drops_invisibles() -> None:

@@ -526,6 +526,9 @@ def scan(texts: Iterable[str]) -> tuple[InjectionFinding, ...]:
             finding = InjectionFinding("hidden_text", "contains invisible Unicode (tag or zero-width characters)")
             found.setdefault((finding.category, finding.message), finding)
         text = clean(head, SCAN_LIMIT)
+        if len(text) >= 2 * SCAN_LIMIT:  # folding expanded it past what is matched: the rest is unread
+            finding = InjectionFinding(OVERSIZED, f"folds to more than the {2 * SCAN_LIMIT} characters the scan reads")
+            found.setdefault((finding.category, finding.message), finding)
         lowered = text.lower()
         for rule in _RULES:
             key = (rule.category, rule.message)
