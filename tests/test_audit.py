@@ -14,12 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.audit.chain import (
     GENESIS,
     AuditCorrupt,
     HashChain,
     canonical,
+    now_rfc3339,
     seal,
     verify_file,
     verify_lines,
@@ -86,6 +89,69 @@ def test_canonical_hash_matches_an_independent_computation() -> None:
     assert "café ☕ naïve".encode() in line and b"\\u" not in line
     assert line == json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
     assert b" " not in line.replace("café ☕ naïve".encode(), b"").replace(b"policy allows reads", b"")
+
+
+def documented_canonical(event: Any) -> bytes:
+    """The canonical form as the module docstring defines it, with the standard library only."""
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+TRICKY_VALUES: list[Any] = [
+    0.0, -0.0, 1.0, 0.1, 0.5, 1e-4, 9.99e-5, 1e-5, 1.5e-7, 1e-9, 1e-10, 5e-324, 1e15, 1e16, 1.5e17, 1e22,
+    1.7976931348623157e308, -2.5e-6, 123456789.123, 2**53 + 1, 2**63 - 1, 2**63, -(2**63), 2**64, -(2**70),
+    True, False, None, "", "\x00\x01\x1f\x7f", "\b\f\n\r\t\"\\/", "\u2028\u2029", "é ☕ 😀 \ufeff",
+    "<script>&amp;</script>", [], [1, [2, (3, 4)]], {}, {"b": 1, "a": {"é": 1, "z": 2, "😀": 3, "\uffff": 4}},
+]  # fmt: skip
+
+
+def test_canonical_is_byte_for_byte_the_documented_form_on_tricky_values() -> None:
+    # canonical() takes a faster encoder for what it writes identically; the bytes must not change.
+    for value in TRICKY_VALUES:
+        event = {"event": "x", "value": value, "nested": {"list": [value, {"v": value}]}, "é": value}
+        assert canonical(event) == documented_canonical(event), value
+    # What the documented form refuses, canonical() refuses too, and never writes something else.
+    for bad in (float("nan"), float("inf"), -float("inf"), "\ud800"):
+        with pytest.raises(ValueError):
+            canonical({"value": bad})
+
+    # Keys that are not strings, and subclasses, take the documented path and give its bytes.
+    class Text(str):
+        pass
+
+    for odd in ({1: "a", 2: "b"}, {"k": Text("v")}, {Text("k"): 1}, {"t": (1, "2")}):
+        assert canonical(odd) == documented_canonical(odd)
+    with pytest.raises(TypeError):  # mixed key types cannot be sorted: refused, as before
+        canonical({1: "a", "b": 2})
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+def test_canonical_matches_the_documented_form_on_generated_events(event: dict[str, Any]) -> None:
+    try:
+        expected = documented_canonical(event)
+    except ValueError:  # a lone surrogate cannot be UTF-8: both must refuse it
+        with pytest.raises(ValueError):
+            canonical(event)
+        return
+    assert canonical(event) == expected
+
+
+def test_timestamps_are_rfc3339_milliseconds_and_follow_the_clock() -> None:
+    from datetime import UTC, datetime
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    stamps = [now_rfc3339() for _ in range(2000)]
+    after = datetime.now(UTC)
+    assert all(TS.fullmatch(s) for s in stamps) and stamps == sorted(stamps)
+    for s in (stamps[0], stamps[-1]):
+        assert before <= datetime.fromisoformat(s.replace("Z", "+00:00")) <= after
 
 
 def test_seal_refuses_chain_keys_from_the_caller() -> None:
