@@ -45,9 +45,10 @@ format: $(STAMP)
 	$(BIN)/ruff format proxy tests bench
 	$(BIN)/ruff check --fix proxy tests bench
 
-## Direct call vs bare pass-through vs Wicket, in one run.
+## Direct call vs bare pass-through vs Wicket (memory and Redis stores) in one run, then revocation across replicas.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py --stores memory,redis
+	$(BIN)/python bench/revocation.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(NODE_DIR)/node_modules

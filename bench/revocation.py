@@ -291,6 +291,9 @@ def summarise(runs: list[Iteration]) -> dict[str, Any]:
     }
 
 
+REVOCATION_P99_GOAL_MS = 5.0
+
+
 def render(summary: dict[str, Any]) -> str:
     rows = [
         ("**B refuses (first 401 arrives), from revoke sent**", "refused_from_revoke_sent"),
@@ -315,6 +318,12 @@ def render(summary: dict[str, Any]) -> str:
         f"A's 201: {summary['calls_accepted_after_revoke_response']}; "
         f"announcements seen by the bench subscriber: {summary['announced_seen']}",
     ]
+    p99 = summary["refused_from_revoke_sent"]["p99_ms"]
+    holds = "yes" if p99 < REVOCATION_P99_GOAL_MS else "**no**"
+    lines.append(
+        f"- goal (issue 19): B refuses within {REVOCATION_P99_GOAL_MS:g} ms p99 of the revoke: "
+        f"{p99:.2f} ms, holds: {holds}"
+    )
     return "\n".join(lines)
 
 

@@ -748,6 +748,65 @@ def render(summary: dict[str, Any], concurrency: int) -> str:
     return "\n".join(lines)
 
 
+# Issue 19's goals: Wicket's own CPU per call (its CPU minus the floor's, same run), its added latency
+# over the floor, and the Redis store's cost over the memory store.
+OWN_CPU_GOAL_US = {"read": 150.0, "write": 200.0}
+ADDED_P50_GOAL_MS = 0.25
+REDIS_CPU_GOAL_US = 100.0
+REDIS_P50_GOAL_MS = 0.3
+REDIS_THROUGHPUT_GOAL = 0.85
+
+
+def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each goal with its figure from this run and whether it holds (None: not measured in this run)."""
+    out: list[dict[str, Any]] = []
+
+    def goal(name: str, value: float | None, limit: float, unit: str, at_most: bool = True, note: str = "") -> None:
+        holds = None if value is None else (value <= limit if at_most else value >= limit)
+        out.append({"goal": name, "value": value, "limit": limit, "unit": unit, "at_most": at_most, "holds": holds,
+                    "note": note})  # fmt: skip
+
+    for key, wl in summary["workloads"].items():
+        t, path = wl["targets"], wl["path"]
+        if "floor" not in t:
+            continue
+        w, f = t["wicket"], t["floor"]
+        for suffix, label in (("_c1", "c=1"), ("", f"c={summary.get('concurrency', 'N')}")):
+            own = sub(w[f"proxy_cpu_us_per_call{suffix}"], f[f"proxy_cpu_us_per_call{suffix}"])
+            ratio = div(w[f"proxy_cpu_us_per_call{suffix}"], f[f"proxy_cpu_us_per_call{suffix}"])
+            floor_cpu = f[f"proxy_cpu_us_per_call{suffix}"]
+            goal(f"{path}: Wicket's own CPU per call, {label}", own, OWN_CPU_GOAL_US[key], "µs",
+                 note=f"Wicket x{fmt(ratio)} the floor's {fmt(floor_cpu, '.0f')} µs")  # fmt: skip
+        goal(f"{path}: added p50 latency over the floor, c=1", w["p50_ms"] - f["p50_ms"], ADDED_P50_GOAL_MS, "ms")
+        r = wl.get("redis_vs_memory")
+        if r is not None:
+            goal(f"{path}: Redis - memory, Wicket CPU per call, c={summary.get('concurrency', 'N')}",
+                 r["wicket_cpu_redis_minus_memory_us"], REDIS_CPU_GOAL_US, "µs",
+                 note=f"c=1: {fmt(r['wicket_cpu_redis_minus_memory_us_c1'], '+.0f')} µs")  # fmt: skip
+            goal(f"{path}: Redis - memory, p50 c=1", r["redis_minus_memory_p50_ms"], REDIS_P50_GOAL_MS, "ms")
+            goal(f"{path}: throughput Redis / memory", r["redis_throughput_vs_memory"], REDIS_THROUGHPUT_GOAL, "",
+                 at_most=False)  # fmt: skip
+    return out
+
+
+def render_goals(rows: list[dict[str, Any]]) -> str:
+    lines = ["| goal | this run | target | holds |", "|---|---|---|---|"]
+    for g in rows:
+        if g["unit"] == "µs":
+            value, limit = fmt(g["value"], "+.0f", " µs"), f"{g['limit']:.0f} µs"
+        elif g["unit"] == "ms":
+            value, limit = fmt(g["value"], "+.3f", " ms"), f"{g['limit']:.2f} ms"
+        else:
+            value, limit = fmt(g["value"], ".0%"), f"{g['limit']:.0%}"
+        op = "≤" if g["at_most"] else "≥"
+        holds = {True: "yes", False: "**no**", None: "n/a"}[g["holds"]]
+        note = f" ({g['note']})" if g["note"] else ""
+        lines.append(f"| {g['goal']} | {value}{note} | {op} {limit} | {holds} |")
+    held = sum(g["holds"] is True for g in rows)
+    lines.append(f"\n{held} of {len(rows)} goals hold in this run.")
+    return "\n".join(lines)
+
+
 def render_stores(wls: dict[str, Any], concurrency: int) -> str:
     """Wicket(redis) against Wicket(memory), per workload."""
     paths = [wl for wl in wls.values() if "redis_vs_memory" in wl]
@@ -1067,6 +1126,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     print()
     print(render(result, args.concurrency))
+    result["goals"] = goals({**result, "concurrency": args.concurrency})
+    print("\nGoals (issue 19; own CPU = Wicket's CPU per call minus the floor's, same run):\n")
+    print(render_goals(result["goals"]))
     for wl in result["workloads"].values():
         for name, t in wl["targets"].items():
             if t["warmup_failures"]:
