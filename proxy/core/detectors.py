@@ -279,8 +279,8 @@ PII_DETECTORS: Final[tuple[Detector, ...]] = (
             r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})*\.[A-Za-z]{2,24}\b"
         ),
     ),
-    Detector("credit_card", (), _c(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), validate=_card),
-    Detector("iban", (), _c(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), validate=_iban),
+    Detector("credit_card", (), _c(r"(?<![\d\-])\d(?:[ \-]?\d){12,18}(?![\d\-])"), validate=_card, gate=_DIGITS),
+    Detector("iban", (), _c(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), validate=_iban, gate=_DIGITS),
     Detector(
         "national_id",
         (),
@@ -292,6 +292,7 @@ PII_DETECTORS: Final[tuple[Detector, ...]] = (
             r"\d{6}[-+A]\d{3}[0-9A-Y]|\d{6}[-+]\d{4}|\d{2}\.\d{2}\.\d{2}-\d{3}\.\d{2})\b"
         ),
         validate=_national_id,
+        gate=_DIGITS,
     ),
     Detector(
         "national_id",
@@ -305,18 +306,17 @@ PII_DETECTORS: Final[tuple[Detector, ...]] = (
     Detector(
         "ip_address",
         (),
-        _c(r"(?<![\d.])(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?:\.(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}(?![\d.])"),
+        # Candidates are cheap digit-dot runs; the ipaddress parser decides (so 999.1.1.1 is not one).
+        _c(r"(?<![\d.])\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}(?![\d.])"),
         validate=_ip,
+        gate=_DIGITS,
     ),
     Detector(
         "ip_address",
-        (":",),
-        back=40,
-        reach=48,
-        pattern=_c(
-            r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){2,7}[0-9A-Fa-f]{0,4}(?::[0-9A-Fa-f]{1,4})*(?![\w:])|(?<![\w:])::[0-9A-Fa-f]{1,4}(?::[0-9A-Fa-f]{1,4})*(?![\w:])"
-        ),
+        (),
+        _c(r"(?<![\w:.])[0-9A-Fa-f]{0,4}:[0-9A-Fa-f]{0,4}:[0-9A-Fa-f:.]{0,35}(?![\w:])"),
         validate=_ip,
+        gate=(":",),
     ),
 )
 
