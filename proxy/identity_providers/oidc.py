@@ -18,7 +18,6 @@ Error messages name the failed check, never the token.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -33,10 +32,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from proxy.core.identity import IdentityError
-from proxy.httpio import read_limited
+from proxy.identity_providers.jwks import KEY_TYPES, FetchError, JwksKeys, Key, KeyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,28 +42,17 @@ AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}")
 """Wicket's agent-id rule (matched with ``fullmatch``: a trailing newline is not an id)."""
 RESERVED_AGENTS = frozenset({"anonymous"})
 MAX_TOKEN_CHARS = 16 * 1024
-MAX_DOCUMENT_BYTES = 512 * 1024
 MAX_SCOPES = 256
 MAX_TOKEN_ID_CHARS = 256
-MIN_RSA_BITS = 2048
 VERIFIED_CACHE_MAX = 4096  # verified tokens remembered until they expire (saves a signature check per request)
 VERIFIED_CACHE_TOKEN_CHARS = 8 * 1024
 
-# alg -> (JWK kty, allowed curves or None). Anything not here (none, HS*, ES256K) is refused.
-KEY_TYPES: dict[str, tuple[str, frozenset[str] | None]] = {
-    **{alg: ("RSA", None) for alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")},
-    "ES256": ("EC", frozenset({"P-256"})),
-    "ES384": ("EC", frozenset({"P-384"})),
-    "ES512": ("EC", frozenset({"P-521"})),
-    "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
-}
 # PyJWT >= 2.10 type-checks sub and jti; older versions leave it to us (the agent claim check).
 _CLAIM_TYPE_ERRORS: tuple[type[Exception], ...] = tuple(
     getattr(jwt.exceptions, name)
     for name in ("InvalidSubjectError", "InvalidJTIError")
     if hasattr(jwt.exceptions, name)
 )
-_PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 
 WELL_KNOWN_RESOURCE = "/.well-known/oauth-protected-resource"
 
@@ -91,51 +78,6 @@ class OidcError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
-
-
-class _FetchError(Exception):
-    """Discovery or the JWKS could not be fetched or made no sense."""
-
-
-@dataclass(frozen=True)
-class _Key:
-    kid: str | None
-    kty: str
-    crv: str | None
-    alg: str | None
-    key: Any  # a cryptography public key
-
-    def fits(self, alg: str) -> bool:
-        """Whether this key may verify ``alg``: the JWK's type, curve and own ``alg`` must agree."""
-        kty, curves = KEY_TYPES[alg]
-        if self.kty != kty or (curves is not None and self.crv not in curves):
-            return False
-        return self.alg is None or self.alg == alg
-
-
-def parse_jwks(document: Mapping[str, Any]) -> list[_Key]:
-    """The usable signature keys of a JWKS; anything odd is skipped, not trusted."""
-    entries = document.get("keys")
-    if not isinstance(entries, list):
-        raise _FetchError("the JWKS has no 'keys' list")
-    keys: list[_Key] = []
-    for entry in entries:
-        if not isinstance(entry, dict):
-            continue
-        kty, kid, alg, crv = entry.get("kty"), entry.get("kid"), entry.get("alg"), entry.get("crv")
-        if kty not in ("RSA", "EC", "OKP") or entry.get("use", "sig") != "sig":
-            continue  # never 'oct': a symmetric key in a JWKS must not become a verification key
-        if (kid is not None and not isinstance(kid, str)) or (alg is not None and alg not in KEY_TYPES):
-            continue
-        public = {k: v for k, v in entry.items() if k not in _PRIVATE_MEMBERS}
-        try:
-            key = jwt.PyJWK(public).key
-        except (jwt.PyJWTError, ValueError, TypeError, KeyError):
-            continue
-        if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
-            continue
-        keys.append(_Key(kid=kid, kty=kty, crv=crv if isinstance(crv, str) else None, alg=alg, key=key))
-    return keys
 
 
 def _number(value: Any) -> bool:
@@ -175,18 +117,18 @@ class OidcVerifier:
         self._leeway = leeway
         self._scope_claims = tuple(scope_claims)
         self._jwks_url = jwks_url
-        self._http = http
-        self._own_http = http is None
-        self._jwks_ttl = jwks_ttl
-        self._refresh_interval = refresh_interval
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._clock = clock
-        self._keys: list[_Key] | None = None
-        self._fetched_at = -math.inf
-        self._refreshed_at = -math.inf  # last unknown-kid refresh
-        self._failed_at = -math.inf  # last failed fetch
-        self._lock = asyncio.Lock()
         self._verified: dict[str, OidcIdentity] = {}
+        self._keyset = JwksKeys(
+            self._discover,
+            name=f"OIDC issuer {issuer}",
+            http=http,
+            ttl=jwks_ttl,
+            refresh_interval=refresh_interval,
+            timeout=timeout,
+            clock=clock,
+            on_change=self._verified.clear,
+        )
 
     # -- verification -------------------------------------------------------------------
 
@@ -233,7 +175,7 @@ class OidcVerifier:
         except OidcError as exc:
             raise IdentityError(exc.status, exc.message) from None
 
-    def _decode(self, token: str, key: _Key, alg: str) -> dict[str, Any]:
+    def _decode(self, token: str, key: Key, alg: str) -> dict[str, Any]:
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -311,121 +253,32 @@ class OidcVerifier:
 
     # -- keys ---------------------------------------------------------------------------
 
-    async def _key_for(self, kid: str | None, alg: str) -> _Key:
-        """The one key that may verify this token; an unknown kid refreshes the JWKS once."""
-        keys = await self._jwks(refresh=False)
-        key = self._select(keys, kid, alg)
-        if key is None:
-            keys = await self._jwks(refresh=True)
-            key = self._select(keys, kid, alg)
-        if key is None:
-            if kid is None:
-                raise OidcError("The token names no key id (kid) and no single issuer key fits its algorithm.")
-            raise OidcError("The token's signing key (kid) is not published by the issuer.")
-        return key
-
-    @staticmethod
-    def _select(keys: list[_Key], kid: str | None, alg: str) -> _Key | None:
-        if kid is None:
-            fitting = [k for k in keys if k.fits(alg)]
-            if len(fitting) > 1:
-                raise OidcError("The token names no key id (kid) and the issuer publishes several keys.")
-            return fitting[0] if fitting else None
-        named = [k for k in keys if k.kid == kid]
-        if not named:
-            return None
-        for key in named:
-            if key.fits(alg):
-                return key
-        raise OidcError("The token's algorithm does not match the type of its signing key.")
-
-    def _fresh(self, now: float) -> bool:
-        return self._keys is not None and now < self._fetched_at + self._jwks_ttl
-
-    async def _jwks(self, *, refresh: bool) -> list[_Key]:
-        """The cached key set: fetched when stale, and on ``refresh`` (an unknown kid) at most once
-        per ``refresh_interval``; after a failed fetch, the IdP is left alone for that interval too."""
-        if not refresh and self._fresh(self._clock()):
-            return self._keys  # type: ignore[return-value]
-        async with self._lock:
-            now = self._clock()
-            if self._keys is not None:
-                if not refresh and self._fresh(now):
-                    return self._keys  # another request fetched it while we waited
-                if refresh and now - self._refreshed_at < self._refresh_interval:
-                    return self._keys
-            if now - self._failed_at < self._refresh_interval:
-                return self._unavailable()
-            if refresh:
-                self._refreshed_at = now
-            try:
-                keys = await self._fetch_keys()
-            except _FetchError as exc:
-                log.warning("OIDC: could not fetch the signing keys of %s: %s", self.issuer, exc)
-                self._failed_at = now
-                return self._unavailable()
-            if keys != self._keys:
-                self._verified.clear()
-            self._keys, self._fetched_at = keys, now
-            return keys
-
-    def _unavailable(self) -> list[_Key]:
-        """The last good keys while the IdP is unreachable, else 503."""
-        if self._keys is None:
-            raise OidcError("The identity provider's keys are unavailable; try again shortly.", status=503)
-        return self._keys
-
-    async def _fetch_keys(self) -> list[_Key]:
-        url = self._jwks_url or await self._discover()
-        keys = parse_jwks(await self._get_json(url))
-        if not keys:
-            raise _FetchError("the JWKS holds no usable signature keys")
-        return keys
+    async def _key_for(self, kid: str | None, alg: str) -> Key:
+        try:
+            return await self._keyset.key_for(kid, alg)
+        except KeyUnavailable as exc:
+            raise OidcError(exc.message, status=exc.status) from None
 
     async def _discover(self) -> str:
         """``jwks_uri`` from ``{issuer}/.well-known/openid-configuration`` (OIDC Discovery §4)."""
-        document = await self._get_json(self.issuer.rstrip("/") + "/.well-known/openid-configuration")
+        if self._jwks_url:
+            return self._jwks_url
+        document = await self._keyset.get_json(self.issuer.rstrip("/") + "/.well-known/openid-configuration")
         if document.get("issuer") != self.issuer:
-            raise _FetchError("the discovery document names a different issuer")
+            raise FetchError("the discovery document names a different issuer")
         jwks_uri = document.get("jwks_uri")
         schemes = ("https",) if urlsplit(self.issuer).scheme == "https" else ("https", "http")
         if not isinstance(jwks_uri, str) or urlsplit(jwks_uri).scheme not in schemes:
-            raise _FetchError("the discovery document has no usable jwks_uri")
+            raise FetchError("the discovery document has no usable jwks_uri")
         self._jwks_url = jwks_uri
         return jwks_uri
 
-    async def _get_json(self, url: str) -> dict[str, Any]:
-        if self._http is None:
-            self._http = aiohttp.ClientSession(trust_env=False)
-        try:
-            async with self._http.get(url, timeout=self._timeout, headers={"Accept": "application/json"}) as resp:
-                if resp.status != 200:
-                    raise _FetchError(f"{url} answered HTTP {resp.status}")
-                body = await read_limited(resp.content, MAX_DOCUMENT_BYTES)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise _FetchError(f"{url}: {exc.__class__.__name__}") from None
-        if body is None:
-            raise _FetchError(f"{url} answered more than {MAX_DOCUMENT_BYTES} bytes")
-        try:
-            document = json.loads(body)
-        except ValueError:
-            raise _FetchError(f"{url} did not answer JSON") from None
-        if not isinstance(document, dict):
-            raise _FetchError(f"{url} did not answer a JSON object")
-        return document
-
     async def warm(self) -> bool:
         """Fetch the keys now (at start-up) so the first agent does not wait; never raises."""
-        try:
-            await self._jwks(refresh=False)
-        except OidcError:
-            return False
-        return True
+        return await self._keyset.warm()
 
     async def close(self) -> None:
-        if self._own_http and self._http is not None:
-            await self._http.close()
-        self._http = None
+        await self._keyset.close()
 
 
 # -- RFC 9728: OAuth 2.0 protected resource metadata ------------------------------------
