@@ -54,6 +54,28 @@ class Tier(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
+class Delegation:
+    """The verified chain a delegated call arrived with: who started the work and every hop since."""
+
+    origin: str
+    agents: tuple[str, ...]
+    """Every agent in order: the origin first, the caller (the last link's audience) last."""
+    link_ids: tuple[str, ...]
+    scope: tuple[str, ...]
+    """The narrowest scope of the chain (its last link's): tool-name globs."""
+    expires_at: int
+
+    @property
+    def depth(self) -> int:
+        """Links so far (hops); forwarding this call adds one."""
+        return len(self.link_ids)
+
+    def record(self) -> dict[str, object]:
+        """As audit records and accountability show it."""
+        return {"origin": self.origin, "agents": list(self.agents), "depth": self.depth, "links": list(self.link_ids)}
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     """One thing an agent is trying to do, independent of the protocol that carried it.
 
@@ -79,6 +101,8 @@ class Action:
     server_initiated: bool = False
     """A request the upstream sends to the agent's client (sampling, elicitation): the agent is
     not writing anything, so a read-only session does not stop it; its own limits do."""
+    delegation: Delegation | None = None
+    """The verified delegation chain the caller presented (None: the caller acts for itself)."""
     annotations_trusted: bool = False
     """An operator accepted these annotations for exactly this pinned definition (``wicket tools
     trust``), so they may lower the effect like those of a trusted upstream."""

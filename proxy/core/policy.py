@@ -109,6 +109,54 @@ class AgentRule:
 
 
 @dataclass(frozen=True, slots=True)
+class DelegationRule:
+    """A ``delegation.rules`` entry: delegated calls to ``tools`` must start at ``origins`` and be at most
+    ``max_depth`` links deep."""
+
+    tools: GlobSet
+    origins: GlobSet | None = None
+    max_depth: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntrospectionSettings:
+    url: str
+    client_id: str
+    client_secret_env: str
+    cache_seconds: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class TrustEntry:
+    """A ``trust`` entry: another Wicket deployment whose credentials and delegation links are accepted."""
+
+    issuer: str
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    agents: GlobSet | None = None
+    scopes: tuple[str, ...] | None = None
+    mode: str = "read-only"
+    introspection: IntrospectionSettings | None = None
+
+
+def _trust_entry(entry: Mapping[str, Any]) -> TrustEntry:
+    spec = entry.get("introspection")
+    return TrustEntry(
+        issuer=entry["issuer"],
+        jwks_url=entry.get("jwks_url"),
+        jwks_file=entry.get("jwks_file"),
+        agents=GlobSet(entry["agents"]) if "agents" in entry else None,
+        scopes=tuple(entry["scopes"]) if "scopes" in entry else None,
+        mode=entry.get("mode", "read-only"),
+        introspection=IntrospectionSettings(
+            spec["url"], spec["client_id"], spec["client_secret_env"], float(spec.get("cache_seconds", 5.0))
+        )
+        if spec
+        else None,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class UpstreamRule:
     """One ``upstreams`` entry: whether that server's tool annotations may lower an effect."""
 
@@ -403,6 +451,11 @@ class Policy:
     """``limits:``: rate limits and quotas, every matching entry applies."""
     labelling: flow_rules.Labelling = field(default_factory=flow_rules.Labelling)
     """``labels:`` and ``flows:``: toxic-flow control."""
+    delegation_max_hops: int = 5
+    delegation_rules: tuple[DelegationRule, ...] = ()
+    trust: tuple[TrustEntry, ...] = ()
+    introspection_clients: tuple[tuple[str, str], ...] = ()
+    """(client id, environment variable with its secret) allowed to call POST /v1/introspect."""
 
     _exact_effects: dict[str, Effect] = field(init=False, repr=False, compare=False)
     _glob_effects: tuple[tuple[re.Pattern[str], Effect], ...] = field(init=False, repr=False, compare=False)
@@ -954,6 +1007,7 @@ _SCALARS: Final[dict[tuple[str, str], str]] = {
     ("a2a", "require_skill"): "a2a_require_skill",
     ("a2a", "scan_messages"): "a2a_scan_messages",
     ("a2a", "push_allowed_hosts"): "a2a_push_allowed_hosts",
+    ("delegation", "max_hops"): "delegation_max_hops",
     ("tool_definitions", "on_change"): "tool_on_change",
     ("tool_definitions", "on_poisoning"): "tool_on_poisoning",
 }
@@ -994,6 +1048,9 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
     upstream_creds: dict[str, tuple[CredentialBlock, str, int, str]] = {}
     tool_creds: dict[str, tuple[CredentialBlock, str, int, str]] = {}
     listed: set[str] = set()
+    delegation_rules: list[DelegationRule] = []
+    trust: list[TrustEntry] = []
+    introspection_clients: list[tuple[str, str]] = []
     for index, layer in enumerate(layers):
         for (section, key), name in _SCALARS.items():
             block = layer.data.get(section) or {}
@@ -1038,6 +1095,20 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
         )
         if "mode" in layer.data:
             settings["mode"] = layer.data["mode"]
+        delegation_rules.extend(
+            DelegationRule(GlobSet(r["tools"]), GlobSet(r["origins"]) if "origins" in r else None, r.get("max_depth"))
+            for r in (layer.data.get("delegation") or {}).get("rules", ())
+        )
+        for position, entry in enumerate(layer.data.get("trust", ())):
+            if ("jwks_url" in entry) == ("jwks_file" in entry):
+                line = _line(_value_node(layer.root, "trust", position))
+                return None, [
+                    PolicyIssue(layer.source, line, f"trust[{position}]: give exactly one of jwks_url, jwks_file")
+                ]
+            trust.append(_trust_entry(entry))
+        introspection_clients.extend(
+            (c["id"], c["secret_env"]) for c in (layer.data.get("introspection") or {}).get("clients", ())
+        )
         for position, entry in enumerate(layer.data.get("upstreams", ())):
             url = normalise_url(entry["url"])
             listed.add(url)
@@ -1084,6 +1155,9 @@ def _merge(layers: Sequence[_Layer]) -> tuple[Policy | None, list[PolicyIssue]]:
         agents=tuple(agents),
         blocklist=GlobSet(blocklist),
         resource_deny=GlobSet(resource_deny),
+        delegation_rules=tuple(delegation_rules),
+        trust=tuple(trust),
+        introspection_clients=tuple(introspection_clients),
         effect_overrides=tuple(overrides.items()),
         upstreams=tuple(upstreams),
         guardian=GuardianSettings(

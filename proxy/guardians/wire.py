@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import jwt
 
-from proxy.core.action import Action, Activity, Decision, Effect, Finding, ReviewContext, Tier, Verdict
+from proxy.core.action import Action, Activity, Decision, Delegation, Effect, Finding, ReviewContext, Tier, Verdict
 from proxy.core.sessions import MODES, Session
 
 __all__ = [
@@ -237,7 +237,9 @@ _ACTION_FIELDS: Final = (
     "annotations_trusted",
     "resource",
     "prompt",
+    "delegation",
 )
+_DELEGATION_FIELDS: Final = ("origin", "agents", "link_ids", "scope", "expires_at")
 _SESSION_FIELDS: Final = (
     "session_id",
     "agent_id",
@@ -299,7 +301,36 @@ def encode_action(action: Action) -> dict[str, Any]:
         "annotations_trusted": action.annotations_trusted,
         "resource": action.resource,
         "prompt": action.prompt,
+        "delegation": _encode_delegation(action.delegation),
     }
+
+
+def _encode_delegation(chain: Delegation | None) -> dict[str, Any] | None:
+    if chain is None:
+        return None
+    return {
+        "origin": chain.origin,
+        "agents": list(chain.agents),
+        "link_ids": list(chain.link_ids),
+        "scope": list(chain.scope),
+        "expires_at": chain.expires_at,
+    }
+
+
+def _decode_delegation(data: Any, where: str) -> Delegation | None:
+    if data is None:
+        return None
+    o = _Object(data, where, _DELEGATION_FIELDS)
+    expires = o.data["expires_at"]
+    if not isinstance(expires, int) or isinstance(expires, bool):
+        raise ValueError(f"{where}.expires_at must be an integer")
+    return Delegation(
+        origin=o.text("origin"),
+        agents=o.strings("agents"),
+        link_ids=o.strings("link_ids"),
+        scope=o.strings("scope"),
+        expires_at=expires,
+    )
 
 
 def decode_action(data: Any, where: str = "action") -> Action:
@@ -322,6 +353,7 @@ def decode_action(data: Any, where: str = "action") -> Action:
         annotations_trusted=o.flag("annotations_trusted"),
         resource=o.opt_text("resource"),
         prompt=o.opt_text("prompt"),
+        delegation=_decode_delegation(o.data["delegation"], o.path("delegation")),
     )
 
 
