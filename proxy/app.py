@@ -23,6 +23,7 @@ from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
 from proxy.admin.control import ControlApi
 from proxy.admin.health import HealthApi
+from proxy.admin.introspect import IntrospectionApi
 from proxy.admin.policy import PolicyApi
 from proxy.admin.tools import ToolsApi
 from proxy.audit.checkpoint import CheckpointingSink
@@ -54,6 +55,7 @@ from proxy.credentials import (
 )
 from proxy.guardians.deep import DeepGuard, deep_from_env
 from proxy.guardians.remote import RemoteTier, remote_tiers
+from proxy.identity_providers.federation import Federation
 from proxy.identity_providers.oidc import OidcVerifier, oauth_routes
 from proxy.settings import Settings
 from proxy.state.base import Store, StoreUnavailable
@@ -91,6 +93,8 @@ def restart_only_changes(running: Policy, new: Policy) -> list[str]:
         changed.append("guardian.deep")
     if running.approvals.webhook != new.approvals.webhook:
         changed.append("approvals.webhook")
+    if running.trust != new.trust:
+        changed.append("trust")
     return changed
 
 
@@ -184,7 +188,19 @@ class Wicket:
         self.oidc = oidc_verifier(self.settings)
         self.revocations = RevocationList()
         self.signed_revocations = SignedRevocations(self.store, self.signer)
-        self.identity = IdentityResolver(self.sessions, self.policy, oidc=self.oidc, revocations=self.revocations)
+        try:
+            self.federation = Federation(
+                self.policy,
+                own_issuer=self.settings.credential_issuer,
+                own_keys=self.keys,
+                revocations=self.revocations,
+                environ=self.settings.environ,
+            )
+        except ValueError as exc:
+            raise SystemExit(f"wicket: {exc}") from None
+        self.identity = IdentityResolver(
+            self.sessions, self.policy, oidc=self.oidc, revocations=self.revocations, federation=self.federation
+        )
         classifier = EffectClassifier(
             overrides=self.policy.effect_override, is_trusted_upstream=self.policy.is_trusted_upstream
         )
@@ -234,13 +250,20 @@ class Wicket:
                 issuer=self.settings.credential_issuer,
                 env=self.settings.environ,
                 exchange=self.exchanger,
+                agent_name=self.settings.agent_name,
             )
         except (SigningKeyError, CredentialConfigError) as exc:
             raise SystemExit(f"wicket: {exc}") from None
         for warning in passthrough_warnings(self.policy):
             log.warning(warning)
         self._resync: asyncio.Task[None] | None = None
-        self._policy_users: list[_PolicyUser] = [self.identity, self.checker, self.toolpins]
+        self._policy_users: list[_PolicyUser] = [
+            self.identity,
+            self.checker,
+            self.toolpins,
+            self.credentials,
+            self.federation,
+        ]
         self._reload_lock = asyncio.Lock()
         self._runners: list[web.AppRunner] = []
         self._listeners: list[asyncio.Server] = []
@@ -383,6 +406,14 @@ class Wicket:
             admin_token=self.settings.admin_token, reload=self.reload_policy, audit_path=self.audit.path
         )
         app.add_routes(policy_api.routes())
+        introspection = IntrospectionApi(
+            clients=lambda: self.policy.introspection_clients,
+            environ=self.settings.environ,
+            keys=self.keys,
+            issuer=self.settings.credential_issuer,
+            revocations=self.revocations,
+        )
+        app.add_routes(introspection.routes())
         audit = AuditApi(
             admin_token=self.settings.admin_token,
             checkpoints=self.checkpoints,
@@ -453,6 +484,7 @@ class Wicket:
         if self.checkpoints is not None and (held := await self.checkpoints.start()) is not None:
             self.metrics.audit_held.set(1)
             await self.checker.integrity_failure("audit", f"audit log on hold: {held}")
+        await self.federation.warm()
         if self.oidc is not None and not await self.oidc.warm():
             log.error("OIDC: the keys of %s are unreachable; agents' JWTs get 503 until they are", self.oidc.issuer)
         data_host, data_port = self.settings.listen_address
@@ -561,6 +593,7 @@ class Wicket:
             await tier.close()
         if self.oidc is not None:
             await self.oidc.close()
+        await self.federation.close()
         if self.exchanger is not None:
             await self.exchanger.close()
         if isinstance(self.deep, DeepGuard):

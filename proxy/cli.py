@@ -127,6 +127,11 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
         metavar="N",
         help="per-agent decision metrics for the first N agents seen (default 0: none; later agents count as 'other')",
     )
+    parser.add_argument(
+        "--agent-name",
+        metavar="NAME",
+        help="the agent behind this Wicket, as delegation chains name it (default: the upstream's URL)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", default="text", choices=("text", "json"), help="json: one JSON object per line")
 
@@ -395,6 +400,7 @@ def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], 
         allowed_origins=args.allowed_origin,
         admin_allowed_hosts=args.admin_allowed_host,
         credential_issuer=args.credential_issuer,
+        agent_name=args.agent_name,
         guardian_url=args.guardian_url,
         guardian_client_id=args.guardian_client_id or "",
         oidc_issuer=args.oidc_issuer,

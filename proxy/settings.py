@@ -58,6 +58,7 @@ class Settings:
     """Host names the admin port answers besides localhost and its own listen address."""
     session_key: bytes = b""
     admin_token: str | None = None
+    agent_name: str | None = None  # the agent behind this Wicket, as delegation links name it (default: upstream URL)
     credential_issuer: str = "wicket"  # iss of minted upstream credentials: set it to Wicket's public base URL
     guardian_url: str | None = None  # central guardian service for Spot and Deep (None: in process)
     guardian_client_id: str = ""  # this sidecar's name (JWT iss) towards the guardian service

@@ -293,6 +293,7 @@ class A2AProxy:
             agent_id=caller.agent_id,
             session_id=session.session_id,
             upstream=self._upstream,
+            delegation=caller.delegation,
         )
         if call.task_id is not None and not await self._owns(call.task_id, caller, session):
             await self._checker.refuse(action, session.session_id, f"Task '{call.task_id[:80]}' is not this caller's.")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from proxy.core.action import Action, Effect
+from proxy.core.action import Action, Delegation, Effect
 from proxy.core.policy import Policy
 
 PROTOCOL = "a2a"
@@ -102,6 +102,7 @@ def a2a_action(
     agent_id: str,
     session_id: str,
     upstream: str,
+    delegation: Delegation | None = None,
 ) -> Action:
     """The Action for one A2A call named ``name`` (its 1.0 method). Its arguments are what the
     guardian tiers review as untrusted data: the message's text, the skill, the task and any push
@@ -125,4 +126,5 @@ def a2a_action(
         upstream=upstream,
         is_tool_call=True,
         fixed_effect=effect_for(policy, name, skill),
+        delegation=delegation,
     )

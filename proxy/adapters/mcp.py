@@ -266,6 +266,7 @@ class McpProxy:
             intent=_intent(params) if is_tool_call else None,
             resource=resource,
             prompt=action_name if method == "prompts/get" else None,
+            delegation=caller.delegation,
         )
         session = await self._session(caller, mcp_session_id, method, draft)
         action = _with_session(draft, session.session_id)

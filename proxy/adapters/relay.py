@@ -319,6 +319,8 @@ async def resolve_caller(
     except IdentityError as exc:
         if exc.integrity:
             await checker.integrity_failure(protocol, exc.reason)
+        elif exc.audited:
+            await checker.refused_caller(protocol, exc.reason)
         challenge = _challenge(settings, request, resource_path) if exc.status == 401 else None
         raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth", challenge=challenge) from None
 

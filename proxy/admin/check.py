@@ -119,6 +119,7 @@ class CheckApi:
             upstream="",
             is_tool_call=True,
             intent=summary,
+            delegation=caller.delegation,
         )
         decision = await self._checker.check(action, session)
         if decision.allowed:

@@ -217,6 +217,8 @@ class ControlApi:
             session_events=found.session_events,
             session_chain_valid=found.session_chain_valid,
             problems=found.problems,
+            calls=found.calls,
+            calls_omitted=found.calls_omitted,
         )
         return view
 

@@ -9,6 +9,7 @@ which catches records removed from the end (the one change the chain alone canno
 from __future__ import annotations
 
 import json
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,14 +28,22 @@ class SessionAudit:
     session_events: int
     session_chain_valid: bool
     problems: list[str] = field(default_factory=list)
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    """The session's latest decisions (at most MAX_CALLS): action, verdict and the delegation chain behind it."""
+    calls_omitted: int = 0
+    """Earlier decisions of the session not listed in ``calls`` (never silently dropped)."""
 
 
-def _session_id_of(line: bytes) -> Any:
+MAX_CALLS = 200
+_CALL_FIELDS = ("seq", "ts", "decision_id", "action", "effect", "decision", "tier", "delegation")
+
+
+def _record_of(line: bytes) -> dict[str, Any] | None:
     try:
         record = json.loads(line)
     except (ValueError, RecursionError):
         return None
-    return record.get("session_id") if isinstance(record, dict) else None
+    return record if isinstance(record, dict) else None
 
 
 def _hash_of(line: bytes) -> Any:
@@ -54,17 +63,23 @@ def inspect_session(path: str | Path, session_id: str, *, written_count: int, wr
     """
     needle = json.dumps(session_id).encode()
     session_lines: list[int] = []
+    calls: deque[dict[str, Any]] = deque(maxlen=MAX_CALLS)
+    decisions = 0
     seen = 0
     head_at_written: Any = None
 
     def tap(handle: IO[bytes]) -> Iterator[bytes]:
-        nonlocal seen, head_at_written
+        nonlocal seen, head_at_written, decisions
         for number, line in enumerate(handle, start=1):
             if number > written_count and not line.endswith(b"\n"):
                 return  # appended after we looked, and not complete yet
             seen = number
-            if needle in line and _session_id_of(line) == session_id:
+            record = _record_of(line) if needle in line else None
+            if record is not None and record.get("session_id") == session_id:
                 session_lines.append(number)
+                if record.get("event") == "decision":
+                    decisions += 1
+                    calls.append({k: record[k] for k in _CALL_FIELDS if k in record})
             if number == written_count:
                 head_at_written = _hash_of(line)
             yield line
@@ -91,4 +106,13 @@ def inspect_session(path: str | Path, session_id: str, *, written_count: int, wr
     session_valid = not truncated and (broken_at is None or all(n < broken_at for n in session_lines))
     if written_count and head_at_written != written_head and not truncated:
         session_valid = False
-    return SessionAudit(result.ok, result.count, result.head, len(session_lines), session_valid, problems)
+    return SessionAudit(
+        result.ok,
+        result.count,
+        result.head,
+        len(session_lines),
+        session_valid,
+        problems,
+        calls=list(calls),
+        calls_omitted=decisions - len(calls),
+    )

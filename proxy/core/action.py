@@ -64,6 +64,8 @@ class Delegation:
     scope: tuple[str, ...]
     """The narrowest scope of the chain (its last link's): tool-name globs."""
     expires_at: int
+    raw: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """The signed links themselves, for the credential that extends the chain; never audited."""
 
     @property
     def depth(self) -> int:

@@ -465,6 +465,8 @@ class Checker:
             fields["approval_id"] = decision.approval_id
         if decision.shadow_of is not None:
             fields["mode"] = "shadow"
+        if action.delegation is not None:
+            fields["delegation"] = action.delegation.record()  # every hop, never the signed links
         ids = tracing.current_ids()
         if ids is not None:
             fields["trace_id"] = ids[0]  # jump from the record to its trace
@@ -499,6 +501,14 @@ class Checker:
     def _audit_failed(self) -> None:
         self._metrics.audit_failures.inc()
         self._metrics.audit_healthy.set(0)
+
+    async def refused_caller(self, protocol: str, reason: str) -> None:
+        """A caller refused before any Action exists (a broken delegation chain): audited, never silent."""
+        event = {"event": "identity", "protocol": protocol, "decision": "deny", "reason": reason}
+        try:
+            await self.audit_event(event)
+        except AuditUnavailable:
+            log.error("a refused caller could not be audited: %s", reason)
 
     async def integrity_failure(self, protocol: str, reason: str) -> None:
         """A store record failed its HMAC: count it and leave an audit event for the operator."""

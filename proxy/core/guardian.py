@@ -47,6 +47,9 @@ class FastGuard:
                 return _deny(effect, refusal)
             if context.violations:
                 return _deny(effect, "The arguments break policy: " + "; ".join(context.violations) + ".")
+            refusal = delegation_refusal(self._policy, action)
+            if refusal is not None:
+                return _deny(effect, refusal)
         elif action.resource is not None:
             refusal = resource_refusal(self._policy, action.resource)
             if refusal is not None:
@@ -55,6 +58,34 @@ class FastGuard:
             return _read_only(action, effect, context)
         reason = f"Allowed by Fast Guard: '{name}' is a {effect.label} action."
         return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
+
+
+def delegation_refusal(policy: Policy, action: Action) -> str | None:
+    """Why the chain behind this call may not reach this tool (``delegation`` in policy), or None.
+
+    A direct call counts as a chain of depth 0 that starts at the caller. Forwarding adds a link,
+    so a chain already at ``max_hops`` cannot go on."""
+    chain = action.delegation
+    origin, depth = (chain.origin, chain.depth) if chain is not None else (action.agent_id, 0)
+    if depth + 1 > policy.delegation_max_hops:
+        return (
+            f"The delegation chain ({' -> '.join(chain.agents) if chain else origin}) already has {depth} hops; "
+            f"forwarding would make {depth + 1}, more than the {policy.delegation_max_hops} allowed (rule: max_hops)."
+        )
+    for rule in policy.delegation_rules:
+        if not rule.tools.matches(action.name):
+            continue
+        if rule.origins is not None and not rule.origins.matches(origin):
+            return (
+                f"'{action.name}' may only be reached by work that starts at {', '.join(rule.origins.patterns)}; "
+                f"this chain starts at '{origin}' (policy delegation.rules)."
+            )
+        if rule.max_depth is not None and depth > rule.max_depth:
+            return (
+                f"'{action.name}' may be reached through at most {rule.max_depth} delegation hops; this call "
+                f"arrived through {depth} (policy delegation.rules)."
+            )
+    return None
 
 
 def tool_refusal(policy: Policy, agent_id: str, session: Session, name: str) -> str | None:

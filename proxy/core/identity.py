@@ -6,12 +6,15 @@ API) resolves callers the same way.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from proxy.core.action import Delegation
 from proxy.core.policy import Policy
 from proxy.core.revocations import RevocationList
 from proxy.core.sessions import TOKEN_PREFIX, Session, SessionIntegrityError, SessionManager, token_fingerprint
@@ -30,6 +33,8 @@ class Caller:
     token_id: str | None = None  # a fingerprint of the credential, as revocations name it
     inbound_token: str | None = field(default=None, repr=False)
     """The agent's OIDC JWT: only the subject token for exchange-mode credentials, never forwarded or logged."""
+    delegation: Delegation | None = None
+    """The verified chain of a delegated credential (SPEC §3 step 3)."""
 
 
 class ExternalIdentity(Protocol):
@@ -43,6 +48,20 @@ class ExternalIdentity(Protocol):
     def expires_at(self) -> float: ...
     @property
     def token_id(self) -> str: ...
+
+
+class DelegatedIdentityLike(ExternalIdentity, Protocol):
+    @property
+    def delegation(self) -> Delegation: ...
+    @property
+    def mode(self) -> str: ...
+
+
+class DelegationVerifier(Protocol):
+    """Verifies credentials minted by trusted Wicket deployments and their chains (SPEC §3 step 3)."""
+
+    def accepts(self, token: str) -> bool: ...
+    async def identify(self, token: str) -> DelegatedIdentityLike: ...
 
 
 class TokenVerifier(Protocol):
@@ -64,11 +83,13 @@ def scope_ceiling(scopes: Sequence[str], default: Sequence[str]) -> tuple[str, .
 class IdentityError(Exception):
     """The caller cannot be admitted. ``status`` is the HTTP status an adapter should use."""
 
-    def __init__(self, status: int, reason: str, *, integrity: bool = False) -> None:
+    def __init__(self, status: int, reason: str, *, integrity: bool = False, audited: bool = False) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.integrity = integrity
+        self.audited = audited
+        """Worth an audit record of its own (a refused delegation chain), not only a 401."""
 
 
 class IdentityResolver:
@@ -82,11 +103,13 @@ class IdentityResolver:
         oidc: TokenVerifier | None = None,
         revocations: RevocationList | None = None,
         clock: Callable[[], float] = time.time,
+        federation: DelegationVerifier | None = None,
     ) -> None:
         self._sessions = sessions
         self._policy = policy
         self.revocations = revocations if revocations is not None else RevocationList()
         self._oidc = oidc
+        self._federation = federation
         self._clock = clock
 
     def use_policy(self, policy: Policy) -> None:
@@ -102,6 +125,10 @@ class IdentityResolver:
         if scheme.lower() != "bearer" or not credential:
             raise IdentityError(401, "Unsupported Authorization header: use 'Bearer <token>'.")
         if not credential.startswith(TOKEN_PREFIX):
+            oidc_issuer = getattr(self._oidc, "issuer", None)
+            if self._federation is not None and self._federation.accepts(credential):
+                if oidc_issuer is None or _issuer_of(credential) != oidc_issuer:
+                    return await self._delegated_caller(self._federation, credential)
             if self._oidc is None:
                 raise IdentityError(
                     401, "Bearer token is not a Wicket runtime token, and no OIDC issuer is configured to verify it."
@@ -118,6 +145,8 @@ class IdentityResolver:
     def admit(self, caller: Caller, session: Session) -> None:
         """Refuse a revoked agent, session or token (a set lookup: no I/O on the hot path)."""
         reason = self.revocations.reason(caller.agent_id, session.session_id, caller.token_id)
+        if reason is None and caller.delegation is not None:
+            reason = self.revocations.reason_for_chain(caller.delegation.agents, caller.delegation.link_ids)
         if reason is not None:
             raise IdentityError(401, f"Access revoked: {reason}.")
 
@@ -143,6 +172,28 @@ class IdentityResolver:
             )
         return Caller(agent_id=identity.agent_id, session=session, token_id=identity.token_id, inbound_token=token)
 
+    async def _delegated_caller(self, federation: DelegationVerifier, token: str) -> Caller:
+        """SPEC §3 step 3: one session per delegated credential, its ceiling the chain's narrowest scope."""
+        identity = await federation.identify(token)
+        chain = identity.delegation
+        digest = hashlib.sha256("\0".join((identity.agent_id, identity.token_id, *identity.scopes)).encode())
+        session_id = "ses_dlg_" + digest.hexdigest()[:32]
+        try:
+            session = await self._sessions.get(session_id)
+        except SessionIntegrityError as exc:
+            raise IdentityError(403, f"Session denied: {exc}.", integrity=True) from exc
+        if session is None:
+            ttl = min(max(identity.expires_at - self._clock(), 1.0), self._policy.session_max_ttl_seconds)
+            session = await self._sessions.create(
+                identity.agent_id,
+                scope=identity.scopes,
+                mode=identity.mode,  # type: ignore[arg-type]
+                ttl_seconds=ttl,
+                session_id=session_id,
+                origin="delegated",
+            )
+        return Caller(agent_id=identity.agent_id, session=session, token_id=identity.token_id, delegation=chain)
+
     async def session_for(self, caller: Caller, *, fresh: bool = False) -> Session:
         """The session a request runs in: the token's, else an anonymous one.
 
@@ -163,3 +214,14 @@ class IdentityResolver:
         return await self._sessions.anonymous(
             caller.agent_id, scope=policy.anonymous_scope.patterns, ttl_seconds=policy.session_ttl_seconds
         )
+
+
+def _issuer_of(token: str) -> str | None:
+    """A JWT's ``iss``, read without verifying (only to route it to the verifier that checks it)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError):
+        return None
+    issuer = claims.get("iss") if isinstance(claims, dict) else None
+    return issuer if isinstance(issuer, str) else None

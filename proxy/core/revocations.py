@@ -50,6 +50,18 @@ class RevocationList:
             return "this token has been revoked"
         return None
 
+    def reason_for_chain(self, agents: Iterable[str], link_ids: Iterable[str]) -> str | None:
+        """Why a delegation chain is refused: an agent in it, or one of its links (``wicket revoke token <jti>``)."""
+        revoked_agents = self._items["agent"]
+        for agent in agents:
+            if agent in revoked_agents:
+                return f"agent '{agent}' in the delegation chain has been revoked"
+        revoked_tokens = self._items["token"]
+        for link_id in link_ids:
+            if link_id in revoked_tokens:
+                return f"link {link_id} of the delegation chain has been revoked"
+        return None
+
     def __len__(self) -> int:
         return sum(len(v) for v in self._items.values())
 

@@ -43,7 +43,7 @@ class Session:
     created_at: float
     expires_at: float
     intent: str | None = None
-    origin: str = "token"  # "token" | "anonymous"
+    origin: str = "token"  # "token" | "anonymous" | "delegated" (a credential another Wicket minted)
     granted_by: str | None = None  # who granted read-write, for the audit trail
 
     @cached_property

@@ -28,6 +28,7 @@ import jwt
 from proxy.core.action import Action, arguments_sha256
 from proxy.core.policy import CredentialSettings, Policy, normalise_url
 from proxy.core.sessions import TOKEN_PREFIX, Session
+from proxy.credentials.delegation import act_claim, sign_link
 from proxy.credentials.exchange import CredentialError, TokenExchanger
 from proxy.credentials.keys import KeyRing
 
@@ -178,10 +179,13 @@ class CredentialBroker:
         env: Mapping[str, str],
         exchange: TokenExchanger | None,
         clock: Callable[[], float] = time.time,
+        agent_name: str | None = None,
     ) -> None:
         self._policy = policy
         self._keys = keys
         self._issuer = issuer
+        self._agent_name = agent_name
+        """The agent behind this Wicket as delegation links name it (default: the upstream's URL)."""
         self._exchange = exchange
         self._clock = clock
         self._statics: dict[tuple[str | None, str | None], _StaticSecret] = {}
@@ -208,6 +212,10 @@ class CredentialBroker:
                         f"(needed by {_where(url, tool_key)})"
                     )
                 self._client_secrets[name] = env[name].strip()
+
+    def use_policy(self, policy: Policy) -> None:
+        """A reload (credentials sections cannot change without a restart; delegation limits can)."""
+        self._policy = policy
 
     async def issue(self, action: Action, session: Session, *, inbound_token: str | None) -> IssuedCredential:
         """The credential for forwarding ``action``; raises :class:`CredentialError` (fail closed)."""
@@ -262,8 +270,36 @@ class CredentialBroker:
         }
         if tool is not None:
             claims["tool"] = tool
+        if action.is_tool_call:
+            self._extend_chain(claims, action, session, now)
         token = self._keys.sign(claims)
         return IssuedCredential("minted", {"Authorization": f"Bearer {token}"}, jti, fingerprint(token))
+
+    def _extend_chain(self, claims: dict[str, Any], action: Action, session: Session, now: int) -> None:
+        """Add the delegation chain: the links the caller presented plus one for this hop (RFC 8693 ``act`` too)."""
+        chain = action.delegation
+        previous = chain.raw if chain is not None else ()
+        if chain is not None and len(previous) != chain.depth:
+            raise CredentialError("the caller's delegation links are not available to extend the chain")
+        if len(previous) + 1 > self._policy.delegation_max_hops:
+            raise CredentialError(f"the delegation chain would exceed {self._policy.delegation_max_hops} hops")
+        exp = claims["exp"] if chain is None else min(claims["exp"], chain.expires_at)
+        link = sign_link(
+            self._keys.sign,
+            issuer=self._issuer,
+            sub=action.agent_id,
+            aud=self._agent_name or normalise_url(action.upstream),
+            scope=session.scope,
+            exp=exp,
+            previous=previous[-1] if previous else None,
+            now=now,
+        )
+        claims["exp"] = exp
+        claims["delegation"] = [*previous, link.raw]
+        if chain is not None:
+            # RFC 8693: the subject is who the work is for; act names who acts, the most recent outermost.
+            claims["sub"] = chain.origin
+            claims["act"] = act_claim(chain.agents[1:])
 
     def _static(self, settings: CredentialSettings) -> IssuedCredential:
         static = self._statics.get((settings.value_env, settings.value_file))

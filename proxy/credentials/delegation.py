@@ -69,21 +69,21 @@ def link_digest(raw: str) -> str:
 
 
 KeyLookup = Callable[[str, str | None, str], Any]
-"""(issuer, kid, alg) -> the public key to verify with; raises ChainError(rule='signature')."""
+"""(issuer, kid, alg) -> the public key to verify with, or None: an issuer (or key) not trusted here."""
 
 
 def sign_link(
-    sign: Callable[[Mapping[str, Any], Mapping[str, Any]], str],
+    sign: Callable[[Mapping[str, Any], str], str],
     *,
     issuer: str,
     sub: str,
     aud: str,
     scope: Sequence[str],
     exp: int,
-    previous: Link | None,
+    previous: str | None,
     now: int,
 ) -> Link:
-    """A new link after ``previous`` (signed by ``sign(claims, extra_headers)``)."""
+    """A new link after the compact link ``previous`` (signed by ``sign(claims, typ)``)."""
     claims = {
         "iss": issuer,
         "sub": sub,
@@ -92,9 +92,9 @@ def sign_link(
         "exp": exp,
         "iat": now,
         "jti": "lnk_" + secrets.token_urlsafe(12),
-        "prev": previous.digest if previous is not None else "",
+        "prev": link_digest(previous) if previous is not None else "",
     }
-    raw = sign(claims, {"typ": LINK_TYPE})
+    raw = sign(claims, LINK_TYPE)
     return Link(raw, issuer, sub, aud, tuple(scope), exp, claims["jti"], claims["prev"])
 
 
@@ -104,8 +104,11 @@ def covered(glob: str, allowed: Sequence[str]) -> bool:
 
 
 def narrowed(scope: Sequence[str], allowed: Sequence[str]) -> tuple[str, ...]:
-    """The globs of ``scope`` that ``allowed`` covers: how a ceiling cuts a scope down."""
-    return tuple(g for g in scope if covered(g, allowed))
+    """The intersection of two glob sets, as globs: each of ``scope``'s that ``allowed`` covers, and
+    each of ``allowed``'s that ``scope`` covers (``*`` cut by ``get_*`` is ``get_*``)."""
+    kept = [g for g in scope if covered(g, allowed)]
+    kept += [p for p in allowed if covered(p, scope) and not covered(p, kept)]
+    return tuple(dict.fromkeys(kept))
 
 
 def verify_chain(
@@ -163,6 +166,8 @@ def _verified(index: int, raw: Any, key_for: KeyLookup, now: float) -> Link:
     if not isinstance(issuer, str) or not issuer:
         raise ChainError(index, "issuer", "it names no issuer")
     key = key_for(issuer, kid if isinstance(kid, str) else None, alg)
+    if key is None:
+        raise ChainError(index, "issuer", f"signed by {issuer} with a key not trusted here (policy trust:)")
     try:
         claims = jwt.decode(
             raw,

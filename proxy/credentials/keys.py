@@ -167,6 +167,7 @@ class KeyRing:
         self._signer = _jws_signer(private_key)
         header = {"alg": published.alg, "kid": published.kid, "typ": "JWT"}  # sorted, as PyJWT writes it
         self._jwt_header = _b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
+        self._typed_headers: dict[str, bytes] = {}
 
     @classmethod
     def generate(cls, alg: str = "EdDSA", **kwargs: Any) -> KeyRing:
@@ -234,17 +235,26 @@ class KeyRing:
         self._retired = [(k, until) for k, until in self._retired if until > now]
         return {"keys": [self._active.public(), *(k.public() for k, _ in self._retired)]}
 
-    def sign(self, claims: Mapping[str, Any]) -> str:
-        """A compact JWS of ``claims`` with the active key; its ``kid`` goes in the header.
+    def sign(self, claims: Mapping[str, Any], typ: str = "JWT") -> str:
+        """A compact JWS of ``claims`` with the active key; its ``kid`` and ``typ`` go in the header.
 
         This runs for every forwarded call, so it signs with the key directly behind a header
-        encoded once per key. The token is byte for byte what ``jwt.encode`` makes of the same
-        claims (header keys sorted, claims compact in their order), without its copies and checks.
+        encoded once per key and ``typ``. The token is byte for byte what ``jwt.encode`` makes of the
+        same claims (header keys sorted, claims compact in their order), without its copies and checks.
         """
+        header = self._jwt_header if typ == "JWT" else self._typed_header(typ)
         payload = json.dumps(claims if type(claims) is dict else dict(claims), separators=(",", ":")).encode()
-        signing_input = self._jwt_header + base64.urlsafe_b64encode(payload).rstrip(b"=")
+        signing_input = header + base64.urlsafe_b64encode(payload).rstrip(b"=")
         signature = base64.urlsafe_b64encode(self._signer(signing_input)).rstrip(b"=")
         return (signing_input + b"." + signature).decode("ascii")
+
+    def _typed_header(self, typ: str) -> bytes:
+        cached = self._typed_headers.get(typ)
+        if cached is None:
+            header = {"alg": self._active.alg, "kid": self._active.kid, "typ": typ}
+            cached = _b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
+            self._typed_headers[typ] = cached
+        return cached
 
     def sign_bytes(self, payload: bytes, protected: Mapping[str, Any]) -> str:
         """A compact JWS over exact bytes (an agent card's canonical JSON): ``jwt.encode`` would

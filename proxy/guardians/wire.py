@@ -59,7 +59,7 @@ MAX_COUNT: Final = 2**53  # activity counters (JSON-safe integers)
 _EFFECTS: Final = {e.label: e for e in Effect}
 _VERDICTS: Final = {v.value: v for v in Verdict}
 _TIERS: Final = {t.value: t for t in Tier}
-_ORIGINS: Final = ("token", "anonymous")
+_ORIGINS: Final = ("token", "anonymous", "delegated")
 
 
 # --------------------------------------------------------------------------- JSON text
