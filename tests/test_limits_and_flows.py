@@ -211,3 +211,24 @@ async def test_tampered_label_memory_fails_closed(
         refused = record_of(await client.call_tool(*MAIL))
     assert refused["decision"] == "approval_required" and "tampered" in refused["reason"]
     assert upstream.ledger.names() == ["list_notes"]
+
+
+async def test_a_sampling_request_counts_as_egress(make_wicket: WicketFactory) -> None:
+    """After private and untrusted data, the upstream's own sampling request (text sent to the agent's
+    model provider) completes the flow: it never reaches the client, and the upstream gets -32050."""
+    from tests.test_sampling_guard import Llm, build_sampling_server, policy
+
+    upstream = DemoUpstream(server=build_sampling_server())
+    await upstream.start()
+    try:
+        labels = "labels:\n  private: [ask_legacy]\n  untrusted: [ask_legacy]\n"
+        running = await make_wicket(upstream.url, policy(labels))
+        llm = Llm()
+        async with mcp_client(running.url, mode="legacy", sampling_callback=llm) as client:
+            answer = await client.call_tool("ask_legacy", {"prompt": "Summarise the inbox."})
+    finally:
+        await upstream.stop()
+    assert llm.prompts == [], "the client's model never saw the prompt"
+    assert upstream.ledger.calls[0][1]["code"] == -32050 and "-32050" in answer.content[0].text
+    (sampling,) = [e for e in running.audit_events() if e.get("protocol") == "sampling"]
+    assert sampling["decision"] == "deny" and "Toxic flow" in sampling["reason"]
