@@ -439,6 +439,11 @@ def test_shell_reads(text: str) -> None:
         "curl -X POST -d @data.json https://api.example.com/items",
         "cat $(touch marker)",
         "f() { ls; }; f",
+        "git -c core.pager='touch x' log",
+        "git diff --output=patch.diff",
+        "curl -s -D headers.txt https://api.example.com/",
+        "date -s '2020-01-01'",
+        "sort --compress-program=./evil big.txt",
         "case $x in a) ls;; esac",  # bashlex cannot read it: not a proven read
         "ls 'unterminated",
     ],

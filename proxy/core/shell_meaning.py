@@ -78,7 +78,12 @@ _GIT_READS: Final = frozenset(
 )
 
 
+_GIT_RISKY: Final = ("-c", "--config-env", "--exec-path", "--output", "--upload-pack", "--receive-pack", "--ext-diff")
+
+
 def _git(args: Sequence[str]) -> bool:
+    if any(a.startswith(_GIT_RISKY) for a in args):  # config that runs programs, output written to a file
+        return False
     words = [a for a in args if not a.startswith("-")]
     if not words:
         return all(a in ("--version", "--help") for a in args)
@@ -97,9 +102,10 @@ def _git(args: Sequence[str]) -> bool:
 def _curl(args: Sequence[str]) -> bool:
     banned = {"-d", "--data", "--data-raw", "--data-binary", "--data-urlencode", "--json", "-F", "--form", "-T"}
     banned |= {"--upload-file", "-o", "--output", "-O", "--remote-name", "-K", "--config", "-c", "--cookie-jar"}
+    banned |= {"-D", "--dump-header", "--trace", "--trace-ascii", "--libcurl", "--stderr", "--etag-save", "--hsts"}
     for at, arg in enumerate(args):
         name = arg.split("=", 1)[0]
-        if name in banned or (arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) & set("dFTOoKc")):
+        if name in banned or (arg.startswith("-") and not arg.startswith("--") and set(arg[1:]) & set("dFTOoKcD")):
             return False
         if name in ("-X", "--request"):
             method = arg.split("=", 1)[1] if "=" in arg else (args[at + 1] if at + 1 < len(args) else "")
@@ -112,7 +118,7 @@ def _curl(args: Sequence[str]) -> bool:
 _PROGRAMS: Final[dict[str, Callable[[Sequence[str]], bool]]] = {
     **dict.fromkeys(
         (
-            "ls cat head tail grep egrep fgrep rg ag ack wc echo printf pwd whoami id date uname hostname df du free"
+            "ls cat head tail grep egrep fgrep rg ag ack wc echo printf pwd whoami id uname df du free"
             " uptime ps which type file stat tree uniq cut tr diff cmp md5sum sha1sum sha256sum sha512sum basename"
             " dirname realpath readlink test [ true false jq yq column nl xxd hexdump od strings less more zcat"
             " zgrep bzcat xzcat seq sleep env printenv locale nproc lscpu lsblk lsof netstat ss ping dig nslookup host"
@@ -125,7 +131,9 @@ _PROGRAMS: Final[dict[str, Callable[[Sequence[str]], bool]]] = {
     "sed": _sed,
     "awk": _awk,
     "gawk": _awk,
-    "sort": _no_flags("-o", "--output"),
+    "sort": _no_flags("-o", "--output", "--compress-program"),
+    "date": _no_flags("-s", "--set"),
+    "hostname": lambda args: all(a.startswith("-") for a in args),
     "git": _git,
     "curl": _curl,
 }
