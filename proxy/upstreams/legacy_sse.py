@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import urljoin
@@ -21,6 +20,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from proxy.adapters import jsonrpc
+from proxy.adapters.sse import SseScanner
 from proxy.httpio import read_limited
 from proxy.upstreams.channel import ChannelEnd, ChannelError, Incoming, encode
 
@@ -28,7 +28,6 @@ __all__ = ["LegacySseChannel", "LegacySseFactory", "SseParser", "display_url"]
 
 log = logging.getLogger("wicket.sse")
 
-_LINE_END = re.compile(rb"\r\n|\n|\r")
 _ACK_LIMIT = 64 * 1024  # a POST's 202 body is read (and dropped) up to this size
 
 
@@ -43,48 +42,18 @@ def _origin(url: URL) -> tuple[str, str, int | None]:
 
 
 class SseParser:
-    """Incremental Server-Sent Events parser: ``(event, data)`` per dispatched event, bounded."""
+    """``(event, data)`` per dispatched event, read by the relay's WHATWG splitter (``SseScanner``),
+    so a legacy server's stream is parsed exactly as the streams Wicket relays; bounded."""
 
     def __init__(self, max_event_bytes: int) -> None:
-        self._buffer = bytearray()
-        self._scanned = 0
+        self._scanner = SseScanner(max_event_bytes)
         self._max = max_event_bytes
-        self._event = ""
-        self._data: list[bytes] = []
-        self._size = 0
 
     def feed(self, chunk: bytes) -> list[tuple[str, bytes]]:
-        self._buffer += chunk
-        events: list[tuple[str, bytes]] = []
-        while True:
-            match = _LINE_END.search(self._buffer, self._scanned)
-            if match is None or (match.group() == b"\r" and match.end() == len(self._buffer)):
-                # No complete line yet (a trailing CR may be the first half of CRLF).
-                self._scanned = len(self._buffer) if match is None else match.start()
-                break
-            line = bytes(self._buffer[: match.start()])
-            del self._buffer[: match.end()]
-            self._scanned = 0
-            self._line(line, events)
-        if len(self._buffer) + self._size > self._max:
+        events = [(e.type, e.data.encode()) for e in self._scanner.feed(chunk) if e.data is not None]
+        if self._scanner.problem is not None:
             raise ChannelError(f"the legacy SSE MCP server sent an event over {self._max} bytes")
         return events
-
-    def _line(self, line: bytes, events: list[tuple[str, bytes]]) -> None:
-        if not line:
-            if self._data:
-                events.append((self._event or "message", b"\n".join(self._data)))
-            self._event, self._data, self._size = "", [], 0
-            return
-        if line.startswith(b":"):
-            return  # a comment (keep-alive)
-        name, _, value = line.partition(b":")
-        value = value.removeprefix(b" ")
-        if name == b"event":
-            self._event = value.decode("utf-8", errors="replace")
-        elif name == b"data":
-            self._data.append(value)
-            self._size += len(value) + 1
 
 
 class LegacySseFactory:
