@@ -314,7 +314,7 @@ _RULES: tuple[_Rule, ...] = (
         "hidden_tool_call",
         _OTHER_TOOL,
         _rx(rf"{_ADDRESSED}[^\n]{{0,160}}?\b{_CALL}\W+(?:the\W+)?{_TOOL_NAME}"),
-        hints=("ai", "assistant", "llm", "claude", "gpt", "copilot", "model", "agent", "language"),
+        hints=("ai ", "ai:", "ai,", "assistant", "llm", "claude", "gpt", "copilot", "model", "agent"),
     ),
     # Calls tied to the model's answer, not to this tool's workflow: "After you answer, call X",
     # "When you receive this result, immediately call X".
