@@ -32,6 +32,7 @@ CRD_MODELS: dict[tuple[str, str], Any] = {
     ("cert-manager.io/v1", "Certificate"): cert_manager.Certificate,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): prometheus_operator.ServiceMonitor,
     ("monitoring.coreos.com/v1", "PodMonitor"): prometheus_operator.PodMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): prometheus_operator.PrometheusRule,
 }
 EVERYTHING_ON: dict[str, Any] = {
     "image": {"digest": "sha256:" + "ab" * 32},
@@ -41,6 +42,8 @@ EVERYTHING_ON: dict[str, Any] = {
     "redis": {"enabled": True, "url": "rediss://:s3cret@redis.cache.svc:6380/0"},
     "webhook": {"failurePolicy": "Ignore", "certManager": {"enabled": "true"}, "excludedNamespaces": ["kube-system"]},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "grafanaDashboard": {"enabled": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
     "podDisruptionBudget": {"enabled": True},
     "networkPolicy": {"enabled": True},
     "guardian": {"enabled": True},
@@ -168,6 +171,7 @@ def test_every_optional_feature_renders_valid_manifests() -> None:
         "ConfigMap/agents/agent-policy",
         "ConfigMap/tools/agent-policy",
         "ConfigMap/wicket-system/agent-policy",
+        "ConfigMap/wicket-system/wicket-dashboard",
         "ConfigMap/wicket-system/wicket-injector",
         "Deployment/wicket-system/wicket-guardian",
         "Deployment/wicket-system/wicket-injector",
@@ -177,6 +181,7 @@ def test_every_optional_feature_renders_valid_manifests() -> None:
         "NetworkPolicy/wicket-system/wicket-injector",
         "PodDisruptionBudget/wicket-system/wicket-injector",
         "PodMonitor/wicket-system/wicket-sidecars",
+        "PrometheusRule/wicket-system/wicket",
         "Secret/agents/wicket-keys",
         "Secret/tools/wicket-keys",
         "Secret/wicket-system/wicket-guardian",
@@ -291,3 +296,16 @@ def test_the_charts_sidecar_settings_inject_a_valid_pod() -> None:
     assert {"name": "wicket-policy", "configMap": {"name": policy["metadata"]["name"]}} in injected["spec"]["volumes"]
     args = sidecar["args"]
     assert Path(args[args.index("--policy") + 1]).name in policy["data"]
+
+
+def test_the_dashboard_and_alerts_ship_in_the_chart_unchanged() -> None:
+    resources = render({"grafanaDashboard": {"enabled": True}, "prometheusRule": {"enabled": True}})
+    dashboard = one(resources, "ConfigMap", "wicket-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["wicket.json"]) == json.loads(
+        (CHART / "files" / "grafana-dashboard.json").read_text()
+    )
+    rule = one(resources, "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load((CHART / "files" / "prometheus-alerts.yaml").read_text())
+    for resource in (dashboard, rule):
+        check_strictly(resource)
