@@ -42,6 +42,7 @@ from proxy.adapters.relay import (
     DROP_UPSTREAM,
     Refusal,
     is_id,
+    parse_body,
     read_answer,
     read_body,
     relay_stream,
@@ -248,19 +249,7 @@ class A2AProxy:
             return {}, None
         if request.content_type not in JSON_TYPES:
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
-        try:
-            message = jsonrpc.loads(body)
-        except jsonrpc.NestingTooDeep:
-            raise Refusal(
-                400,
-                jsonrpc.INVALID_REQUEST,
-                f"Invalid Request: the body nests deeper than {jsonrpc.MAX_DEPTH} levels.",
-                reason="too_deep",
-            ) from None
-        except ValueError:
-            raise Refusal(
-                400, jsonrpc.PARSE_ERROR, "Parse error: the body is not valid JSON.", reason="parse"
-            ) from None
+        message = parse_body(body)
         if not isinstance(message, dict):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: expected one JSON object.", reason="batch")
         return message, body

@@ -35,6 +35,7 @@ from proxy.adapters.relay import (
     Refusal,
     answer_kind,
     is_id,
+    parse_body,
     read_answer,
     read_body,
     relay_json_lines,
@@ -192,19 +193,7 @@ class McpProxy:
         if request.content_type != "application/json":
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
         body = await read_body(request, self._settings.max_body_bytes, self._settings.request_timeout or None)
-        try:
-            message = jsonrpc.loads(body)
-        except jsonrpc.NestingTooDeep:
-            raise Refusal(
-                400,
-                jsonrpc.INVALID_REQUEST,
-                f"Invalid Request: the body nests deeper than {jsonrpc.MAX_DEPTH} levels.",
-                reason="too_deep",
-            ) from None
-        except ValueError:
-            raise Refusal(
-                400, jsonrpc.PARSE_ERROR, "Parse error: the body is not valid JSON.", reason="parse"
-            ) from None
+        message = parse_body(body)
         if isinstance(message, list):
             raise Refusal(
                 400,

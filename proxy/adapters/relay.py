@@ -105,6 +105,18 @@ def _log_failure(task: asyncio.Future[web.StreamResponse]) -> None:
         log.error("a request failed after its client disconnected", exc_info=task.exception())
 
 
+def parse_body(body: bytes) -> Any:
+    """A request body as JSON, or the Refusal a server would answer: -32700 for text that is not
+    JSON, -32600 for JSON nested deeper than Wicket reads."""
+    try:
+        return jsonrpc.loads(body)
+    except jsonrpc.NestingTooDeep:
+        message = f"Invalid Request: the body nests deeper than {jsonrpc.MAX_DEPTH} levels."
+        raise Refusal(400, jsonrpc.INVALID_REQUEST, message, reason="too_deep") from None
+    except ValueError:
+        raise Refusal(400, jsonrpc.PARSE_ERROR, "Parse error: the body is not valid JSON.", reason="parse") from None
+
+
 def is_id(value: Any) -> bool:
     """A JSON-RPC id Wicket may echo: a string or a number (never an object, a bool or null)."""
     return isinstance(value, str | int | float) and not isinstance(value, bool)
