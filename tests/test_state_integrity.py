@@ -4,6 +4,8 @@ unnoticed. (Tool pins have their own tests in tests/test_toolpins.py.)"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -54,6 +56,39 @@ async def test_a_clean_list_loads_without_a_problem(store: Store) -> None:
     assert loaded.problem is None
     assert loaded.items == {("agent", "mallory"), ("session", "ses_1")}
     assert sorted(await store.revocations()) == [("agent", "mallory"), ("session", "ses_1")]
+
+
+async def test_a_revocation_is_announced_before_it_is_signed_then_signed_and_persisted() -> None:
+    # Replicas act on the first announcement; the signed list and the set are written behind it.
+    store = MemoryStore()
+    heard: list[tuple[str, str, bool, bool]] = []
+    store_view = store._data  # the memory store calls listeners inline: look at what it held then
+    await store.subscribe_revocations(
+        lambda kind, ident: heard.append((kind, ident, SIGNED_KEY in store_view, (kind, ident) in store._revoked))
+    )
+    await SignedRevocations(store, SIGNER).revoke("session", "ses_early")
+    assert heard[0] == ("session", "ses_early", False, False), "announced before the list was signed"
+    assert heard[-1] == ("session", "ses_early", True, True), "announced again once signed and persisted"
+    loaded = await SignedRevocations(store, SIGNER).load()
+    assert loaded.problem is None and ("session", "ses_early") in loaded.items
+
+
+async def test_announce_reaches_subscribers_without_persisting(store: Store) -> None:
+    heard: list[tuple[str, str]] = []
+    arrived = asyncio.Event()
+
+    def listener(kind: str, ident: str) -> None:
+        heard.append((kind, ident))
+        arrived.set()
+
+    await store.subscribe_revocations(listener)
+    for _ in range(50):  # the Redis listener subscribes in the background: announce until it hears
+        await store.announce("agent", "eve")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(arrived.wait(), 0.1)
+            break
+    assert heard and set(heard) == {("agent", "eve")}
+    assert await store.revocations() == [], "announce() persists nothing: revoke() does"
 
 
 async def test_a_revocation_deleted_from_the_set_is_detected_enforced_and_put_back(store: Store) -> None:

@@ -90,7 +90,15 @@ class SignedRevocations:
         self._version = 0  # the highest version of the signed list this process saw
 
     async def revoke(self, kind: str, ident: str) -> None:
-        """Sign the entry into the list, then persist and announce it (``Store.revoke``)."""
+        """Announce the entry, sign it into the list, then persist and announce it again (``Store.revoke``).
+
+        The first announcement goes out before the signed list is read and written (two round
+        trips and an HMAC over the whole list), so replicas stop admitting the revoked access
+        without waiting for that bookkeeping. A revocation only ever takes access away, and a
+        replica keeps enforcing what it was told (``load(known)``), so announcing early cannot
+        let anything through; if the signing fails, the caller hears of it and retries.
+        """
+        await self._store.announce(kind, ident)
         for _ in range(_CAS_ATTEMPTS):
             raw = await self._store.get(SIGNED_KEY)
             signed, version, _ = self._decode(raw)

@@ -60,6 +60,10 @@ class Store(Protocol):
     async def revoke(self, kind: str, ident: str) -> None:
         """Persist a revocation and announce it to every replica (``subscribe_revocations``)."""
 
+    async def announce(self, kind: str, ident: str) -> None:
+        """Announce a revocation without persisting it: replicas enforce it at once, while the
+        signed list and the persisted set (``revoke``) are written behind it."""
+
     async def revocations(self) -> list[tuple[str, str]]:
         """Every persisted revocation, for start-up and the periodic resync."""
 

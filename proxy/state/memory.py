@@ -105,6 +105,9 @@ class MemoryStore:
 
     async def revoke(self, kind: str, ident: str) -> None:
         self._revoked.add((kind, ident))
+        await self.announce(kind, ident)
+
+    async def announce(self, kind: str, ident: str) -> None:
         for listener in self._revocation_listeners:
             listener(kind, ident)
 

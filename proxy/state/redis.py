@@ -384,6 +384,10 @@ class RedisStore:
         member = f"{kind}\0{ident}"
         await self._run(lambda: self._persist_and_announce(member))
 
+    async def announce(self, kind: str, ident: str) -> None:
+        member = f"{kind}\0{ident}"
+        await self._run(lambda: self._client.publish(self._revocations_key, member))
+
     async def _persist_and_announce(self, member: str) -> None:
         """SADD and PUBLISH in one round trip (a transaction where the client supports one)."""
         if isinstance(self._client, RedisCluster):
