@@ -210,6 +210,8 @@ def test_sql_effects_reports_every_kind() -> None:
         ("SELECT set_config('search_path', 'evil', false)", Effect.MUTATING),
         ("SELECT my_schema.archive_everything()", Effect.MUTATING),  # a user function can do anything
         ("SELECT evil.lower(name) FROM users", Effect.MUTATING),  # a known name in another schema
+        ("SELECT NEXT VALUE FOR invoice_seq", Effect.MUTATING),
+        ("SELECT * FROM read_csv('/etc/passwd')", Effect.ADMIN),
         # hidden in subqueries, unions, CTEs, EXPLAIN ANALYZE
         ("SELECT id FROM t WHERE id IN (SELECT pg_terminate_backend(1))", Effect.DESTRUCTIVE),
         ("SELECT 1 UNION ALL SELECT lo_unlink(7)", Effect.DESTRUCTIVE),

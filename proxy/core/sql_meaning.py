@@ -280,6 +280,10 @@ def _query(tree: exp.Expression) -> Iterable[tuple[Effect, str]]:
             yield _M, "SELECT INTO"
         elif isinstance(node, exp.Anonymous):
             yield from _function(node)
+        elif isinstance(node, exp.NextValueFor):
+            yield _M, "NEXT VALUE FOR"  # advances a sequence
+        elif isinstance(node, exp.Func) and type(node).__name__.startswith("Read"):
+            yield _A, "call reading files on the database server"  # read_csv, read_parquet, ...
         elif isinstance(node, exp.Expression) and not isinstance(node, exp.Query | exp.Values):
             for kind, effect, label in _STATEMENTS:
                 if isinstance(node, kind):
