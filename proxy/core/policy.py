@@ -168,10 +168,14 @@ class UpstreamRule:
     """A stdio upstream: environment variables its children get beyond the allowlist."""
 
 
+@functools.lru_cache(maxsize=512)
 def normalise_url(url: str) -> str:
     """Canonical form for comparing upstream URLs: lower-case scheme and host, no default port,
     no trailing slash. Configs and policies are written by different people, so
-    ``HTTP://Host:80/mcp/`` and ``http://host/mcp`` must be the same upstream."""
+    ``HTTP://Host:80/mcp/`` and ``http://host/mcp`` must be the same upstream.
+
+    Pure, and asked for the same few upstream URLs on every call (credential audiences, routing),
+    so the answers are remembered."""
     text = url.strip()
     try:
         parts = urlsplit(text)
