@@ -391,3 +391,38 @@ async def test_secrets_in_sampling_prompts(
     else:
         assert llm.prompts == [] and "secrets" in str(outcome), "never shown to the model unmasked"
     assert all(GITHUB not in prompt for prompt in llm.prompts)
+
+
+ISSUE_POLICY = """version: 1
+data_protection:
+  secrets: {arguments: deny, results: mask}          # mask | deny | audit | off
+  pii:
+    kinds: [email, phone, credit_card, iban]
+    arguments: audit
+    results: mask
+limits:
+  - match: {agents: ["*"], tools: ["send_*"]}
+    rate: 5/minute
+    per: agent                                        # agent | session | tool
+labels:
+  private: ["query_db", "read_*"]
+  untrusted: ["fetch_url"]
+  egress: ["send_*", "post_*"]
+flows:
+  - seen: [private, untrusted]
+    call: egress
+    action: deny                                      # deny | approval_required
+"""
+
+
+def test_the_documented_policy_keys_load_as_written() -> None:
+    policy = parse_policy_text(ISSUE_POLICY)
+    reads = policy.protection.plan("arguments", "u", "search", Effect.READ)
+    assert reads.actions["github_token"] == "deny" and reads.actions["email"] == "audit"
+    assert "national_id" not in reads.actions and "ip_address" not in reads.actions
+    (limit,) = policy.limits
+    assert limit.per == "agent" and limit.windows[0].limit == 5 and limit.windows[0].seconds == 60.0
+    assert policy.labelling.labels_for("read_mail", Effect.READ, None) == {"private"}
+    assert policy.labelling.labels_for("send_email", Effect.MUTATING, None) == {"egress"}
+    (rule,) = policy.labelling.flows
+    assert rule.seen == {"private", "untrusted"} and rule.call == "egress" and rule.action == "deny"
