@@ -189,3 +189,21 @@ async def test_headers_that_trickle_in_are_cut_off_with_408(upstream: DemoUpstre
         writer.close()
     assert status_line.startswith(b"HTTP/1.1 408")
     assert upstream.ledger.names() == []
+
+
+async def test_a_second_request_that_trickles_in_on_a_kept_alive_connection_is_cut_off(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    running = await make_wicket(upstream.url, request_timeout=0.5)
+    reader, writer = await asyncio.open_connection("127.0.0.1", running.wicket.data_port)
+    try:
+        writer.write(b"GET /.well-known/jwks.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        await writer.drain()
+        assert (await asyncio.wait_for(reader.readline(), 30)).startswith(b"HTTP/1.1 200")
+        writer.write(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")  # the next request never completes
+        await writer.drain()
+        # read() returns only at EOF: Wicket closes the connection (else the wait fails the test).
+        await asyncio.wait_for(reader.read(), 30)
+    finally:
+        writer.close()
+    assert upstream.ledger.names() == []
