@@ -13,6 +13,7 @@ tasks from ``ListTasks`` and rewrites an extended agent card. The public card is
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
@@ -54,6 +55,7 @@ from proxy.core import injection
 from proxy.core.action import Action, Decision, Effect, Verdict
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
+from proxy.core.protection import INLINE_SCAN_BYTES, outcome_record
 from proxy.core.sessions import Session
 from proxy.credentials import CredentialBroker, CredentialError, IssuedCredential, KeyRing
 from proxy.settings import Settings
@@ -126,9 +128,11 @@ class _Exchange:
     call: A2ACall
     session: Session
     caller: Caller
+    action: Action
     status: str = "success"
     detail: str | None = None
     claimed: set[str] = dataclasses.field(default_factory=set)
+    scans: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # data-protection findings
 
     def failed(self, detail: str) -> None:
         self.status = "error"
@@ -318,7 +322,7 @@ class A2AProxy:
                     "url": without_query(url),
                 }
             )
-        return await self._forward(request, _Exchange(call, session, caller), action, decision)
+        return await self._forward(request, _Exchange(call, session, caller, action), action, decision)
 
     # -- task ownership ---------------------------------------------------------------------------
 
@@ -385,6 +389,7 @@ class A2AProxy:
             duration=elapsed,
             detail=exchange.detail,
             credential=issued[-1].audit() if issued else None,
+            data=outcome_record(exchange.scans),
         )
         return response
 
@@ -424,7 +429,8 @@ class A2AProxy:
     # -- screening answers -----------------------------------------------------------------------
 
     async def _screen(self, text: str | bytes, exchange: _Exchange, public_base: str | None = None) -> bytes | None:
-        """Claim created tasks, hide others' tasks from a list, rewrite an extended card."""
+        """Claim created tasks, hide others' tasks from a list, rewrite an extended card, and screen
+        the parts of the messages and artifacts in the answer for secrets and personal data."""
         try:
             message = jsonrpc.loads(text)
         except jsonrpc.NestingTooDeep:
@@ -432,11 +438,7 @@ class A2AProxy:
             exchange.failed(f"upstream message nested deeper than {jsonrpc.MAX_DEPTH} levels")
             self._metrics.upstream_errors.labels(PROTOCOL, "too_deep").inc()
             reason = f"The agent's answer nests deeper than {jsonrpc.MAX_DEPTH} levels; Wicket did not relay it."
-            if exchange.call.rest:
-                return jsonrpc.dumps(
-                    {"type": "about:blank", "title": "Refused by Wicket", "status": 502, "detail": reason}
-                )
-            return jsonrpc.error_body(jsonrpc.INTERNAL_ERROR, reason, request_id=exchange.call.request_id)
+            return _withheld(exchange.call, 502, jsonrpc.INTERNAL_ERROR, reason)
         except ValueError:
             return None
         if not isinstance(message, dict):
@@ -455,19 +457,17 @@ class A2AProxy:
             result = message.get("result")
         if not isinstance(result, dict):
             return None
+        changed: dict[str, Any] | None = None
         if call.name in SENDS:
             for task_id in _created_tasks(result):
                 await self._claim(task_id, exchange)
-            return None
-        if call.name == "ListTasks":
+        elif call.name == "ListTasks":
             kept = await self._owned_tasks(result, exchange)
-            if kept is None:
-                return None
-            filtered = {**result, "tasks": kept}
-            if "totalSize" in filtered:
-                filtered["totalSize"] = len(kept)
-            return jsonrpc.dumps(filtered if call.rest else {**message, "result": filtered})
-        if call.name == "GetExtendedAgentCard" and public_base is not None:
+            if kept is not None:
+                changed = {**result, "tasks": kept}
+                if "totalSize" in changed:
+                    changed["totalSize"] = len(kept)
+        elif call.name == "GetExtendedAgentCard" and public_base is not None:
             try:
                 card = self._cards.rewrite(result, public_base)
             except CardError as exc:
@@ -476,7 +476,34 @@ class A2AProxy:
                     502, jsonrpc.UPSTREAM_UNAVAILABLE, f"Wicket cannot serve the agent card: {exc}."
                 ) from None
             return jsonrpc.dumps(card if call.rest else {**message, "result": card})
-        return None
+        masked = await self._protect(changed or result, exchange, len(text))
+        if isinstance(masked, bytes):
+            return masked
+        if masked is not None:
+            changed = masked
+        if changed is None:
+            return None
+        return jsonrpc.dumps(changed if call.rest else {**message, "result": changed})
+
+    async def _protect(self, result: dict[str, Any], exchange: _Exchange, size: int) -> dict[str, Any] | bytes | None:
+        """Data protection of an answer, as an MCP tool result gets it: the masked answer (None: unchanged).
+        Under ``deny`` a unary answer becomes Wicket's refusal, a stream event Wicket's error (the bytes)."""
+        checker = self._checker
+        if size > INLINE_SCAN_BYTES:  # a long answer is scanned off the event loop
+            found, masked = await asyncio.to_thread(checker.screen_result, exchange.action, "a2a", result)
+        else:
+            found, masked = checker.screen_result(exchange.action, "a2a", result)
+        if not found:
+            return None
+        exchange.scans.append(found.record())
+        if not found.denied:
+            return masked
+        why = found.incomplete or f"it carries {found.summary()}"
+        reason = f"Wicket withheld the agent's answer: {why} (policy data_protection results: deny)."
+        if exchange.call.name not in STREAMS:
+            raise Refusal(403 if exchange.call.rest else 200, jsonrpc.DENIED, reason, reason="data_protection")
+        exchange.failed("answer withheld by data protection")
+        return _withheld(exchange.call, 403, jsonrpc.DENIED, reason)
 
     async def _owned_tasks(self, result: dict[str, Any], exchange: _Exchange) -> list[Any] | None:
         tasks = result.get("tasks")
@@ -603,6 +630,13 @@ def _error_info(reason: str, domain: str, metadata: dict[str, Any]) -> list[dict
     """A2A 1.0 error details: a google.rpc.ErrorInfo (string metadata) that a 1.x client exposes."""
     strings = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     return [{"@type": ERROR_INFO, "reason": reason, "domain": domain, "metadata": strings}]
+
+
+def _withheld(call: A2ACall, status: int, code: int, reason: str) -> bytes:
+    """What a caller gets in place of an answer (or one stream event) Wicket will not relay."""
+    if call.rest:
+        return jsonrpc.dumps({"type": "about:blank", "title": "Refused by Wicket", "status": status, "detail": reason})
+    return jsonrpc.error_body(code, reason, request_id=call.request_id)
 
 
 def _denial(call: A2ACall, decision: Decision) -> web.Response:

@@ -50,6 +50,7 @@ from proxy.core.checker import Checker
 from proxy.core.guardian import resource_refusal, resources_restricted, tool_refusal
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
 from proxy.core.policy import Policy
+from proxy.core.protection import INLINE_SCAN_BYTES, outcome_record
 from proxy.core.sessions import Session, SessionIntegrityError, SessionManager
 from proxy.core.tasks import TaskOwners, task_id_of
 from proxy.core.toolpins import ToolPins
@@ -102,7 +103,6 @@ SERVER_REQUESTS = {"sampling/createMessage": "sampling", "elicitation/create": P
 SERVER_REQUEST_EFFECTS = {"sampling/createMessage": Effect.MUTATING, "elicitation/create": Effect.READ}
 # Client requests whose results data protection scans, and how to read them.
 RESULT_KINDS = {"tools/call": "tool", "resources/read": "resource"}
-_INLINE_SCAN_BYTES = 256 * 1024
 # Methods whose target travels in ``Mcp-Name`` (2026-07-28) and in this body parameter.
 NAME_PARAMS = {"tools/call": "name", "resources/read": "uri", "prompts/get": "name"}
 # Requests that touch one resource: its URI is audited and checked against the policy's ``resources``.
@@ -719,7 +719,7 @@ class McpProxy:
         -32050 error for its request instead of the result."""
         assert exchange.action is not None and exchange.method is not None
         kind = RESULT_KINDS[exchange.method]
-        if exchange.size > _INLINE_SCAN_BYTES:  # a long result is scanned off the event loop
+        if exchange.size > INLINE_SCAN_BYTES:  # a long result is scanned off the event loop
             found, masked = await asyncio.to_thread(self._checker.screen_result, exchange.action, kind, result)
         else:
             found, masked = self._checker.screen_result(exchange.action, kind, result)
@@ -952,9 +952,7 @@ class _Exchange:
 
     def data_protection(self) -> dict[str, Any] | None:
         """The outcome audit's ``data_protection``: one scan's record, or all of them."""
-        if not self.scans:
-            return None
-        return self.scans[0] if len(self.scans) == 1 else {"scans": self.scans}
+        return outcome_record(self.scans)
 
     @property
     def modern(self) -> bool:

@@ -300,8 +300,9 @@ class Checker:
 
     def screen_result(self, action: Action, kind: str, payload: Mapping[str, Any]) -> tuple[Findings, Any]:
         """Secrets and personal data in what the upstream sent back for ``action``: a tool result
-        (``kind`` "tool"), ``resources/read`` contents ("resource") or a sampling request's
-        params ("sampling"). Returns the findings and the masked payload (None: unchanged). Pure CPU."""
+        (``kind`` "tool"), ``resources/read`` contents ("resource"), a sampling request's
+        params ("sampling") or an A2A answer ("a2a"). Returns the findings and the masked payload
+        (None: unchanged). Pure CPU."""
         plan = self._policy.protection.plan("results", action.upstream, action.name)
         if not plan.active:
             return Findings("results"), None
@@ -309,6 +310,8 @@ class Checker:
             found, masked = self.scanner.tool_result(payload, plan)
         elif kind == "resource":
             found, masked = self.scanner.resource_contents(payload, plan)
+        elif kind == "a2a":
+            found, masked = self.scanner.a2a_answer(payload, plan)
         else:
             found, masked = self.scanner.sampling(payload, plan)
         if found:

@@ -27,6 +27,8 @@ _RANK: Final = {"off": 0, "audit": 1, "mask": 2, "deny": 3}
 BY_EFFECT: Final = "by_effect"
 """The default for secrets in arguments: ``deny`` for a mutating or higher tool, ``audit`` for a read."""
 _MAX_FINGERPRINTS = 10
+INLINE_SCAN_BYTES: Final = 256 * 1024
+"""A longer answer is scanned off the event loop (a thread), so other calls are not held up."""
 SECRET_KINDS: Final = (*detectors.SECRET_KINDS, "secret_field")
 """``secret_field``: a high-entropy value (any value, for a password) under a key-like JSON key."""
 
@@ -173,6 +175,14 @@ class Findings:
         return out
 
 
+def outcome_record(records: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The outcome audit's ``data_protection`` for one forward: its one scan's record, or all of
+    them (a stream is scanned event by event)."""
+    if not records:
+        return None
+    return records[0] if len(records) == 1 else {"scans": list(records)}
+
+
 class Scanner:
     """Finds and masks in MCP payloads under a Plan; fingerprints are keyed (HMAC), so the audit
     log can say "the same value as before" without letting anyone test guesses against it."""
@@ -237,7 +247,55 @@ class Scanner:
 
         return findings, self._guarded(walk, findings)
 
+    def a2a_answer(self, answer: Mapping[str, Any], plan: Plan) -> tuple[Findings, dict[str, Any] | None]:
+        """An A2A answer (a JSON-RPC result, a REST body or one stream event, 1.0 or 0.3): the parts
+        of every message and artifact in it, wherever they sit (a task's status message, history
+        and artifacts, an update event, a listed task)."""
+        findings = Findings("results")
+        if not plan.active:
+            return findings, None
+        return findings, self._guarded(lambda: self._a2a(answer, plan, findings), findings)
+
     # -- the walk ---------------------------------------------------------------------------
+
+    def _a2a(self, value: Any, plan: Plan, findings: Findings) -> Any:
+        """Any JSON value of an A2A answer: a ``parts`` list has its parts scanned, everything else is
+        searched for more of them (identifiers, states and timestamps are not text anyone wrote)."""
+        if isinstance(value, dict):
+            out: dict[str, Any] | None = None
+            for name, item in value.items():
+                if name == "parts" and isinstance(item, list):
+                    new = self._list(item, self._part, plan, findings)
+                elif isinstance(item, dict | list):
+                    new = self._a2a(item, plan, findings)
+                else:
+                    continue
+                if new is not None:
+                    if out is None:
+                        out = dict(value)
+                    out[name] = new
+            return out
+        if isinstance(value, list):
+            return self._list(value, self._a2a, plan, findings)
+        return None
+
+    def _part(self, part: Any, plan: Plan, findings: Findings) -> Any:
+        """One A2A part: text, structured ``data`` (key-aware, like ``structuredContent``) and file
+        URLs (1.0 ``url``, 0.3 ``file.uri``). File bytes are media, not scanned, like MCP images."""
+        if not isinstance(part, dict):
+            return None
+        out = self._fields(part, ("text", "url"), plan, findings)
+        data = part.get("data")
+        if isinstance(data, dict | list):
+            masked = self._value(data, None, plan, findings)
+            if masked is not None:
+                out = {**(out or part), "data": masked}
+        file = part.get("file")
+        if isinstance(file, dict):
+            new = self._fields(file, ("uri",), plan, findings)
+            if new is not None:
+                out = {**(out or part), "file": new}
+        return out
 
     @staticmethod
     def _guarded(walk: Any, findings: Findings) -> Any:
