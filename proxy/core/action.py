@@ -29,6 +29,11 @@ class Effect(enum.IntEnum):
     def label(self) -> str:
         return self.name.lower()
 
+    @property
+    def with_article(self) -> str:
+        """``a read``, ``an admin``: for reasons written as sentences."""
+        return ("an " if self is Effect.ADMIN else "a ") + self.label
+
     @classmethod
     def parse(cls, text: str) -> Effect:
         try:

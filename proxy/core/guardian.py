@@ -56,7 +56,7 @@ class FastGuard:
                 return _deny(effect, refusal)
         if effect is not Effect.READ and session.read_only and not action.server_initiated:
             return _read_only(action, effect, context)
-        reason = f"Allowed by Fast Guard: '{name}' is a {effect.label} action."
+        reason = f"Allowed by Fast Guard: '{name}' is {effect.with_article} action."
         return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
 
 
@@ -163,15 +163,15 @@ def _read_only(action: Action, effect: Effect, context: ReviewContext) -> Decisi
             + _ADMIN_ADVICE,
         )
     if not action.is_tool_call:
-        return _deny(effect, f"This session is read-only and '{action.method}' is a {effect.label} request.")
+        return _deny(effect, f"This session is read-only and '{action.method}' is {effect.with_article} request.")
     if action.label in context.elevated:
-        reason = f"Allowed by Fast Guard under an operator-approved elevation: '{name}' is a {effect.label} action."
+        reason = f"Allowed by Fast Guard under an operator-approved elevation: '{name}' is {effect.with_article} action."
         return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
     return Decision(
         Verdict.APPROVAL_REQUIRED,
         effect,
         Tier.FAST,
-        f"This session is read-only and '{name}' is a {effect.label} action: it needs a human-approved, "
+        f"This session is read-only and '{name}' is {effect.with_article} action: it needs a human-approved, "
         "time-boxed elevation.",
     )
 
