@@ -165,7 +165,8 @@ def _read_only(action: Action, effect: Effect, context: ReviewContext) -> Decisi
     if not action.is_tool_call:
         return _deny(effect, f"This session is read-only and '{action.method}' is {effect.with_article} request.")
     if action.label in context.elevated:
-        reason = f"Allowed by Fast Guard under an operator-approved elevation: '{name}' is {effect.with_article} action."
+        kind = effect.with_article
+        reason = f"Allowed by Fast Guard under an operator-approved elevation: '{name}' is {kind} action."
         return Decision(Verdict.ALLOW, effect, Tier.FAST, reason)
     return Decision(
         Verdict.APPROVAL_REQUIRED,
