@@ -49,6 +49,7 @@ format: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py --stores memory,redis
 	$(BIN)/python bench/revocation.py
+	$(BIN)/python bench/revocation.py --load 8
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(NODE_DIR)/node_modules

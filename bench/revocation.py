@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import secrets
 import shutil
@@ -35,7 +36,7 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,21 +152,42 @@ def call_body(call_id: int) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": call_id, "method": "tools/call", "params": params}).encode()
 
 
-def call_headers(token: str) -> dict[str, str]:
-    return {
+def call_headers(token: str | None) -> dict[str, str]:
+    headers = {
         "Content-Type": "application/json",
         "Accept": "application/json, text/event-stream",
-        "Authorization": f"Bearer {token}",
         "MCP-Protocol-Version": MODERN,
         "Mcp-Method": "tools/call",
         "Mcp-Name": TOOL,
     }
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token}"
+    return headers
 
 
-async def one_call(http: aiohttp.ClientSession, url: str, token: str, call_id: int) -> None:
+async def one_call(http: aiohttp.ClientSession, url: str, token: str | None, call_id: int) -> None:
     async with http.post(url, data=call_body(call_id), headers=call_headers(token)) as resp:
         raw = await resp.read()
         check_result(resp.status, resp.content_type, raw, call_id)
+
+
+@dataclass
+class Load:
+    """Background calls (anonymous reads) on both replicas while revocations are measured."""
+
+    calls: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    async def run(self, http: aiohttp.ClientSession, url: str, ids: Iterator[int], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await one_call(http, url, None, next(ids))
+                self.calls += 1
+            except (CallFailed, aiohttp.ClientError, TimeoutError) as exc:
+                if len(self.failures) < 5:
+                    self.failures.append(str(exc))
+                if len(self.failures) >= 5:
+                    return
 
 
 @dataclass
@@ -379,12 +401,21 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dic
     follower = asyncio.create_task(announcements.follow(redis, ready))
     http_a, http_b = client(), [client() for _ in range(args.pollers)]
     runs: list[Iteration] = []
+    load, stop_load = Load(), asyncio.Event()
+    load_clients = [client() for _ in range(args.load)]
+    load_ids = itertools.count(10_000_000)
+    loaders: list[asyncio.Task[None]] = []
     try:
         await asyncio.wait_for(ready.wait(), 5)
         for i in range(args.warmup):  # unmeasured: connections, caches and both replicas' code paths
             await measure_once(http_a, http_b, a, b, admin_token, args.timeout, announcements, i)
-        print(f"replicas A and B ready; {args.iterations} revocations", flush=True)
+        loaders = [  # half on each replica: B polls and A revokes while both serve other calls
+            asyncio.create_task(load.run(http, (a, b)[n % 2].data, load_ids, stop_load))
+            for n, http in enumerate(load_clients)
+        ]
+        print(f"replicas A and B ready; {args.iterations} revocations; load: {args.load} connections", flush=True)
         t_start = time.perf_counter()
+        load_start = load.calls
         for i in range(args.iterations):
             runs.append(
                 await measure_once(http_a, http_b, a, b, admin_token, args.timeout, announcements, args.warmup + i + 1)
@@ -392,7 +423,14 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dic
             for p in procs:
                 p.check_alive()
         measured = time.perf_counter() - t_start
+        load_calls = load.calls - load_start
+        if load.failures:
+            raise BenchError("background load calls failed: " + "; ".join(load.failures))
     finally:
+        stop_load.set()
+        await asyncio.gather(*loaders, return_exceptions=True)
+        for http in load_clients:
+            await http.close()
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
         await redis.aclose()
@@ -409,6 +447,8 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dic
             "poll": f"tools/call {TOOL} with the session's token, {MODERN} stateless, JSON",
             "measured_seconds": measured,
             "announcement_errors": announcements.error,
+            "load_connections": args.load,
+            "load_calls_per_s": load_calls / measured if measured > 0 else 0.0,
         },
         **summarise(runs),
         "samples_ms": [
@@ -429,6 +469,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--iterations", type=int, default=200, help="revocations measured (default 200)")
     p.add_argument("--warmup", type=int, default=5, help="unmeasured revocations first (default 5)")
     p.add_argument("--pollers", type=int, default=1, help="connections polling B back to back (default 1)")
+    p.add_argument(
+        "--load",
+        type=int,
+        default=0,
+        help="connections sending anonymous reads back to back, half to each replica, while revocations are "
+        "measured (default 0: idle replicas)",
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="seconds B may keep accepting a revoked token")
     p.add_argument("--redis-server", default="redis-server", help="redis-server binary (default: from PATH)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -436,7 +483,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for everything to become ready")
     p.add_argument("--max-seconds", type=float, default=240.0, help="hard limit for the whole run (default 240)")
     args = p.parse_args(argv)
-    if args.iterations < 1 or args.pollers < 1 or args.warmup < 0 or args.timeout <= 0:
+    if args.iterations < 1 or args.pollers < 1 or args.warmup < 0 or args.timeout <= 0 or args.load < 0:
         p.error("--iterations, --pollers and --timeout must be positive, --warmup not negative")
     if shutil.which(args.redis_server) is None:
         p.error(f"redis-server binary {args.redis_server!r} not found")
@@ -474,6 +521,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\n{m['date']}  nproc={m['nproc']}  python {m['python']}  {m['cpu']}\n"
         f"{c['iterations']} revocations (after {c['warmup']} unmeasured), {c['pollers']} poller(s) on B; "
         f"poll: {c['poll']}\n"
+        f"load: {c['load_connections']} connections of anonymous reads, half on each replica "
+        f"({c['load_calls_per_s']:.0f} calls/s while measured)\n"
     )
     print(render(result))
     if c["announcement_errors"]:
