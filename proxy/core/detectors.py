@@ -6,8 +6,8 @@ formats the vendors document), compiled here instead of calling that library: it
 per-line plugin loop costs about 2.5 ms per KB, over a hundred times the budget of a
 sidecar that scans every tool result. Speed comes from a literal pre-filter: every
 pattern is tried only when a substring it cannot match without (``AKIA``, ``ghp_``,
-``-----BEGIN``, ``://``) occurs in the text, and ``str.__contains__`` is a C memory
-search. Text with none of them costs a few substring searches per KB.
+``-----BEGIN``, ``://``) occurs in the text, and which of them occur is one Aho-Corasick
+pass (``ahocorasick-rs``) over the text and one over its lower-case form.
 
 Personal data is validated, not just matched: card numbers must pass Luhn and have a
 known issuer prefix, IBANs their ISO 7064 check digits (``python-stdnum``), national ids
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
+import ahocorasick_rs
 import phonenumbers
 from stdnum import iban, luhn
 from stdnum.be import nn as be_nn
@@ -176,7 +177,7 @@ SECRET_DETECTORS: Final[tuple[Detector, ...]] = (
     ),
     Detector(
         "github_token",
-        (),
+        ("ghp_", "gho_", "ghu_", "ghs_", "ghr_"),  # only to know whether to look: ``finder`` finds them
         _c(r"\bgh[pousr]_[A-Za-z0-9]{36,255}\b"),
         gate=("_",),
         finder=_c(r"gh[pousr]_"),
@@ -418,11 +419,16 @@ def find(
     phone_region: str | None = None,
 ) -> list[Span]:
     """Every finding in ``text``, sorted; of overlapping findings the earliest (then longest) stays."""
-    lowered: str | None = None
+    lowered = text.lower()
+    if len(lowered) != len(text):  # non-ASCII case mapping moved the offsets
+        lowered = text
+    present = _triggers_in(text, lowered)
     spans: list[Span] = []
     gates: dict[tuple[str, ...], bool] = {(): True}
     runs: list[tuple[int, int, str, int]] | None = None  # number-like runs: start, end, text, digits
     for detector in detectors:
+        if detector.triggers and present.isdisjoint(detector.triggers):
+            continue
         gate = gates.get(detector.gate)
         if gate is None:
             gate = gates[detector.gate] = any(g in text for g in detector.gate)
@@ -436,12 +442,10 @@ def find(
             _match_around(detector, text, regions, spans)
             continue
         if detector.scans:
-            if detector.lowered and lowered is None:
-                lowered = text.lower()
-                if len(lowered) != len(text):  # non-ASCII case mapping moved the offsets
-                    lowered = text
             haystack = lowered if detector.lowered else text
-            for scan in detector.scans:
+            for trigger, scan in zip(detector.triggers, detector.scans, strict=True):
+                if trigger not in present:
+                    continue
                 for match in scan.finditer(haystack):
                     begin, finish = match.span(1)
                     value = text[begin:finish]
@@ -461,16 +465,11 @@ def find(
         if not detector.triggers:
             _match_all(detector, text, 0, len(text), spans)
             continue
-        if detector.lowered:
-            if lowered is None:
-                lowered = text.lower()
-                if len(lowered) != len(text):  # non-ASCII case mapping moved the offsets
-                    lowered = text
-            haystack = lowered
-        else:
-            haystack = text
+        haystack = lowered if detector.lowered else text
         done = 0  # where the previous window ended: a match is never reported twice
         for trigger in detector.triggers:
+            if trigger not in present:
+                continue
             position = haystack.find(trigger)
             while position >= 0:
                 end = len(text) if detector.reach == 0 else min(len(text), position + detector.reach)
@@ -497,6 +496,24 @@ def find(
         if span.start >= kept[-1].end:
             kept.append(span)
     return kept
+
+
+def _trigger_automata() -> tuple[ahocorasick_rs.AhoCorasick, list[str], ahocorasick_rs.AhoCorasick, list[str]]:
+    cased = sorted({t for d in (*SECRET_DETECTORS, *PII_DETECTORS) if not d.lowered for t in d.triggers})
+    lowered = sorted({t for d in (*SECRET_DETECTORS, *PII_DETECTORS) if d.lowered for t in d.triggers})
+    return ahocorasick_rs.AhoCorasick(cased), cased, ahocorasick_rs.AhoCorasick(lowered), lowered
+
+
+_CASED, _CASED_WORDS, _LOWERED, _LOWERED_WORDS = _trigger_automata()
+
+
+def _triggers_in(text: str, lowered: str) -> set[str]:
+    """Which triggers occur in the text (case-sensitive ones) or its lower-case form: one Aho-Corasick
+    pass each (``ahocorasick-rs``), instead of one substring search per trigger, so a detector none of
+    whose triggers occur costs nothing. Overlapping matches: ``sk-`` is still seen inside ``sk-ant-``."""
+    found = {_CASED_WORDS[i] for i, _, _ in _CASED.find_matches_as_indexes(text, overlapping=True)}
+    found.update(_LOWERED_WORDS[i] for i, _, _ in _LOWERED.find_matches_as_indexes(lowered, overlapping=True))
+    return found
 
 
 def _number_runs(text: str) -> list[tuple[int, int, str, int]]:
