@@ -379,11 +379,15 @@ _PHONE_CANDIDATE = _c(r"(?<![\w.+])(?:\+|00)?\(?\d[\d ().\-]{6,20}\d(?![\w])")
 _PHONE_FORMAT = _c(r"^(?:\+|00|\()|[ .\-]")
 _ISO_DATE = _c(r"\d{4}-\d{2}-\d{2}")
 
-_NUMBERISH: Final = _c(r"\d(?:[\d .\-()/+]{4,}\d|\d[A-Z]\d\d[A-Z]\d{3}[A-Z])")
-"""Where number-shaped personal data can be: a run of six or more digits and separators (cards, IBAN
-account digits, national ids, IPv4 addresses, phone numbers all have one), or the date-of-birth
-block of an Italian codice fiscale. One pass over the text; the validators run only around these."""
-_NUMBERISH_ASCII: Final = _c(r"[0-9](?:[0-9 .\-()/+]{4,}[0-9]|[0-9][A-Z][0-9][0-9][A-Z][0-9]{3}[A-Z])")
+_NUMBERISH: Final = _c(r"\d(?:[\d .\-()/+]{5,}\d|\d(?:\d{4}(?=A)|[A-Z]\d\d[A-Z]\d{3}[A-Z]))")
+"""Where number-shaped personal data can be: a run of seven or more digits and separators (cards, IBAN
+account digits, national ids, IPv4 addresses, phone numbers all have one), six digits before the
+``A`` of a Finnish HETU, or the date-of-birth block of an Italian codice fiscale. One pass over the
+text; the validators run only around these (fractional seconds, ``02.113``, are too short)."""
+_NUMBERISH_ASCII: Final = _c(
+    r"[0-9](?:[0-9 .\-()/+]{5,}[0-9]"  # seven or more
+    r"|[0-9](?:[0-9]{4}(?=A)|[A-Z][0-9][0-9][A-Z][0-9]{3}[A-Z]))"  # a HETU's six digits, a codice fiscale
+)
 r"""The same for ASCII text (most of it), where ``\d`` is ``[0-9]`` and ``re`` skips ahead faster."""
 _NO_DIGITS: Final = str.maketrans("", "", "0123456789")
 
