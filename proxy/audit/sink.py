@@ -530,13 +530,7 @@ class StdoutAuditSink:
         except (TypeError, ValueError) as exc:
             raise _encode_problem(exc) from None
         try:
-            out = getattr(sys.stdout, "buffer", None)  # looked up each time: tests and tools swap sys.stdout
-            if out is not None:
-                out.write(line)
-                out.flush()
-            else:
-                sys.stdout.write(line.decode("utf-8"))
-                sys.stdout.flush()
+            self._emit(event, line)
         except (OSError, ValueError) as exc:  # ValueError: stdout was closed
             text = _oserror_text(exc) if isinstance(exc, OSError) else str(exc)
             problem = f"cannot write the audit log to stdout: {text}"
@@ -547,6 +541,15 @@ class StdoutAuditSink:
         self._chain.advance(event)
         self._problem = None
         return event
+
+    def _emit(self, event: dict[str, Any], line: bytes) -> None:
+        out = getattr(sys.stdout, "buffer", None)  # looked up each time: tests and tools swap sys.stdout
+        if out is not None:
+            out.write(line)
+            out.flush()
+        else:
+            sys.stdout.write(line.decode("utf-8"))
+            sys.stdout.flush()
 
     async def reopen(self) -> None:
         """Nothing to re-open: stdout stays where it is."""
@@ -560,6 +563,21 @@ class StdoutAuditSink:
             sys.stdout.flush()
         except (OSError, ValueError):
             pass
+
+
+class MemoryAuditSink(StdoutAuditSink):
+    """The chain kept in this process (``wicket policy test``/``explain``): sealed exactly as it is
+    written elsewhere, with the events in ``events`` instead of on a stream."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[dict[str, Any]] = []
+
+    def _emit(self, event: dict[str, Any], line: bytes) -> None:
+        self.events.append(event)
+
+    async def close(self) -> None:
+        self._closed = True
 
 
 def open_sink(target: str, *, fsync: FsyncPolicy = "interval", fsync_interval: float = 1.0) -> AuditSink:

@@ -19,7 +19,7 @@ from typing import Any
 from proxy.adapters.a2a_action import JSONRPC_METHODS as A2A_METHODS
 from proxy.adapters.a2a_action import PROTOCOL as A2A
 from proxy.adapters.a2a_action import a2a_action, skill_of
-from proxy.audit.chain import HashChain
+from proxy.audit.sink import MemoryAuditSink
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.approval_store import Approvals
 from proxy.core.approvals import approver_identity
@@ -118,46 +118,6 @@ class _RecordedFast(FastGuard):
         decision = super().review(action, session, effect, context)
         self._steps.append(Step("fast", decision.verdict.value, decision.reason))
         return decision
-
-
-class MemoryAuditSink:
-    """The audit chain kept in memory: the checker audits exactly as it does in production."""
-
-    def __init__(self) -> None:
-        self._chain = HashChain()
-        self.events: list[dict[str, Any]] = []
-
-    @property
-    def healthy(self) -> bool:
-        return True
-
-    @property
-    def problem(self) -> str | None:
-        return None
-
-    @property
-    def hold(self) -> str | None:
-        return None
-
-    @property
-    def head(self) -> str:
-        return self._chain.head
-
-    @property
-    def count(self) -> int:
-        return self._chain.seq
-
-    async def append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        event, _ = self._chain.next(fields)
-        self._chain.advance(event)
-        self.events.append(event)
-        return event
-
-    async def reopen(self) -> None:
-        """Nothing to reopen."""
-
-    async def close(self) -> None:
-        """Nothing to close."""
 
 
 @dataclass(frozen=True)
