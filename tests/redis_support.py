@@ -18,13 +18,17 @@ import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import NoReturn
 
 import pytest
 import redis
+
+from proxy.state.base import Store
+from proxy.state.memory import MemoryStore
+from proxy.state.redis import RedisStore
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379"
 START_TIMEOUT = 10.0
@@ -259,6 +263,18 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     redis_binary()
     with running_redis(tmp_path) as server:
         yield server
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """Each test that takes ``store`` runs twice: on the memory store and on a throwaway Redis."""
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    redis_store = RedisStore(server.url)
+    yield redis_store
+    await redis_store.close()
 
 
 @pytest.fixture

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,23 +18,11 @@ from proxy.core.sessions import RecordSigner
 from proxy.demo.server import DemoUpstream
 from proxy.state.base import Store
 from proxy.state.memory import MemoryStore
-from proxy.state.redis import RedisStore
 from tests.conftest import WicketFactory
 from tests.redis_support import RedisServer
 from tests.test_revocation import STRICT, call, revoke
 
 SIGNER = RecordSigner(b"revocation-test-key-0123456789ab")
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    redis_store = RedisStore(server.url)
-    yield redis_store
-    await redis_store.close()
 
 
 async def forget(store: Store, kind: str, ident: str) -> None:

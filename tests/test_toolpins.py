@@ -10,7 +10,6 @@ import asyncio
 import copy
 import hashlib
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -89,17 +88,6 @@ class Harness:
     async def state(self, name: str) -> dict[str, Any]:
         (found,) = [s for s in await self.pins.states(UPSTREAM) if s["name"] == name]
         return found
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    if request.param == "memory":
-        yield MemoryStore()
-        return
-    server: RedisServer = request.getfixturevalue("redis_server")
-    redis_store = RedisStore(server.url)
-    yield redis_store
-    await redis_store.close()
 
 
 # -- the hash -------------------------------------------------------------------------------------
