@@ -2,8 +2,9 @@
 
 A fleet of sidecars shares sessions and per-session activity here. Two rules shape it:
 
-* **Fail closed, fast.** Every operation runs under a deadline and a bounded number of
-  in-flight requests; any Redis error, timeout or exhausted slot raises
+* **Fail closed, fast.** Every operation runs under one deadline (ours: redis-py's socket
+  timeouts are off, since they would add a second timer and a task per command) and a bounded
+  number of in-flight requests; any Redis error, timeout or exhausted slot raises
   ``StoreUnavailable`` so the caller denies instead of hanging or queueing without bound.
   Lost connections are retried with exponential backoff (that is how the store reconnects
   after Redis comes back); timeouts are never retried, so a slow Redis fails fast and a
@@ -187,15 +188,17 @@ class RedisStore:
     ``url`` is one of ``redis://``, ``rediss://``, ``unix://`` (as redis-py reads them),
     ``redis+sentinel://[[user]:pw@]host:port[,host:port]/service_name[/db]`` (the password
     authenticates to the master) or ``redis+cluster://[[user]:pw@]host:port[,host:port]``.
-    ``timeout`` bounds each socket connect and read; ``max_connections`` the requests in
-    flight at once (more wait for a slot, within the operation's deadline).
+    ``timeout`` is each operation's deadline: waiting for a slot, connecting, reconnect
+    retries and the reply together; ``max_connections`` the requests in flight at once (more
+    wait for a slot, within the deadline). One second: a quarter of one was seen to fail calls
+    on a loaded host while Redis itself was healthy.
     """
 
     def __init__(
         self,
         url: str,
         *,
-        timeout: float = 0.25,
+        timeout: float = 1.0,
         prefix: str = "wicket",
         max_connections: int = 32,
         activity_ttl: float = ACTIVITY_TTL,
@@ -210,9 +213,7 @@ class RedisStore:
         self._prefix = prefix
         self._activity_ttl = activity_ttl
         self._cap = window_cap
-        # Generous enough for one reconnect cycle (connect + backoff + resend), small enough that a
-        # caller never waits long: the deadline covers waiting for a slot, retries and the reply.
-        self._deadline = 4 * timeout + 0.25
+        self._deadline = timeout
         self._slots = asyncio.Semaphore(max_connections)
         self._sentinel: Sentinel | None = None
         self._client: Redis | RedisCluster = self._connect(url, timeout, max_connections + 8)
@@ -228,13 +229,12 @@ class RedisStore:
 
     def _connect(self, url: str, timeout: float, pool_size: int) -> Redis | RedisCluster:
         """A lazily connecting client for ``url``; nothing touches the network here."""
-        # New connections get a little longer than replies: a burst of calls after start-up (or a
-        # reconnect) opens many at once, and a refused connect still fails at once. The
-        # operation deadline bounds the total either way.
-        connect_timeout = min(max(timeout, 1.0), self._deadline)
+        # No socket timeout: the operation deadline (``_run``) is the one timeout layer, and
+        # cancelling a read there makes redis-py drop that connection, so no late reply is ever
+        # taken for another command's. Connecting keeps its own bound (a refused connect fails at once).
         options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": connect_timeout,
+            "socket_timeout": None,
+            "socket_connect_timeout": timeout,
             "retry": Retry(_BACKOFF, _RETRIES, supported_errors=(RedisConnectionError,)),
             "max_connections": pool_size,
         }
@@ -249,7 +249,7 @@ class RedisStore:
                     "a Sentinel URL names the service: redis+sentinel://host:port[,host:port]/service[/db]"
                 )
             db = _db_number(parts[1]) if len(parts) == 2 else 0
-            socket_options = {"socket_timeout": timeout, "socket_connect_timeout": connect_timeout}
+            socket_options = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
             self._sentinel = Sentinel(nodes, sentinel_kwargs=socket_options, **socket_options)
             return self._sentinel.master_for(
                 unquote(parts[0]), redis_class=Redis, db=db, username=username, password=password, **options
@@ -455,7 +455,7 @@ class RedisStore:
                 async with self._slots:
                     return await operation()
         except TimeoutError as exc:  # the whole deadline passed (asyncio.timeout)
-            raise StoreUnavailable(f"Redis unavailable: no answer within {self._deadline:g}s") from exc
+            raise StoreUnavailable(f"Redis unavailable: Timeout: no answer within {self._deadline:g}s") from exc
         except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {_reason(exc)}") from exc
 
