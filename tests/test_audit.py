@@ -143,6 +143,22 @@ def test_canonical_matches_the_documented_form_on_generated_events(event: dict[s
     assert canonical(event) == expected
 
 
+def test_chain_next_seals_exactly_the_documented_form_on_tricky_values() -> None:
+    # next() encodes with orjson when it can and falls back otherwise; the line and its hash must be
+    # the documented canonical bytes either way, for old and new logs to verify alike.
+    chain = HashChain()
+    for value in [*TRICKY_VALUES, {"deep": [[{"f": 1e-5}]]}, 2**80]:
+        fields = {"event": "x", "value": value, "nested": {"list": [value]}}
+        event, line = chain.next(fields, ts="2026-11-22T03:40:00.123Z")
+        body = {k: v for k, v in event.items() if k != "hash"}
+        assert event["hash"] == hashlib.sha256(documented_canonical(body)).hexdigest(), value
+        assert line == documented_canonical(event) + b"\n", value
+        chain.advance(event)
+    for bad in (float("nan"), "\ud800"):
+        with pytest.raises(ValueError):
+            chain.next({"value": bad})
+
+
 def test_timestamps_are_rfc3339_milliseconds_and_follow_the_clock() -> None:
     from datetime import UTC, datetime
 

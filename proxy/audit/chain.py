@@ -82,19 +82,32 @@ def _orjson_writes_alike(value: Any) -> bool:
     orjson raise). Floats are too, except NaN and infinities (orjson writes ``null``) and magnitudes
     in [1e-9, 1e-4), which orjson writes positionally (``0.00001``) where Python writes ``1e-05``:
     those, and anything between 0 and 1e-4, fall back. tests/test_audit.py checks the claim.
+    Strings, integers, booleans and None inside a container are checked inline (most audit
+    values are), so a flat event costs one loop and no recursive calls.
     """
     kind = type(value)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                return False
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if not _orjson_writes_alike(item):
+                return False
+        return True
     if kind is str or kind is int or kind is bool or value is None:
         return True
     if kind is float:
         return value == 0.0 or 1e-4 <= abs(value) <= _FLOAT_MAX
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str or not _orjson_writes_alike(item):
+    if kind is list or kind is tuple:
+        for item in value:
+            kind = type(item)
+            if kind is str or kind is int or kind is bool or item is None:
+                continue
+            if not _orjson_writes_alike(item):
                 return False
         return True
-    if kind is list or kind is tuple:
-        return all(_orjson_writes_alike(item) for item in value)
     return False
 
 
@@ -196,25 +209,28 @@ class HashChain:
     def next(self, fields: Mapping[str, Any], *, ts: str | None = None) -> tuple[dict[str, Any], bytes]:
         """The sealed next event and its line bytes (canonical JSON + newline), WITHOUT advancing.
 
-        This runs for every audited call, so the event is serialised once: the keys sorting
-        before and after ``hash`` are dumped as two halves, joined for the digest, and the
-        hash is spliced between them for the line (byte-identical to ``canonical(event)``).
+        This runs for every audited call: the values are checked once for the fast encoder
+        (:func:`canonical`'s rule), then the event is encoded without ``hash`` for the digest and
+        once more with it for the line, which is byte-identical to ``canonical(event) + b"\\n"``.
         """
-        clash = RESERVED.intersection(fields)
-        if clash:
-            raise ValueError(f"audit fields must not set {', '.join(sorted(clash))}: the chain sets them")
+        if "seq" in fields or "ts" in fields or "prev" in fields or "hash" in fields:
+            clash = sorted(RESERVED.intersection(fields))
+            raise ValueError(f"audit fields must not set {', '.join(clash)}: the chain sets them")
         event: dict[str, Any] = {
             "seq": self.seq + 1,
             "ts": ts if ts is not None else now_rfc3339(),
             **fields,
             "prev": self.head,
         }
-        low = canonical({k: v for k, v in event.items() if k < "hash"})[1:-1]
-        high = canonical({k: v for k, v in event.items() if k > "hash"})[1:-1]
-        digest = hashlib.sha256(b"{" + b",".join(p for p in (low, high) if p) + b"}").hexdigest()
-        event["hash"] = digest
-        spliced = b",".join(p for p in (low, b'"hash":"' + digest.encode() + b'"', high) if p)
-        return event, b"{" + spliced + b"}\n"
+        try:
+            body = orjson.dumps(event, option=orjson.OPT_SORT_KEYS) if _orjson_writes_alike(event) else None
+        except (orjson.JSONEncodeError, RecursionError):
+            body = None  # e.g. an integer beyond 64 bits or a lone surrogate: the documented path decides
+        if body is not None:
+            event["hash"] = hashlib.sha256(body).hexdigest()
+            return event, orjson.dumps(event, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
+        event["hash"] = hashlib.sha256(canonical(event)).hexdigest()
+        return event, canonical(event) + b"\n"
 
     def advance(self, event: Mapping[str, Any]) -> None:
         """Make ``event`` (from :meth:`next`) the head; call only after its line was written."""
