@@ -136,3 +136,23 @@ async def test_store_and_approval_gauges(
     redis_server.kill()
     assert "wicket_store_up 0.0" in await scrape(running)
     assert upstream.ledger.names() == []
+
+
+def test_labelled_series_are_resolved_once_and_count_as_before() -> None:
+    from proxy.telemetry import Metrics
+
+    metrics = Metrics()
+    child = metrics.decisions.labels("mcp", "read", "allow", "fast", "enforce")
+    assert metrics.decisions.labels("mcp", "read", "allow", "fast", "enforce") is child
+    named = metrics.decisions.labels(protocol="mcp", effect="read", decision="allow", tier="fast", mode="enforce")
+    assert named is child
+    child.inc()
+    metrics.decisions.labels("mcp", "read", "allow", "fast", "enforce").inc(2)
+    metrics.check_seconds.labels("mcp").observe(0.001)
+    text = metrics.exposition().decode()
+    series = 'wicket_decisions_total{decision="allow",effect="read",mode="enforce",protocol="mcp",tier="fast"}'
+    assert f"{series} 3.0" in text
+    assert 'wicket_check_duration_seconds_count{protocol="mcp"} 1.0' in text
+    metrics.decisions.remove("mcp", "read", "allow", "fast", "enforce")  # a removed series starts again from 0
+    metrics.decisions.labels("mcp", "read", "allow", "fast", "enforce").inc()
+    assert f"{series} 1.0" in metrics.exposition().decode()
