@@ -23,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from nacl.signing import SigningKey
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +46,19 @@ def _b64url(data: bytes) -> str:
 
 
 def _jws_signer(private_key: PrivateKey) -> Callable[[bytes], bytes]:
-    """The raw JWS signature function of ``private_key``: Ed25519 as is, ES256 as R || S (RFC 7518 3.4)."""
+    """The raw JWS signature function of ``private_key``: Ed25519 as is, ES256 as R || S (RFC 7518 3.4).
+
+    Ed25519 signs through libsodium (PyNaCl), about twice as fast as OpenSSL through ``cryptography``
+    here; its signatures are deterministic, so the bytes are the same. Everything else about the key
+    (loading, JWKS, verification) stays with ``cryptography``.
+    """
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        return private_key.sign
+        signing_key = SigningKey(private_key.private_bytes_raw())
+
+        def sign_ed25519(data: bytes) -> bytes:
+            return signing_key.sign(data).signature
+
+        return sign_ed25519
     algorithm = ec.ECDSA(hashes.SHA256())
 
     def sign_es256(data: bytes) -> bytes:
