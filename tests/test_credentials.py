@@ -432,6 +432,14 @@ def test_arguments_digest_is_canonical_json() -> None:
     expected = hashlib.sha256('{"a":[1,2],"b":"é","c":{"x":null}}'.encode()).hexdigest()
     assert arguments_sha256({"c": {"x": None}, "b": "é", "a": [1, 2]}) == expected
     assert arguments_sha256({}) == hashlib.sha256(b"{}").hexdigest()
+    # A faster encoder is taken where it writes the same bytes; whatever the values, the digest is the
+    # documented one, which upstreams recompute.
+    from datetime import UTC, datetime
+
+    for value in (1e-5, 0.1, 2**70, float("nan"), "\u2028 😀 \x00", datetime(2026, 1, 1, tzinfo=UTC), (1, "2")):
+        arguments = {"v": value, "nested": {"list": [value, {"z": value}]}, "é": 1}
+        documented = json.dumps(arguments, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+        assert arguments_sha256(arguments) == hashlib.sha256(documented.encode()).hexdigest(), value
 
 
 async def test_minted_credential_never_carries_the_agents_token() -> None:

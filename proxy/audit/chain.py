@@ -35,6 +35,7 @@ __all__ = [
     "HashChain",
     "VerifyResult",
     "canonical",
+    "fast_sorted_json",
     "now_rfc3339",
     "seal",
     "verify_file",
@@ -63,13 +64,23 @@ def canonical(event: Mapping[str, Any]) -> bytes:
     writes differently, NaN, an integer beyond 64 bits, a key that is not a string, a subclass) takes the
     documented ``json.dumps`` path, which also raises the errors callers expect.
     """
-    if type(event) is dict:
+    fast = fast_sorted_json(event)
+    if fast is not None:
+        return fast
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def fast_sorted_json(value: Any) -> bytes | None:
+    """orjson's bytes for a dict whose ``json.dumps(value, sort_keys=True, separators=(",", ":"),
+    ensure_ascii=False)`` they equal byte for byte (see :func:`_orjson_writes_alike`), else None:
+    the caller then takes its documented ``json.dumps`` path, which also raises what it should."""
+    if type(value) is dict:
         try:
-            if _orjson_writes_alike(event):
-                return orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+            if _orjson_writes_alike(value):
+                return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
         except (orjson.JSONEncodeError, RecursionError):
             pass  # e.g. an integer beyond 64 bits or a lone surrogate: the documented path decides
-    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return None
 
 
 _FLOAT_MAX = sys.float_info.max
@@ -222,10 +233,7 @@ class HashChain:
             **fields,
             "prev": self.head,
         }
-        try:
-            body = orjson.dumps(event, option=orjson.OPT_SORT_KEYS) if _orjson_writes_alike(event) else None
-        except (orjson.JSONEncodeError, RecursionError):
-            body = None  # e.g. an integer beyond 64 bits or a lone surrogate: the documented path decides
+        body = fast_sorted_json(event)
         if body is not None:
             event["hash"] = hashlib.sha256(body).hexdigest()
             return event, orjson.dumps(event, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)

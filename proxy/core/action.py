@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from proxy.audit.chain import fast_sorted_json
+
 
 class Effect(enum.IntEnum):
     """How much harm an action can do. Ordered, so ``max()`` picks the highest tier."""
@@ -131,8 +133,11 @@ def arguments_sha256(arguments: Mapping[str, Any]) -> str:
     The one digest of arguments Wicket uses: the audit proves what ran without storing the
     values, and minted credentials bind to it (upstreams recompute it; absent is ``{}``).
     """
-    blob = json.dumps(dict(arguments), sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    plain = dict(arguments)
+    blob = fast_sorted_json(plain)  # the same bytes, several times faster, for what orjson writes alike
+    if blob is None:
+        blob = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
 
 
 def new_decision_id() -> str:
