@@ -15,7 +15,7 @@ import aiohttp
 from aiohttp import web
 
 from proxy.adapters.a2a import A2AProxy
-from proxy.adapters.http_guard import HeaderDeadline, OriginPolicy, admin_origin_policy, cors
+from proxy.adapters.http_guard import OriginPolicy, WatchedConnection, admin_origin_policy, cors
 from proxy.adapters.mcp import McpProxy
 from proxy.adapters.relay import follow_disconnects
 from proxy.admin.api import AdminApi, host_check, store_faults
@@ -495,20 +495,19 @@ class Wicket:
             self.health_port = await self._serve(self.health_app(), *health)
 
     async def _serve(self, app: web.Application, host: str, port: int, *, data_port: bool = False) -> int:
-        # On the data port a lost client connection cancels its handler at once (relay.follow_disconnects),
-        # and a client gets request_timeout to send each request's headers (slow clients hold nothing long).
+        # On the data port each connection is watched: a client gets request_timeout to send each
+        # request's headers (slow clients hold nothing long), and a lost connection reaches the
+        # request in progress at once (relay.follow_disconnects).
         deadline = self.settings.request_timeout if data_port else 0.0
         extra: dict[str, Any] = {"keepalive_timeout": deadline} if deadline else {}
-        runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=5.0, handler_cancellation=data_port, **extra
-        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **extra)
         await runner.setup()
         self._runners.append(runner)
-        if deadline:
+        if data_port:
             factory = runner.server
             assert factory is not None
             listener = await asyncio.get_running_loop().create_server(
-                lambda: HeaderDeadline(factory(), deadline), host, port, reuse_address=True
+                lambda: WatchedConnection(factory(), deadline), host, port, reuse_address=True
             )
             self._listeners.append(listener)
             sockets: Sequence[socket.socket] = listener.sockets

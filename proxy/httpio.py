@@ -12,6 +12,10 @@ async def read_limited(stream: StreamReader, limit: int) -> bytes | None:
     must be gathered chunk by chunk; stopping at the limit keeps a hostile peer from making
     Wicket buffer more than it allows.
     """
+    if stream.is_eof():
+        # Everything has arrived (a small body comes with its headers): take it without the iterator.
+        data = stream.read_nowait()
+        return None if len(data) > limit else data
     chunks: list[bytes] = []
     size = 0
     async for chunk in stream.iter_any():

@@ -148,13 +148,18 @@ def cors(origins: OriginPolicy) -> Callable[[web.Request, web.StreamResponse], A
     return on_prepare
 
 
-class HeaderDeadline(asyncio.Protocol):
-    """A connection whose request headers have not all arrived ``seconds`` after it opened is
-    answered 408 and closed (a slow client holds no connection long).
+class WatchedConnection(asyncio.Protocol):
+    """A data-port connection, wrapped around aiohttp's own protocol for two things aiohttp
+    does not do cheaply.
 
-    It wraps aiohttp's own protocol and only watches for the blank line that ends the header
-    block; later requests on a kept-alive connection are bounded by the server's keep-alive
-    timeout, which aiohttp applies until the next request's headers are complete.
+    Its request headers must all arrive within ``seconds`` of it opening (0: no deadline), or it
+    is answered 408 and closed: a slow client holds no connection long. Only the blank line
+    that ends the header block is watched; later requests on a kept-alive connection are bounded
+    by the server's keep-alive timeout, which aiohttp applies until their headers are complete.
+
+    Its loss is reported at once to the request in progress through ``on_lost`` (set by
+    ``relay.follow_disconnects``), which costs nothing per request, unlike running every
+    handler in a task of its own for aiohttp's handler cancellation.
     """
 
     def __init__(self, inner: asyncio.Protocol, seconds: float) -> None:
@@ -163,11 +168,13 @@ class HeaderDeadline(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._tail = b""
         self._transport: asyncio.Transport | None = None
+        self.on_lost: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        self._timer = asyncio.get_running_loop().call_later(self._seconds, self._expire)
+        if self._seconds > 0:
+            self._timer = asyncio.get_running_loop().call_later(self._seconds, self._expire)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -188,6 +195,9 @@ class HeaderDeadline(asyncio.Protocol):
             self._timer.cancel()
             self._timer = None
         self._inner.connection_lost(exc)
+        if self.on_lost is not None:
+            on_lost, self.on_lost = self.on_lost, None
+            on_lost()
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()

@@ -242,23 +242,24 @@ class McpProxy:
         arguments = params.get("arguments") if is_tool_call else None
         if arguments is not None and not isinstance(arguments, dict):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "params.arguments must be an object.", reason="invalid")
-        draft = Action(
-            protocol=PROTOCOL,
-            method=method,
-            name=action_name,
-            arguments=arguments or {},
-            agent_id=caller.agent_id,
-            session_id="",
-            upstream=self._upstream,
-            is_tool_call=is_tool_call,
-            fixed_effect=METHOD_EFFECTS.get(method),
-            intent=_intent(params) if is_tool_call else None,
-            resource=resource,
-            prompt=action_name if method == "prompts/get" else None,
-            delegation=caller.delegation,
-        )
+        # The Action's fields, bound to a session once it is known: built once on the way through
+        # (an Action is frozen, and dataclasses.replace on the hot path costs a copy each time).
+        draft: dict[str, Any] = {
+            "protocol": PROTOCOL,
+            "method": method,
+            "name": action_name,
+            "arguments": arguments or {},
+            "agent_id": caller.agent_id,
+            "upstream": self._upstream,
+            "is_tool_call": is_tool_call,
+            "fixed_effect": METHOD_EFFECTS.get(method),
+            "intent": _intent(params) if is_tool_call else None,
+            "resource": resource,
+            "prompt": action_name if method == "prompts/get" else None,
+            "delegation": caller.delegation,
+        }
         session = await self._session(caller, mcp_session_id, method, draft)
-        action = _with_session(draft, session.session_id)
+        action = Action(**draft, session_id=session.session_id)
         if method not in KNOWN_METHODS:
             # Never forward what Wicket cannot classify as protocol: answer as a server would.
             reason = f"Method not found: '{method}' is not an MCP request method; Wicket did not forward it."
@@ -294,7 +295,9 @@ class McpProxy:
                 )
                 decision = await self._checker.refuse(action, session.session_id, reason)
                 return _denial(action, decision, request_id, modern=_is_modern(request, params))
-            action = dataclasses.replace(action, annotations=facts.annotations, annotations_trusted=facts.trusted)
+            action = Action(
+                **draft, session_id=session.session_id, annotations=facts.annotations, annotations_trusted=facts.trusted
+            )
             # A tool whose definition changed or looks poisoned waits for an operator; the upstream never sees it.
             pinned = await self._toolpins.refusal(self._upstream, action.name)
             if pinned is not None:
@@ -338,7 +341,7 @@ class McpProxy:
         return await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
 
     async def _session(
-        self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: Action | None
+        self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: dict[str, Any] | None
     ) -> Session:
         """The Wicket session this request runs in; refuses revoked callers, hijacks and unknown sessions."""
         session = await self._bound_session(caller, mcp_session_id, method, draft)
@@ -349,8 +352,9 @@ class McpProxy:
         return session
 
     async def _bound_session(
-        self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: Action | None
+        self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: dict[str, Any] | None
     ) -> Session:
+        """``draft``: the fields of the Action being attempted, for the audit record of a refused hijack."""
         if not mcp_session_id:
             return await self._identity.session_for(caller, fresh=method == "initialize")
         try:
@@ -365,17 +369,20 @@ class McpProxy:
         token_mismatch = caller.session is not None and caller.session.session_id != binding.session_id
         if owner_mismatch or token_mismatch:
             reason = "This MCP session belongs to another agent or session; the request was refused."
-            action = draft or Action(
-                protocol=PROTOCOL,
-                method=method or "",
-                name=method or "",
-                arguments={},
-                agent_id=caller.agent_id,
-                session_id=binding.session_id,
-                upstream=self._upstream,
-                fixed_effect=Effect.READ,
-            )
-            decision = await self._checker.refuse(_with_session(action, binding.session_id), binding.session_id, reason)
+            if draft is not None:
+                action = Action(**draft, session_id=binding.session_id)
+            else:
+                action = Action(
+                    protocol=PROTOCOL,
+                    method=method or "",
+                    name=method or "",
+                    arguments={},
+                    agent_id=caller.agent_id,
+                    session_id=binding.session_id,
+                    upstream=self._upstream,
+                    fixed_effect=Effect.READ,
+                )
+            decision = await self._checker.refuse(action, binding.session_id, reason)
             raise Refusal(403, jsonrpc.DENIED, reason, data=decision.record(), reason="hijack")
         return session
 
@@ -1101,10 +1108,6 @@ def _check_lengths(method: str, name: str, request_id: Any) -> None:
                 f"Invalid params: {what} is {len(value)} characters long; Wicket accepts at most {limit}.",
                 reason="too_long",
             )
-
-
-def _with_session(action: Action, session_id: str) -> Action:
-    return dataclasses.replace(action, session_id=session_id)
 
 
 INTENT_META_KEYS = ("wicket/intent", "intent")

@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from proxy import tracing
 from proxy.adapters import jsonrpc
-from proxy.adapters.http_guard import forward_headers
+from proxy.adapters.http_guard import WatchedConnection, forward_headers
 from proxy.adapters.sse import DEFAULT_MAX_EVENT_BYTES, JsonLines, SseEvent, SseScanner, event_bytes
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
@@ -79,30 +79,33 @@ FLIGHT = web.RequestKey("wicket.flight", Flight)
 
 @web.middleware
 async def follow_disconnects(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Serve each request in its own task, so a client that goes away is noticed at once.
+    """Notice at once when a request's client goes away, without cutting Wicket's own work short.
 
-    The data port runs with aiohttp's handler cancellation: the moment a client's connection
-    is lost, this middleware is cancelled. The request's work goes on unless the adapter has
-    the upstream request open (``Flight.upstream_open``); then it is cancelled too, which
-    closes the upstream request. Decisions and audit records are therefore never cut short,
-    and the upstream never works on for a client that left.
+    The data port's connections are each a :class:`WatchedConnection`: when one is lost, the request
+    in progress is marked gone, and only if the adapter has the upstream request open
+    (``Flight.upstream_open``) is its handler cancelled, which closes the upstream request.
+    Decisions and audit records are therefore never cut short, and the upstream never works on
+    for a client that left.
     """
     flight = Flight()
     request[FLIGHT] = flight
-    work = asyncio.ensure_future(handler(request))
-    try:
-        return await asyncio.shield(work)
-    except asyncio.CancelledError:
+    transport = request.transport
+    connection = transport.get_protocol() if transport is not None else None
+    task = asyncio.current_task()
+    if not isinstance(connection, WatchedConnection) or task is None:
+        return await handler(request)  # not served by the data port's listener: nothing to follow
+
+    def lost() -> None:
         flight.gone = True
         if flight.upstream_open:
-            work.cancel()
-        work.add_done_callback(_log_failure)
-        raise
+            task.cancel()
 
-
-def _log_failure(task: asyncio.Future[web.StreamResponse]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("a request failed after its client disconnected", exc_info=task.exception())
+    connection.on_lost = lost
+    try:
+        return await handler(request)
+    finally:
+        if connection.on_lost is lost:
+            connection.on_lost = None
 
 
 def parse_body(body: bytes) -> Any:
@@ -128,8 +131,11 @@ async def read_body(request: web.Request, limit: int, within_seconds: float | No
     if request.content_length is not None and request.content_length > limit:
         raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
     try:
-        async with asyncio.timeout(within_seconds):
+        if request.content.is_eof():  # all of it has arrived: there is nothing to time out
             body = await read_limited(request.content, limit)
+        else:
+            async with asyncio.timeout(within_seconds):
+                body = await read_limited(request.content, limit)
     except TimeoutError:
         message = f"The request body did not arrive within {within_seconds:g} seconds."
         raise Refusal(408, jsonrpc.INVALID_REQUEST, message, reason="slow_client") from None
