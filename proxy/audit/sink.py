@@ -362,11 +362,11 @@ class FileAuditSink:
             event, line = self._chain.next(fields)
         except (TypeError, ValueError) as exc:
             raise _encode_problem(exc) from None
-        view = memoryview(line)
         written = 0
         try:
-            while written < len(line):
-                n = os.write(fd, view[written:])
+            written = os.write(fd, line)
+            while written < len(line):  # a short write (rare): the rest of the line
+                n = os.write(fd, memoryview(line)[written:])
                 if n <= 0:
                     raise OSError(errno.EIO, "the write made no progress")
                 written += n
