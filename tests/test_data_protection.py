@@ -324,6 +324,50 @@ def test_passes(text: str) -> None:
     assert kinds(text) == []
 
 
+# Plain ASCII text (no digit, none of -_=:@, no trigger of a kind that can be letters alone) is not
+# scanned at all.
+LETTERS_ONLY = {
+    "aws_access_key": "key AKIAIOSFODNNQEXAMPLE here",
+    "google_api_key": "AIza" + "SyDQtSrkePouQMnMXaeZSWjkFMBWYabcdef",
+    "jwt": "eyJhbGciOiJIUyIgfQ.eyJzdWIiOiJxMjM.SflKxwRJSMeKKFQTfwpMeJf",  # {"alg":"HS" }
+    "sendgrid_key": "SG." + "abcdefghijklmnopqrstuv" + "." + "abcdefghijklmnopqrstuvwxyzabcdefghijklmnopq",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(LETTERS_ONLY))
+def test_letters_only_findings_are_scanned(kind: str) -> None:
+    text = LETTERS_ONLY[kind]
+    assert not detectors._plain(text)
+    assert kinds(text) == [kind]
+    assert set(LETTERS_ONLY) == set(detectors._LETTERS_ONLY)
+
+
+def test_plain_text_cannot_hold_a_finding() -> None:
+    """Plain text with every trigger word in it: the unfiltered scan finds nothing either."""
+    import random
+
+    assert len(ALL) == 26, "a new detector: check it against detectors._plain, then update this test"
+    words = [t for d in ALL for t in d.triggers if detectors._NEEDED.search(t) is None]
+    words += ["AKIA", "ASIA", "AIza", "eyJ", "SG.", "secret", "password", "token", "bsn", "pesel", "GB", "DE"]
+    alphabet = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ .,;!?'\"()/+*#$%&<>[]{}|~^`\\\n\t"
+    rng = random.Random(19)
+    plain = 0
+    for _ in range(3000):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.4:
+                parts.append(rng.choice(words))
+            else:
+                parts.append("".join(rng.choice(alphabet) for _ in range(rng.randint(1, 10))))
+            parts.append(rng.choice(" \n.,/+"))
+        text = "".join(parts)
+        if not detectors._plain(text):
+            continue
+        plain += 1
+        assert detectors._find(text, ALL, "US") == [], text
+    assert plain > 1000
+
+
 def test_key_like_fields() -> None:
     scanner = Scanner(b"k" * 32)
     plan = DataProtection().plan("arguments", "u", "t", Effect.MUTATING)

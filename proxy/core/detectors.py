@@ -390,6 +390,12 @@ _NUMBERISH_ASCII: Final = _c(
 )
 r"""The same for ASCII text (most of it), where ``\d`` is ``[0-9]`` and ``re`` skips ahead faster."""
 _NO_DIGITS: Final = str.maketrans("", "", "0123456789")
+_NEEDED: Final = _c(r"[0-9\-_=:@]")
+"""One of which nearly every finding needs: a digit (every number-shaped kind, phones, BSN/PESEL), or
+one of ``-_=:@`` (private keys, most tokens, ``key=value`` and ``key: value`` secrets, URL and
+connection passwords, e-mail, IPv6)."""
+_LETTERS_ONLY: Final = ("aws_access_key", "google_api_key", "jwt", "sendgrid_key")
+"""The kinds whose value can be letters alone: their detectors run only when a trigger occurs."""
 
 
 @functools.lru_cache(maxsize=4096)
@@ -423,6 +429,23 @@ def find(
     phone_region: str | None = None,
 ) -> list[Span]:
     """Every finding in ``text``, sorted; of overlapping findings the earliest (then longest) stays."""
+    if _plain(text):
+        return []  # most tool results and arguments: one C-speed search instead of the trigger passes
+    return _find(text, detectors, phone_region)
+
+
+def _plain(text: str) -> bool:
+    """ASCII text without a ``_NEEDED`` character or a trigger of a ``_LETTERS_ONLY`` kind: no finding."""
+    if not text.isascii() or _NEEDED.search(text) is not None:
+        return False
+    for trigger in _LETTER_TRIGGERS:
+        if trigger in text:
+            return False
+    return True
+
+
+def _find(text: str, detectors: Iterable[Detector], phone_region: str | None) -> list[Span]:
+    """:func:`find` without its plain-text shortcut."""
     lowered = text.lower()
     if len(lowered) != len(text):  # non-ASCII case mapping moved the offsets
         lowered = text
@@ -509,6 +532,7 @@ def _trigger_automata() -> tuple[ahocorasick_rs.AhoCorasick, list[str], ahocoras
 
 
 _CASED, _CASED_WORDS, _LOWERED, _LOWERED_WORDS = _trigger_automata()
+_LETTER_TRIGGERS: Final = tuple(t for d in SECRET_DETECTORS if d.kind in _LETTERS_ONLY for t in d.triggers)
 
 
 def _triggers_in(text: str, lowered: str) -> set[str]:
@@ -619,9 +643,22 @@ def secret_field(key: str, value: str) -> bool:
     (any non-placeholder for a password, high entropy for the rest)."""
     if len(value) < 4 or len(value) > 4096 or not key:
         return False
-    name = _CAMEL.sub("_", key).lower().replace("-", "_")
-    if not _KEY_WORDS.search(name) or _NOT_SECRET_KEYS.search(name):
+    kind = _key_kind(key) if len(key) <= _KEY_MEMO_CHARS else _key_kind.__wrapped__(key)
+    if kind is None:
         return False
-    if _PASSWORD_KEYS.search(name):
+    if kind == "password":
         return _password_value(value)
     return len(value) >= 8 and " " not in value.strip() and _secret_value(value)
+
+
+_KEY_MEMO_CHARS: Final = 64
+
+
+@functools.lru_cache(maxsize=1024)
+def _key_kind(key: str) -> str | None:
+    """What a JSON key says its value is: "password", "secret" (a key-like name) or None (remembered:
+    the same few keys come back on every call; only short ones, so the memory stays small)."""
+    name = _CAMEL.sub("_", key).lower().replace("-", "_")
+    if not _KEY_WORDS.search(name) or _NOT_SECRET_KEYS.search(name):
+        return None
+    return "password" if _PASSWORD_KEYS.search(name) else "secret"

@@ -27,6 +27,7 @@ _RANK: Final = {"off": 0, "audit": 1, "mask": 2, "deny": 3}
 BY_EFFECT: Final = "by_effect"
 """The default for secrets in arguments: ``deny`` for a mutating or higher tool, ``audit`` for a read."""
 _MAX_FINGERPRINTS = 10
+_TOO_DEEP: Final = "the payload is nested too deeply to scan"
 INLINE_SCAN_BYTES: Final = 256 * 1024
 """A longer answer is scanned off the event loop (a thread), so other calls are not held up."""
 SECRET_KINDS: Final = (*detectors.SECRET_KINDS, "secret_field")
@@ -200,7 +201,11 @@ class Scanner:
         findings = Findings("arguments")
         if not plan.active or not arguments:
             return findings, None
-        masked = self._guarded(lambda: self._value(dict(arguments), None, plan, findings), findings)
+        try:
+            masked = self._value(arguments if type(arguments) is dict else dict(arguments), None, plan, findings)
+        except RecursionError:
+            findings.incomplete = _TOO_DEEP
+            return findings, None
         return findings, masked if masked is not None and findings.action == "mask" else None
 
     def tool_result(self, result: Mapping[str, Any], plan: Plan) -> tuple[Findings, dict[str, Any] | None]:
@@ -208,7 +213,11 @@ class Scanner:
         findings = Findings("results")
         if not plan.active:
             return findings, None
-        return findings, self._guarded(lambda: self._tool_result(result, plan, findings), findings)
+        try:
+            return findings, self._tool_result(result, plan, findings)
+        except RecursionError:
+            findings.incomplete = _TOO_DEEP
+            return findings, None
 
     def resource_contents(self, result: Mapping[str, Any], plan: Plan) -> tuple[Findings, dict[str, Any] | None]:
         """A ``resources/read`` result: the text of each entry of ``contents``."""
@@ -302,7 +311,7 @@ class Scanner:
         try:
             return walk()
         except RecursionError:
-            findings.incomplete = "the payload is nested too deeply to scan"
+            findings.incomplete = _TOO_DEEP
             return None
 
     def _tool_result(self, result: Mapping[str, Any], plan: Plan, findings: Findings) -> dict[str, Any] | None:
