@@ -9,6 +9,7 @@ how upstreams verify minted credentials.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from proxy.core.action import Action
+from proxy.core.action import Action, Delegation
 from proxy.core.policy import Policy, normalise_url, parse_policy_text
 from proxy.core.sessions import Session
 from proxy.credentials import (
@@ -45,6 +46,8 @@ from proxy.credentials import (
     narrow_scope,
     passthrough_warnings,
 )
+from proxy.credentials import broker as broker_module
+from proxy.credentials.delegation import sign_link
 from proxy.demo.server import Ledger, build_demo_server, free_port
 from tests import oidc_issuer as issuer_module
 from tests.oidc_issuer import JWT_TOKEN_TYPE, TOKEN_EXCHANGE, OidcIssuer
@@ -426,6 +429,69 @@ async def test_minted_defaults_and_session_expiry_cap() -> None:
     assert capped["exp"] <= short.expires_at
     with pytest.raises(CredentialError, match="session has expired"):
         await broker.issue(_call("get_note"), _session(ttl=-5), inbound_token=None)
+
+
+async def test_a_first_hop_link_is_reused_briefly_and_never_outlives_its_credential(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [float(int(time.time()))]
+    keys = KeyRing.generate()
+    broker = _broker(keys=keys, clock=lambda: clock[0])
+
+    def session(sid: str = "ses_test") -> Session:
+        return Session(
+            session_id=sid,
+            agent_id="billing-bot",
+            scope=("*",),
+            mode="read-write",
+            created_at=0,
+            expires_at=clock[0] + 3600,
+        )
+
+    async def mint(sid: str = "ses_test", action: Action | None = None) -> tuple[dict[str, Any], str]:
+        claims = _claims(await broker.issue(action or _call("get_note"), session(sid), inbound_token=None))
+        return claims, claims["delegation"][-1]
+
+    def link_exp(raw: str) -> int:
+        return int(jwt.decode(raw, options={"verify_signature": False})["exp"])
+
+    first, link = await mint()
+    assert first["exp"] == link_exp(link) == first["iat"] + 60
+    clock[0] += 6  # a tenth of the 60 s lifetime: the same link, the credential expires with it
+    second, again = await mint()
+    assert again == link and second["jti"] != first["jti"]
+    assert second["exp"] == link_exp(link) == second["iat"] + 54
+    clock[0] += 1  # reusing it now would cost more than a tenth: a new link, a full lifetime
+    third, fresh = await mint()
+    assert fresh != link and third["exp"] == link_exp(fresh) == third["iat"] + 60
+    # Never shared across sessions or across a key rotation.
+    assert (await mint("ses_other"))[1] != fresh
+    keys.rotate(ed25519.Ed25519PrivateKey.generate())
+    assert (await mint())[1] != fresh
+    # A call that extends a caller's chain always signs its own link.
+    upstream_link = sign_link(
+        keys.sign,
+        issuer="https://a.test",
+        sub="planner",
+        aud="billing-bot",
+        scope=["*"],
+        exp=int(clock[0]) + 300,
+        previous=None,
+        now=int(clock[0]),
+    )
+    chain = Delegation(
+        "planner", ("planner", "billing-bot"), (upstream_link.jti,), ("*",), upstream_link.exp, (upstream_link.raw,)
+    )
+    delegated = dataclasses.replace(_call("get_note"), delegation=chain)
+    assert (await mint(action=delegated))[1] != (await mint(action=delegated))[1]
+    # Bounded: expired links are forgotten, and the oldest beyond the bound.
+    monkeypatch.setattr(broker_module, "_LINK_CACHE_MAX", 2)
+    for sid in ("ses_1", "ses_2", "ses_3"):
+        await mint(sid)
+    assert list(broker._links) == ["ses_2", "ses_3"]
+    clock[0] += 61
+    await mint("ses_4")
+    assert list(broker._links) == ["ses_4"]
 
 
 def test_arguments_digest_is_canonical_json() -> None:

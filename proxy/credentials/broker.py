@@ -28,13 +28,17 @@ import jwt
 from proxy.core.action import Action, arguments_sha256
 from proxy.core.policy import CredentialSettings, Policy, normalise_url
 from proxy.core.sessions import TOKEN_PREFIX, Session
-from proxy.credentials.delegation import act_claim, sign_link
+from proxy.credentials.delegation import Link, act_claim, sign_link
 from proxy.credentials.exchange import CredentialError, TokenExchanger
 from proxy.credentials.keys import KeyRing
 
 log = logging.getLogger(__name__)
 
 _FILE_RECHECK_SECONDS = 1.0
+_LINK_REUSE_SHARE = 10
+"""A session's first-hop delegation link is reused while that shortens a credential's life by at most 1/10."""
+_LINK_CACHE_MAX = 4096
+"""Sessions whose last first-hop link is kept for reuse; beyond it the oldest is forgotten (and re-signed)."""
 
 
 class CredentialConfigError(ValueError):
@@ -190,6 +194,8 @@ class CredentialBroker:
         self._clock = clock
         self._statics: dict[tuple[str | None, str | None], _StaticSecret] = {}
         self._client_secrets: dict[str, str] = {}
+        self._links: dict[str, tuple[tuple[str, str, tuple[str, ...], str], Link]] = {}
+        """Per session: the last first-hop link and what it was signed for (sub, aud, scope, kid)."""
         # Read every secret now, so a missing one stops start-up instead of failing calls later.
         for url, tool_key, settings in policy.credential_variants():
             if settings.mode == "static":
@@ -283,23 +289,52 @@ class CredentialBroker:
             raise CredentialError("the caller's delegation links are not available to extend the chain")
         if len(previous) + 1 > self._policy.delegation_max_hops:
             raise CredentialError(f"the delegation chain would exceed {self._policy.delegation_max_hops} hops")
-        exp = claims["exp"] if chain is None else min(claims["exp"], chain.expires_at)
-        link = sign_link(
-            self._keys.sign,
-            issuer=self._issuer,
-            sub=action.agent_id,
-            aud=self._agent_name or normalise_url(action.upstream),
-            scope=session.scope,
-            exp=exp,
-            previous=previous[-1] if previous else None,
-            now=now,
-        )
-        claims["exp"] = exp
+        aud = self._agent_name or normalise_url(action.upstream)
+        if chain is None:
+            link = self._first_link(action.agent_id, aud, session, claims["exp"], now)
+        else:
+            link = sign_link(
+                self._keys.sign,
+                issuer=self._issuer,
+                sub=action.agent_id,
+                aud=aud,
+                scope=session.scope,
+                exp=min(claims["exp"], chain.expires_at),
+                previous=previous[-1],
+                now=now,
+            )
+        claims["exp"] = link.exp
         claims["delegation"] = [*previous, link.raw]
         if chain is not None:
             # RFC 8693: the subject is who the work is for; act names who acts, the most recent outermost.
             claims["sub"] = chain.origin
             claims["act"] = act_claim(chain.agents[1:])
+
+    def _first_link(self, sub: str, aud: str, session: Session, exp: int, now: int) -> Link:
+        """The link for a hop that starts a chain: the session's previous one while it is still fresh.
+
+        Such a link depends only on who delegates to whom with which scope, so a later call of the
+        session may carry the same one, and its credential then expires with the link (never later,
+        so a link never outlives a credential that carries it). It is reused only while that costs
+        the credential at most a tenth of its life: one Ed25519 signature saved per call.
+        """
+        key = (sub, aud, session.scope, self._keys.kid)
+        cached = self._links.get(session.session_id)
+        if cached is not None and cached[0] == key and 0 <= exp - cached[1].exp <= (exp - now) // _LINK_REUSE_SHARE:
+            return cached[1]
+        link = sign_link(
+            self._keys.sign, issuer=self._issuer, sub=sub, aud=aud, scope=session.scope, exp=exp, previous=None, now=now
+        )
+        links = self._links
+        links.pop(session.session_id, None)
+        links[session.session_id] = (key, link)
+        # Oldest first: forget expired links, and the oldest beyond the bound.
+        while links:
+            oldest = next(iter(links))
+            if len(links) <= _LINK_CACHE_MAX and links[oldest][1].exp > now:
+                break
+            del links[oldest]
+        return link
 
     def _static(self, settings: CredentialSettings) -> IssuedCredential:
         static = self._statics.get((settings.value_env, settings.value_file))
