@@ -184,3 +184,32 @@ async def test_circuit_breaker_stops_calling_a_failing_tier() -> None:
         assert decision.verdict is Verdict.DENY and decision.tier is Tier.DEEP
     assert deep.calls == 2, "after two failures the breaker opens and Deep is no longer called"
     assert "circuit open" in decision.reason
+
+
+class InlineReviewer(Reviewer):
+    """A tier that promises never to await (``inline``), like the in-process Spot Guard."""
+
+    inline = True
+
+
+async def test_an_inline_tier_is_run_in_place_with_the_same_verdicts() -> None:
+    for verdict in Verdict:
+        spot = InlineReviewer(Tier.SPOT, verdict)
+        decision = await router(spot).decide(action("create_x"), session(), Effect.MUTATING)
+        assert (decision.verdict, decision.tier, spot.calls) == (verdict, Tier.SPOT, 1)
+    failing = await router(InlineReviewer(Tier.SPOT, fail=True)).decide(
+        action("delete_x"), session(), Effect.DESTRUCTIVE
+    )
+    assert failing.verdict is Verdict.DENY and "Spot Guard unavailable (failed (ConnectionError))" in failing.reason
+
+
+async def test_an_inline_tier_that_awaits_counts_as_failed() -> None:
+    """A broken promise never hangs the check or passes unreviewed: the tier is unavailable."""
+    spot = InlineReviewer(Tier.SPOT, delay=0.01)
+    destructive = await router(spot, Reviewer(Tier.DEEP)).decide(action("delete_x"), session(), Effect.DESTRUCTIVE)
+    assert destructive.verdict is Verdict.DENY and destructive.tier is Tier.SPOT and destructive.fail_closed
+    assert "Spot Guard unavailable (it awaited although it promised to run inline)" in destructive.reason
+    mutating = await router(InlineReviewer(Tier.SPOT, Verdict.DENY, delay=0.01)).decide(
+        action("create_x"), session(), Effect.MUTATING
+    )
+    assert mutating.allowed and mutating.tier is Tier.FAST, "a mutating action falls back to Fast's verdict"

@@ -15,9 +15,9 @@ import re
 import string
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, cast
 
 from proxy import tracing
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
@@ -187,7 +187,12 @@ class TierUnavailable(Exception):
 
 
 class ReviewTier(Protocol):
-    """A guardian tier beyond Fast (Spot, Deep), in-process or a remote guardian service."""
+    """A guardian tier beyond Fast (Spot, Deep), in-process or a remote guardian service.
+
+    A tier whose class sets ``inline = True`` promises that ``review`` never awaits (pure CPU): the
+    router then runs it to completion in place, without a task and a deadline timer (a coroutine
+    that does not suspend cannot miss a deadline). One that suspends anyway counts as failed.
+    """
 
     tier: Tier
 
@@ -206,6 +211,18 @@ class _Slot:
     reviewer: ReviewTier | None
     timeout: float
     breaker: CircuitBreaker
+    inline: bool = False  # the reviewer never awaits (ReviewTier)
+
+
+def _run_inline(review: Coroutine[Any, Any, Decision]) -> Decision:
+    """The result of a coroutine that finishes without suspending (an ``inline`` tier's review); one
+    that suspends broke the promise, so the tier counts as unavailable."""
+    try:
+        review.send(None)
+    except StopIteration as done:
+        return cast(Decision, done.value)
+    review.close()
+    raise TierUnavailable("it awaited although it promised to run inline")
 
 
 class GuardianRouter:
@@ -232,9 +249,9 @@ class GuardianRouter:
     ) -> None:
         self._fast = fast
         self._metrics = metrics
-        self._slots = (
-            _Slot(Tier.SPOT, spot, spot_timeout, CircuitBreaker(breaker_failures, breaker_cooldown, clock)),
-            _Slot(Tier.DEEP, deep, deep_timeout, CircuitBreaker(breaker_failures, breaker_cooldown, clock)),
+        self._slots = tuple(
+            _Slot(tier, reviewer, timeout, CircuitBreaker(breaker_failures, breaker_cooldown, clock), _inline(reviewer))
+            for tier, reviewer, timeout in ((Tier.SPOT, spot, spot_timeout), (Tier.DEEP, deep, deep_timeout))
         )
 
     def use_policy(self, policy: Policy) -> None:
@@ -338,9 +355,11 @@ class GuardianRouter:
             return None, f"circuit open after repeated failures; retrying in up to {slot.breaker.cooldown:g}s"
         started = time.perf_counter()
         try:
-            verdict = await asyncio.wait_for(
-                slot.reviewer.review(action, session, effect, prior, context), slot.timeout
-            )
+            review = slot.reviewer.review(action, session, effect, prior, context)
+            if slot.inline:
+                verdict = _run_inline(review)
+            else:
+                verdict = await asyncio.wait_for(review, slot.timeout)
         except TimeoutError:
             problem, kind = f"timed out after {slot.timeout:g}s", "timeout"
         except TierUnavailable as exc:
@@ -370,6 +389,10 @@ class GuardianRouter:
     def _count_error(self, tier: Tier, kind: str) -> None:
         if self._metrics is not None:
             self._metrics.tier_errors.labels(tier.value, kind).inc()
+
+
+def _inline(reviewer: ReviewTier | None) -> bool:
+    return getattr(type(reviewer), "inline", False) is True
 
 
 def _approved(action: Action, effect: Effect, context: ReviewContext) -> bool:

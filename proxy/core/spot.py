@@ -21,6 +21,7 @@ class SpotGuard:
     """Implements ``ReviewTier`` in process; it does no I/O, so it never times out."""
 
     tier = Tier.SPOT
+    inline = True  # review never awaits: the router runs it in place (ReviewTier)
 
     def __init__(self, settings: SpotSettings, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
