@@ -445,6 +445,7 @@ class Checker:
                 decision_id=decision.decision_id,
                 fail_closed=True,
             )
+        effect, verdict, tier = decision.effect.label, decision.recorded_verdict, decision.tier.value
         fields: dict[str, Any] = {
             "event": "decision",
             "decision_id": decision.decision_id,
@@ -453,9 +454,9 @@ class Checker:
             "protocol": action.protocol,
             "action": action.label,
             "upstream": action.upstream,
-            "effect": decision.effect.label,
-            "decision": decision.recorded_verdict,
-            "tier": decision.tier.value,
+            "effect": effect,
+            "decision": verdict,
+            "tier": tier,
             "reason": decision.reason,
             "confidence": decision.confidence,
         }
@@ -491,14 +492,10 @@ class Checker:
                     decision_id=decision.decision_id,
                     fail_closed=True,
                 )
-        self._metrics.decisions.labels(
-            action.protocol,
-            decision.effect.label,
-            decision.recorded_verdict,
-            decision.tier.value,
-            "enforce" if decision.shadow_of is None else "shadow",
-        ).inc()
-        self._metrics.count_agent(action.agent_id, decision.recorded_verdict)
+                verdict, tier = decision.recorded_verdict, decision.tier.value
+        mode = "enforce" if decision.shadow_of is None else "shadow"
+        self._metrics.decisions.labels(action.protocol, effect, verdict, tier, mode).inc()
+        self._metrics.count_agent(action.agent_id, verdict)
         return decision
 
     def _audit_failed(self) -> None:
