@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -452,6 +453,7 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
         if extra is not None:
             await extra.stop()
         raise SystemExit(1) from None
+    settle_garbage_collector()
     if banner:
         print(banner.format(data=wicket.data_port, admin=wicket.admin_port), flush=True)
     logging.getLogger("wicket").info(
@@ -470,6 +472,26 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
         await wicket.stop()
         if extra is not None:
             await extra.stop()
+
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Net new container objects between young collections (CPython's default is 700)."""
+
+
+def settle_garbage_collector() -> None:
+    """Tune CPython's cyclic collector for a long-running proxy, once start-up is done.
+
+    Start-up leaves about 250,000 long-lived objects (modules, the policy, the detectors' tables),
+    and every full collection walked them all: about 150 ms of CPU, a stall for every request in
+    flight. Frozen, they are out of the collector's sight for good. A call's own objects die by
+    reference counting, yet the default threshold of 700 still ran a young collection about every
+    15 calls (0.5-0.7 ms each, about 45 µs per call); at 20,000 cycles are still collected within
+    seconds under load, and memory held by uncollected cycles stays small.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
