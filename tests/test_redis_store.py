@@ -212,6 +212,132 @@ async def test_session_manager_detects_a_record_tampered_in_redis(redis_url: str
         await store.close()
 
 
+# -- the read cache --------------------------------------------------------------------------
+
+
+async def cache_live(store: RedisStore) -> None:
+    """Start the store's read cache (the first cached read does) and wait until its feed is up."""
+    await store.get("warm-up", cached=True)
+    deadline = time.monotonic() + 5
+    while not (store._cache is not None and store._cache.live):
+        assert time.monotonic() < deadline, "the read cache did not come up"
+        await asyncio.sleep(0.01)
+
+
+async def eventually(read: Callable[[], object], expected: object) -> None:
+    """Redis announces a change just after acknowledging the writer: allow for the delivery."""
+    deadline = time.monotonic() + 5
+    while (value := await read()) != expected:  # type: ignore[misc]
+        assert time.monotonic() < deadline, f"still {value!r}, not {expected!r}"
+        await asyncio.sleep(0.005)
+
+
+def gets_served(server: RedisServer) -> int:
+    client = server.client()
+    try:
+        return int(client.info("commandstats").get("cmdstat_get", {}).get("calls", 0))
+    finally:
+        client.close()
+
+
+async def test_cached_reads_stay_local_until_redis_announces_a_change(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    raw = redis_server.client()
+    key = "wicket:{ses_c}:session"
+    read = lambda: store.get(key, cached=True)  # noqa: E731
+    try:
+        await store.put(key, b"v1", ttl=60)
+        await cache_live(store)
+        assert await read() == b"v1"
+        before = gets_served(redis_server)
+        assert [await read() for _ in range(20)] == [b"v1"] * 20
+        assert gets_served(redis_server) == before  # served from the process
+        raw.set(key, b"v2", keepttl=True)  # written by someone else: Redis names the key
+        await eventually(read, b"v2")
+        raw.delete(key)
+        await eventually(read, None)
+        raw.set(key, b"v3", px=50)  # expiry is a change too
+        await eventually(read, b"v3")
+        await eventually(read, None)
+        raw.set(key, b"v4")
+        await eventually(read, b"v4")
+        raw.flushall()
+        await eventually(read, None)
+        await store.put(key, b"v5")  # our own writes are read back at once, without waiting
+        assert await read() == b"v5"
+        await store.delete(key)
+        assert await read() is None
+        assert await store.compare_and_set(key, None, b"v6")
+        assert await read() == b"v6"
+        # Concurrent misses share one GET, and every reader gets the value.
+        raw.set(key, b"v7")
+        await eventually(read, b"v7")
+        assert await asyncio.gather(*(read() for _ in range(50))) == [b"v7"] * 50
+    finally:
+        raw.close()
+        await store.close()
+
+
+async def test_read_cache_forgets_everything_when_its_feed_drops(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    raw = redis_server.client()
+    key = "wicket:{ses_d}:labels"
+    try:
+        await store.put(key, b"before")
+        await cache_live(store)
+        assert await store.get(key, cached=True) == b"before"
+        assert store._cache is not None
+        raw.client_kill_filter(_type="pubsub")  # the invalidation feed: nothing it missed may be served
+        deadline = time.monotonic() + 5
+        while store._cache.live:
+            assert time.monotonic() < deadline, "the read cache did not notice its feed dropped"
+            await asyncio.sleep(0.005)
+        raw.set(key, b"after")  # while no feed is up
+        assert await store.get(key, cached=True) == b"after"
+        await cache_live(store)
+        assert await store.get(key, cached=True) == b"after"
+        raw.set(key, b"later")
+        await eventually(lambda: store.get(key, cached=True), b"later")
+    finally:
+        raw.close()
+        await store.close()
+
+
+async def test_a_cached_session_tampered_in_redis_is_verified_again(redis_server: RedisServer) -> None:
+    """A cached record is never trusted past Redis's announcement of a change: the next read after
+    it loads the tampered record and its HMAC check fails."""
+    store = RedisStore(redis_server.url)
+    sessions = SessionManager(store, RecordSigner(b"k" * 32))
+    raw = redis_server.client()
+    try:
+        session = await sessions.create("agent-1", scope=["*"], mode="read-only", ttl_seconds=60)
+        await cache_live(store)
+        assert await sessions.get(session.session_id) == session
+        key = f"wicket:{{{session.session_id}}}:session"
+        envelope = json.loads(raw.get(key))
+        envelope["r"]["mode"] = "read-write"
+        raw.set(key, json.dumps(envelope).encode(), keepttl=True)
+        deadline = time.monotonic() + 5
+        with pytest.raises(SessionIntegrityError):
+            while time.monotonic() < deadline:
+                assert await sessions.get(session.session_id) == session  # the verified one, until then
+                await asyncio.sleep(0.005)
+    finally:
+        raw.close()
+        await store.close()
+
+
+async def test_sentinel_and_cluster_stores_read_through() -> None:
+    """No read cache where a failover or a slot move could leave its connections on the wrong node."""
+    sentinel = RedisStore("redis+sentinel://127.0.0.1:26379/mymaster")
+    cluster = RedisStore("redis+cluster://127.0.0.1:7000")
+    try:
+        assert sentinel._cache is None and cluster._cache is None
+    finally:
+        await sentinel.close()
+        await cluster.close()
+
+
 # -- atomicity and layout -------------------------------------------------------------------
 
 

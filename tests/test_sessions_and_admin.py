@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
 import aiohttp
 
 from proxy.audit.chain import verify_file
+from proxy.core.sessions import RecordSigner
 from proxy.demo.server import DemoUpstream
 from tests.conftest import ADMIN_TOKEN, RunningWicket, WicketFactory, mcp_client
 
@@ -108,6 +110,36 @@ async def test_tampered_session_record_is_denied(upstream: DemoUpstream, make_wi
     assert upstream.ledger.names() == []
     metrics = await scrape(running)
     assert "wicket_session_integrity_failures_total 1.0" in metrics
+
+
+async def test_anonymous_session_record_signed_with_another_key_is_an_audited_refusal(
+    upstream: DemoUpstream, wicket: RunningWicket
+) -> None:
+    """The per-agent anonymous session failing its HMAC (a record another deployment's key signed)
+    is refused with 403 and an integrity audit event, like a token's session, not a 500."""
+    session_id = "ses_anon_" + hashlib.sha256(b"anonymous").hexdigest()[:16]
+    key = f"wicket:{{{session_id}}}:session"
+    record = {
+        "session_id": session_id,
+        "agent_id": "anonymous",
+        "scope": ["*"],
+        "mode": "read-write",
+        "created_at": 0.0,
+        "expires_at": 4e9,
+        "intent": None,
+        "origin": "anonymous",
+        "granted_by": None,
+    }
+    await wicket.wicket.store.put(key, RecordSigner(b"another-deployment-key!").encode(key, record))
+    headers = {"Content-Type": "application/json", "Accept": ACCEPT, "MCP-Protocol-Version": "2025-11-25"}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "get_weather", "arguments": {}}}
+    async with aiohttp.ClientSession() as http, http.post(wicket.url, json=body, headers=headers) as response:
+        assert response.status == 403
+        payload = await response.json()
+    assert "integrity" in payload["error"]["message"]
+    assert [e["event"] for e in wicket.audit_events()][-1] == "integrity"
+    assert upstream.ledger.names() == []
+    assert "wicket_session_integrity_failures_total 1.0" in await scrape(wicket)
 
 
 async def scrape(running: RunningWicket) -> str:

@@ -42,6 +42,7 @@ from proxy.adapters.relay import (
     DROP_DOWNSTREAM,
     DROP_UPSTREAM,
     Refusal,
+    caller_session,
     is_id,
     parse_body,
     read_answer,
@@ -262,7 +263,7 @@ class A2AProxy:
 
     async def _call(self, request: web.Request, call: A2ACall) -> web.StreamResponse:
         caller = await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
-        session = await self._identity.session_for(caller)
+        session = await caller_session(self._identity, self._checker, caller, PROTOCOL)
         try:
             self._identity.admit(caller, session)
         except IdentityError as exc:

@@ -34,6 +34,7 @@ from proxy.adapters.relay import (
     FLIGHT,
     Refusal,
     answer_kind,
+    caller_session,
     is_id,
     parse_body,
     read_answer,
@@ -356,7 +357,7 @@ class McpProxy:
     ) -> Session:
         """``draft``: the fields of the Action being attempted, for the audit record of a refused hijack."""
         if not mcp_session_id:
-            return await self._identity.session_for(caller, fresh=method == "initialize")
+            return await caller_session(self._identity, self._checker, caller, PROTOCOL, fresh=method == "initialize")
         try:
             binding = await self._sessions.mcp_binding(mcp_session_id)
             session = None if binding is None else await self._sessions.get(binding.session_id)

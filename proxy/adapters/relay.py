@@ -24,6 +24,7 @@ from proxy.adapters.http_guard import WatchedConnection, forward_headers
 from proxy.adapters.sse import DEFAULT_MAX_EVENT_BYTES, JsonLines, SseEvent, SseScanner, event_bytes
 from proxy.core.checker import Checker
 from proxy.core.identity import Caller, IdentityError, IdentityResolver
+from proxy.core.sessions import Session
 from proxy.credentials import IssuedCredential
 from proxy.httpio import read_limited
 from proxy.identity_providers.oidc import resource_metadata_url, www_authenticate
@@ -341,6 +342,19 @@ async def resolve_caller(
             await checker.refused_caller(protocol, exc.reason)
         challenge = _challenge(settings, request, resource_path) if exc.status == 401 else None
         raise Refusal(exc.status, jsonrpc.UNAUTHORIZED, exc.reason, reason="auth", challenge=challenge) from None
+
+
+async def caller_session(
+    identity: IdentityResolver, checker: Checker, caller: Caller, protocol: str, *, fresh: bool = False
+) -> Session:
+    """The session a request runs in (``IdentityResolver.session_for``); a stored record that fails its
+    HMAC is an audited 403 refusal, as for a token's session, never a 500."""
+    try:
+        return await identity.session_for(caller, fresh=fresh)
+    except IdentityError as exc:
+        if exc.integrity:
+            await checker.integrity_failure(protocol, exc.reason)
+        raise Refusal(exc.status, jsonrpc.DENIED, exc.reason, reason="integrity" if exc.integrity else "auth") from None
 
 
 def _challenge(settings: Settings, request: web.Request, resource_path: str) -> str:

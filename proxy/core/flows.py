@@ -116,7 +116,7 @@ class FlowMemory:
     async def seen(self, session_id: str) -> dict[str, Source]:
         """Labels the session has seen, with their first source. Raises SessionIntegrityError if tampered."""
         key = labels_key(session_id)
-        raw = await self._store.get(key)
+        raw = await self._store.get(key, cached=True)  # it expires with the session
         return {} if raw is None else self._decode(key, raw, session_id)
 
     async def remember(

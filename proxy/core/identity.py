@@ -198,7 +198,8 @@ class IdentityResolver:
         """The session a request runs in: the token's, else an anonymous one.
 
         ``fresh`` gives an anonymous caller a session of its own (a legacy MCP session
-        maps to one Wicket session); otherwise it shares the per-agent default session.
+        maps to one Wicket session); otherwise it shares the per-agent default session. A
+        default session whose record fails its HMAC is an ``IdentityError`` (403, integrity).
         """
         if caller.session is not None:
             return caller.session
@@ -211,9 +212,12 @@ class IdentityResolver:
                 ttl_seconds=policy.session_ttl_seconds,
                 origin="anonymous",
             )
-        return await self._sessions.anonymous(
-            caller.agent_id, scope=policy.anonymous_scope.patterns, ttl_seconds=policy.session_ttl_seconds
-        )
+        try:
+            return await self._sessions.anonymous(
+                caller.agent_id, scope=policy.anonymous_scope.patterns, ttl_seconds=policy.session_ttl_seconds
+            )
+        except SessionIntegrityError as exc:
+            raise IdentityError(403, f"Session denied: {exc}.", integrity=True) from exc
 
 
 def _issuer_of(token: str) -> str | None:

@@ -119,8 +119,11 @@ class SessionManager:
         self._token_sessions: dict[str, str] = {}
 
     async def _load(self, key: str, build: Callable[[dict[str, Any]], Any]) -> Any:
-        """Read ``key`` from the store and verify it, or ``None`` when it is absent."""
-        raw = await self._store.get(key)
+        """Read ``key`` from the store and verify it, or ``None`` when it is absent.
+
+        Every record read here expires with its session, which ``get`` checks, so the store may
+        serve it from its cache of records (``cached=True``)."""
+        raw = await self._store.get(key, cached=True)
         if raw is None:
             self._verified.pop(key, None)
             return None

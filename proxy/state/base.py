@@ -32,7 +32,10 @@ class Taken:
 class Store(Protocol):
     """Async key-value storage with per-key expiry."""
 
-    async def get(self, key: str) -> bytes | None: ...
+    async def get(self, key: str, *, cached: bool = False) -> bytes | None:
+        """The value of ``key``. ``cached``: the caller checks the record's own expiry, so a store may
+        serve it from a process-local copy it drops whenever the key changes (Redis: ``_ReadCache``);
+        a value can then outlive its TTL until Redis expires the key."""
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
         """Store ``value``; ``ttl`` is seconds until the key disappears (``None``: never)."""

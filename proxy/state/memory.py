@@ -34,7 +34,7 @@ class MemoryStore:
         self._revocation_listeners: list[Callable[[str, str], None]] = []
         self._indexes: dict[str, dict[str, float]] = {}
 
-    async def get(self, key: str) -> bytes | None:
+    async def get(self, key: str, *, cached: bool = False) -> bytes | None:
         item = self._data.get(key)
         if item is None:
             return None

@@ -14,6 +14,9 @@ A fleet of sidecars shares sessions and per-session activity here. Two rules sha
   All of a session's keys share the hash tag ``{session_id}``, so each script touches a
   single Cluster slot.
 
+* **Records read once.** ``get(key, cached=True)`` (sessions, label memory) keeps the value
+  in the process and Redis says when it changes (``_ReadCache``), so a call reads no record.
+
 Keys given to ``get``/``put``/``delete`` are used verbatim (callers name them, e.g.
 ``wicket:{ses_...}:session``); ``prefix`` names the activity keys the store itself owns.
 """
@@ -26,12 +29,14 @@ import hashlib
 import logging
 import math
 import re
+import select
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.connection import AbstractConnection, ConnectionPool
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
@@ -176,6 +181,300 @@ return 1
 """Add member ARGV[2] at score ARGV[1] to the sorted set KEYS[1], keeping only the ARGV[3] highest."""
 
 
+_INVALIDATE_CHANNEL = b"__redis__:invalidate"
+_MISS: Any = object()
+
+
+class _Pending:
+    """A read in flight: its reply is kept only if nothing dropped this marker meanwhile, and
+    concurrent readers of the key wait for it instead of each sending a GET of their own."""
+
+    __slots__ = ("future",)
+
+    def __init__(self) -> None:
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    async def wait(self) -> Any:
+        return await asyncio.shield(self.future)
+
+
+class _ReadCache:
+    """Values of some keys kept in the process until Redis says they changed.
+
+    Redis server-assisted client-side caching: misses are read on one connection with
+    ``CLIENT TRACKING ON REDIRECT`` to a second connection subscribed to ``__redis__:invalidate``,
+    on which Redis then names every read key that changes (written by anyone, deleted, expired,
+    flushed). That feed is parsed as it arrives (``_Feed.data_received``), and a value is only
+    served while the feed is up, fully parsed and has no unread byte waiting in the socket (one
+    ``poll``), so a record changed in Redis, a tampered one included, is read afresh (and its HMAC
+    checked again) on the next read after Redis announced the change. While the feed is down
+    nothing is cached and every read goes to Redis; when it drops, everything is forgotten.
+    """
+
+    _MAX = 10_000
+    _HEARTBEAT = 1.0  # seconds between PINGs on the feed; an unanswered one drops it
+
+    def __init__(self, pool: ConnectionPool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._values: dict[str, Any] = {}
+        self._live = False
+        self._feed: _Feed | None = None
+        self._poll: select.poll | None = None
+        self._reader: AbstractConnection | None = None
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._down = asyncio.Event()
+        self._closed = False
+
+    @property
+    def live(self) -> bool:
+        return self._live
+
+    def lookup(self, key: str) -> Any:
+        """The cached value of ``key``, a ``_Pending`` read to wait for, or ``_MISS`` (also while
+        any invalidation may be unread)."""
+        if not self._live:
+            if self._task is None and not self._closed:
+                self._task = asyncio.create_task(self._maintain())
+            return _MISS
+        feed, poll = self._feed, self._poll
+        if feed is None or poll is None or feed.buffer or poll.poll(0):
+            return _MISS
+        return self._values.get(key, _MISS)
+
+    async def fetch(self, key: str) -> Any:
+        """Read ``key`` on the tracking connection and keep it unless it changed meanwhile;
+        ``_MISS`` when the cache went down meanwhile (the caller reads Redis directly)."""
+        marker = _Pending()
+        if len(self._values) >= self._MAX:
+            self._values.clear()
+        self._values[key] = marker
+        value: Any = _MISS
+        try:
+            async with self._lock:
+                reader = self._reader
+                if reader is None or not self._live:
+                    return _MISS
+                try:
+                    await reader.send_command("GET", key)
+                    value = await reader.read_response()
+                except (RedisError, OSError):
+                    self._drop()  # its state is unknown: never reuse it (it would reconnect untracked)
+                    return _MISS
+                except BaseException:
+                    self._drop()
+                    raise
+            if self._values.get(key) is marker:
+                self._values[key] = value
+            return value
+        finally:
+            if self._values.get(key) is marker:
+                del self._values[key]
+            marker.future.set_result(value)
+
+    def forget(self, key: str) -> None:
+        """This process is writing ``key``: read it afresh (and drop any read in flight)."""
+        self._values.pop(key, None)
+
+    def invalidate(self, keys: list[Any] | None) -> None:
+        if keys is None:  # FLUSHDB / FLUSHALL
+            self._values.clear()
+            return
+        for key in keys:
+            if isinstance(key, bytes):
+                self._values.pop(key.decode("utf-8", "replace"), None)
+
+    def _drop(self) -> None:
+        """Forget everything and close both connections; ``_maintain`` opens new ones."""
+        self._live = False
+        self._values.clear()
+        self._down.set()
+        feed, self._feed, self._poll = self._feed, None, None
+        if feed is not None:
+            feed.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            task = asyncio.ensure_future(reader.disconnect(nowait=True))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _maintain(self) -> None:
+        """Keep the feed and the tracking connection up for the life of the store."""
+        backoff = 0.1
+        while not self._closed:
+            try:
+                async with asyncio.timeout(self._timeout + 1.0):
+                    await self._open()
+                backoff = 0.1
+                await self._watch()
+            except (RedisError, OSError, TimeoutError, ValueError) as exc:
+                log.warning("Redis read cache unavailable (%s); reading every record from Redis", _reason(exc))
+            self._drop()
+            if not self._closed:
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _watch(self) -> None:
+        """Return once the feed is dropped or stops answering its heartbeat."""
+        down = self._down
+        while self._feed is not None and self._feed.alive():
+            try:
+                async with asyncio.timeout(self._HEARTBEAT):
+                    await down.wait()
+                return
+            except TimeoutError:
+                continue
+
+    async def _open(self) -> None:
+        self._down = asyncio.Event()
+        feed_connection = self._pool.make_connection()
+        await feed_connection.connect()
+        writer = getattr(feed_connection, "_writer", None)
+        if writer is None:
+            raise ValueError("this redis-py connection exposes no transport")
+        feed = self._feed = _Feed(self, feed_connection, writer.transport)
+        client_id = await feed.start()
+        reader = self._pool.make_connection()
+        await reader.connect()
+        self._reader = reader
+        await reader.send_command("CLIENT", "TRACKING", "ON", "REDIRECT", client_id)
+        await reader.read_response()
+        poll = select.poll()
+        poll.register(feed.fileno(), select.POLLIN | select.POLLPRI)
+        self._poll = poll
+        self._values.clear()
+        self._live = True
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._drop()
+
+
+class _Feed(asyncio.Protocol):
+    """The invalidation connection, taken over from redis-py after its handshake (AUTH, HELLO,
+    TLS): RESP is parsed in ``data_received`` itself, so an announced change is applied before
+    any other task runs."""
+
+    def __init__(self, cache: _ReadCache, connection: AbstractConnection, transport: asyncio.BaseTransport) -> None:
+        self.buffer = bytearray()
+        self._cache = cache
+        self._connection = connection  # held: redis-py closes the socket when its connection is collected
+        self._transport = transport
+        self._replies: asyncio.Queue[Any] = asyncio.Queue()
+        self._heard = True
+        self._lost = False
+        transport.set_protocol(self)
+
+    def fileno(self) -> int:
+        sock = self._transport.get_extra_info("socket")
+        if sock is None:
+            raise ValueError("the invalidation connection has no socket")
+        return int(sock.fileno())
+
+    async def start(self) -> int:
+        """CLIENT ID, then SUBSCRIBE to the invalidation channel; the id for REDIRECT."""
+        self._send(b"CLIENT", b"ID")
+        client_id = await self._replies.get()
+        self._send(b"SUBSCRIBE", _INVALIDATE_CHANNEL)
+        confirmed = await self._replies.get()
+        if not isinstance(client_id, int) or not (isinstance(confirmed, list) and confirmed[:1] == [b"subscribe"]):
+            raise RedisConnectionError("unexpected reply while subscribing to Redis invalidations")
+        return client_id
+
+    def alive(self) -> bool:
+        """False once closed, or when the last PING got no answer; sends the next PING."""
+        if self._lost or not self._heard:
+            return False
+        self._heard = False
+        self._send(b"PING")
+        return True
+
+    def close(self) -> None:
+        self._lost = True
+        self._transport.close()
+
+    def _send(self, *words: bytes) -> None:
+        parts = [b"*%d\r\n" % len(words)]
+        parts.extend(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+        self._transport.write(b"".join(parts))  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self._heard = True
+        self.buffer += data
+        position = 0
+        try:
+            while position < len(self.buffer):
+                value, position = _parse_resp(self.buffer, position)
+                self._dispatch(value)
+        except _Incomplete:
+            pass
+        except (ValueError, IndexError):
+            self._cache._drop()
+            return
+        del self.buffer[:position]
+
+    def _dispatch(self, value: Any) -> None:
+        if isinstance(value, list) and value:
+            if value[0] == b"invalidate" and len(value) == 2:  # RESP3 push
+                self._cache.invalidate(value[1])
+                return
+            if value[0] == b"message" and len(value) == 3 and value[1] == _INVALIDATE_CHANNEL:
+                self._cache.invalidate(value[2])
+                return
+            if value[0] in (b"pong", b"PONG"):
+                return
+        if value in (b"PONG", b"pong"):
+            return
+        if isinstance(value, RedisError):
+            self._cache._drop()
+            return
+        self._replies.put_nowait(value)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._cache._feed is self:
+            self._cache._drop()
+
+
+class _Incomplete(Exception):
+    """The reply has not fully arrived yet."""
+
+
+def _parse_resp(buf: bytearray, pos: int) -> tuple[Any, int]:
+    """One RESP2/RESP3 value of ``buf`` at ``pos`` and the position after it."""
+    end = buf.find(b"\r\n", pos)
+    if end < 0:
+        raise _Incomplete
+    kind, line, pos = buf[pos], bytes(buf[pos + 1 : end]), end + 2
+    if kind in b"$=!":  # bulk strings
+        size = int(line)
+        if size < 0:
+            return None, pos
+        if len(buf) < pos + size + 2:
+            raise _Incomplete
+        return bytes(buf[pos : pos + size]), pos + size + 2
+    if kind in b"*>~%|":  # arrays, pushes, sets, maps, attributes
+        count = int(line)
+        if count < 0:
+            return None, pos
+        items = []
+        for _ in range(count * 2 if kind in b"%|" else count):
+            item, pos = _parse_resp(buf, pos)
+            items.append(item)
+        return _parse_resp(buf, pos) if kind == ord("|") else (items, pos)
+    if kind == ord(":"):
+        return int(line), pos
+    if kind == ord("_"):
+        return None, pos
+    if kind == ord("-"):
+        return RedisError(line.decode("utf-8", "replace")), pos
+    return line, pos
+
+
 class _Cluster(RedisCluster):
     """RedisCluster that, like the standalone client here, never re-sends a command after a timeout."""
 
@@ -217,6 +516,11 @@ class RedisStore:
         self._slots = asyncio.Semaphore(max_connections)
         self._sentinel: Sentinel | None = None
         self._client: Redis | RedisCluster = self._connect(url, timeout, max_connections + 8)
+        # Sentinel and Cluster read through: after a failover or a slot move the tracking
+        # connection could be left on a node that no longer sees the writes.
+        self._cache: _ReadCache | None = None
+        if isinstance(self._client, Redis) and self._sentinel is None:
+            self._cache = _ReadCache(self._client.connection_pool, timeout)
         self._note_call = self._client.register_script(NOTE_CALL)
         self._note_verdict = self._client.register_script(NOTE_VERDICT)
         self._take = self._client.register_script(TAKE)
@@ -271,26 +575,52 @@ class RedisStore:
 
     # -- key-value ------------------------------------------------------------------------
 
-    async def get(self, key: str) -> bytes | None:
-        value: bytes | None = await self._run(lambda: self._client.get(key))
-        return value
+    async def get(self, key: str, *, cached: bool = False) -> bytes | None:
+        cache = self._cache
+        if cached and cache is not None and not self._closed:
+            value = cache.lookup(key)
+            if type(value) is _Pending:
+                value = await self._run(value.wait)
+            elif value is _MISS and cache.live:
+                value = await self._run(lambda: cache.fetch(key))
+            if value is not _MISS:
+                return value  # type: ignore[no-any-return]
+        value = await self._run(lambda: self._client.get(key))
+        return value  # type: ignore[no-any-return]
 
     async def put(self, key: str, value: bytes, ttl: float | None = None) -> None:
-        if ttl is None:
-            await self._run(lambda: self._client.set(key, value))
-        elif ttl <= 0:  # already expired, as the memory store would report it
-            await self._run(lambda: self._client.delete(key))
-        else:
-            await self._run(lambda: self._client.set(key, value, px=max(1, math.ceil(ttl * 1000))))
+        self._forget(key)
+        try:
+            if ttl is None:
+                await self._run(lambda: self._client.set(key, value))
+            elif ttl <= 0:  # already expired, as the memory store would report it
+                await self._run(lambda: self._client.delete(key))
+            else:
+                await self._run(lambda: self._client.set(key, value, px=max(1, math.ceil(ttl * 1000))))
+        finally:
+            self._forget(key)
 
     async def delete(self, key: str) -> None:
-        await self._run(lambda: self._client.delete(key))
+        self._forget(key)
+        try:
+            await self._run(lambda: self._client.delete(key))
+        finally:
+            self._forget(key)
 
     async def compare_and_set(self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None) -> bool:
         ttl_ms = 0 if ttl is None else max(1, math.ceil(ttl * 1000))
         args = ("1" if expected is None else "0", expected or b"", value, ttl_ms)
-        written = await self._run(lambda: self._compare_and_set(keys=[key], args=args))
+        self._forget(key)
+        try:
+            written = await self._run(lambda: self._compare_and_set(keys=[key], args=args))
+        finally:
+            self._forget(key)
         return bool(written)
+
+    def _forget(self, key: str) -> None:
+        """Our own write: read ``key`` afresh next time, without waiting for Redis to announce it."""
+        if self._cache is not None:
+            self._cache.forget(key)
 
     async def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
         if not keys:
@@ -439,6 +769,8 @@ class RedisStore:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
+        if self._cache is not None:
+            await self._cache.close()
         try:
             await self._client.aclose()
             if self._sentinel is not None:
