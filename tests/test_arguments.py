@@ -922,3 +922,45 @@ def test_shell_effects_accepts_argv_and_text() -> None:
     assert shell_effects("rm -rf /") == shell_effects(["rm", "-rf", "/"])
     assert shell_effects([]) == set()
     assert shell_effects("echo hi") == set()
+
+
+class _Plain:
+    """A built-in detector without its ``idle`` answer: what the analyser did before it skipped any."""
+
+    def __init__(self, detector: Any) -> None:
+        self.name = detector.name
+        self._detector = detector
+
+    def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
+        return self._detector.inspect(tool_name, tool_words, arguments)
+
+
+def test_idle_detectors_are_skipped_only_where_they_find_nothing() -> None:
+    """Scalar arguments of tools no detector reads: skipping the idle ones changes no report."""
+    import random
+
+    plain = ArgumentAnalyser([_Plain(d) for d in default_detectors()])
+    tools = ["get_weather", "run_query", "exec_sql", "http_request", "run_shell", "search_docs", "create_note"]
+    tools += ["query_docs", "fetch", "psql", "terminal", "executeCommand", "webhook_call", "db_read"]
+    keys = ["city", "title", "text", "sql", "query", "q", "command", "cmd", "script", "args", "method", "verb"]
+    keys += ["statement", "httpMethod", "user_query", "shellCommand", "note", "id", "limit", "argv", "commandLine"]
+    values: list[Any] = ["Oslo", "DROP TABLE users", "rm -rf /", "SELECT 1", "DELETE", "POST", "curl x | sh"]
+    values += ["GET", "sudo su", "UPDATE t SET a=1", "hello world", 3, 2.5, True, None, ""]
+    rng = random.Random(19)
+    for _ in range(3000):
+        arguments = {k: rng.choice(values) for k in rng.sample(keys, rng.randint(1, 4))}
+        action = call(rng.choice(tools), arguments)
+        assert ANALYSER.analyse(action, NO_POLICY) == plain.analyse(action, NO_POLICY), action
+    # Nested values and lists are always walked by every detector.
+    nested = call("get_weather", {"options": {"command": "rm -rf /"}, "cmd": ["rm", "-rf", "/"]})
+    assert ANALYSER.analyse(nested, NO_POLICY) == plain.analyse(nested, NO_POLICY)
+    assert ANALYSER.analyse(nested, NO_POLICY).effect is Effect.DESTRUCTIVE
+
+
+def test_a_detector_whose_idle_fails_still_runs() -> None:
+    class Confused(_Flagger):
+        def idle(self, tool_words: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+            raise RuntimeError("bug")
+
+    report = ArgumentAnalyser([Confused()]).analyse(call("get_user", {"danger": 1}), NO_POLICY)
+    assert report.effect is Effect.DESTRUCTIVE

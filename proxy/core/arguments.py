@@ -92,7 +92,12 @@ _MAX_LITERALS: Final = 32
 
 
 class Detector(Protocol):
-    """A pluggable argument inspector. ``inspect`` must be pure and fast; it runs in Fast Guard."""
+    """A pluggable argument inspector. ``inspect`` must be pure and fast; it runs in Fast Guard.
+
+    A detector may also have ``idle(tool_words, keys) -> bool``: True when ``inspect`` finds nothing
+    in arguments whose values are all scalars under exactly these keys, whatever the values are.
+    The analyser then skips it for such calls (remembering the answer per tool name and keys).
+    """
 
     name: str
 
@@ -224,6 +229,20 @@ def _key_words(key: str) -> frozenset[str]:
     return frozenset(tokenize(key[:_MAX_LABEL]))
 
 
+def _flat_keys(arguments: Mapping[str, Any]) -> tuple[str, ...] | None:
+    """The keys of arguments that are a few scalars under string keys (most calls), else None."""
+    if len(arguments) > _FLAT_MAX:
+        return None
+    for key, value in arguments.items():
+        if type(key) is not str or type(value) not in _SCALARS:
+            return None
+    return tuple(arguments)
+
+
+_FLAT_MAX: Final = 32
+"""Arguments with more keys are always walked by every detector."""
+
+
 class _Budget:
     """A detector's per-call allowance of analysed characters (``MAX_TOTAL_SCAN``)."""
 
@@ -263,6 +282,7 @@ _SQL_TOOL_WORDS: Final = frozenset(
 _SQL_WEAK_TOOL_WORDS: Final = frozenset({"query", "execute", "exec"})
 """Database words that other tools use too (``query_docs``, ``exec`` for a shell): on such a tool
 a query/command argument is read as SQL only when it starts like a statement."""
+_SQL_DATABASE_WORDS: Final = _SQL_TOOL_WORDS - _SQL_WEAK_TOOL_WORDS
 _SQL_START: Final = re.compile(
     r"\s*(?:[(]|/\*|--|#|(?:select|with|insert|update|delete|merge|upsert|replace|create|drop|alter|truncate"
     r"|grant|revoke|explain|analy[sz]e|show|describe|desc|call|do|exec|execute|copy|attach|detach|pragma|values"
@@ -530,9 +550,19 @@ class SqlDetector:
 
     name = "sql"
 
+    def idle(self, tool_words: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+        """Only strings of a database tool, or under sql/statement/query/command keys, are read."""
+        if not _SQL_TOOL_WORDS.isdisjoint(tool_words):
+            return False
+        for key in keys:
+            words = _key_words(key)
+            if not (_SQL_STRICT_KEYS.isdisjoint(words) and _SQL_SOFT_KEYS.isdisjoint(words)):
+                return False
+        return True
+
     def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
         sql_tool = not _SQL_TOOL_WORDS.isdisjoint(tool_words)
-        database_tool = not (_SQL_TOOL_WORDS - _SQL_WEAK_TOOL_WORDS).isdisjoint(tool_words)
+        database_tool = not _SQL_DATABASE_WORDS.isdisjoint(tool_words)
         budget = _Budget()
         parse_left = MAX_TOTAL_PARSE
         for leaf in iter_strings(arguments):
@@ -1025,6 +1055,16 @@ class ShellDetector:
 
     name = "shell"
 
+    def idle(self, tool_words: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+        """Only a shell-like tool's arguments, or cmd/command/script/args keys, are read (an argv
+        needs a list, which scalars are not)."""
+        if not _SHELL_TOOL_WORDS.isdisjoint(tool_words):
+            return False
+        for key in keys:
+            if not _SHELL_KEYS.isdisjoint(_key_words(key)):
+                return False
+        return True
+
     def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
         shell_tool = not _SHELL_TOOL_WORDS.isdisjoint(tool_words)
         budget = _Budget()
@@ -1115,6 +1155,9 @@ class HttpMethodDetector:
     method that is not GET, HEAD, OPTIONS or TRACE) mutating."""
 
     name = "http_method"
+
+    def idle(self, tool_words: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+        return _HTTP_TOOL_WORDS.isdisjoint(tool_words)
 
     def inspect(self, tool_name: str, tool_words: tuple[str, ...], arguments: Mapping[str, Any]) -> Iterable[Finding]:
         if _HTTP_TOOL_WORDS.isdisjoint(tool_words):
@@ -1252,6 +1295,7 @@ class ArgumentAnalyser:
 
     def __init__(self, detectors: Sequence[Detector] | None = None) -> None:
         self.detectors: tuple[Detector, ...] = tuple(default_detectors() if detectors is None else detectors)
+        self._busy: dict[tuple[str, tuple[str, ...]], tuple[Detector, ...]] = {}
 
     def analyse(self, action: Action, policy: Policy) -> ArgumentReport:
         if not action.is_tool_call:
@@ -1260,12 +1304,17 @@ class ArgumentAnalyser:
         constraints = policy.constraints_for(action.name)
         if not arguments and not constraints:
             return _EMPTY
-        words = tokenize(action.name)
+        words = _name_words(action.name) if len(action.name) <= _MAX_MEMO_NAME else tokenize(action.name)
         findings: dict[Finding, None] = {}
-        if not walk_complete(arguments):
-            findings[_TOO_MANY_VALUES] = None
+        keys = _flat_keys(arguments)
+        if keys is None:
+            detectors = self.detectors
+            if not walk_complete(arguments):
+                findings[_TOO_MANY_VALUES] = None
+        else:
+            detectors = self._busy_for(action.name, words, keys)
         left_out: Effect | None = None
-        for detector in self.detectors:
+        for detector in detectors:
             try:
                 for finding in detector.inspect(action.name, words, arguments):
                     if len(findings) < MAX_FINDINGS:
@@ -1278,10 +1327,47 @@ class ArgumentAnalyser:
                 findings.setdefault(Finding(str(name), Effect.DESTRUCTIVE, message), None)
         if left_out is not None:
             findings.setdefault(Finding("arguments", left_out, "more findings than are listed"), None)
-        violations = check_constraints(arguments, constraints) + check_paths(arguments, policy.path_roots)
+        violations = check_constraints(arguments, constraints) if constraints else []
+        if policy.path_roots:
+            violations += check_paths(arguments, policy.path_roots)
         if not findings and not violations:
             return _EMPTY
         return ArgumentReport(tuple(findings), tuple(dict.fromkeys(violations))[:MAX_FINDINGS])
+
+    def _busy_for(self, name: str, words: tuple[str, ...], keys: tuple[str, ...]) -> tuple[Detector, ...]:
+        """The detectors that are not idle for scalar arguments under ``keys`` of tool ``name``
+        (remembered: a pure function of the two, and the same few come back on every call)."""
+        busy = self._busy.get((name, keys))
+        if busy is not None:
+            return busy
+        busy = tuple(d for d in self.detectors if not _idle(d, words, keys))
+        if len(name) <= _MAX_MEMO_NAME and sum(map(len, keys)) <= _MAX_MEMO_KEYS:
+            if len(self._busy) >= _MEMO_ENTRIES:
+                self._busy.clear()  # a client inventing names or keys must not grow memory
+            self._busy[(name, keys)] = busy
+        return busy
+
+
+_MEMO_ENTRIES: Final = 4096
+_MAX_MEMO_NAME: Final = 256
+_MAX_MEMO_KEYS: Final = 1024
+"""Longer tool names and key lists are answered, not remembered, so the memo stays small in bytes."""
+
+
+def _idle(detector: Detector, words: tuple[str, ...], keys: tuple[str, ...]) -> bool:
+    """Whether ``detector`` says it finds nothing here; one that cannot say (or fails to) runs."""
+    idle = getattr(detector, "idle", None)
+    if idle is None:
+        return False
+    try:
+        return idle(words, keys) is True
+    except Exception:
+        return False  # inspect then runs, and reports its own failure
+
+
+@functools.lru_cache(maxsize=1024)
+def _name_words(name: str) -> tuple[str, ...]:
+    return tokenize(name)
 
 
 _TOO_MANY_VALUES: Final = Finding(
