@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench profile clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; sys.exit("Wicket needs Python 3.11+") if sys.version_info < (3, 11) else None'
@@ -50,6 +50,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py --stores memory,redis
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/revocation.py --load 8
+
+## Where Wicket's own CPU goes (cProfile, read path, memory store); see bench/README.md.
+profile: $(STAMP)
+	$(BIN)/python bench/hotspots.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis $(NODE_DIR)/node_modules

@@ -129,8 +129,12 @@ class Proc:
             raise BenchError(f"{self.name} exited with code {code}; its log ends with:\n{self.log_tail()}")
 
 
-def spawn(name: str, argv: Sequence[str], workdir: Path, extra_env: dict[str, str] | None = None) -> Proc:
-    """Start a child in its own session so a terminal Ctrl-C reaches only us; we stop it in order."""
+def spawn(
+    name: str, argv: Sequence[str], workdir: Path, extra_env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> Proc:
+    """Start a child in its own session so a terminal Ctrl-C reaches only us; we stop it in order.
+
+    ``cwd`` is also where ``python -m proxy`` finds the package (another checkout, for a profile)."""
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra_env or {})
@@ -138,7 +142,7 @@ def spawn(name: str, argv: Sequence[str], workdir: Path, extra_env: dict[str, st
     with log.open("wb") as out:
         popen = subprocess.Popen(
             list(argv),
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=out,

@@ -1,0 +1,204 @@
+"""Where Wicket's own CPU goes: one Wicket under cProfile, driven like ``bench/run.py`` drives it.
+
+Starts the demo MCP server and one Wicket (``python -m cProfile -m proxy run``, the bench policy,
+the memory or a private Redis store), makes ``--calls`` calls of one workload at ``--concurrency``,
+profiling only while those calls run (``bench/profiled_wicket.py``), and prints the top functions by their own time and
+by cumulative time, per call. cProfile slows Python code down (roughly x1.5-2 here), so read the
+figures as shares, never as Wicket's real cost: ``bench/run.py`` measures that.
+
+``--checkout DIR`` profiles another checkout's ``proxy`` package with this checkout's interpreter
+(for example a ``git worktree`` of an older commit), so "before" and "after" come from one script.
+
+Run: ``.venv/bin/python bench/hotspots.py [--workload read|write] [--store memory|redis] [--calls 4000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import itertools
+import os
+import pstats
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from run import (
+    BENCH_POLICY,
+    HOST,
+    READ,
+    ROOT,
+    WRITE,
+    BenchError,
+    Proc,
+    SessionGrant,
+    Target,
+    cpu_seconds,
+    free_port,
+    probe_call,
+    probe_readyz,
+    probe_redis,
+    redis_server_argv,
+    spawn,
+    stop_all,
+    wait_until,
+    write_signing_key,
+)
+
+WORKLOADS = {"read": READ, "write": WRITE}
+SESSION_CALLS = 800  # write calls per read-write session, below the bench policy's anomaly min_calls
+
+
+async def drive(
+    args: argparse.Namespace, checkout: Path, workdir: Path, procs: list[Proc], pstats_file: Path
+) -> tuple[int, float]:
+    """Start everything, make the calls; returns (calls, Wicket CPU seconds while they ran)."""
+    py = sys.executable
+    env = {"PYTHONPATH": str(checkout), "WICKET_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+    deadline = time.monotonic() + 60
+    up, wk, adm = free_port(), free_port(), free_port()
+    policy = workdir / "bench-policy.yaml"
+    policy.write_text(BENCH_POLICY)
+    procs.append(
+        spawn(
+            "upstream",
+            [py, "-m", "proxy.demo.server", "--host", HOST, "--port", str(up), "--json-response"],
+            workdir,
+            env,
+            cwd=checkout,
+        )
+    )
+    store = "memory"
+    if args.store == "redis":
+        rp = free_port()
+        procs.append(spawn("redis", redis_server_argv(args.redis_server, rp, workdir), workdir))
+        await wait_until("redis-server", [procs[-1]], functools.partial(probe_redis, rp), deadline)
+        store = f"redis://{HOST}:{rp}/0"
+        key = workdir / "signing-key.pem"
+        write_signing_key(key)
+        env |= {"WICKET_SESSION_KEY": secrets.token_hex(32), "WICKET_SIGNING_KEY": str(key)}
+    argv = [
+        py, str(ROOT / "bench" / "profiled_wicket.py"), str(pstats_file), "run",
+        "--upstream", f"http://{HOST}:{up}/mcp",
+        "--policy", str(checkout / "policies" / "demo.yaml"), "--policy", str(policy),
+        "--listen", f"{HOST}:{wk}", "--admin-listen", f"{HOST}:{adm}",
+        "--store", store, "--audit-log", str(workdir / "audit.jsonl"),
+    ]  # fmt: skip
+    wicket = spawn("wicket", argv, workdir, env, cwd=checkout)
+    procs.append(wicket)
+    workload = WORKLOADS[args.workload]
+    grant = SessionGrant(f"http://{HOST}:{adm}", env["WICKET_ADMIN_TOKEN"]) if workload is WRITE else None
+    target = Target("wicket", workload, f"http://{HOST}:{wk}/mcp", "wicket", False, grant=grant)
+    try:
+        await wait_until(
+            "wicket /readyz", [wicket], functools.partial(probe_readyz, f"http://{HOST}:{adm}/readyz"), deadline
+        )
+        await wait_until("a first call", [wicket], functools.partial(probe_call, target, args.concurrency), deadline)
+        ids = itertools.count(1)
+
+        async def batch(calls: int) -> None:
+            queue = iter(range(calls))
+
+            async def worker() -> None:
+                for _ in queue:
+                    await target.call(next(ids))
+
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+
+        await batch(min(args.calls, 2 * args.concurrency + 100))  # warm-up: caches, pools, pins
+        done, cpu = 0, 0.0
+        await target.reserve(min(args.calls, SESSION_CALLS - 2 * args.concurrency))
+        os.kill(wicket.pid, signal.SIGUSR1)  # profile from here: the measured calls only
+        while done < args.calls:
+            n = min(args.calls - done, SESSION_CALLS - 2 * args.concurrency)
+            await target.reserve(n)  # a fresh read-write session between batches, outside the CPU window
+            before = cpu_seconds(wicket.pid)
+            await batch(n)
+            cpu += cpu_seconds(wicket.pid) - before
+            done += n
+        os.kill(wicket.pid, signal.SIGUSR2)  # stop and write the statistics
+        return done, cpu
+    finally:
+        await target.close()
+
+
+def report(pstats_file: Path, calls: int, top: int) -> str:
+    """The top functions by own time and by cumulative time, in µs per call (cProfile's clock)."""
+    stats = pstats.Stats(str(pstats_file))
+    rows = []
+    for (path, line, name), (_, ncalls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        where = path.split("site-packages/")[-1].split("/lib/python3")[-1]
+        for prefix in (f"{ROOT}/", f"{Path(sys.prefix)}/"):
+            where = where.removeprefix(prefix)
+        rows.append((own, cumulative, ncalls, f"{where}:{line}({name})"))
+    per_call = 1e6 / calls
+    out = []
+    for title, key in (("own time", 0), ("cumulative time", 1)):
+        out += [
+            f"\nTop {top} by {title} (µs of CPU per call under cProfile; calls per call):\n",
+            "| own | cumulative | calls | function |",
+            "|---|---|---|---|",
+        ]
+        ranked = [r for r in sorted(rows, key=lambda r: -r[key]) if key == 0 or "proxy/" in r[3]]
+        for own, cumulative, ncalls, label in ranked[:top]:
+            out.append(f"| {own * per_call:.1f} | {cumulative * per_call:.1f} | {ncalls / calls:.2f} | `{label}` |")
+    return "\n".join(out)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Profile one Wicket under cProfile while bench-style calls run through it.")
+    p.add_argument(
+        "--workload", choices=sorted(WORKLOADS), default="read", help="read (Fast only) or write (Fast + Spot)"
+    )
+    p.add_argument("--store", choices=("memory", "redis"), default="memory")
+    p.add_argument("--calls", type=int, default=4000, help="profiled calls (default 4000)")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--top", type=int, default=25, help="functions listed per table (default 25)")
+    p.add_argument("--checkout", default=str(ROOT), help="the checkout whose proxy package is profiled")
+    p.add_argument("--redis-server", default="redis-server")
+    p.add_argument("--pstats", metavar="FILE", help="keep cProfile's statistics in FILE (for snakeviz, pstats)")
+    args = p.parse_args(argv)
+    if args.store == "redis" and shutil.which(args.redis_server) is None:
+        p.error(f"--store redis needs a redis-server binary: {args.redis_server!r} not found")
+    if args.calls < 1 or args.concurrency < 1 or 2 * args.concurrency >= SESSION_CALLS:
+        p.error("--calls must be positive and --concurrency below 400")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="wicket-profile-"))
+    pstats_file = Path(args.pstats) if args.pstats else workdir / "wicket.pstats"
+    procs: list[Proc] = []
+    try:
+        calls, cpu = asyncio.run(drive(args, Path(args.checkout).resolve(), workdir, procs, pstats_file))
+    except BenchError as exc:
+        print(f"profile: {exc}\n(logs kept in {workdir})", file=sys.stderr)
+        stop_all(procs)
+        return 1
+    for _ in range(100):  # written by Wicket's signal handler, between two of its event-loop steps
+        if pstats_file.is_file() and pstats_file.stat().st_size:
+            break
+        time.sleep(0.1)
+    stop_all(procs)
+    if not pstats_file.is_file():
+        print(f"profile: cProfile wrote no statistics (logs kept in {workdir})", file=sys.stderr)
+        return 1
+    print(
+        f"{args.workload} workload, {args.store} store, {calls} calls at c={args.concurrency}, "
+        f"checkout {args.checkout}; Wicket CPU under cProfile: {cpu / calls * 1e6:.0f} µs per call"
+    )
+    print(report(pstats_file, calls, args.top))
+    if not args.pstats:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
