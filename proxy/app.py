@@ -186,8 +186,8 @@ class Wicket:
         self.signer = RecordSigner(self.settings.session_key)
         self.sessions = SessionManager(self.store, self.signer)
         self.oidc = oidc_verifier(self.settings)
-        self.revocations = RevocationList()
-        self.signed_revocations = SignedRevocations(self.store, self.signer)
+        self.revocations = RevocationList(on_new=self._revocations_in_force)
+        self.signed_revocations = SignedRevocations(self.store, self.signer, self.revocations)
         try:
             self.federation = Federation(
                 self.policy,
@@ -476,7 +476,7 @@ class Wicket:
         self._stream_client = self._client if self.bridge is not None else self._client_session(pool=0)
         if self.settings.a2a_upstream:
             self._a2a_client = self._client_session(bridged=False) if self.bridge is not None else self._client
-        await self._sync_revocations()
+        await self._sync_revocations("start")
         await self.store.subscribe_revocations(self.revocations.add)
         self._resync = asyncio.create_task(self._resync_revocations())
         if not self.audit.healthy:
@@ -517,13 +517,19 @@ class Wicket:
             sockets = getattr(site._server, "sockets", None) or []
         return int(sockets[0].getsockname()[1]) if sockets else port
 
-    async def _sync_revocations(self) -> bool:
+    def _revocations_in_force(self, via: str, count: int) -> None:
+        """Count revocations new to this replica by how they came; note when (are all replicas up to date?)."""
+        self.metrics.revocations_in_force.labels(via).inc(count)
+        if via != "start":
+            self.metrics.revocation_in_force_at.set(time.time())
+
+    async def _sync_revocations(self, via: str = "resync") -> bool:
         try:
             loaded = await self.signed_revocations.load(self.revocations.items())
         except StoreUnavailable as exc:
             log.error("revocations could not be loaded: %s", exc)
             return False
-        self.revocations.update(loaded.items)
+        self.revocations.update(loaded.items, via)
         if loaded.problem is not None:
             # Every revocation either side held stays in force (and was put back); the operator must know why.
             log.error("revocations: %s", loaded.problem)

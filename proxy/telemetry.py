@@ -148,6 +148,18 @@ class Metrics:
         self.revocations = Counter(
             "wicket_revocations_total", "Revocations issued through this replica, by kind.", ["kind"], registry=r
         )
+        self.revocations_in_force = Counter(
+            "wicket_revocations_in_force_total",
+            "Revocations this replica started enforcing, by how they came: local (its own API), feed (another "
+            "replica's announcement), resync (the periodic reload: the feed missed them, or there is none) or start.",
+            ["via"],
+            registry=r,
+        )
+        self.revocation_in_force_at = Gauge(
+            "wicket_revocation_in_force_timestamp_seconds",
+            "When this replica last started enforcing a new revocation (Unix time; 0: none since it started).",
+            registry=r,
+        )
         self.approvals = Counter(
             "wicket_approvals_total",
             "Approval requests and their fate: requested, reused, approved, denied, expired, refused.",

@@ -152,15 +152,27 @@ async def test_a_session_made_on_one_replica_works_on_the_other_and_revocation_s
         ) as response,
     ):
         assert response.status == 201
+    ran = len(upstream.ledger.calls)
+    assert await call(a, grant["token"]) == 401, "the revoking replica enforces it before it answers 201"
     # Pub/sub carries it to the other replica; poll briefly (the bench measures how fast).
     for _ in range(50):
         if await call(b, grant["token"]) == 401:
             break
         await asyncio.sleep(0.05)
-    ran = len(upstream.ledger.calls)
     assert await call(b, grant["token"]) == 401
     assert await call(a, grant["token"]) == 401
     assert len(upstream.ledger.calls) == ran, "refused calls never reach the upstream"
+    # Each replica says how the revocation came into force there, and when.
+    a_metrics, b_metrics = await metrics(a), await metrics(b)
+    assert 'wicket_revocations_in_force_total{via="local"} 1.0' in a_metrics
+    assert 'wicket_revocations_in_force_total{via="feed"} 1.0' in b_metrics
+    assert "wicket_revocation_in_force_timestamp_seconds 0.0" not in b_metrics
+
+
+async def metrics(replica: Replica) -> str:
+    async with aiohttp.ClientSession() as http, http.get(f"{replica.admin_url}/metrics") as response:
+        assert response.status == 200
+        return await response.text()
 
 
 async def test_the_sampling_rate_limit_holds_across_both_replicas(

@@ -7,17 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from proxy.core.revocations import SIGNED_KEY, SignedRevocations
+from proxy.core.revocations import SIGNED_KEY, RevocationList, SignedRevocations
 from proxy.core.sessions import RecordSigner
 from proxy.demo.server import DemoUpstream
 from proxy.state.base import Store
 from proxy.state.memory import MemoryStore
+from proxy.state.redis import RedisStore
 from tests.conftest import WicketFactory
 from tests.redis_support import RedisServer
 from tests.test_revocation import STRICT, call, revoke
@@ -57,6 +60,43 @@ async def test_a_revocation_is_announced_before_it_is_signed_then_signed_and_per
     assert heard[-1] == ("session", "ses_early", True, True), "announced again once signed and persisted"
     loaded = await SignedRevocations(store, SIGNER).load()
     assert loaded.problem is None and ("session", "ses_early") in loaded.items
+
+
+async def test_the_revoking_replica_enforces_a_revocation_before_announcing_it() -> None:
+    store, in_force = MemoryStore(), RevocationList()
+    enforced_when_heard: list[bool] = []
+    await store.subscribe_revocations(
+        lambda kind, ident: enforced_when_heard.append(in_force.reason("agent", ident, None) is not None)
+    )
+    await SignedRevocations(store, SIGNER, in_force).revoke("session", "ses_here")
+    assert enforced_when_heard and all(enforced_when_heard)
+
+
+async def test_a_reconnecting_feed_delivers_what_it_missed(redis_server: RedisServer) -> None:
+    """Revocations persisted while the feed was not subscribed are delivered once it (re)subscribes,
+    not only at the next periodic resync: before the first subscription, and after a lost connection."""
+    raw = redis_server.client()
+    raw.sadd("wicket:revocations", "agent\0before")  # persisted, never announced
+    store = RedisStore(redis_server.url)
+    heard: set[tuple[str, str]] = set()
+    try:
+        await store.subscribe_revocations(lambda kind, ident: heard.add((kind, ident)))
+        await until(lambda: ("agent", "before") in heard)
+        raw.sadd("wicket:revocations", "agent\0meanwhile")  # missed: nobody announced it
+        assert raw.client_kill_filter(_type="pubsub") >= 1  # the feed's connection drops
+        await until(lambda: ("agent", "meanwhile") in heard)
+        await store.announce("agent", "after")  # and the feed goes on
+        await until(lambda: ("agent", "after") in heard)
+    finally:
+        await store.close()
+        raw.close()
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    end = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        await asyncio.sleep(0.02)
 
 
 async def test_announce_reaches_subscribers_without_persisting(store: Store) -> None:

@@ -11,7 +11,7 @@ is still enforced, reported and put back, never silently lifted.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from proxy.core.sessions import RecordSigner, SessionIntegrityError
@@ -25,17 +25,31 @@ _CAS_ATTEMPTS = 16
 
 
 class RevocationList:
-    def __init__(self) -> None:
+    """What this replica refuses. ``on_new(via, count)`` hears of entries new to it, and how they came:
+    ``local`` (this replica's API), ``feed`` (another replica's announcement), ``resync`` (the periodic
+    reload found what the feed missed, or there is no feed) or ``start``."""
+
+    def __init__(self, on_new: Callable[[str, int], None] | None = None) -> None:
         self._items: dict[str, set[str]] = {kind: set() for kind in KINDS}
+        self._on_new = on_new
 
-    def add(self, kind: str, ident: str) -> None:
-        if kind in self._items:
-            self._items[kind].add(ident)
+    def add(self, kind: str, ident: str, via: str = "feed") -> None:
+        if self._insert(kind, ident) and self._on_new is not None:
+            self._on_new(via, 1)
 
-    def update(self, items: Iterable[tuple[str, str]]) -> None:
+    def update(self, items: Iterable[tuple[str, str]], via: str = "resync") -> None:
         """Add every item; nothing is ever removed (a revocation is permanent)."""
-        for kind, ident in items:
-            self.add(kind, ident)
+        new = sum(self._insert(kind, ident) for kind, ident in items)
+        if new and self._on_new is not None:
+            self._on_new(via, new)
+
+    def _insert(self, kind: str, ident: str) -> bool:
+        """True if the entry is new here (an unknown kind is ignored)."""
+        idents = self._items.get(kind)
+        if idents is None or ident in idents:
+            return False
+        idents.add(ident)
+        return True
 
     def items(self) -> set[tuple[str, str]]:
         return {(kind, ident) for kind, idents in self._items.items() for ident in idents}
@@ -84,20 +98,25 @@ class SignedRevocations:
     stays in force, and what this process already knew is signed and stored again.
     """
 
-    def __init__(self, store: Store, signer: RecordSigner) -> None:
+    def __init__(self, store: Store, signer: RecordSigner, in_force: RevocationList | None = None) -> None:
         self._store = store
         self._signer = signer
+        self._in_force = in_force  # this replica's list: what it revokes is in force here before it is announced
         self._version = 0  # the highest version of the signed list this process saw
 
     async def revoke(self, kind: str, ident: str) -> None:
-        """Announce the entry, sign it into the list, then persist and announce it again (``Store.revoke``).
+        """Enforce the entry here, announce it, sign it into the list, then persist and announce it
+        again (``Store.revoke``).
 
-        The first announcement goes out before the signed list is read and written (two round
-        trips and an HMAC over the whole list), so replicas stop admitting the revoked access
-        without waiting for that bookkeeping. A revocation only ever takes access away, and a
-        replica keeps enforcing what it was told (``load(known)``), so announcing early cannot
-        let anything through; if the signing fails, the caller hears of it and retries.
+        This replica refuses the access before anything is sent (not only once its own feed echoes
+        the announcement back), and the first announcement goes out before the signed list is read
+        and written (two round trips and an HMAC over the whole list), so replicas stop admitting
+        the revoked access without waiting for that bookkeeping. A revocation only ever takes
+        access away, and a replica keeps enforcing what it was told (``load(known)``), so announcing
+        early cannot let anything through; if the signing fails, the caller hears of it and retries.
         """
+        if self._in_force is not None:
+            self._in_force.add(kind, ident, "local")
         await self._store.announce(kind, ident)
         for _ in range(_CAS_ATTEMPTS):
             raw = await self._store.get(SIGNED_KEY)

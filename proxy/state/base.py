@@ -71,7 +71,8 @@ class Store(Protocol):
         """Every persisted revocation, for start-up and the periodic resync."""
 
     async def subscribe_revocations(self, callback: Callable[[str, str], None]) -> None:
-        """Call ``callback(kind, ident)`` for each revocation announced from now on, until closed."""
+        """Call ``callback(kind, ident)`` for each revocation announced from now on, until closed;
+        persisted ones may come again (a feed that reconnects delivers what it may have missed)."""
 
     async def compare_and_set(self, key: str, expected: bytes | None, value: bytes, ttl: float | None = None) -> bool:
         """Atomically store ``value`` if ``key`` holds exactly ``expected`` (``None``: if it is absent).

@@ -740,26 +740,39 @@ class RedisStore:
             self._listener = asyncio.create_task(self._listen())
 
     async def _listen(self) -> None:
-        """Follow the revocation channel for the life of the store, reconnecting with backoff."""
+        """Follow the revocation channel for the life of the store, reconnecting with backoff.
+
+        Once (re)subscribed, the persisted set is delivered too: what was revoked while the feed
+        was down is enforced at once, not at the next periodic resync.
+        """
         backoff = 0.1
         while not self._closed:
             pubsub = self._client.pubsub()  # type: ignore[union-attr]
             try:
                 await pubsub.subscribe(self._revocations_key)
-                backoff = 0.1
                 while not self._closed:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if message is not None and message.get("type") == "message":
-                        kind, ident = _revocation(message["data"])
-                        for listener in self._revocation_listeners:
-                            listener(kind, ident)
-            except (RedisError, OSError, TimeoutError) as exc:
+                    message = await pubsub.get_message(timeout=1.0)
+                    what = None if message is None else message.get("type")
+                    if what == "message":
+                        self._deliver(*_revocation(message["data"]))
+                    elif what == "subscribe":  # (re)subscribed, by us or by redis-py reconnecting on its own
+                        backoff = 0.1
+                        for revoked in await self.revocations():
+                            self._deliver(*revoked)
+            except (RedisError, OSError, TimeoutError, StoreUnavailable) as exc:
                 log.warning("revocation feed interrupted (%s); reconnecting", _reason(exc))
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await pubsub.aclose()
+
+    def _deliver(self, kind: str, ident: str) -> None:
+        for listener in self._revocation_listeners:
+            try:
+                listener(kind, ident)
+            except Exception:  # a faulty listener must not end the feed for the others
+                log.exception("a revocation listener failed on %s %s", kind, ident)
 
     async def close(self) -> None:
         if self._closed:
