@@ -508,6 +508,17 @@ def test_arguments_digest_is_canonical_json() -> None:
         assert arguments_sha256(arguments) == hashlib.sha256(documented.encode()).hexdigest(), value
 
 
+async def test_an_action_digests_its_arguments_once_and_the_credential_binds_to_that_digest() -> None:
+    action = _call("get_note", {"id": 7, "tags": ["a"]})
+    assert action.arguments_sha256 == arguments_sha256(action.arguments)
+    credential = await _broker().issue(action, _session(), inbound_token=None)
+    assert _claims(credential)["args_sha256"] == action.arguments_sha256
+    other = dataclasses.replace(action, arguments={"id": 8})  # a new Action digests its own arguments
+    assert other.arguments_sha256 == arguments_sha256({"id": 8}) != action.arguments_sha256
+    assert other == dataclasses.replace(action, arguments={"id": 8})  # the cached digest is not compared
+    assert "sha256" not in repr(action)
+
+
 async def test_minted_credential_never_carries_the_agents_token() -> None:
     agent_token = "wkt_agent-secret-token"
     credential = await _broker().issue(_call("get_note"), _session(), inbound_token=agent_token)

@@ -84,8 +84,15 @@ class Delegation:
         return {"origin": self.origin, "agents": list(self.agents), "depth": self.depth, "links": list(self.link_ids)}
 
 
+class _ActionMemo:
+    """A slot an Action fills on first use, beside its fields: not compared, shown, encoded or replaced."""
+
+    __slots__ = ("_arguments_sha256",)
+    _arguments_sha256: str
+
+
 @dataclass(frozen=True, slots=True)
-class Action:
+class Action(_ActionMemo):
     """One thing an agent is trying to do, independent of the protocol that carried it.
 
     ``name`` is what the effect is classified from: the tool name for a tool call, the
@@ -120,6 +127,16 @@ class Action:
     the policy's ``resources`` patterns."""
     prompt: str | None = None
     """The name of the prompt this action fetches, audited."""
+
+    @property
+    def arguments_sha256(self) -> str:
+        """:func:`arguments_sha256` of ``arguments``, computed once per Action: the decision record,
+        approvals and the minted credential all bind to the same digest."""
+        digest: str | None = getattr(self, "_arguments_sha256", None)
+        if digest is None:
+            digest = arguments_sha256(self.arguments)
+            object.__setattr__(self, "_arguments_sha256", digest)
+        return digest
 
     @property
     def label(self) -> str:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from proxy.core.action import Action, Decision, Verdict, arguments_sha256
+from proxy.core.action import Action, Decision, Verdict
 from proxy.core.approvals import (
     APPROVAL_PREFIX,
     ApprovalError,
@@ -148,7 +148,7 @@ class Approvals:
         actions = (action.label,)
         bound: str | None = None
         if self.settings.call_bound(decision.effect):
-            bound = digest if digest is not None else arguments_sha256(action.arguments)
+            bound = digest if digest is not None else action.arguments_sha256
         key = pending_key(session.session_id, actions, bound)
         for _ in range(_CAS_ATTEMPTS):
             now = self._clock()

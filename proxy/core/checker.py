@@ -21,7 +21,7 @@ from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core import flows as flow_rules
 from proxy.core import injection
 from proxy.core import limits as limit_rules
-from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict, arguments_sha256
+from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.anomaly import raise_effect
 from proxy.core.approval_store import Approvals
 from proxy.core.approvals import covers
@@ -173,7 +173,7 @@ class Checker:
         rule = labelling.blocking(seen, call_labels) if labelling.flows else None
         if rule is not None:
             grant = None
-            call_digest = arguments_sha256(action.arguments)
+            call_digest = action.arguments_sha256
             if rule.action == "approval_required" and self.approvals is not None:
                 grant = await self.approvals.grant_id(session.session_id, action.label, call_digest)
             if grant is None:
@@ -187,7 +187,7 @@ class Checker:
         # Only a write can use an elevation (admin never does), so reads never read one. A read-only
         # session needs it for Fast Guard; a read-write one only if a tier asks for approval.
         approvals = self.approvals if raised in (Effect.MUTATING, Effect.DESTRUCTIVE) else None
-        digest = arguments_sha256(action.arguments) if approvals is not None else ""
+        digest = action.arguments_sha256 if approvals is not None else ""
         covered = False
         if approvals is not None and session.read_only:
             covered = covers(await approvals.elevated(session.session_id), action.label, digest)
@@ -233,7 +233,7 @@ class Checker:
                 )
                 asked = Decision(Verdict.APPROVAL_REQUIRED, raised, Tier.FAST, reason, decision_id=decision.decision_id)
                 if self.approvals is not None:
-                    asked = await self.approvals.request(action, session, asked, arguments_sha256(action.arguments))
+                    asked = await self.approvals.request(action, session, asked, action.arguments_sha256)
                 return asked, raised >= Effect.MUTATING
             decision = passed
         if decision.allowed:
@@ -461,7 +461,7 @@ class Checker:
             "confidence": decision.confidence,
         }
         if action.arguments:
-            fields["arguments_sha256"] = arguments_sha256(action.arguments)
+            fields["arguments_sha256"] = action.arguments_sha256
         _touched(fields, action)
         if decision.escalated_from is not None:
             fields["escalated_from"] = decision.escalated_from.label

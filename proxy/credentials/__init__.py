@@ -5,11 +5,11 @@ secrets, RFC 8693 ``exchange`` at the operator's IdP, or an explicit ``passthrou
 This package is an edge: it may use aiohttp; ``proxy.core`` never imports it.
 """
 
+from proxy.core.action import arguments_sha256
 from proxy.credentials.broker import (
     CredentialBroker,
     CredentialConfigError,
     IssuedCredential,
-    arguments_sha256,
     fingerprint,
     narrow_scope,
     passthrough_warnings,

@@ -25,7 +25,7 @@ from typing import Any
 
 import jwt
 
-from proxy.core.action import Action, arguments_sha256
+from proxy.core.action import Action
 from proxy.core.policy import CredentialSettings, Policy, normalise_url
 from proxy.core.sessions import TOKEN_PREFIX, Session
 from proxy.credentials.delegation import Link, act_claim, sign_link
@@ -267,7 +267,7 @@ class CredentialBroker:
             "aud": normalise_url(action.upstream),
             "scope": " ".join(narrow_scope(settings.scope, session, tool)),
             "method": action.method,
-            "args_sha256": arguments_sha256(action.arguments),
+            "args_sha256": action.arguments_sha256,
             "sid": session.session_id,
             "jti": jti,
             "iat": now,
