@@ -9,7 +9,9 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.adapters.http_guard import forward_headers
 from proxy.demo.server import DemoUpstream, free_port
 from tests.conftest import RunningWicket, WicketFactory
 
@@ -223,3 +225,30 @@ async def test_large_upstream_json_response_is_relayed_whole(upstream: DemoUpstr
     )
     assert status == 200 and headers["Content-Type"].startswith("application/json"), payload
     assert payload["result"]["content"][0]["text"] == f"It is sunny in {city}."
+
+
+def test_forwarded_headers_lose_hop_by_hop_connection_named_and_dropped_ones_only() -> None:
+    incoming = CIMultiDictProxy(
+        CIMultiDict(
+            [
+                ("Host", "wicket:8080"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("x-hop", "one hop only"),
+                ("Accept", "application/json"),
+                ("TRANSFER-ENCODING", "chunked"),
+                ("Authorization", "Bearer the-agent's-own"),
+                ("X-Trace", "a"),
+                ("Keep-Alive", "timeout=5"),
+                ("x-trace", "b"),
+                ("Mcp-Name", "get_weather"),
+            ]
+        )
+    )
+    forwarded = forward_headers(incoming, frozenset({"authorization"}))
+    assert list(forwarded.items()) == [
+        ("Accept", "application/json"),
+        ("X-Trace", "a"),
+        ("x-trace", "b"),
+        ("Mcp-Name", "get_weather"),
+    ]
+    assert "Connection" in incoming and "x-hop" in incoming  # the original is left as it was

@@ -251,3 +251,30 @@ async def test_deeply_nested_a2a_request_is_400_invalid_request(make_wicket: Wic
         assert agent.ledger.requests == []
     finally:
         await agent.stop()
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"jsonrpc": "2.0", "id": 123456789012345678901234567890, "method": "ping"}',  # past 64 bits
+        b'{"x": -9223372036854775809, "y": 9223372036854775807}',
+        b'{"n": NaN, "i": Infinity, "big": 1e400}',
+        '{"lone": "\udc00"}',
+        b'\xef\xbb\xbf{"bom": true}',
+        '{"utf16": 1}'.encode("utf-16"),
+        b'{"k": "first", "k": "last"}',
+        b'{"f": [0.1, 1e-320, 2.2250738585072014e-308, -0.0, 1E2, 0.30000000000000004]}',
+        b'{"text": "caf\\u00e9 \\ud83d\\ude00 \xc3\xa9"}',
+    ],
+)
+def test_the_one_json_reader_reads_exactly_as_python_s_json_does(raw: bytes | str) -> None:
+    """The fast path (orjson) may only answer where it reads alike; everything else is json's."""
+    assert repr(loads(raw)) == repr(json.loads(raw))
+
+
+@pytest.mark.parametrize("raw", [b'{"a":', b'{"a": 1} trailing', b"\xff\xfe\xfd", b"", b"{'single': 1}"])
+def test_the_one_json_reader_refuses_what_json_refuses(raw: bytes) -> None:
+    with pytest.raises(ValueError):
+        json.loads(raw)
+    with pytest.raises(ValueError):
+        loads(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from urllib.parse import urlsplit
@@ -81,15 +82,23 @@ class OriginPolicy:
 def forward_headers(
     headers: CIMultiDictProxy[str] | Mapping[str, str], drop: frozenset[str] = frozenset()
 ) -> CIMultiDict[str]:
-    """Copy end-to-end headers: hop-by-hop ones, those named in ``Connection`` and ``drop`` go."""
-    named = {t.strip().lower() for t in headers.get("Connection", "").split(",") if t.strip()}
-    out: CIMultiDict[str] = CIMultiDict()
-    for key, value in headers.items():
-        lower = key.lower()
-        if lower in HOP_BY_HOP or lower in named or lower in drop:
-            continue
-        out.add(key, value)
+    """Copy end-to-end headers: hop-by-hop ones, those named in ``Connection`` and ``drop`` go.
+
+    Runs twice per call, so the copy is multidict's and only the names to drop are looked up."""
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    names = _dropped(drop)
+    connection = headers.get("Connection")
+    if connection:
+        names = names | {t.strip().lower() for t in connection.split(",") if t.strip()}
+    for name in names:
+        if name in out:
+            out.popall(name)
     return out
+
+
+@functools.lru_cache(maxsize=64)
+def _dropped(drop: frozenset[str]) -> frozenset[str]:
+    return HOP_BY_HOP | drop
 
 
 def admin_origin_policy(listen_host: str, extra_hosts: Iterable[str]) -> OriginPolicy:

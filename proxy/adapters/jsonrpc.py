@@ -11,6 +11,7 @@ import json
 import re
 from typing import Any, Final
 
+import orjson
 from jsonrpcserver.response import ErrorResponse, SuccessResponse, serialize_error, serialize_success
 from jsonrpcserver.sentinels import NODATA
 
@@ -34,6 +35,7 @@ MAX_DEPTH: Final = 64
 comes near it, and every later walk (screening, audit, pinning) can then rely on it."""
 
 _ESCAPE: Final = re.compile(rb"\\.", re.S)
+_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
 _BRACKETS: Final = bytes.maketrans(b"[]{}", b"()()")
 _NOT_SKELETON: Final = bytes(b for b in range(256) if b not in b'[]{}"')
 
@@ -49,13 +51,22 @@ def loads(raw: bytes | str) -> Any:
     """Parse JSON, refusing nesting deeper than ``MAX_DEPTH`` with :class:`NestingTooDeep`
     (a ValueError): never a RecursionError, and never a tree too deep for later walks.
 
-    The parse is the C parser's single pass; the depth check costs two counts, and only a
+    The value is always exactly what ``json.loads`` makes of ``raw`` (Python's own reader, lenient
+    as the Python SDK is). orjson reads it about five times faster where it reads it alike: it
+    refuses what json alone accepts (NaN, a lone surrogate, a BOM, UTF-16, a number beyond a
+    double), which then goes to json, but it turns an integer past 64 bits into a float, so text
+    with 19 digits in a row goes to json directly. The depth check costs two counts, and only a
     message with more than ``MAX_DEPTH`` brackets also has its bracket skeleton measured."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     try:
-        value = json.loads(raw)
-    except RecursionError:
-        raise NestingTooDeep() from None
-    data = raw.encode() if isinstance(raw, str) else raw
+        if _LONG_DIGITS.search(data) is not None:
+            raise orjson.JSONDecodeError("an integer may not fit 64 bits", "", 0)
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        try:
+            value = json.loads(raw)
+        except RecursionError:
+            raise NestingTooDeep() from None
     if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _deeper_than(data, MAX_DEPTH):
         raise NestingTooDeep()
     return value
