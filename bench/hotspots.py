@@ -128,20 +128,20 @@ async def drive(
         await target.close()
 
 
-def report(pstats_file: Path, calls: int, top: int) -> str:
+def report(pstats_file: Path, calls: int, top: int, checkout: Path) -> str:
     """The top functions by own time and by cumulative time, in µs per call (cProfile's clock)."""
     stats = pstats.Stats(str(pstats_file))
     rows = []
     for (path, line, name), (_, ncalls, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
         where = path.split("site-packages/")[-1].split("/lib/python3")[-1]
-        for prefix in (f"{ROOT}/", f"{Path(sys.prefix)}/"):
+        for prefix in (f"{checkout}/", f"{ROOT}/", f"{Path(sys.prefix)}/"):
             where = where.removeprefix(prefix)
         rows.append((own, cumulative, ncalls, f"{where}:{line}({name})"))
     per_call = 1e6 / calls
     out = []
     for title, key in (("own time", 0), ("cumulative time", 1)):
         out += [
-            f"\nTop {top} by {title} (µs of CPU per call under cProfile; calls per call):\n",
+            f"\nTop {top} by {title} (µs of CPU per call under cProfile; a coroutine counts per resumption):\n",
             "| own | cumulative | calls | function |",
             "|---|---|---|---|",
         ]
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.workload} workload, {args.store} store, {calls} calls at c={args.concurrency}, "
         f"checkout {args.checkout}; Wicket CPU under cProfile: {cpu / calls * 1e6:.0f} µs per call"
     )
-    print(report(pstats_file, calls, args.top))
+    print(report(pstats_file, calls, args.top, Path(args.checkout).resolve()))
     if not args.pstats:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
