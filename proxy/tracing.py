@@ -202,6 +202,11 @@ def _exporter(environ: Mapping[str, str]) -> Any:
 # -- what the rest of Wicket calls -----------------------------------------------------------------
 
 
+def active() -> bool:
+    """Whether the current request is traced: a hot path builds a span's attributes only then."""
+    return _current.get() is not None
+
+
 def span(name: str, attributes: Mapping[str, Any] | None = None, *, client: bool = False) -> Any:
     """A child span of the current request's span (a context manager); a no-op while tracing is off."""
     tracing = _current.get()

@@ -7,11 +7,12 @@ Action came from. A Decision serialises to exactly the SPEC §4 record.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import hashlib
 import json
-import secrets
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,12 +30,12 @@ class Effect(enum.IntEnum):
 
     @property
     def label(self) -> str:
-        return self.name.lower()
+        return _EFFECT_LABELS[self]
 
     @property
     def with_article(self) -> str:
         """``a read``, ``an admin``: for reasons written as sentences."""
-        return ("an " if self is Effect.ADMIN else "a ") + self.label
+        return _WITH_ARTICLE[self]
 
     @classmethod
     def parse(cls, text: str) -> Effect:
@@ -46,6 +47,10 @@ class Effect(enum.IntEnum):
     def raised(self) -> Effect:
         """One tier higher, saturating at admin (anomaly escalation)."""
         return Effect(min(self + 1, Effect.ADMIN))
+
+
+_EFFECT_LABELS: dict[Effect, str] = {effect: effect.name.lower() for effect in Effect}
+_WITH_ARTICLE: dict[Effect, str] = {e: ("an " if e is Effect.ADMIN else "a ") + e.name.lower() for e in Effect}
 
 
 class Verdict(enum.Enum):
@@ -158,7 +163,18 @@ def arguments_sha256(arguments: Mapping[str, Any]) -> str:
 
 
 def new_decision_id() -> str:
-    return "dec_" + secrets.token_hex(12)
+    """``dec_`` and 96 random bits from ``os.urandom`` (the CSPRNG ``secrets`` uses), drawn 256 ids
+    at a time: one system call per 256 decisions instead of one each. Thread-safe (``popleft``)."""
+    try:
+        return _ids.popleft()
+    except IndexError:
+        pool = os.urandom(12 * 256).hex()
+        _ids.extend(["dec_" + pool[i : i + 24] for i in range(24, len(pool), 24)])
+        return "dec_" + pool[:24]
+
+
+_ids: collections.deque[str] = collections.deque()
+os.register_at_fork(after_in_child=_ids.clear)  # a forked child must not hand out its parent's next ids
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from proxy.telemetry import Metrics
 log = logging.getLogger(__name__)
 
 ELICITATION = "elicitation/create"
+_NONE: frozenset[str] = frozenset()
 _INLINE_SCAN_CHARS = 16 * 1024
 
 
@@ -87,6 +88,8 @@ class Checker:
 
     async def check(self, action: Action, session: Session) -> Decision:
         """Decide ``action`` in ``session``; the returned Decision is already audited."""
+        if not tracing.active():
+            return await self._check(action, session)
         with tracing.span("wicket.check", {"wicket.action": action.label, "wicket.protocol": action.protocol}) as span:
             decision = await self._check(action, session)
             span.set_attributes(
@@ -197,7 +200,7 @@ class Checker:
             activity=activity,
             findings=report.findings,
             violations=report.violations,
-            elevated=frozenset((action.label,)) if covered else frozenset(),
+            elevated=frozenset((action.label,)) if covered else _NONE,
         )
         decision = await self._router.decide(action, session, raised, context)
         if approvals is not None and not session.read_only and decision.verdict is Verdict.APPROVAL_REQUIRED:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from proxy.core.action import Effect
@@ -30,6 +30,8 @@ LABELS: Final = ("private", "untrusted", "egress")
 RESULT_LABELS: Final = frozenset({"private", "untrusted"})
 _DESCRIBE: Final = {"private": "private data", "untrusted": "untrusted content", "egress": "a way to send data out"}
 _CAS_ATTEMPTS = 8
+_MEMO_ENTRIES: Final = 4096
+_MAX_MEMO_NAME: Final = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +53,21 @@ class Labelling:
     """(label, tool globs) pairs."""
     flows: tuple[FlowRule, ...] = DEFAULT_FLOWS
 
+    _memo: dict[str, frozenset[str]] = field(default_factory=dict, repr=False, compare=False)
+    """The glob labels per tool name (this policy's; a reload makes a new Labelling)."""
+
     def labels_for(self, tool: str, effect: Effect, annotations: Mapping[str, Any] | None) -> frozenset[str]:
         """The labels a call to ``tool`` carries: the policy's globs, then ``openWorldHint`` defaults."""
-        found = {label for label, globs in self.globs if any(fnmatch.fnmatchcase(tool, g) for g in globs)}
+        found = self._memo.get(tool)
+        if found is None:
+            found = frozenset(label for label, globs in self.globs if any(fnmatch.fnmatchcase(tool, g) for g in globs))
+            if len(tool) <= _MAX_MEMO_NAME:
+                if len(self._memo) >= _MEMO_ENTRIES:
+                    self._memo.clear()  # a client inventing names must not grow memory
+                self._memo[tool] = found
         if annotations and annotations.get("openWorldHint") is True:
-            found.add("untrusted" if effect is Effect.READ else "egress")
-        return frozenset(found)
+            return found | {"untrusted" if effect is Effect.READ else "egress"}
+        return found
 
     def blocking(self, seen: Iterable[str], call_labels: frozenset[str]) -> FlowRule | None:
         """The first rule this call would complete, given the labels already seen."""
