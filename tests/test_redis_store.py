@@ -452,6 +452,31 @@ async def test_slow_redis_times_out_instead_of_hanging(redis_server: RedisServer
         await store.close()
 
 
+async def test_a_late_reply_is_never_taken_for_the_next_calls(redis_server: RedisServer) -> None:
+    """Calls share one connection: the reply a timed-out call never read is skipped, not handed on."""
+    store = RedisStore(redis_server.url, timeout=0.25)
+    pauser = redis_server.client()
+    try:
+        assert (await store.note_call("ses_late", "t:x", 0, T0, 10.0)).calls == 0
+        pauser.execute_command("CLIENT", "PAUSE", "600", "ALL")
+        with pytest.raises(StoreUnavailable, match="Timeout"):
+            await store.note_call("ses_late", "t:x", 0, T0 + 1, 10.0)  # Redis still runs it after the pause
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                activity = await store.note_call("ses_late", "t:y", 1, T0 + 2, 10.0)
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+        assert activity.calls >= 2 and activity.window_calls == activity.calls
+        counted = await asyncio.gather(*(store.note_call("ses_late", "t:z", 2, T0 + 3, 10.0) for _ in range(50)))
+        assert sorted(a.calls for a in counted) == list(range(activity.calls + 1, activity.calls + 51))
+    finally:
+        pauser.close()
+        await store.close()
+
+
 async def test_closed_store_refuses() -> None:
     store = RedisStore(f"redis://127.0.0.1:{free_port()}")
     await store.close()

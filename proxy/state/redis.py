@@ -30,6 +30,7 @@ import logging
 import math
 import re
 import select
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -41,7 +42,7 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from proxy.core.action import Activity
@@ -398,9 +399,7 @@ class _Feed(asyncio.Protocol):
         self._transport.close()
 
     def _send(self, *words: bytes) -> None:
-        parts = [b"*%d\r\n" % len(words)]
-        parts.extend(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
-        self._transport.write(b"".join(parts))  # type: ignore[attr-defined]
+        self._transport.write(_pack(words))  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         self._heard = True
@@ -440,6 +439,118 @@ class _Feed(asyncio.Protocol):
             self._cache._drop()
 
 
+class _Pipe:
+    """One connection the per-call scripts share: requests of all tasks that ran in a loop
+    iteration go out in one send, and replies are matched in order as they arrive. redis-py
+    takes a pooled connection, a send and a Python-level parse per command, which on the hot
+    path cost more than the work Redis does. Never retries: a late reply is discarded, so a
+    script whose answer was merely late is not run twice."""
+
+    def __init__(self, pool: ConnectionPool) -> None:
+        self._pool = pool
+        self._link: _Link | None = None
+        self._lock = asyncio.Lock()
+
+    async def request(self, *words: str | bytes | int) -> Any:
+        link = self._link
+        if link is None or link.lost:
+            link = await self._connect()
+        reply = await link.request(_pack(words))
+        if isinstance(reply, RedisError):
+            raise reply
+        return reply
+
+    async def _connect(self) -> _Link:
+        async with self._lock:
+            if self._link is not None and not self._link.lost:
+                return self._link
+            connection = self._pool.make_connection()
+            await connection.connect()
+            self._link = _Link(connection)
+            return self._link
+
+    def close(self) -> None:
+        if self._link is not None:
+            self._link.lose(RedisConnectionError("the store is closed"))
+
+
+class _Link(asyncio.Protocol):
+    """One connection of ``_Pipe``, taken over from redis-py after its handshake (AUTH, HELLO, TLS)."""
+
+    _MAX_WAITING = 10_000  # replies owed on an unanswering connection before it is dropped
+
+    def __init__(self, connection: AbstractConnection) -> None:
+        writer = getattr(connection, "_writer", None)
+        if writer is None:
+            raise RedisConnectionError("this redis-py connection exposes no transport")
+        self.lost = False
+        self._connection = connection  # held: redis-py closes the socket when it is collected
+        self._transport: asyncio.Transport = writer.transport
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._out: list[bytes] = []
+        self._buffer = bytearray()
+        self._transport.set_protocol(self)
+
+    def request(self, command: bytes) -> asyncio.Future[Any]:
+        if len(self._waiting) >= self._MAX_WAITING:
+            self.lose(RedisConnectionError("Redis owes too many replies on the shared connection"))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if self.lost:
+            future.set_exception(RedisConnectionError("Connection closed by server."))
+            return future
+        self._waiting.append(future)
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(command)
+        return future
+
+    def _flush(self) -> None:
+        """Send what this loop iteration asked for (``lose`` already failed it if the connection went)."""
+        out, self._out = self._out, []
+        if out and not self.lost:
+            self._transport.write(b"".join(out))
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        position = 0
+        try:
+            while position < len(self._buffer):
+                value, position = _parse_resp(self._buffer, position)
+                if not self._waiting:
+                    raise ValueError("a reply nobody asked for")
+                future = self._waiting.popleft()
+                if not future.done():  # the reply to a caller whose deadline passed is dropped
+                    future.set_result(value)
+        except _Incomplete:
+            pass
+        except (ValueError, IndexError) as exc:
+            self.lose(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
+            return
+        del self._buffer[:position]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lose(RedisConnectionError("Connection closed by server." if exc is None else str(exc)))
+
+    def lose(self, error: RedisError) -> None:
+        """Fail every waiting request; the pipe's next request connects again."""
+        self.lost = True
+        self._transport.close()
+        waiting, self._waiting = self._waiting, deque()
+        for future in waiting:
+            if not future.done():
+                future.set_exception(error)
+        self._out.clear()
+        self._buffer.clear()
+
+
+def _pack(words: Sequence[str | bytes | int]) -> bytes:
+    parts = [b"*%d\r\n" % len(words)]
+    for word in words:
+        data = word if isinstance(word, bytes) else str(word).encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 class _Incomplete(Exception):
     """The reply has not fully arrived yet."""
 
@@ -471,7 +582,7 @@ def _parse_resp(buf: bytearray, pos: int) -> tuple[Any, int]:
     if kind == ord("_"):
         return None, pos
     if kind == ord("-"):
-        return RedisError(line.decode("utf-8", "replace")), pos
+        return ResponseError(line.decode("utf-8", "replace")), pos
     return line, pos
 
 
@@ -519,8 +630,10 @@ class RedisStore:
         # Sentinel and Cluster read through: after a failover or a slot move the tracking
         # connection could be left on a node that no longer sees the writes.
         self._cache: _ReadCache | None = None
+        self._pipe: _Pipe | None = None
         if isinstance(self._client, Redis) and self._sentinel is None:
             self._cache = _ReadCache(self._client.connection_pool, timeout)
+            self._pipe = _Pipe(self._client.connection_pool)
         self._note_call = self._client.register_script(NOTE_CALL)
         self._note_verdict = self._client.register_script(NOTE_VERDICT)
         self._take = self._client.register_script(TAKE)
@@ -660,7 +773,7 @@ class RedisStore:
             int(ttl * 1000),
             self._cap,
         )
-        reply = await self._run(lambda: self._note_call(keys=self._activity_keys(session_id), args=args))
+        reply = await self._run(lambda: self._script(self._note_call, self._activity_keys(session_id), args))
         calls, denials, writes, window_calls, minute_calls, r, m, d, a, repeats, history = reply
         return Activity(
             calls=int(calls),
@@ -676,7 +789,7 @@ class RedisStore:
     async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
         keys = self._activity_keys(session_id)[:3]
         args = (action_key, entry, "1" if denied else "0", HISTORY, "1" if wrote else "0")
-        await self._run(lambda: self._note_verdict(keys=keys, args=args))
+        await self._run(lambda: self._script(self._note_verdict, keys, args))
 
     async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> Taken:
         base = f"{self._prefix}:{{{_hash_tag(session_id)}}}:rl:{name}"
@@ -699,6 +812,19 @@ class RedisStore:
 
         replies = await self._run(counts)
         return [(int(c or 0), int(d or 0), int(w or 0)) for c, d, w in replies]
+
+    async def _script(self, script: Any, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """A per-call script: on the shared connection (``_Pipe``) where there is one, loading it after NOSCRIPT."""
+        pipe = self._pipe
+        if pipe is None:
+            return await script(keys=keys, args=args)
+        try:
+            return await pipe.request("EVALSHA", script.sha, len(keys), *keys, *args)
+        except ResponseError as exc:
+            if not str(exc).startswith("NOSCRIPT"):
+                raise
+        await pipe.request("SCRIPT", "LOAD", script.script)
+        return await pipe.request("EVALSHA", script.sha, len(keys), *keys, *args)
 
     def _activity_keys(self, session_id: str) -> list[str]:
         """act, denied, hist and the four per-effect windows, all on the session's Cluster slot."""
@@ -784,6 +910,8 @@ class RedisStore:
                 await self._listener
         if self._cache is not None:
             await self._cache.close()
+        if self._pipe is not None:
+            self._pipe.close()
         try:
             await self._client.aclose()
             if self._sentinel is not None:
