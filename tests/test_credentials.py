@@ -579,6 +579,19 @@ def test_signing_is_byte_for_byte_what_pyjwt_makes_and_verifies_after_rotation()
     assert len(token.split(".")[2]) == 86  # 64 bytes, base64url without padding
 
 
+def test_signed_claims_are_pyjwts_bytes_whatever_the_values() -> None:
+    # The payload takes orjson where it writes json.dumps' bytes; anything else must fall back unchanged.
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    keys = KeyRing(key)
+    values = [0, -1, 2**63 - 1, 2**70, 1.5, 1e-5, 1e300, float("nan"), True, None, ""]
+    values += ['a"b\\c/\x00\x1f\x7f', "é", "\u2028", "\U0001f600"]
+    values += [[1, "x", None], {"sub": "agent-b", "act": {"sub": "agent-a"}}, ("t", 1)]
+    for value in values:
+        claims = {"z": 1, "iss": "https://w.test", "v": value, "delegation": ["l1.l2.l3"], "a": {"n": value}}
+        expected = jwt.encode(dict(claims), key, algorithm="EdDSA", headers={"kid": keys.kid, "typ": "JWT"})
+        assert keys.sign(claims) == expected, value
+
+
 def _pem(key: Any) -> str:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

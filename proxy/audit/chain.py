@@ -35,6 +35,7 @@ __all__ = [
     "HashChain",
     "VerifyResult",
     "canonical",
+    "fast_json",
     "fast_sorted_json",
     "now_rfc3339",
     "seal",
@@ -74,10 +75,16 @@ def fast_sorted_json(value: Any) -> bytes | None:
     """orjson's bytes for a dict whose ``json.dumps(value, sort_keys=True, separators=(",", ":"),
     ensure_ascii=False)`` they equal byte for byte (see :func:`_orjson_writes_alike`), else None:
     the caller then takes its documented ``json.dumps`` path, which also raises what it should."""
+    return fast_json(value, orjson.OPT_SORT_KEYS)
+
+
+def fast_json(value: Any, option: int = 0) -> bytes | None:
+    """:func:`fast_sorted_json` with the keys in their order (``option=0``): the bytes of
+    ``json.dumps(value, separators=(",", ":"), ensure_ascii=False)``, or None."""
     if type(value) is dict:
         try:
             if _orjson_writes_alike(value):
-                return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+                return orjson.dumps(value, option=option)
         except (orjson.JSONEncodeError, RecursionError):
             pass  # e.g. an integer beyond 64 bits or a lone surrogate: the documented path decides
     return None

@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from nacl.signing import SigningKey
 
+from proxy.audit.chain import fast_json
+
 log = logging.getLogger(__name__)
 
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
@@ -254,7 +256,10 @@ class KeyRing:
         same claims (header keys sorted, claims compact in their order), without its copies and checks.
         """
         header = self._jwt_header if typ == "JWT" else self._typed_header(typ)
-        payload = json.dumps(claims if type(claims) is dict else dict(claims), separators=(",", ":")).encode()
+        plain = claims if type(claims) is dict else dict(claims)
+        payload = fast_json(plain)  # json.dumps' bytes, several times faster, when orjson writes them alike
+        if payload is None or not payload.isascii() or b"\x7f" in payload:  # PyJWT's json.dumps escapes those
+            payload = json.dumps(plain, separators=(",", ":")).encode()
         signing_input = header + base64.urlsafe_b64encode(payload).rstrip(b"=")
         signature = base64.urlsafe_b64encode(self._signer(signing_input)).rstrip(b"=")
         return (signing_input + b"." + signature).decode("ascii")
