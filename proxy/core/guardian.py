@@ -212,6 +212,7 @@ class _Slot:
     timeout: float
     breaker: CircuitBreaker
     inline: bool = False  # the reviewer never awaits (ReviewTier)
+    shown_open: int = -1  # what the breaker_open gauge says (-1: not set yet)
 
 
 def _run_inline(review: Coroutine[Any, Any, Decision]) -> Decision:
@@ -384,7 +385,10 @@ class GuardianRouter:
         if verdict is not None:
             self._metrics.tier_verdicts.labels(tier.value, verdict.verdict.value).inc()
         for slot in self._slots:
-            self._metrics.breaker_open.labels(slot.tier.value).set(1 if slot.breaker.is_open else 0)
+            shown = 1 if slot.breaker.is_open else 0
+            if shown != slot.shown_open:  # the gauge changes only when a breaker does
+                self._metrics.breaker_open.labels(slot.tier.value).set(shown)
+                slot.shown_open = shown
 
     def _count_error(self, tier: Tier, kind: str) -> None:
         if self._metrics is not None:
