@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import math
 import re
@@ -65,7 +66,8 @@ _BACKOFF = ExponentialBackoff(cap=0.1, base=0.01)
 # ARGV: 1 now, 2 window horizon (now - window), 3 minute horizon (now - 60), 4 retention horizon
 #       (the older of the two), 5 effect 0..3, 6 action key, 7 TTL in ms, 8 cap on remembered calls
 # Returns the activity *before* this call: calls, denials, writes, window calls, minute calls,
-# window calls per effect (4), repeat denials of this action, history (oldest first).
+# window calls per effect (4), repeat denials of this action, history (oldest first) as one JSON array
+# ('' when empty): one string parses at C speed where twenty would each take a trip through the parser.
 NOTE_CALL = """
 local cap = tonumber(ARGV[8])
 local total = 0
@@ -107,8 +109,12 @@ redis.call('ZADD', KEYS[4 + effect], ARGV[1], string.format('%016d', calls))
 for i = 1, 7 do
   redis.call('PEXPIRE', KEYS[i], ARGV[7])
 end
+local entries = ''
+if #history > 0 then
+  entries = cjson.encode(history)
+end
 return {calls, denials, writes, window_calls, minute_calls,
-        by_effect[1], by_effect[2], by_effect[3], by_effect[4], repeats, history}
+        by_effect[1], by_effect[2], by_effect[3], by_effect[4], repeats, entries}
 """
 
 # KEYS: 1 act, 2 denied, 3 hist.  ARGV: 1 action key, 2 history entry, 3 "1" when denied, 4 history length,
@@ -783,7 +789,7 @@ class RedisStore:
             minute_calls=int(minute_calls),
             window_by_effect=(int(r), int(m), int(d), int(a)),
             repeat_denials=int(repeats),
-            history=tuple(_text(entry) for entry in history),
+            history=tuple(json.loads(_text(history))) if history else (),
         )
 
     async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
