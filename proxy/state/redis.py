@@ -452,8 +452,9 @@ class _Pipe:
     path cost more than the work Redis does. Never retries: a late reply is discarded, so a
     script whose answer was merely late is not run twice."""
 
-    def __init__(self, pool: ConnectionPool) -> None:
+    def __init__(self, pool: ConnectionPool, timeout: float) -> None:
         self._pool = pool
+        self._timeout = timeout
         self._link: _Link | None = None
         self._lock = asyncio.Lock()
 
@@ -461,7 +462,14 @@ class _Pipe:
         link = self._link
         if link is None or link.lost:
             link = await self._connect()
-        reply = await link.request(_pack(words))
+        try:
+            reply = await link.request(_pack(words))
+        except asyncio.CancelledError:
+            # A deadline passed. If Redis has said nothing for that long, the connection is
+            # presumed dead (a half-open socket would otherwise hold every later call too).
+            if link.silent_for() > self._timeout:
+                link.lose(RedisConnectionError("no reply from Redis within the deadline; connection dropped"))
+            raise
         if isinstance(reply, RedisError):
             raise reply
         return reply
@@ -495,18 +503,26 @@ class _Link(asyncio.Protocol):
         self._waiting: deque[asyncio.Future[Any]] = deque()
         self._out: list[bytes] = []
         self._buffer = bytearray()
+        self._heard = asyncio.get_running_loop().time()
         self._transport.set_protocol(self)
+
+    def silent_for(self) -> float:
+        """Seconds since Redis last sent anything (0 when nothing is owed)."""
+        return asyncio.get_running_loop().time() - self._heard if self._waiting else 0.0
 
     def request(self, command: bytes) -> asyncio.Future[Any]:
         if len(self._waiting) >= self._MAX_WAITING:
             self.lose(RedisConnectionError("Redis owes too many replies on the shared connection"))
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
         if self.lost:
             future.set_exception(RedisConnectionError("Connection closed by server."))
             return future
+        if not self._waiting:
+            self._heard = loop.time()  # silence is counted from the oldest reply owed
         self._waiting.append(future)
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
         self._out.append(command)
         return future
 
@@ -517,6 +533,7 @@ class _Link(asyncio.Protocol):
             self._transport.write(b"".join(out))
 
     def data_received(self, data: bytes) -> None:
+        self._heard = asyncio.get_running_loop().time()
         self._buffer += data
         position = 0
         try:
@@ -639,7 +656,7 @@ class RedisStore:
         self._pipe: _Pipe | None = None
         if isinstance(self._client, Redis) and self._sentinel is None:
             self._cache = _ReadCache(self._client.connection_pool, timeout)
-            self._pipe = _Pipe(self._client.connection_pool)
+            self._pipe = _Pipe(self._client.connection_pool, timeout)
         self._note_call = self._client.register_script(NOTE_CALL)
         self._note_verdict = self._client.register_script(NOTE_VERDICT)
         self._take = self._client.register_script(TAKE)
