@@ -254,6 +254,7 @@ class Metrics:
         )
         self.audit_healthy = Gauge("wicket_audit_healthy", "1 while the audit log can be written.", registry=r)
         self.audit_healthy.set(1)
+        self._audit_ok = True
         self.audit_checkpoints = Counter(
             "wicket_audit_checkpoints_total", "Signed checkpoints of the audit chain head written.", registry=r
         )
@@ -287,6 +288,12 @@ class Metrics:
         self._refreshers: list[Callable[[], Awaitable[None]]] = []
         self._agents: set[str] = set()
         self.agent_limit = 0  # 0: no per-agent series at all (the default)
+
+    def audit_written(self, ok: bool) -> None:
+        """Whether the last audit append succeeded; the gauge (a lock each time) is set only on a change."""
+        if ok is not self._audit_ok:
+            self._audit_ok = ok
+            self.audit_healthy.set(1 if ok else 0)
 
     def count_agent(self, agent_id: str, decision: str) -> None:
         """Per-agent decisions, bounded: the first ``agent_limit`` agents by name, the rest as ``other``."""

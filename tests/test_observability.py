@@ -156,3 +156,15 @@ def test_labelled_series_are_resolved_once_and_count_as_before() -> None:
     metrics.decisions.remove("mcp", "read", "allow", "fast", "enforce")  # a removed series starts again from 0
     metrics.decisions.labels("mcp", "read", "allow", "fast", "enforce").inc()
     assert f"{series} 1.0" in metrics.exposition().decode()
+
+
+def test_audit_health_gauge_follows_the_last_append() -> None:
+    from proxy.telemetry import Metrics
+
+    metrics = Metrics()
+    assert "wicket_audit_healthy 1.0" in metrics.exposition().decode()
+    metrics.audit_written(False)
+    assert "wicket_audit_healthy 0.0" in metrics.exposition().decode()
+    metrics.audit_written(False)
+    metrics.audit_written(True)
+    assert "wicket_audit_healthy 1.0" in metrics.exposition().decode()

@@ -483,7 +483,7 @@ class Checker:
             fields.update(extra)
         try:
             await self._audit.append(fields)
-            self._metrics.audit_healthy.set(1)
+            self._metrics.audit_written(True)
         except AuditUnavailable as exc:
             self._audit_failed()
             if decision.allowed and decision.effect is not Effect.READ:
@@ -503,7 +503,7 @@ class Checker:
 
     def _audit_failed(self) -> None:
         self._metrics.audit_failures.inc()
-        self._metrics.audit_healthy.set(0)
+        self._metrics.audit_written(False)
 
     async def refused_caller(self, protocol: str, reason: str) -> None:
         """A caller refused before any Action exists (a broken delegation chain): audited, never silent."""
