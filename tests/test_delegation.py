@@ -144,6 +144,7 @@ async def launch(
     argv = [*WICKET, "run", "--upstream", upstream, "--policy", str(policy_file), "--agent-name", agent]
     argv += ["--credential-issuer", d.issuer, "--listen", f"127.0.0.1:{d.data_port}"]
     argv += ["--admin-listen", f"127.0.0.1:{d.admin_port}", "--audit-log", str(d.audit), "--log-level", "warning"]
+    argv += ["--store", "memory"]  # separate deployments: a REDIS_URL in the environment must not join them
     d.process = _spawn(argv, environ)
     async with aiohttp.ClientSession() as http:
         for _ in range(300):
