@@ -613,3 +613,16 @@ async def test_rate_limit_holds_across_replicas(make_store: StoreFactory) -> Non
         *((a if i % 2 else b).take("ses_shared", "sampling", 10, 300.0, now) for i in range(40))
     )
     assert [bool(o) for o in outcomes].count(True) == 10
+
+
+async def test_a_verdict_is_sent_without_waiting_and_counted_by_the_next_call(make_store: StoreFactory) -> None:
+    """note_verdict puts no round trip between a decision and its forward: it returns before the
+    event loop turns once, and Redis still applies it before the session's next note_call."""
+    store = make_store()
+    await store.note_call("ses_nowait", "t:x", 2, T0, 10.0)  # opens the shared connection
+    turned: list[bool] = []
+    asyncio.get_running_loop().call_soon(turned.append, True)
+    await store.note_verdict("ses_nowait", "t:x", "t:x=deny", True, True)
+    assert turned == []  # no reply was awaited
+    again = await store.note_call("ses_nowait", "t:x", 0, T0 + 1, 10.0)
+    assert (again.calls, again.denials, again.history) == (1, 1, ("t:x=deny",))

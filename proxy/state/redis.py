@@ -474,6 +474,17 @@ class _Pipe:
             raise reply
         return reply
 
+    def send_now(self, *words: str | bytes | int) -> asyncio.Future[Any] | None:
+        """Send a request on the open connection without waiting for its reply: it is written (with
+        anything queued before it) at once, so it reaches Redis before any request made after this
+        returns. None when no connection is open (use ``request``)."""
+        link = self._link
+        if link is None or link.lost:
+            return None
+        reply = link.request(_pack(words))
+        link.flush()
+        return reply
+
     async def _connect(self) -> _Link:
         async with self._lock:
             if self._link is not None and not self._link.lost:
@@ -522,11 +533,11 @@ class _Link(asyncio.Protocol):
             self._heard = loop.time()  # silence is counted from the oldest reply owed
         self._waiting.append(future)
         if not self._out:
-            loop.call_soon(self._flush)
+            loop.call_soon(self.flush)
         self._out.append(command)
         return future
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         """Send what this loop iteration asked for (``lose`` already failed it if the connection went)."""
         out, self._out = self._out, []
         if out and not self.lost:
@@ -812,6 +823,17 @@ class RedisStore:
     async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
         keys = self._activity_keys(session_id)[:3]
         args = (action_key, entry, "1" if denied else "0", HISTORY, "1" if wrote else "0")
+        if self._pipe is not None and not self._closed:
+            # Queued on the connection every later note_call of this replica uses, so Redis applies it
+            # before the next call of the session is counted, whether or not this call waits for the
+            # reply; waiting would only put a round trip between the decision and the forward. EVAL,
+            # not EVALSHA: a NOSCRIPT retry would land after requests queued later. If the connection
+            # fails meanwhile, the verdict is lost as it would be if awaited, and the session's next
+            # note_call, on the same connection, fails closed.
+            sent = self._pipe.send_now("EVAL", self._note_verdict.script, len(keys), *keys, *args)
+            if sent is not None:
+                sent.add_done_callback(_verdict_settled)
+                return
         await self._run(lambda: self._script(self._note_verdict, keys, args))
 
     async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> Taken:
@@ -954,6 +976,15 @@ class RedisStore:
             raise StoreUnavailable(f"Redis unavailable: Timeout: no answer within {self._deadline:g}s") from exc
         except (RedisError, RedisClusterException, OSError) as exc:
             raise StoreUnavailable(f"Redis unavailable: {_reason(exc)}") from exc
+
+
+def _verdict_settled(reply: asyncio.Future[Any]) -> None:
+    """A verdict sent without waiting: say so when Redis did not record it."""
+    if reply.cancelled():
+        return
+    problem = reply.exception() or (reply.result() if isinstance(reply.result(), RedisError) else None)
+    if problem is not None:
+        log.warning("Redis did not record a session's verdict (anomaly history): %s", _reason(problem))
 
 
 def _hash_tag(session_id: str) -> str:
