@@ -10,7 +10,8 @@ A fleet of sidecars shares sessions and per-session activity here. Two rules sha
   after Redis comes back); timeouts are never retried, so a slow Redis fails fast and a
   script whose answer was merely late is not run twice.
 * **One round trip per decision.** ``note_call`` and ``note_verdict`` are Lua scripts
-  (EVALSHA, reloaded on NOSCRIPT) that read and update a session's counters atomically.
+  (EVALSHA, reloaded on NOSCRIPT) that read and update a session's counters atomically; on a
+  standalone Redis the verdict is sent (EVAL) on the shared connection without waiting for it.
   All of a session's keys share the hash tag ``{session_id}``, so each script touches a
   single Cluster slot.
 
