@@ -615,14 +615,31 @@ async def test_rate_limit_holds_across_replicas(make_store: StoreFactory) -> Non
     assert [bool(o) for o in outcomes].count(True) == 10
 
 
-async def test_a_verdict_is_sent_without_waiting_and_counted_by_the_next_call(make_store: StoreFactory) -> None:
-    """note_verdict puts no round trip between a decision and its forward: it returns before the
-    event loop turns once, and Redis still applies it before the session's next note_call."""
+async def test_a_verdict_is_sent_without_waiting_and_counted_by_the_next_call(
+    make_store: StoreFactory, redis_url: str
+) -> None:
+    """note_verdict puts no round trip between a decision and its forward (once Redis has its
+    script): it returns before the event loop turns once, and Redis still applies it before the
+    session's next note_call. After a SCRIPT FLUSH the verdict is resent with its script."""
     store = make_store()
     await store.note_call("ses_nowait", "t:x", 2, T0, 10.0)  # opens the shared connection
+    await store.note_verdict("ses_nowait", "t:x", "t:x=allow", False, False)  # the first one loads the script
     turned: list[bool] = []
     asyncio.get_running_loop().call_soon(turned.append, True)
     await store.note_verdict("ses_nowait", "t:x", "t:x=deny", True, True)
     assert turned == []  # no reply was awaited
     again = await store.note_call("ses_nowait", "t:x", 0, T0 + 1, 10.0)
-    assert (again.calls, again.denials, again.history) == (1, 1, ("t:x=deny",))
+    assert (again.calls, again.denials, again.history) == (1, 1, ("t:x=allow", "t:x=deny"))
+
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        raw.script_flush()
+    finally:
+        raw.close()
+    await store.note_verdict("ses_nowait", "t:x", "t:x=deny", True, True)  # NOSCRIPT, then resent
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        later = await store.note_call("ses_nowait", "t:x", 0, T0 + 2, 10.0)
+        if later.denials == 2:
+            break
+    assert later.history[-1] == "t:x=deny" and later.denials == 2

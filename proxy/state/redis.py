@@ -11,7 +11,7 @@ A fleet of sidecars shares sessions and per-session activity here. Two rules sha
   script whose answer was merely late is not run twice.
 * **One round trip per decision.** ``note_call`` and ``note_verdict`` are Lua scripts
   (EVALSHA, reloaded on NOSCRIPT) that read and update a session's counters atomically; on a
-  standalone Redis the verdict is sent (EVAL) on the shared connection without waiting for it.
+  standalone Redis the verdict is sent on the shared connection without waiting for it.
   All of a session's keys share the hash tag ``{session_id}``, so each script touches a
   single Cluster slot.
 
@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -666,6 +667,7 @@ class RedisStore:
         # connection could be left on a node that no longer sees the writes.
         self._cache: _ReadCache | None = None
         self._pipe: _Pipe | None = None
+        self._verdict_script_known = False  # until one note_verdict has run awaited (loading the script)
         if isinstance(self._client, Redis) and self._sentinel is None:
             self._cache = _ReadCache(self._client.connection_pool, timeout)
             self._pipe = _Pipe(self._client.connection_pool, timeout)
@@ -824,18 +826,34 @@ class RedisStore:
     async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
         keys = self._activity_keys(session_id)[:3]
         args = (action_key, entry, "1" if denied else "0", HISTORY, "1" if wrote else "0")
-        if self._pipe is not None and not self._closed:
+        if self._pipe is not None and self._verdict_script_known and not self._closed:
             # Queued on the connection every later note_call of this replica uses, so Redis applies it
             # before the next call of the session is counted, whether or not this call waits for the
-            # reply; waiting would only put a round trip between the decision and the forward. EVAL,
-            # not EVALSHA: a NOSCRIPT retry would land after requests queued later. If the connection
-            # fails meanwhile, the verdict is lost as it would be if awaited, and the session's next
-            # note_call, on the same connection, fails closed.
-            sent = self._pipe.send_now("EVAL", self._note_verdict.script, len(keys), *keys, *args)
+            # reply; waiting would only put a round trip between the decision and the forward. If the
+            # connection fails meanwhile, the verdict is lost as it would be if awaited, and the
+            # session's next note_call, on the same connection, fails closed.
+            words = (len(keys), *keys, *args)
+            sent = self._pipe.send_now("EVALSHA", self._note_verdict.sha, *words)
             if sent is not None:
-                sent.add_done_callback(_verdict_settled)
+                sent.add_done_callback(functools.partial(self._verdict_settled, words))
                 return
         await self._run(lambda: self._script(self._note_verdict, keys, args))
+        self._verdict_script_known = True  # Redis has the script now: later verdicts need not wait
+
+    def _verdict_settled(self, words: tuple[str | int, ...], reply: asyncio.Future[Any]) -> None:
+        """A verdict sent without waiting: resent with its script when Redis had lost the script (a
+        restart or SCRIPT FLUSH; it may then land after a later call's count), logged when not recorded."""
+        if reply.cancelled():
+            return
+        problem = reply.exception() or (reply.result() if isinstance(reply.result(), RedisError) else None)
+        if problem is None:
+            return
+        if isinstance(problem, ResponseError) and str(problem).startswith("NOSCRIPT") and self._pipe is not None:
+            again = self._pipe.send_now("EVAL", self._note_verdict.script, *words)
+            if again is not None:
+                again.add_done_callback(_verdict_logged)
+                return
+        _verdict_logged(reply)
 
     async def take(self, session_id: str, name: str, limit: int, window: float, now: float) -> Taken:
         base = f"{self._prefix}:{{{_hash_tag(session_id)}}}:rl:{name}"
@@ -979,8 +997,8 @@ class RedisStore:
             raise StoreUnavailable(f"Redis unavailable: {_reason(exc)}") from exc
 
 
-def _verdict_settled(reply: asyncio.Future[Any]) -> None:
-    """A verdict sent without waiting: say so when Redis did not record it."""
+def _verdict_logged(reply: asyncio.Future[Any]) -> None:
+    """Say so when Redis did not record a verdict that was sent without waiting."""
     if reply.cancelled():
         return
     problem = reply.exception() or (reply.result() if isinstance(reply.result(), RedisError) else None)
