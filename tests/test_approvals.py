@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from tests.conftest import ADMIN_TOKEN, MODES, SESSION_KEY, RunningWicket, Wicke
 from tests.fake_anthropic import API_KEY, FakeAnthropic
 from tests.redis_support import RedisServer
 from tests.test_policy import assert_agrees_with_reference
+from tests.waiting import eventually
 
 fake_anthropic = fake_module.fake_anthropic
 STRICT = "version: 1\n"
@@ -41,16 +42,6 @@ CREATE_LABEL = "tools/call:create_note"
 def record_of(result: Any) -> dict[str, Any]:
     assert result.is_error, result
     return dict(result.meta["wicket/decision"])
-
-
-async def eventually(probe: Callable[[], Awaitable[bool]], what: str, deadline: float = 20.0) -> None:
-    """Poll ``probe`` until it is true; fail (naming ``what``) only after a generous deadline."""
-    end = time.monotonic() + deadline
-    while time.monotonic() < end:
-        if await probe():
-            return
-        await asyncio.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def approval_events(running: RunningWicket) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from mcp.server.mcpserver import MCPServer
 from proxy.demo.server import DemoUpstream, Ledger
 from tests.conftest import MODES, RunningWicket, WicketFactory, mcp_client
 from tests.test_http_defences import META, modern_headers
-from tests.test_stdio_upstream import eventually
+from tests.waiting import eventually
 
 POLICY = """
 version: 1

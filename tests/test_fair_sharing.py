@@ -17,7 +17,7 @@ import pytest
 from proxy.demo.server import DemoUpstream
 from tests.conftest import RunningWicket, WicketFactory, mcp_client
 from tests.test_cancellation import legacy_session, posts_in_flight, streams_open
-from tests.test_stdio_upstream import eventually
+from tests.waiting import eventually
 
 POLICY = """
 version: 1

@@ -12,7 +12,7 @@ import json
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +26,7 @@ from proxy.state.base import StoreUnavailable
 from proxy.state.memory import MemoryStore
 from proxy.state.redis import RedisStore, _split_multi_host
 from tests.redis_support import RedisServer, cluster_url, free_port, running_redis
+from tests.waiting import eventually
 
 T0 = 1_700_000_000.0  # a realistic wall clock, so float precision is exercised as in production
 
@@ -218,18 +219,16 @@ async def test_session_manager_detects_a_record_tampered_in_redis(redis_url: str
 async def cache_live(store: RedisStore) -> None:
     """Start the store's read cache (the first cached read does) and wait until its feed is up."""
     await store.get("warm-up", cached=True)
-    deadline = time.monotonic() + 5
-    while not (store._cache is not None and store._cache.live):
-        assert time.monotonic() < deadline, "the read cache did not come up"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: store._cache is not None and store._cache.live, "the read cache is up")
 
 
-async def eventually(read: Callable[[], object], expected: object) -> None:
+async def reads_eventually(read: Callable[[], Awaitable[bytes | None]], expected: bytes | None) -> None:
     """Redis announces a change just after acknowledging the writer: allow for the delivery."""
-    deadline = time.monotonic() + 5
-    while (value := await read()) != expected:  # type: ignore[misc]
-        assert time.monotonic() < deadline, f"still {value!r}, not {expected!r}"
-        await asyncio.sleep(0.005)
+
+    async def arrived() -> bool:
+        return await read() == expected
+
+    await eventually(arrived, f"the read returns {expected!r}")
 
 
 def gets_served(server: RedisServer) -> int:
@@ -253,16 +252,16 @@ async def test_cached_reads_stay_local_until_redis_announces_a_change(redis_serv
         assert [await read() for _ in range(20)] == [b"v1"] * 20
         assert gets_served(redis_server) == before  # served from the process
         raw.set(key, b"v2", keepttl=True)  # written by someone else: Redis names the key
-        await eventually(read, b"v2")
+        await reads_eventually(read, b"v2")
         raw.delete(key)
-        await eventually(read, None)
+        await reads_eventually(read, None)
         raw.set(key, b"v3", px=50)  # expiry is a change too
-        await eventually(read, b"v3")
-        await eventually(read, None)
+        await reads_eventually(read, b"v3")
+        await reads_eventually(read, None)
         raw.set(key, b"v4")
-        await eventually(read, b"v4")
+        await reads_eventually(read, b"v4")
         raw.flushall()
-        await eventually(read, None)
+        await reads_eventually(read, None)
         await store.put(key, b"v5")  # our own writes are read back at once, without waiting
         assert await read() == b"v5"
         await store.delete(key)
@@ -271,7 +270,7 @@ async def test_cached_reads_stay_local_until_redis_announces_a_change(redis_serv
         assert await read() == b"v6"
         # Concurrent misses share one GET, and every reader gets the value.
         raw.set(key, b"v7")
-        await eventually(read, b"v7")
+        await reads_eventually(read, b"v7")
         assert await asyncio.gather(*(read() for _ in range(50))) == [b"v7"] * 50
     finally:
         raw.close()
@@ -288,16 +287,14 @@ async def test_read_cache_forgets_everything_when_its_feed_drops(redis_server: R
         assert await store.get(key, cached=True) == b"before"
         assert store._cache is not None
         raw.client_kill_filter(_type="pubsub")  # the invalidation feed: nothing it missed may be served
-        deadline = time.monotonic() + 5
-        while store._cache.live:
-            assert time.monotonic() < deadline, "the read cache did not notice its feed dropped"
-            await asyncio.sleep(0.005)
+        cache = store._cache
+        await eventually(lambda: not cache.live, "the read cache noticed its feed dropped")
         raw.set(key, b"after")  # while no feed is up
         assert await store.get(key, cached=True) == b"after"
         await cache_live(store)
         assert await store.get(key, cached=True) == b"after"
         raw.set(key, b"later")
-        await eventually(lambda: store.get(key, cached=True), b"later")
+        await reads_eventually(lambda: store.get(key, cached=True), b"later")
     finally:
         raw.close()
         await store.close()
@@ -317,11 +314,15 @@ async def test_a_cached_session_tampered_in_redis_is_verified_again(redis_server
         envelope = json.loads(raw.get(key))
         envelope["r"]["mode"] = "read-write"
         raw.set(key, json.dumps(envelope).encode(), keepttl=True)
-        deadline = time.monotonic() + 5
-        with pytest.raises(SessionIntegrityError):
-            while time.monotonic() < deadline:
+
+        async def refused() -> bool:
+            try:
                 assert await sessions.get(session.session_id) == session  # the verified one, until then
-                await asyncio.sleep(0.005)
+            except SessionIntegrityError:
+                return True
+            return False
+
+        await eventually(refused, "the tampered record is refused")
     finally:
         raw.close()
         await store.close()
@@ -461,14 +462,17 @@ async def test_a_late_reply_is_never_taken_for_the_next_calls(redis_server: Redi
         pauser.execute_command("CLIENT", "PAUSE", "600", "ALL")
         with pytest.raises(StoreUnavailable, match="Timeout"):
             await store.note_call("ses_late", "t:x", 0, T0 + 1, 10.0)  # Redis may still run it after the pause
-        deadline = time.monotonic() + 5
-        while True:
+        answers: list[Activity] = []
+
+        async def reconnected() -> bool:
             try:
-                activity = await store.note_call("ses_late", "t:y", 1, T0 + 2, 10.0)
-                break
+                answers.append(await store.note_call("ses_late", "t:y", 1, T0 + 2, 10.0))
             except StoreUnavailable:
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await eventually(reconnected, "the store answers again after the pause")
+        activity = answers[0]
         assert activity.calls >= 1 and activity.window_calls == activity.calls
         counted = await asyncio.gather(*(store.note_call("ses_late", "t:z", 2, T0 + 3, 10.0) for _ in range(50)))
         assert sorted(a.calls for a in counted) == list(range(activity.calls + 1, activity.calls + 51))

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -24,6 +22,7 @@ from proxy.state.redis import RedisStore
 from tests.conftest import WicketFactory
 from tests.redis_support import RedisServer
 from tests.test_revocation import STRICT, call, revoke
+from tests.waiting import eventually
 
 SIGNER = RecordSigner(b"revocation-test-key-0123456789ab")
 
@@ -81,22 +80,15 @@ async def test_a_reconnecting_feed_delivers_what_it_missed(redis_server: RedisSe
     heard: set[tuple[str, str]] = set()
     try:
         await store.subscribe_revocations(lambda kind, ident: heard.add((kind, ident)))
-        await until(lambda: ("agent", "before") in heard)
+        await eventually(lambda: ("agent", "before") in heard, "the first announcement arrived")
         raw.sadd("wicket:revocations", "agent\0meanwhile")  # missed: nobody announced it
         assert raw.client_kill_filter(_type="pubsub") >= 1  # the feed's connection drops
-        await until(lambda: ("agent", "meanwhile") in heard)
+        await eventually(lambda: ("agent", "meanwhile") in heard, "the second announcement arrived")
         await store.announce("agent", "after")  # and the feed goes on
-        await until(lambda: ("agent", "after") in heard)
+        await eventually(lambda: ("agent", "after") in heard, "the third announcement arrived")
     finally:
         await store.close()
         raw.close()
-
-
-async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
-    end = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < end, "timed out"
-        await asyncio.sleep(0.02)
 
 
 async def test_announce_reaches_subscribers_without_persisting(store: Store) -> None:

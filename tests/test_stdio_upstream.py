@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +35,7 @@ from proxy.settings import Settings
 from proxy.upstreams.stdio import CHILD_ENVIRONMENT, StdioChannel, stdio_label
 from tests.conftest import ADMIN_TOKEN, MODES, ROOT, SESSION_KEY, RunningWicket, WicketFactory, mcp_client
 from tests.redis_support import RedisServer
+from tests.waiting import eventually
 
 COMMAND = [sys.executable, str(ROOT / "tests" / "stdio_server.py")]
 POLICY = """
@@ -88,14 +88,6 @@ def not_running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (FileNotFoundError, IndexError):
         return True
-
-
-async def eventually(check: Callable[[], bool], what: str, deadline: float = 20.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.05)
 
 
 def exits(running: RunningWicket | Wicket, reason: str) -> float:
