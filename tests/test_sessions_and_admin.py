@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 import aiohttp
 
 from proxy.audit.chain import verify_file
-from proxy.core.sessions import RecordSigner
+from proxy.core.sessions import RecordSigner, SessionManager, anonymous_session_id
 from proxy.demo.server import DemoUpstream
 from tests.conftest import ADMIN_TOKEN, RunningWicket, WicketFactory, mcp_client
 
@@ -117,10 +116,9 @@ async def test_anonymous_session_record_signed_with_another_key_is_an_audited_re
 ) -> None:
     """The per-agent anonymous session failing its HMAC (a record another deployment's key signed)
     is refused with 403 and an integrity audit event, like a token's session, not a 500."""
-    session_id = "ses_anon_" + hashlib.sha256(b"anonymous").hexdigest()[:16]
-    key = f"wicket:{{{session_id}}}:session"
+    key = SessionManager._session_key(anonymous_session_id("anonymous"))
     record = {
-        "session_id": session_id,
+        "session_id": anonymous_session_id("anonymous"),
         "agent_id": "anonymous",
         "scope": ["*"],
         "mode": "read-write",

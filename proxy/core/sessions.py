@@ -103,6 +103,11 @@ class McpBinding:
     agent_id: str
 
 
+def anonymous_session_id(agent_id: str) -> str:
+    """The id of an agent's anonymous session: derived, so every replica and request finds the same one."""
+    return "ses_anon_" + hashlib.sha256(agent_id.encode()).hexdigest()[:16]
+
+
 class SessionManager:
     """Creates and loads sessions, tokens and MCP-session bindings through a Store."""
 
@@ -251,7 +256,7 @@ class SessionManager:
         It is always read-only; its id is derived from the agent so every stateless
         request from that agent lands in the same session.
         """
-        session_id = "ses_anon_" + hashlib.sha256(agent_id.encode()).hexdigest()[:16]
+        session_id = anonymous_session_id(agent_id)
         existing = await self.get(session_id)
         if existing is not None:
             return existing
