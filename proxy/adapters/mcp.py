@@ -260,11 +260,11 @@ class McpProxy:
             "delegation": caller.delegation,
         }
         session = await self._session(caller, mcp_session_id, method, draft)
-        action = Action(**draft, session_id=session.session_id)
+        draft["session_id"] = session.session_id
         if method not in KNOWN_METHODS:
             # Never forward what Wicket cannot classify as protocol: answer as a server would.
             reason = f"Method not found: '{method}' is not an MCP request method; Wicket did not forward it."
-            decision = await self._checker.refuse(action, session.session_id, reason)
+            decision = await self._checker.refuse(Action(**draft), session.session_id, reason)
             modern = _is_modern(request, params)
             body = jsonrpc.error_body(jsonrpc.METHOD_NOT_FOUND, reason, decision.record(), request_id)
             return web.Response(status=404 if modern else 200, body=body, content_type="application/json")
@@ -274,31 +274,37 @@ class McpProxy:
             if owner != session.session_id:
                 shown = str(task_id)[:128]
                 reason = f"Task '{shown}' was not created by this session; Wicket did not forward {method}."
+                action = Action(**draft)
                 decision = await self._checker.refuse(action, session.session_id, reason)
                 return _denial(action, decision, request_id, modern=_is_modern(request, params))
-        if is_tool_call and self._toolpins is not None and self._catalog is not None:
+        pinned_tool = is_tool_call and self._toolpins is not None and self._catalog is not None
+        if pinned_tool:
             # The tool's pinned definition decides its effect, whichever replica pinned it; a tool no
             # replica has seen is learnt from the upstream's own list first, and one it does not list never runs.
+            assert self._catalog is not None
             try:
                 facts = await self._catalog.facts(
-                    action.name,
+                    action_name,
                     session=session,
                     inbound_token=caller.inbound_token,
                     mcp_headers=_session_headers(request),
                 )
             except Refusal as refusal:
-                await self._checker.refuse(action, session.session_id, refusal.message)  # audited like any refusal
+                # Audited like any refusal.
+                await self._checker.refuse(Action(**draft), session.session_id, refusal.message)
                 raise
             if facts is None:
                 reason = (
-                    f"The upstream does not list a tool named '{action.name[:128]}' (Wicket listed its tools); "
+                    f"The upstream does not list a tool named '{action_name[:128]}' (Wicket listed its tools); "
                     "nothing was forwarded."
                 )
+                action = Action(**draft)
                 decision = await self._checker.refuse(action, session.session_id, reason)
                 return _denial(action, decision, request_id, modern=_is_modern(request, params))
-            action = Action(
-                **draft, session_id=session.session_id, annotations=facts.annotations, annotations_trusted=facts.trusted
-            )
+            draft["annotations"], draft["annotations_trusted"] = facts.annotations, facts.trusted
+        action = Action(**draft)
+        if pinned_tool:
+            assert self._toolpins is not None
             # A tool whose definition changed or looks poisoned waits for an operator; the upstream never sees it.
             pinned = await self._toolpins.refusal(self._upstream, action.name)
             if pinned is not None:
