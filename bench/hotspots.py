@@ -90,15 +90,21 @@ async def drive(
         "--listen", f"{HOST}:{wk}", "--admin-listen", f"{HOST}:{adm}",
         "--store", store, "--audit-log", str(workdir / "audit.jsonl"),
     ]  # fmt: skip
-    wicket = spawn("wicket", argv, workdir, env, cwd=checkout)
-    procs.append(wicket)
     workload = WORKLOADS[args.workload]
-    grant = SessionGrant(f"http://{HOST}:{adm}", env["WICKET_ADMIN_TOKEN"]) if workload is WRITE else None
+    if args.floor:  # the same profile of the bare pass-through proxy (bench/floor.py), for comparison
+        argv = [py, argv[1], str(pstats_file), str(ROOT / "bench" / "floor.py"), "--listen", f"{HOST}:{wk}",
+                "--upstream", f"http://{HOST}:{up}"]  # fmt: skip
+    wicket = spawn("floor" if args.floor else "wicket", argv, workdir, env, cwd=checkout)
+    procs.append(wicket)
+    grant = None
+    if workload is WRITE and not args.floor:
+        grant = SessionGrant(f"http://{HOST}:{adm}", env["WICKET_ADMIN_TOKEN"])
     target = Target("wicket", workload, f"http://{HOST}:{wk}/mcp", "wicket", False, grant=grant)
     try:
-        await wait_until(
-            "wicket /readyz", [wicket], functools.partial(probe_readyz, f"http://{HOST}:{adm}/readyz"), deadline
-        )
+        if not args.floor:
+            await wait_until(
+                "wicket /readyz", [wicket], functools.partial(probe_readyz, f"http://{HOST}:{adm}/readyz"), deadline
+            )
         await wait_until("a first call", [wicket], functools.partial(probe_call, target, args.concurrency), deadline)
         ids = itertools.count(1)
 
@@ -138,7 +144,9 @@ def report(pstats_file: Path, calls: int, top: int, checkout: Path) -> str:
             where = where.removeprefix(prefix)
         rows.append((own, cumulative, ncalls, f"{where}:{line}({name})"))
     per_call = 1e6 / calls
-    out = []
+    # Deterministic, unlike any time: how many Python and C functions ran per tool call.
+    functions = sum(ncalls for _, _, ncalls, _ in rows) / calls
+    out = [f"\nFunction calls per tool call (cProfile's count, every function and built-in): {functions:.0f}"]
     for title, key in (("own time", 0), ("cumulative time", 1)):
         out += [
             f"\nTop {top} by {title} (µs of CPU per call under cProfile; a coroutine counts per resumption):\n",
@@ -163,6 +171,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkout", default=str(ROOT), help="the checkout whose proxy package is profiled")
     p.add_argument("--redis-server", default="redis-server")
     p.add_argument("--pstats", metavar="FILE", help="keep cProfile's statistics in FILE (for snakeviz, pstats)")
+    p.add_argument("--floor", action="store_true", help="profile the floor proxy (bench/floor.py) instead of Wicket")
     args = p.parse_args(argv)
     if args.store == "redis" and shutil.which(args.redis_server) is None:
         p.error(f"--store redis needs a redis-server binary: {args.redis_server!r} not found")
@@ -191,8 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"profile: cProfile wrote no statistics (logs kept in {workdir})", file=sys.stderr)
         return 1
     print(
-        f"{args.workload} workload, {args.store} store, {calls} calls at c={args.concurrency}, "
-        f"checkout {args.checkout}; Wicket CPU under cProfile: {cpu / calls * 1e6:.0f} µs per call"
+        f"{args.workload} workload, {'the floor' if args.floor else args.store + ' store'}, {calls} calls at "
+        f"c={args.concurrency}, checkout {args.checkout}; CPU under cProfile: {cpu / calls * 1e6:.0f} µs per call"
     )
     print(report(pstats_file, calls, args.top, Path(args.checkout).resolve()))
     if not args.pstats:
