@@ -277,6 +277,25 @@ async def test_cached_reads_stay_local_until_redis_announces_a_change(redis_serv
         await store.close()
 
 
+async def test_the_read_cache_feed_applies_revocation_announcements_as_they_arrive(
+    redis_server: RedisServer,
+) -> None:
+    # The cache's feed connection follows the revocation channel too: an announcement is delivered
+    # while its bytes are read, even with the pub/sub listener (the catch-up path) stopped.
+    store, announcer = RedisStore(redis_server.url), RedisStore(redis_server.url)
+    heard: list[tuple[str, str]] = []
+    try:
+        await store.subscribe_revocations(lambda kind, ident: heard.append((kind, ident)))
+        assert store._listener is not None
+        store._listener.cancel()
+        await cache_live(store)
+        await announcer.announce("agent", "fast")
+        await eventually(lambda: ("agent", "fast") in heard, "the feed delivered the announcement")
+    finally:
+        await store.close()
+        await announcer.close()
+
+
 async def test_read_cache_forgets_everything_when_its_feed_drops(redis_server: RedisServer) -> None:
     store = RedisStore(redis_server.url)
     raw = redis_server.client()

@@ -61,6 +61,23 @@ async def test_a_revocation_is_announced_before_it_is_signed_then_signed_and_per
     assert loaded.problem is None and ("session", "ses_early") in loaded.items
 
 
+async def test_a_revocation_of_a_missing_record_is_neither_announced_nor_written(store: Store) -> None:
+    # Revoking a session checks that its record exists in the announcing step itself (one round trip).
+    heard: list[tuple[str, str]] = []
+    await store.subscribe_revocations(lambda kind, ident: heard.append((kind, ident)))
+    in_force = RevocationList()
+    ledger = SignedRevocations(store, SIGNER, in_force)
+    assert await ledger.revoke("session", "ses_gone", if_present="wicket:{ses_gone}:session") is False
+    assert in_force.reason("someone", "ses_gone", None) is None
+    assert await store.get(SIGNED_KEY) is None and await store.revocations() == []
+    await store.put("wicket:{ses_here}:session", b"record", ttl=60)
+    assert await ledger.revoke("session", "ses_here", if_present="wicket:{ses_here}:session") is True
+    assert in_force.reason("someone", "ses_here", None) is not None
+    assert await store.revocations() == [("session", "ses_here")]
+    await eventually(lambda: ("session", "ses_here") in heard, "the announcement arrived")
+    assert ("session", "ses_gone") not in heard
+
+
 async def test_the_revoking_replica_enforces_a_revocation_before_announcing_it() -> None:
     store, in_force = MemoryStore(), RevocationList()
     enforced_when_heard: list[bool] = []

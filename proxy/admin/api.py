@@ -24,7 +24,7 @@ from proxy.core.approvals import rfc3339
 from proxy.core.checker import Checker
 from proxy.core.policy import Policy
 from proxy.core.revocations import KINDS, SignedRevocations
-from proxy.core.sessions import MODES, TOKEN_PREFIX, SessionIntegrityError, SessionManager, token_fingerprint
+from proxy.core.sessions import MODES, TOKEN_PREFIX, SessionManager, token_fingerprint
 from proxy.credentials.keys import JWKS_PATH
 from proxy.state.base import Store, StoreUnavailable
 from proxy.telemetry import Metrics
@@ -207,13 +207,6 @@ class AdminApi:
             dumps=lambda obj: json.dumps(obj, separators=(",", ":")),
         )
 
-    async def _session_known(self, session_id: str) -> bool:
-        """Whether a session record exists (one that fails verification counts: revoking it is safe)."""
-        try:
-            return await self._sessions.get(session_id) is not None
-        except SessionIntegrityError:
-            return True
-
     async def revoke(self, request: web.Request) -> web.Response:
         """Revoke an agent, a session or a token on every replica (SPEC §2)."""
         if (refusal := self._operator(request)) is not None:
@@ -229,13 +222,15 @@ class AdminApi:
             return problem(400, "kind must be agent, session or token, and id a non-empty string.")
         if kind == "token" and ident.startswith(TOKEN_PREFIX):
             ident = token_fingerprint(ident)[:16]  # revocations (and the audit) name tokens by fingerprint only
-        if kind == "session" and not await self._session_known(ident):
+        # A session is revoked only if its record exists (one that fails verification counts:
+        # revoking it is safe); checked as the revocation is announced, not in a read before it.
+        record = SessionManager.store_key(ident) if kind == "session" else None
+        if not await self._revocations.revoke(kind, ident, if_present=record):
             return problem(
                 404,
                 f"No live session {ident!r} (unknown, or already expired); nothing was revoked. "
                 "GET /v1/sessions (or the console) lists the live ones.",
             )
-        await self._revocations.revoke(kind, ident)
         self._metrics.revocations.labels(kind).inc()
         try:
             await self._checker.audit_event(

@@ -10,8 +10,9 @@ is still enforced, reported and put back, never silently lifted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from proxy.core.sessions import RecordSigner, SessionIntegrityError
@@ -32,10 +33,21 @@ class RevocationList:
     def __init__(self, on_new: Callable[[str, int], None] | None = None) -> None:
         self._items: dict[str, set[str]] = {kind: set() for kind in KINDS}
         self._on_new = on_new
+        self._own: set[tuple[str, str]] = set()  # being revoked through this replica's API
 
     def add(self, kind: str, ident: str, via: str = "feed") -> None:
         if self._insert(kind, ident) and self._on_new is not None:
-            self._on_new(via, 1)
+            self._on_new("local" if (kind, ident) in self._own else via, 1)
+
+    @contextlib.contextmanager
+    def revoking(self, kind: str, ident: str) -> Iterator[None]:
+        """This replica's API is revoking the entry: it counts as ``local`` even if this replica's
+        own feed delivers the announcement before the API call returns."""
+        self._own.add((kind, ident))
+        try:
+            yield
+        finally:
+            self._own.discard((kind, ident))
 
     def update(self, items: Iterable[tuple[str, str]], via: str = "resync") -> None:
         """Add every item; nothing is ever removed (a revocation is permanent)."""
@@ -104,7 +116,7 @@ class SignedRevocations:
         self._in_force = in_force  # this replica's list: what it revokes is in force here before it is announced
         self._version = 0  # the highest version of the signed list this process saw
 
-    async def revoke(self, kind: str, ident: str) -> None:
+    async def revoke(self, kind: str, ident: str, *, if_present: str | None = None) -> bool:
         """Enforce the entry here, announce it, sign it into the list, then persist and announce it
         again (``Store.revoke``).
 
@@ -114,10 +126,24 @@ class SignedRevocations:
         the revoked access without waiting for that bookkeeping. A revocation only ever takes
         access away, and a replica keeps enforcing what it was told (``load(known)``), so announcing
         early cannot let anything through; if the signing fails, the caller hears of it and retries.
+
+        ``if_present`` (a store key, e.g. a session's record): revoke only if it exists, checked
+        in the same step as the announcement (one round trip, not a read before it); False, and
+        nothing enforced or written, if it does not. That entry is enforced here as the
+        announcement goes out rather than just before.
         """
-        if self._in_force is not None:
-            self._in_force.add(kind, ident, "local")
-        await self._store.announce(kind, ident)
+        if if_present is not None:
+            # Only a record that exists is revoked (a session id): checked in the announcing step.
+            own = self._in_force.revoking(kind, ident) if self._in_force is not None else contextlib.nullcontext()
+            with own:
+                if not await self._store.announce(kind, ident, if_present=if_present):
+                    return False
+                if self._in_force is not None:
+                    self._in_force.add(kind, ident, "local")
+        else:
+            if self._in_force is not None:
+                self._in_force.add(kind, ident, "local")
+            await self._store.announce(kind, ident)
         for _ in range(_CAS_ATTEMPTS):
             raw = await self._store.get(SIGNED_KEY)
             signed, version, _ = self._decode(raw)
@@ -128,6 +154,7 @@ class SignedRevocations:
         else:
             raise StoreUnavailable("the signed revocation list kept changing under concurrent writers; try again")
         await self._store.revoke(kind, ident)
+        return True
 
     async def load(self, known: Iterable[tuple[str, str]] = ()) -> Loaded:
         """Read and cross-check both; ``known`` (what this replica already enforces) is kept and re-signed."""

@@ -287,6 +287,11 @@ class SessionManager:
     def _session_key(session_id: str) -> str:
         return f"wicket:{{{session_id}}}:session"
 
+    @classmethod
+    def store_key(cls, session_id: str) -> str:
+        """The store key of a session's record (revoking a session checks that it exists)."""
+        return cls._session_key(session_id)
+
     @staticmethod
     def _token_key(token: str) -> str:
         return f"wicket:token:{token_fingerprint(token)}"

@@ -63,9 +63,10 @@ class Store(Protocol):
     async def revoke(self, kind: str, ident: str) -> None:
         """Persist a revocation and announce it to every replica (``subscribe_revocations``)."""
 
-    async def announce(self, kind: str, ident: str) -> None:
+    async def announce(self, kind: str, ident: str, *, if_present: str | None = None) -> bool:
         """Announce a revocation without persisting it: replicas enforce it at once, while the
-        signed list and the persisted set (``revoke``) are written behind it."""
+        signed list and the persisted set (``revoke``) are written behind it. With ``if_present``,
+        only if that key exists, checked and announced in one step; says whether it announced."""
 
     async def revocations(self) -> list[tuple[str, str]]:
         """Every persisted revocation, for start-up and the periodic resync."""

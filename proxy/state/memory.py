@@ -107,9 +107,12 @@ class MemoryStore:
         self._revoked.add((kind, ident))
         await self.announce(kind, ident)
 
-    async def announce(self, kind: str, ident: str) -> None:
+    async def announce(self, kind: str, ident: str, *, if_present: str | None = None) -> bool:
+        if if_present is not None and await self.get(if_present) is None:
+            return False
         for listener in self._revocation_listeners:
             listener(kind, ident)
+        return True
 
     async def revocations(self) -> list[tuple[str, str]]:
         return sorted(self._revoked)

@@ -189,6 +189,13 @@ return 1
 """
 """Add member ARGV[2] at score ARGV[1] to the sorted set KEYS[1], keeping only the ARGV[3] highest."""
 
+ANNOUNCE_IF_PRESENT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+"""Publish ARGV[2] on channel ARGV[1] only if the key KEYS[1] exists; 1 if it did."""
+
 
 _INVALIDATE_CHANNEL = b"__redis__:invalidate"
 _MISS: Any = object()
@@ -223,9 +230,16 @@ class _ReadCache:
     _MAX = 10_000
     _HEARTBEAT = 1.0  # seconds between PINGs on the feed; an unanswered one drops it
 
-    def __init__(self, pool: ConnectionPool, timeout: float) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        timeout: float,
+        announcements: tuple[bytes, Callable[[bytes], None]] | None = None,
+    ) -> None:
         self._pool = pool
         self._timeout = timeout
+        # A channel the feed connection follows too, and what hears its messages (in data_received).
+        self.announcements = announcements
         self._values: dict[str, Any] = {}
         self._live = False
         self._feed: _Feed | None = None
@@ -244,13 +258,17 @@ class _ReadCache:
         """The cached value of ``key``, a ``_Pending`` read to wait for, or ``_MISS`` (also while
         any invalidation may be unread)."""
         if not self._live:
-            if self._task is None and not self._closed:
-                self._task = asyncio.create_task(self._maintain())
+            self.start()
             return _MISS
         feed, poll = self._feed, self._poll
         if feed is None or poll is None or feed.buffer or poll.poll(0):
             return _MISS
         return self._values.get(key, _MISS)
+
+    def start(self) -> None:
+        """Open the feed and the tracking connection (in the background), unless under way."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._maintain())
 
     async def fetch(self, key: str) -> Any:
         """Read ``key`` on the tracking connection and keep it unless it changed meanwhile;
@@ -371,6 +389,7 @@ class _Feed(asyncio.Protocol):
     def __init__(self, cache: _ReadCache, connection: AbstractConnection, transport: asyncio.BaseTransport) -> None:
         self.buffer = bytearray()
         self._cache = cache
+        self._announcements = cache.announcements
         self._connection = connection  # held: redis-py closes the socket when its connection is collected
         self._transport = transport
         self._replies: asyncio.Queue[Any] = asyncio.Queue()
@@ -385,12 +404,17 @@ class _Feed(asyncio.Protocol):
         return int(sock.fileno())
 
     async def start(self) -> int:
-        """CLIENT ID, then SUBSCRIBE to the invalidation channel; the id for REDIRECT."""
+        """CLIENT ID, then SUBSCRIBE to the invalidation channel (and the announcement channel,
+        if any); the id for REDIRECT."""
         self._send(b"CLIENT", b"ID")
         client_id = await self._replies.get()
-        self._send(b"SUBSCRIBE", _INVALIDATE_CHANNEL)
-        confirmed = await self._replies.get()
-        if not isinstance(client_id, int) or not (isinstance(confirmed, list) and confirmed[:1] == [b"subscribe"]):
+        channels = [_INVALIDATE_CHANNEL, *([self._announcements[0]] if self._announcements else [])]
+        self._send(b"SUBSCRIBE", *channels)
+        for _ in channels:
+            confirmed = await self._replies.get()
+            if not (isinstance(confirmed, list) and confirmed[:1] == [b"subscribe"]):
+                raise RedisConnectionError("unexpected reply while subscribing to Redis invalidations")
+        if not isinstance(client_id, int):
             raise RedisConnectionError("unexpected reply while subscribing to Redis invalidations")
         return client_id
 
@@ -429,9 +453,13 @@ class _Feed(asyncio.Protocol):
             if value[0] == b"invalidate" and len(value) == 2:  # RESP3 push
                 self._cache.invalidate(value[1])
                 return
-            if value[0] == b"message" and len(value) == 3 and value[1] == _INVALIDATE_CHANNEL:
-                self._cache.invalidate(value[2])
-                return
+            if value[0] == b"message" and len(value) == 3:
+                if value[1] == _INVALIDATE_CHANNEL:
+                    self._cache.invalidate(value[2])
+                    return
+                if self._announcements and value[1] == self._announcements[0]:
+                    self._announcements[1](value[2])  # applied before any other task runs
+                    return
             if value[0] in (b"pong", b"PONG"):
                 return
         if value in (b"PONG", b"pong"):
@@ -454,9 +482,16 @@ class _Pipe:
     path cost more than the work Redis does. Never retries: a late reply is discarded, so a
     script whose answer was merely late is not run twice."""
 
-    def __init__(self, pool: ConnectionPool, timeout: float) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        timeout: float,
+        announcements: tuple[bytes, Callable[[bytes], None]] | None = None,
+    ) -> None:
         self._pool = pool
         self._timeout = timeout
+        # A channel the feed connection follows too, and what hears its messages (in data_received).
+        self.announcements = announcements
         self._link: _Link | None = None
         self._lock = asyncio.Lock()
 
@@ -668,16 +703,21 @@ class RedisStore:
         self._cache: _ReadCache | None = None
         self._pipe: _Pipe | None = None
         self._verdict_script_known = False  # until one note_verdict has run awaited (loading the script)
+        self._revocations_key = f"{prefix}:revocations"  # a set of "kind\0id", and the channel announcing them
+        self._revocation_listeners: list[Callable[[str, str], None]] = []
         if isinstance(self._client, Redis) and self._sentinel is None:
-            self._cache = _ReadCache(self._client.connection_pool, timeout)
+            # The cache's feed also follows the revocation channel: an announcement is enforced as
+            # its bytes are read, not one event-loop turn later in the pub/sub listener's task
+            # (which stays: it catches up after a reconnect, and delivers again harmlessly).
+            announcements = (self._revocations_key.encode(), self._announced)
+            self._cache = _ReadCache(self._client.connection_pool, timeout, announcements)
             self._pipe = _Pipe(self._client.connection_pool, timeout)
         self._note_call = self._client.register_script(NOTE_CALL)
         self._note_verdict = self._client.register_script(NOTE_VERDICT)
         self._take = self._client.register_script(TAKE)
         self._compare_and_set = self._client.register_script(COMPARE_AND_SET)
         self._index_add = self._client.register_script(INDEX_ADD)
-        self._revocations_key = f"{prefix}:revocations"  # a set of "kind\0id", and the channel announcing them
-        self._revocation_listeners: list[Callable[[str, str], None]] = []
+        self._announce_if_present = self._client.register_script(ANNOUNCE_IF_PRESENT)
         self._listener: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -904,9 +944,16 @@ class RedisStore:
         member = f"{kind}\0{ident}"
         await self._run(lambda: self._persist_and_announce(member))
 
-    async def announce(self, kind: str, ident: str) -> None:
+    async def announce(self, kind: str, ident: str, *, if_present: str | None = None) -> bool:
         member = f"{kind}\0{ident}"
-        await self._run(lambda: self._client.publish(self._revocations_key, member))
+        if if_present is None:
+            await self._run(lambda: self._client.publish(self._revocations_key, member))
+            return True
+        # One round trip: on a busy replica each await is a turn of its event loop.
+        announced = await self._run(
+            lambda: self._announce_if_present(keys=[if_present], args=[self._revocations_key, member])
+        )
+        return bool(announced)
 
     async def _persist_and_announce(self, member: str) -> None:
         """SADD and PUBLISH in one round trip (a transaction where the client supports one)."""
@@ -925,6 +972,8 @@ class RedisStore:
 
     async def subscribe_revocations(self, callback: Callable[[str, str], None]) -> None:
         self._revocation_listeners.append(callback)
+        if self._cache is not None:
+            self._cache.start()  # its feed carries announcements the moment they arrive
         if self._listener is None and hasattr(self._client, "pubsub"):
             # Cluster clients have no async pub/sub here: replicas there rely on the periodic resync.
             self._listener = asyncio.create_task(self._listen())
@@ -956,6 +1005,11 @@ class RedisStore:
             finally:
                 with contextlib.suppress(RedisError, OSError, TimeoutError):
                     await pubsub.aclose()
+
+    def _announced(self, member: bytes) -> None:
+        """A revocation announcement read on the cache's feed connection."""
+        if self._revocation_listeners:
+            self._deliver(*_revocation(member))
 
     def _deliver(self, kind: str, ident: str) -> None:
         for listener in self._revocation_listeners:
