@@ -482,16 +482,9 @@ class _Pipe:
     path cost more than the work Redis does. Never retries: a late reply is discarded, so a
     script whose answer was merely late is not run twice."""
 
-    def __init__(
-        self,
-        pool: ConnectionPool,
-        timeout: float,
-        announcements: tuple[bytes, Callable[[bytes], None]] | None = None,
-    ) -> None:
+    def __init__(self, pool: ConnectionPool, timeout: float) -> None:
         self._pool = pool
         self._timeout = timeout
-        # A channel the feed connection follows too, and what hears its messages (in data_received).
-        self.announcements = announcements
         self._link: _Link | None = None
         self._lock = asyncio.Lock()
 
