@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from redis.asyncio.connection import Connection
 from redis.crc import key_slot
 
 from proxy.core.action import Activity
@@ -24,7 +25,7 @@ from proxy.core.sessions import RecordSigner, SessionIntegrityError, SessionMana
 from proxy.state import memory
 from proxy.state.base import StoreUnavailable
 from proxy.state.memory import MemoryStore
-from proxy.state.redis import RedisStore, _split_multi_host
+from proxy.state.redis import RedisStore, _Incomplete, _pack, _parse_resp, _split_multi_host
 from tests.redis_support import RedisServer, cluster_url, free_port, running_redis
 from tests.waiting import eventually
 
@@ -470,6 +471,29 @@ async def test_slow_redis_times_out_instead_of_hanging(redis_server: RedisServer
     finally:
         pauser.close()
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ("GET", "wicket:{ses_a}:session"),
+        ("EVALSHA", "a" * 40, "7", "k1", "k2", "1733300000.123", "-0.5", "2", "tools/call:é", "60000", "500"),
+        ("PUBLISH", "wicket:revocations", "session\0ses_x"),
+        (b"SUBSCRIBE", b"__redis__:invalidate", b"wicket:revocations"),
+        ("SET", "k", b"\x00\xff", 5, ""),
+        ("ECHO", "ümlaut", "emoji \U0001f600", "tab\tand\r\nnewline"),
+    ],
+)
+def test_the_shared_connection_writes_commands_as_redis_py_does(words: tuple[str | bytes | int, ...]) -> None:
+    assert _pack(words) == b"".join(Connection().pack_command(*words))
+
+
+def test_replies_are_parsed_only_once_complete() -> None:
+    reply = b"*5\r\n:1\r\n$3\r\nabc\r\n:-22\r\n$-1\r\n*2\r\n:7\r\n$0\r\n\r\n"
+    for cut in range(len(reply)):
+        with pytest.raises(_Incomplete):
+            _parse_resp(bytearray(reply[:cut]), 0)
+    assert _parse_resp(bytearray(reply + b":9\r\n"), 0) == ([1, b"abc", -22, None, [7, b""]], len(reply))
 
 
 async def test_a_late_reply_is_never_taken_for_the_next_calls(redis_server: RedisServer) -> None:

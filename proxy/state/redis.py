@@ -28,7 +28,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import math
 import re
@@ -38,6 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import AbstractConnection, ConnectionPool
@@ -198,6 +198,9 @@ return 1
 
 
 _INVALIDATE_CHANNEL = b"__redis__:invalidate"
+_KEYS_KEPT = 10_000  # sessions whose activity key names are kept
+_DIGITS = tuple(str(n) for n in range(10))
+_HISTORY = str(HISTORY)
 _MISS: Any = object()
 
 
@@ -608,6 +611,17 @@ class _Link(asyncio.Protocol):
 
 
 def _pack(words: Sequence[str | bytes | int]) -> bytes:
+    """One RESP command. A command of ASCII text only (every per-call script's) is formatted as
+    text and encoded once, rather than word by word."""
+    text = True
+    for word in words:
+        if type(word) is not str:
+            text = False
+            break
+    if text:
+        command = f"*{len(words)}\r\n" + "".join([f"${len(word)}\r\n{word}\r\n" for word in words])  # type: ignore[arg-type]
+        if command.isascii():
+            return command.encode()
     parts = [b"*%d\r\n" % len(words)]
     for word in words:
         data = word if isinstance(word, bytes) else str(word).encode()
@@ -636,8 +650,15 @@ def _parse_resp(buf: bytearray, pos: int) -> tuple[Any, int]:
         count = int(line)
         if count < 0:
             return None, pos
-        items = []
+        items: list[Any] = []
         for _ in range(count * 2 if kind in b"%|" else count):
+            if pos < len(buf) and buf[pos] == 58:  # ":" an integer, read here (a script's reply is mostly integers)
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    raise _Incomplete
+                items.append(int(buf[pos + 1 : end]))
+                pos = end + 2
+                continue
             item, pos = _parse_resp(buf, pos)
             items.append(item)
         return _parse_resp(buf, pos) if kind == ord("|") else (items, pos)
@@ -696,6 +717,7 @@ class RedisStore:
         self._cache: _ReadCache | None = None
         self._pipe: _Pipe | None = None
         self._verdict_script_known = False  # until one note_verdict has run awaited (loading the script)
+        self._keys: dict[str, tuple[str, ...]] = {}  # session id -> its activity keys
         self._revocations_key = f"{prefix}:revocations"  # a set of "kind\0id", and the channel announcing them
         self._revocation_listeners: list[Callable[[str, str], None]] = []
         if isinstance(self._client, Redis) and self._sentinel is None:
@@ -833,17 +855,19 @@ class RedisStore:
             raise ValueError("now and window must be numbers")
         window_from, minute_from = now - window, now - 60.0
         ttl = min(max(self._activity_ttl, window, 60.0), _MAX_TTL)
-        args = (
+        args = (  # text: the shared connection writes an all-text command in one encode
             repr(now),
             repr(window_from),
             repr(minute_from),
             repr(min(window_from, minute_from)),
-            effect,
+            _DIGITS[effect],
             action_key,
-            int(ttl * 1000),
-            self._cap,
+            f"{int(ttl * 1000)}",
+            f"{self._cap}",
         )
-        reply = await self._run(lambda: self._script(self._note_call, self._activity_keys(session_id), args))
+        reply = await self._run(
+            lambda: self._script(self._note_call, self._activity_keys(session_id), args), pooled=self._pipe is None
+        )
         calls, denials, writes, window_calls, minute_calls, r, m, d, a, repeats, history = reply
         return Activity(
             calls=int(calls),
@@ -853,19 +877,19 @@ class RedisStore:
             minute_calls=int(minute_calls),
             window_by_effect=(int(r), int(m), int(d), int(a)),
             repeat_denials=int(repeats),
-            history=tuple(json.loads(_text(history))) if history else (),
+            history=tuple(orjson.loads(history)) if history else (),
         )
 
     async def note_verdict(self, session_id: str, action_key: str, entry: str, denied: bool, wrote: bool) -> None:
         keys = self._activity_keys(session_id)[:3]
-        args = (action_key, entry, "1" if denied else "0", HISTORY, "1" if wrote else "0")
+        args = (action_key, entry, "1" if denied else "0", _HISTORY, "1" if wrote else "0")
         if self._pipe is not None and self._verdict_script_known and not self._closed:
             # Queued on the connection every later note_call of this replica uses, so Redis applies it
             # before the next call of the session is counted, whether or not this call waits for the
             # reply; waiting would only put a round trip between the decision and the forward. If the
             # connection fails meanwhile, the verdict is lost as it would be if awaited, and the
             # session's next note_call, on the same connection, fails closed.
-            words = (len(keys), *keys, *args)
+            words = (_DIGITS[len(keys)], *keys, *args)
             sent = self._pipe.send_now("EVALSHA", self._note_verdict.sha, *words)
             if sent is not None:
                 sent.add_done_callback(functools.partial(self._verdict_settled, words))
@@ -916,17 +940,24 @@ class RedisStore:
         if pipe is None:
             return await script(keys=keys, args=args)
         try:
-            return await pipe.request("EVALSHA", script.sha, len(keys), *keys, *args)
+            return await pipe.request("EVALSHA", script.sha, f"{len(keys)}", *keys, *args)
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
         await pipe.request("SCRIPT", "LOAD", script.script)
-        return await pipe.request("EVALSHA", script.sha, len(keys), *keys, *args)
+        return await pipe.request("EVALSHA", script.sha, f"{len(keys)}", *keys, *args)
 
-    def _activity_keys(self, session_id: str) -> list[str]:
-        """act, denied, hist and the four per-effect windows, all on the session's Cluster slot."""
-        base = f"{self._prefix}:{{{_hash_tag(session_id)}}}"
-        return [f"{base}:act", f"{base}:denied", f"{base}:hist", *(f"{base}:win:{e}" for e in range(4))]
+    def _activity_keys(self, session_id: str) -> tuple[str, ...]:
+        """act, denied, hist and the four per-effect windows, all on the session's Cluster slot
+        (named once per session: every call of the session needs them twice)."""
+        keys = self._keys.get(session_id)
+        if keys is None:
+            base = f"{self._prefix}:{{{_hash_tag(session_id)}}}"
+            keys = (f"{base}:act", f"{base}:denied", f"{base}:hist", *(f"{base}:win:{e}" for e in range(4)))
+            if len(self._keys) >= _KEYS_KEPT:
+                self._keys.clear()
+            self._keys[session_id] = keys
+        return keys
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -1030,12 +1061,15 @@ class RedisStore:
         except (RedisError, RedisClusterException, OSError):
             pass  # closing a connection to a Redis that is already gone
 
-    async def _run(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation under the deadline and the in-flight bound; errors become StoreUnavailable."""
+    async def _run(self, operation: Callable[[], Awaitable[T]], *, pooled: bool = True) -> T:
+        """Run one Redis operation under the deadline and, if it takes a pooled connection
+        (``pooled``), the in-flight bound; errors become StoreUnavailable."""
         if self._closed:
             raise StoreUnavailable("Redis unavailable: the store is closed")
         try:
             async with asyncio.timeout(self._deadline):
+                if not pooled:  # the shared connection (_Pipe) bounds what it owes by itself
+                    return await operation()
                 async with self._slots:
                     return await operation()
         except TimeoutError as exc:  # the whole deadline passed (asyncio.timeout)
