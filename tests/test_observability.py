@@ -4,15 +4,21 @@ exports, the README lists every metric, label sets stay bounded, and the store-r
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
 import aiohttp
+import prometheus_client
+import prometheus_client.metrics
+import pytest
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry, generate_latest
 
 from proxy.demo.server import DemoUpstream
+from proxy.telemetry import LoopCounter, LoopHistogram
 from tests.conftest import ROOT, RunningWicket, WicketFactory, mcp_client
 from tests.redis_support import RedisServer
 
@@ -168,3 +174,55 @@ def test_audit_health_gauge_follows_the_last_append() -> None:
     metrics.audit_written(False)
     metrics.audit_written(True)
     assert "wicket_audit_healthy 1.0" in metrics.exposition().decode()
+
+
+def _exposed(registry: CollectorRegistry) -> list[str]:
+    """The exposition with the ``_created`` timestamps (when a series was made) left out."""
+    return [line for line in generate_latest(registry).decode().splitlines() if "_created" not in line]
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_loop_counters_and_histograms_expose_exactly_what_prometheus_client_would(
+    created: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock-free series every tool call counts against prometheus_client's own classes, fed the same."""
+    monkeypatch.setattr(prometheus_client.metrics, "_use_created", created)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    buckets = (0.00005, 0.001, 0.25, 1.0, 15.0)
+    counters = [
+        cls("wicket_things_total", "Things.", ["kind", "mode"], registry=r)
+        for cls, r in ((LoopCounter, ours), (prometheus_client.Counter, theirs))
+    ]
+    histograms = [
+        cls("wicket_took_seconds", "Took.", ["kind"], buckets=buckets, registry=r)
+        for cls, r in ((LoopHistogram, ours), (prometheus_client.Histogram, theirs))
+    ]
+    bare = [
+        cls("wicket_bare_seconds", "Bare.", buckets=(-1.0, 0.0, 2.0), registry=r)
+        for cls, r in ((LoopHistogram, ours), (prometheus_client.Histogram, theirs))
+    ]
+    amounts = [0.0, 0.00005, 0.0000501, 0.001, 0.3, 1.0, 14.9, 15.0, 16.0, 1e9, math.inf, -0.5, 0.1 + 0.2, math.nan]
+    for n, amount in enumerate(amounts):
+        for counter, histogram, plain in zip(counters, histograms, bare, strict=True):
+            counter.labels("a" if n % 3 else "b", "enforce").inc()
+            counter.labels(kind="c", mode="shadow").inc(n + 0.25)
+            histogram.labels("a" if n % 2 else "b").observe(amount)
+            plain.observe(amount)
+    for counter in counters:
+        counter.labels("never", "enforce")  # made, never counted: exposed as 0
+        counter.labels("gone", "enforce").inc(3)
+        counter.remove("gone", "enforce")
+    assert _exposed(ours) == _exposed(theirs)
+    for sample in ("wicket_things_total", "wicket_took_seconds_sum", "wicket_took_seconds_bucket"):
+        labels = {"kind": "a", "mode": "enforce"} if sample == "wicket_things_total" else {"kind": "b"}
+        if sample.endswith("_bucket"):
+            labels["le"] = "0.001"
+        assert ours.get_sample_value(sample, labels) == theirs.get_sample_value(sample, labels)
+    for counter in counters:
+        with pytest.raises(ValueError):
+            counter.inc()  # the labelled parent counts nothing, as in prometheus_client
+        with pytest.raises(ValueError):
+            counter.labels("a", "enforce").inc(-1)
+    for histogram in histograms:
+        with pytest.raises(ValueError):
+            histogram.observe(1.0)
