@@ -9,10 +9,12 @@ how upstreams verify minted credentials.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -48,6 +50,7 @@ from proxy.credentials import (
 )
 from proxy.credentials import broker as broker_module
 from proxy.credentials.delegation import sign_link
+from proxy.credentials.keys import b64url
 from proxy.demo.server import Ledger, build_demo_server, free_port
 from tests import oidc_issuer as issuer_module
 from tests.oidc_issuer import JWT_TOKEN_TYPE, TOKEN_EXCHANGE, OidcIssuer
@@ -429,6 +432,12 @@ async def test_minted_defaults_and_session_expiry_cap() -> None:
     assert capped["exp"] <= short.expires_at
     with pytest.raises(CredentialError, match="session has expired"):
         await broker.issue(_call("get_note"), _session(ttl=-5), inbound_token=None)
+
+
+def test_b64url_is_unpadded_urlsafe_base64() -> None:
+    # keys.b64url stands for base64.urlsafe_b64encode(...).rstrip(b"=") and, over os.urandom, secrets.token_urlsafe.
+    for data in [bytes(range(256)), b"\xfb\xff\xfe", *(os.urandom(n) for n in range(70))]:
+        assert b64url(data) == base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 async def test_a_first_hop_link_is_reused_briefly_and_never_outlives_its_credential(

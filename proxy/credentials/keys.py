@@ -7,11 +7,11 @@ signed has expired, so rotation never breaks a call in flight.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import time
+from binascii import b2a_base64
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
-from nacl.signing import SigningKey
+from nacl.bindings import crypto_sign, crypto_sign_BYTES, crypto_sign_seed_keypair
 
 from proxy.audit.chain import fast_json
 
@@ -43,22 +43,31 @@ class SigningKeyError(ValueError):
     """A configured signing key cannot be used. The message never contains key material."""
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+_URLSAFE = bytes.maketrans(b"+/", b"-_")
+"""base64 to base64url (RFC 4648 section 5); ``=`` (only ever trailing padding) is deleted in the same pass."""
+
+
+def b64url(data: bytes) -> str:
+    """Unpadded base64url: ``base64.urlsafe_b64encode(data).rstrip(b"=")`` in two C calls instead of five.
+
+    ``b64url(os.urandom(n))`` is ``secrets.token_urlsafe(n)`` (the same bytes source, alphabet and length).
+    """
+    return b2a_base64(data, newline=False).translate(_URLSAFE, b"=").decode("ascii")
 
 
 def _jws_signer(private_key: PrivateKey) -> Callable[[bytes], bytes]:
     """The raw JWS signature function of ``private_key``: Ed25519 as is, ES256 as R || S (RFC 7518 3.4).
 
-    Ed25519 signs through libsodium (PyNaCl), about twice as fast as OpenSSL through ``cryptography``
-    here; its signatures are deterministic, so the bytes are the same. Everything else about the key
-    (loading, JWKS, verification) stays with ``cryptography``.
+    Ed25519 signs through libsodium (PyNaCl's ``nacl.bindings``, below ``SigningKey``'s encoder and
+    result wrappers), about 1.5 times as fast as OpenSSL through ``cryptography`` here; its signatures
+    are deterministic, so the bytes are the same. Everything else about the key (loading, JWKS,
+    verification) stays with ``cryptography``.
     """
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
-        signing_key = SigningKey(private_key.private_bytes_raw())
+        _, secret = crypto_sign_seed_keypair(private_key.private_bytes_raw())
 
         def sign_ed25519(data: bytes) -> bytes:
-            return signing_key.sign(data).signature
+            return crypto_sign(data, secret)[:crypto_sign_BYTES]  # signature || message
 
         return sign_ed25519
     algorithm = ec.ECDSA(hashes.SHA256())
@@ -74,14 +83,14 @@ def public_jwk(public: PublicKey) -> dict[str, str]:
     """The RFC 7517 members that identify a public key (RFC 8037 OKP or RFC 7518 EC P-256)."""
     if isinstance(public, ed25519.Ed25519PublicKey):
         raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
     if isinstance(public, ec.EllipticCurvePublicKey) and isinstance(public.curve, ec.SECP256R1):
         numbers = public.public_numbers()
         return {
             "kty": "EC",
             "crv": "P-256",
-            "x": _b64url(numbers.x.to_bytes(32, "big")),
-            "y": _b64url(numbers.y.to_bytes(32, "big")),
+            "x": b64url(numbers.x.to_bytes(32, "big")),
+            "y": b64url(numbers.y.to_bytes(32, "big")),
         }
     raise SigningKeyError("signing keys must be Ed25519 or EC P-256 (ES256)")
 
@@ -90,7 +99,7 @@ def jwk_thumbprint(jwk: Mapping[str, str]) -> str:
     """RFC 7638: base64url SHA-256 of the required members, sorted, without whitespace."""
     required = ("crv", "kty", "x") if jwk["kty"] == "OKP" else ("crv", "kty", "x", "y")
     canonical = json.dumps({k: jwk[k] for k in required}, sort_keys=True, separators=(",", ":"))
-    return _b64url(hashlib.sha256(canonical.encode("ascii")).digest())
+    return b64url(hashlib.sha256(canonical.encode("ascii")).digest())
 
 
 @dataclass(frozen=True)
@@ -177,9 +186,12 @@ class KeyRing:
     def _use(self, private_key: PrivateKey, published: _PublishedKey) -> None:
         """Sign with ``private_key`` from now on; its JWT header is encoded once, here."""
         self._private, self._active = private_key, published
+        # Plain attributes (read them, never assign them): the broker reads ``kid`` on every call.
+        self.kid: str = published.kid
+        self.alg: str = published.alg
         self._signer = _jws_signer(private_key)
         header = {"alg": published.alg, "kid": published.kid, "typ": "JWT"}  # sorted, as PyJWT writes it
-        self._jwt_header = _b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
+        self._jwt_header = b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
         self._typed_headers: dict[str, bytes] = {}
 
     @classmethod
@@ -214,14 +226,6 @@ class KeyRing:
         if previous:
             ring.retire(_load_public_or_private(_pem_bytes(previous, PREVIOUS_KEY_ENV), PREVIOUS_KEY_ENV))
         return ring
-
-    @property
-    def kid(self) -> str:
-        return self._active.kid
-
-    @property
-    def alg(self) -> str:
-        return self._active.alg
 
     def rotate(self, new_private_key: PrivateKey) -> str:
         """Sign with ``new_private_key`` from now on; the old public key stays published for
@@ -260,15 +264,16 @@ class KeyRing:
         payload = fast_json(plain)  # json.dumps' bytes, several times faster, when orjson writes them alike
         if payload is None or not payload.isascii() or b"\x7f" in payload:  # PyJWT's json.dumps escapes those
             payload = json.dumps(plain, separators=(",", ":")).encode()
-        signing_input = header + base64.urlsafe_b64encode(payload).rstrip(b"=")
-        signature = base64.urlsafe_b64encode(self._signer(signing_input)).rstrip(b"=")
+        # b64url's bytes, inlined: this runs for every call.
+        signing_input = header + b2a_base64(payload, newline=False).translate(_URLSAFE, b"=")
+        signature = b2a_base64(self._signer(signing_input), newline=False).translate(_URLSAFE, b"=")
         return (signing_input + b"." + signature).decode("ascii")
 
     def _typed_header(self, typ: str) -> bytes:
         cached = self._typed_headers.get(typ)
         if cached is None:
             header = {"alg": self._active.alg, "kid": self._active.kid, "typ": typ}
-            cached = _b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
+            cached = b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
             self._typed_headers[typ] = cached
         return cached
 
