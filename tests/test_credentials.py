@@ -19,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -432,6 +433,70 @@ async def test_minted_defaults_and_session_expiry_cap() -> None:
     assert capped["exp"] <= short.expires_at
     with pytest.raises(CredentialError, match="session has expired"):
         await broker.issue(_call("get_note"), _session(ttl=-5), inbound_token=None)
+
+
+async def test_a_remembered_mint_plan_signs_the_bytes_the_documented_rules_give(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # aud, scope and lifetime are worked out once per (upstream, tool, session ceiling); a call served from that
+    # plan must carry, byte for byte, the token PyJWT makes of the claims the rules give, in their order.
+    key = ed25519.Ed25519PrivateKey.from_private_bytes(bytes(range(32)))
+    keys = KeyRing(key)
+    clock = [1_900_000_000.5]
+    grant = ["notes:read", "notes:read", "notes:write"]
+    policy = _policy(
+        f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{ttl_seconds: 30, scope: {json.dumps(grant)}}}\n'
+    )
+    broker = _broker(policy, keys=keys, clock=lambda: clock[0])
+    monkeypatch.setattr(broker_module, "os", SimpleNamespace(urandom=lambda n: bytes(range(256 - n, 256))))
+    jti = base64.urlsafe_b64encode(bytes(range(240, 256))).rstrip(b"=").decode()  # secrets.token_urlsafe(16)'s form
+    upstream = "HTTP://127.0.0.1:3001/mcp/"  # the audience is its canonical form
+    base = Session(
+        session_id="ses_p", agent_id="billing-bot", scope=("get_*",), mode="read-write", created_at=0, expires_at=0
+    )
+    for lifetime in (3600, 20.9):  # the second caps the credential at the session's end
+        session = dataclasses.replace(base, expires_at=clock[0] + lifetime)
+        for tool in ("get_note", "delete_note", None):  # inside the ceiling, outside it, housekeeping
+            action = _call(tool, {"id": 7}, upstream=upstream) if tool is not None else None
+            tokens = []
+            for _ in range(2):  # the first works the plan out, the second is served from it
+                if action is None:
+                    issued = await broker.issue_for_request(
+                        session, upstream=upstream, method="tools/list", inbound_token=None
+                    )
+                else:
+                    issued = await broker.issue(action, session, inbound_token=None)
+                tokens.append(issued.headers["Authorization"].removeprefix("Bearer "))
+            assert tokens[0] == tokens[1]
+            now = int(clock[0])
+            expected: dict[str, Any] = {
+                "iss": "https://wicket.test",
+                "sub": "billing-bot",
+                "aud": NOTES,
+                "scope": " ".join(narrow_scope(grant, session, tool)),
+                "method": "tools/call" if tool is not None else "tools/list",
+                "args_sha256": arguments_sha256({"id": 7} if tool is not None else {}),
+                "sid": "ses_p",
+                "jti": jti,
+                "iat": now,
+                "nbf": now,
+                "exp": min(now + 30, int(session.expires_at)),
+            }
+            if tool is not None:
+                expected["tool"] = tool
+                expected["delegation"] = _claims(issued)["delegation"]
+            assert tokens[0] == jwt.encode(expected, key, algorithm="EdDSA", headers={"kid": keys.kid, "typ": "JWT"})
+    assert len(broker._plans) == 3  # one per tool and housekeeping: the session's expiry is no part of a plan
+    # A reload works plans out afresh, and the plans kept are bounded (the oldest is forgotten).
+    session = dataclasses.replace(base, expires_at=clock[0] + 99)
+    broker.use_policy(_policy(f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{scope: ["notes:all"]}}\n'))
+    assert _claims(await broker.issue(_call("get_note", upstream=upstream), session, inbound_token=None))["scope"] == (
+        "notes:all"
+    )
+    monkeypatch.setattr(broker_module, "_PLAN_CACHE_MAX", 2)
+    for tool in ("get_a", "get_b", "get_c"):
+        await broker.issue(_call(tool), session, inbound_token=None)
+    assert [key[1] for key in broker._plans] == ["get_b", "get_c"]
 
 
 def test_b64url_is_unpadded_urlsafe_base64() -> None:

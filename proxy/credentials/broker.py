@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from proxy.core.policy import CredentialSettings, Policy, normalise_url
 from proxy.core.sessions import TOKEN_PREFIX, Session
 from proxy.credentials.delegation import Link, act_claim, sign_link
 from proxy.credentials.exchange import CredentialError, TokenExchanger
-from proxy.credentials.keys import KeyRing
+from proxy.credentials.keys import KeyRing, b64url
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,12 @@ _LINK_REUSE_SHARE = 10
 """A session's first-hop delegation link is reused while that shortens a credential's life by at most 1/10."""
 _LINK_CACHE_MAX = 4096
 """Sessions whose last first-hop link is kept for reuse; beyond it the oldest is forgotten (and re-signed)."""
+_PLAN_CACHE_MAX = 1024
+"""Minted-credential plans kept (one per upstream, tool and session ceiling); beyond it the oldest is forgotten."""
+
+_MintPlan = tuple[str, str, int, str]
+"""What a minted credential takes from the policy alone, worked out once per (upstream, tool, session
+ceiling) by :meth:`CredentialBroker._plan`: (aud, scope, ttl, the delegation link's aud)."""
 
 
 class CredentialConfigError(ValueError):
@@ -196,6 +201,8 @@ class CredentialBroker:
         self._client_secrets: dict[str, str] = {}
         self._links: dict[str, tuple[tuple[str, str, tuple[str, ...], str], Link]] = {}
         """Per session: the last first-hop link and what it was signed for (sub, aud, scope, kid)."""
+        self._plans: dict[tuple[str, str | None, tuple[str, ...]], _MintPlan] = {}
+        """Per (upstream, tool, session ceiling) in ``minted`` mode: :data:`_MintPlan`, until the policy changes."""
         # Read every secret now, so a missing one stops start-up instead of failing calls later.
         for url, tool_key, settings in policy.credential_variants():
             if settings.mode == "static":
@@ -222,13 +229,17 @@ class CredentialBroker:
     def use_policy(self, policy: Policy) -> None:
         """A reload (credentials sections cannot change without a restart; delegation limits can)."""
         self._policy = policy
+        self._plans = {}  # worked out from the previous policy
 
     async def issue(self, action: Action, session: Session, *, inbound_token: str | None) -> IssuedCredential:
         """The credential for forwarding ``action``; raises :class:`CredentialError` (fail closed)."""
         tool = action.name if action.is_tool_call else None
+        plan = self._plans.get((action.upstream, tool, session.scope))
+        if plan is not None:  # minted, as worked out for an earlier call of this upstream, tool and ceiling
+            return self._mint(action, session, plan, tool)
         settings = self._policy.credentials_for(action.upstream, tool)
         if settings.mode == "minted":
-            return self._mint(action, session, settings, tool)
+            return self._mint(action, session, self._plan(action.upstream, tool, session, settings), tool)
         if settings.mode == "static":
             return self._static(settings)
         if settings.mode == "exchange":
@@ -253,19 +264,36 @@ class CredentialBroker:
         )
         return await self.issue(action, session, inbound_token=inbound_token)
 
-    def _mint(
-        self, action: Action, session: Session, settings: CredentialSettings, tool: str | None
-    ) -> IssuedCredential:
+    def _plan(self, upstream: str, tool: str | None, session: Session, settings: CredentialSettings) -> _MintPlan:
+        """Work out and remember what ``_mint`` takes from the policy for this upstream, tool and ceiling."""
+        aud = normalise_url(upstream)
+        plan = (
+            aud,
+            " ".join(narrow_scope(settings.scope, session, tool)),
+            max(5, min(settings.ttl_seconds, 3600)),
+            self._agent_name or aud,
+        )
+        plans = self._plans
+        if len(plans) >= _PLAN_CACHE_MAX:
+            del plans[next(iter(plans))]
+        plans[(upstream, tool, session.scope)] = plan
+        return plan
+
+    def _mint(self, action: Action, session: Session, plan: _MintPlan, tool: str | None) -> IssuedCredential:
+        aud, scope, ttl, link_aud = plan
         now = int(self._clock())
-        exp = min(now + max(5, min(settings.ttl_seconds, 3600)), int(session.expires_at))
+        exp = now + ttl
+        ends = int(session.expires_at)
+        if ends < exp:
+            exp = ends
         if exp <= now:
             raise CredentialError("the session has expired: no credential is minted for it")
-        jti = secrets.token_urlsafe(16)
+        jti = b64url(os.urandom(16))  # secrets.token_urlsafe(16)
         claims: dict[str, Any] = {
             "iss": self._issuer,
             "sub": action.agent_id,
-            "aud": normalise_url(action.upstream),
-            "scope": " ".join(narrow_scope(settings.scope, session, tool)),
+            "aud": aud,
+            "scope": scope,
             "method": action.method,
             "args_sha256": action.arguments_sha256,
             "sid": session.session_id,
@@ -277,19 +305,21 @@ class CredentialBroker:
         if tool is not None:
             claims["tool"] = tool
         if action.is_tool_call:
-            self._extend_chain(claims, action, session, now)
+            self._extend_chain(claims, action, session, link_aud, now)
         token = self._keys.sign(claims)
         return IssuedCredential("minted", {"Authorization": f"Bearer {token}"}, jti, fingerprint(token))
 
-    def _extend_chain(self, claims: dict[str, Any], action: Action, session: Session, now: int) -> None:
-        """Add the delegation chain: the links the caller presented plus one for this hop (RFC 8693 ``act`` too)."""
+    def _extend_chain(self, claims: dict[str, Any], action: Action, session: Session, aud: str, now: int) -> None:
+        """Add the delegation chain: the links the caller presented plus one for this hop (RFC 8693 ``act`` too).
+
+        ``aud`` is whom this hop delegates to: the agent name, else the upstream's normalised URL."""
         chain = action.delegation
         previous = chain.raw if chain is not None else ()
         if chain is not None and len(previous) != chain.depth:
             raise CredentialError("the caller's delegation links are not available to extend the chain")
-        if len(previous) + 1 > self._policy.delegation_max_hops:
+        hops = 1 if chain is None else len(previous) + 1
+        if hops > self._policy.delegation_max_hops:
             raise CredentialError(f"the delegation chain would exceed {self._policy.delegation_max_hops} hops")
-        aud = self._agent_name or normalise_url(action.upstream)
         if chain is None:
             link = self._first_link(action.agent_id, aud, session, claims["exp"], now)
         else:
