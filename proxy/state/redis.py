@@ -483,7 +483,8 @@ class _Pipe:
     iteration go out in one send, and replies are matched in order as they arrive. redis-py
     takes a pooled connection, a send and a Python-level parse per command, which on the hot
     path cost more than the work Redis does. Never retries: a late reply is discarded, so a
-    script whose answer was merely late is not run twice."""
+    script whose answer was merely late is not run twice. Each request's deadline is kept by
+    the connection itself (``_Link``), not by a timer per request."""
 
     def __init__(self, pool: ConnectionPool, timeout: float) -> None:
         self._pool = pool
@@ -492,17 +493,12 @@ class _Pipe:
         self._lock = asyncio.Lock()
 
     async def request(self, *words: str | bytes | int) -> Any:
+        """The reply; TimeoutError once the deadline passes (connecting included)."""
         link = self._link
         if link is None or link.lost:
-            link = await self._connect()
-        try:
-            reply = await link.request(_pack(words))
-        except asyncio.CancelledError:
-            # A deadline passed. If Redis has said nothing for that long, the connection is
-            # presumed dead (a half-open socket would otherwise hold every later call too).
-            if link.silent_for() > self._timeout:
-                link.lose(RedisConnectionError("no reply from Redis within the deadline; connection dropped"))
-            raise
+            async with asyncio.timeout(self._timeout):
+                link = await self._connect()
+        reply = await link.request(_pack(words))
         if isinstance(reply, RedisError):
             raise reply
         return reply
@@ -524,7 +520,7 @@ class _Pipe:
                 return self._link
             connection = self._pool.make_connection()
             await connection.connect()
-            self._link = _Link(connection)
+            self._link = _Link(connection, self._timeout)
             return self._link
 
     def close(self) -> None:
@@ -533,11 +529,17 @@ class _Pipe:
 
 
 class _Link(asyncio.Protocol):
-    """One connection of ``_Pipe``, taken over from redis-py after its handshake (AUTH, HELLO, TLS)."""
+    """One connection of ``_Pipe``, taken over from redis-py after its handshake (AUTH, HELLO, TLS).
+
+    Replies come in request order, so the oldest unanswered request has the earliest deadline:
+    one watchdog timer, armed while replies are owed, fails each request whose deadline passed
+    with ``TimeoutError`` (its reply, if it comes, is skipped) and drops the connection once Redis
+    has said nothing for a whole deadline (a half-open socket would otherwise hold every later
+    call too)."""
 
     _MAX_WAITING = 10_000  # replies owed on an unanswering connection before it is dropped
 
-    def __init__(self, connection: AbstractConnection) -> None:
+    def __init__(self, connection: AbstractConnection, timeout: float) -> None:
         writer = getattr(connection, "_writer", None)
         if writer is None:
             raise RedisConnectionError("this redis-py connection exposes no transport")
@@ -545,14 +547,13 @@ class _Link(asyncio.Protocol):
         self._connection = connection  # held: redis-py closes the socket when it is collected
         self._transport: asyncio.Transport = writer.transport
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._deadlines: deque[float] = deque()  # of the requests in _waiting, in the same order
+        self._timeout = timeout
+        self._watchdog: asyncio.TimerHandle | None = None
         self._out: list[bytes] = []
         self._buffer = bytearray()
         self._heard = asyncio.get_running_loop().time()
         self._transport.set_protocol(self)
-
-    def silent_for(self) -> float:
-        """Seconds since Redis last sent anything (0 when nothing is owed)."""
-        return asyncio.get_running_loop().time() - self._heard if self._waiting else 0.0
 
     def request(self, command: bytes) -> asyncio.Future[Any]:
         if len(self._waiting) >= self._MAX_WAITING:
@@ -562,9 +563,13 @@ class _Link(asyncio.Protocol):
         if self.lost:
             future.set_exception(RedisConnectionError("Connection closed by server."))
             return future
+        now = loop.time()
         if not self._waiting:
-            self._heard = loop.time()  # silence is counted from the oldest reply owed
+            self._heard = now  # silence is counted from the oldest reply owed
         self._waiting.append(future)
+        self._deadlines.append(now + self._timeout)
+        if self._watchdog is None:
+            self._watchdog = loop.call_at(now + self._timeout, self._watch)
         if not self._out:
             loop.call_soon(self.flush)
         self._out.append(command)
@@ -586,6 +591,7 @@ class _Link(asyncio.Protocol):
                 if not self._waiting:
                     raise ValueError("a reply nobody asked for")
                 future = self._waiting.popleft()
+                self._deadlines.popleft()
                 if not future.done():  # the reply to a caller whose deadline passed is dropped
                     future.set_result(value)
         except _Incomplete:
@@ -595,6 +601,24 @@ class _Link(asyncio.Protocol):
             return
         del self._buffer[:position]
 
+    def _watch(self) -> None:
+        """Fail the requests whose deadline passed; drop the connection if Redis fell silent."""
+        self._watchdog = None
+        if self.lost or not self._waiting:
+            return
+        now = asyncio.get_running_loop().time()
+        next_check = self._heard + self._timeout  # when silence drops the connection
+        for future, deadline in zip(self._waiting, self._deadlines, strict=True):
+            if deadline > now:
+                next_check = min(next_check, deadline)
+                break
+            if not future.done():
+                future.set_exception(TimeoutError())
+        if now >= self._heard + self._timeout:
+            self.lose(RedisConnectionError("no reply from Redis within the deadline; connection dropped"))
+            return
+        self._watchdog = asyncio.get_running_loop().call_at(next_check, self._watch)
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lose(RedisConnectionError("Connection closed by server." if exc is None else str(exc)))
 
@@ -602,6 +626,10 @@ class _Link(asyncio.Protocol):
         """Fail every waiting request; the pipe's next request connects again."""
         self.lost = True
         self._transport.close()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._deadlines.clear()
         waiting, self._waiting = self._waiting, deque()
         for future in waiting:
             if not future.done():
@@ -1062,14 +1090,15 @@ class RedisStore:
             pass  # closing a connection to a Redis that is already gone
 
     async def _run(self, operation: Callable[[], Awaitable[T]], *, pooled: bool = True) -> T:
-        """Run one Redis operation under the deadline and, if it takes a pooled connection
-        (``pooled``), the in-flight bound; errors become StoreUnavailable."""
+        """Run one Redis operation under the deadline and the in-flight bound; errors become
+        StoreUnavailable. ``pooled=False``: an operation on the shared connection (``_Pipe``),
+        which keeps each request's deadline and bounds what it owes by itself."""
         if self._closed:
             raise StoreUnavailable("Redis unavailable: the store is closed")
         try:
+            if not pooled:  # the shared connection (_Pipe) keeps each request's deadline itself
+                return await operation()
             async with asyncio.timeout(self._deadline):
-                if not pooled:  # the shared connection (_Pipe) bounds what it owes by itself
-                    return await operation()
                 async with self._slots:
                     return await operation()
         except TimeoutError as exc:  # the whole deadline passed (asyncio.timeout)
