@@ -381,9 +381,10 @@ class GuardianRouter:
     def _observe(self, tier: Tier, started: float, verdict: Decision | None) -> None:
         if self._metrics is None:
             return
-        self._metrics.tier_seconds.labels(tier.value).observe(time.perf_counter() - started)
+        label = tier.value  # an enum property: a call each time it is read
+        self._metrics.tier_seconds.labels(label).observe(time.perf_counter() - started)
         if verdict is not None:
-            self._metrics.tier_verdicts.labels(tier.value, verdict.verdict.value).inc()
+            self._metrics.tier_verdicts.labels(label, verdict.verdict.value).inc()
         for slot in self._slots:
             shown = 1 if slot.breaker.is_open else 0
             if shown != slot.shown_open:  # the gauge changes only when a breaker does
