@@ -12,12 +12,11 @@ tool pinning) and the final response (the outcome audit).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
@@ -204,6 +203,8 @@ class McpProxy:
             )
         method, request_id, params = _shape(message)
         try:
+            if tracing.current() is None:
+                return await self._post_message(request, body, message, method, request_id, params)
             with tracing.continue_from_meta(method or "reply", params.get("_meta")):
                 return await self._post_message(request, body, message, method, request_id, params)
         except Refusal as refusal:
@@ -442,7 +443,12 @@ class McpProxy:
         try:
             if flight.gone:
                 raise asyncio.CancelledError  # the client left while this was being decided: not forwarded
-            with self._held(session.agent_id, slots, limit, opens_session=bind_to is not None):
+            # This agent's share of the sidecar for one forward: room for the MCP session an
+            # ``initialize`` opens, and a request or stream slot (``OverLimit`` past the policy's limits).
+            if bind_to is not None:
+                self._open_sessions.admit(session.agent_id, policy.max_sessions_per_agent)
+            slots.take(session.agent_id, limit)
+            try:
                 response = await send_upstream(
                     self._stream_client if streaming else self._client,
                     request.method,
@@ -451,10 +457,12 @@ class McpProxy:
                     headers=headers,
                     limits=timeout,
                     retry=decided is None or decided[1].effect is Effect.READ,
-                    credential=lambda: self._credential(decided, session, method, caller),
+                    credential=functools.partial(self._credential, decided, session, method, caller),
                     issued=issued,
                     answer=answer,
                 )
+            finally:
+                slots.give_back(session.agent_id)
         except asyncio.CancelledError:
             # The client went away: leaving send_upstream closed the upstream request.
             current = asyncio.current_task()
@@ -519,15 +527,6 @@ class McpProxy:
             except AuditUnavailable:
                 log.error("a passthrough credential use could not be audited")
         return response
-
-    @contextlib.contextmanager
-    def _held(self, agent_id: str, slots: AgentSlots, limit: int, *, opens_session: bool) -> Iterator[None]:
-        """This agent's share of the sidecar for one forward: a request or stream slot, and room for
-        the MCP session an ``initialize`` opens. ``OverLimit`` when the policy's limits are reached."""
-        if opens_session:
-            self._open_sessions.admit(agent_id, self._checker.policy.max_sessions_per_agent)
-        with slots.hold(agent_id, limit):
-            yield
 
     async def _credential(
         self, decided: tuple[Action, Decision, Any] | None, session: Session, method: str, caller: Caller

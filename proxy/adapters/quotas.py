@@ -9,8 +9,6 @@ request. A slot is always given back in a ``finally``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 
 class OverLimit(Exception):
@@ -29,20 +27,20 @@ class AgentSlots:
         self._what = what
         self._held: dict[str, int] = {}
 
-    @contextmanager
-    def hold(self, agent_id: str, limit: int) -> Iterator[None]:
+    def take(self, agent_id: str, limit: int) -> None:
+        """Hold one more for ``agent_id``, or raise ``OverLimit``. The caller gives it back in a
+        ``finally`` (plain methods, not a context manager: this runs on every forward)."""
         held = self._held.get(agent_id, 0)
         if held >= limit:
             raise OverLimit(self._what, limit)
         self._held[agent_id] = held + 1
-        try:
-            yield
-        finally:
-            left = self._held[agent_id] - 1
-            if left:
-                self._held[agent_id] = left
-            else:
-                del self._held[agent_id]
+
+    def give_back(self, agent_id: str) -> None:
+        left = self._held[agent_id] - 1
+        if left:
+            self._held[agent_id] = left
+        else:
+            del self._held[agent_id]
 
     def held(self, agent_id: str) -> int:
         return self._held.get(agent_id, 0)

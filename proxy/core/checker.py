@@ -88,7 +88,7 @@ class Checker:
 
     async def check(self, action: Action, session: Session) -> Decision:
         """Decide ``action`` in ``session``; the returned Decision is already audited."""
-        if not tracing.active():
+        if tracing.current() is None:
             return await self._check(action, session)
         with tracing.span("wicket.check", {"wicket.action": action.label, "wicket.protocol": action.protocol}) as span:
             decision = await self._check(action, session)

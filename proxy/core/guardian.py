@@ -331,7 +331,9 @@ class GuardianRouter:
         prior: Decision,
         context: ReviewContext,
     ) -> tuple[Decision | None, str]:
-        """The tier's decision, or None and why it is unavailable; one trace span per tier."""
+        """The tier's decision, or None and why it is unavailable; one trace span per tier when traced."""
+        if tracing.current() is None:
+            return await self._ask_tier(slot, action, session, effect, prior, context)
         with tracing.span(f"wicket.guardian.{slot.tier.value}", {"wicket.effect": effect.label}) as span:
             verdict, problem = await self._ask_tier(slot, action, session, effect, prior, context)
             span.set_attribute("wicket.verdict", verdict.verdict.value if verdict is not None else "unavailable")
