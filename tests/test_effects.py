@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -273,6 +274,15 @@ def test_annotations(name: str, annotations: dict[str, Any], untrusted: Effect, 
     c = classifier()
     assert c.classify(act(name, annotations, upstream=UPSTREAM)) is untrusted
     assert c.classify(act(name, annotations, upstream=TRUSTED)) is trusted
+
+
+def test_annotations_in_any_mapping_count_like_a_dict() -> None:
+    """A plain dict skips the ABC check; any other Mapping must be read the same way."""
+    for hints in ({"readOnlyHint": True}, {"destructiveHint": True}, {"readOnlyHint": False}, {"x": 1}):
+        for upstream in (UPSTREAM, TRUSTED):
+            as_dict = classifier().classify(act("delete_cache", hints, upstream=upstream))
+            proxied = classifier().classify(act("delete_cache", MappingProxyType(hints), upstream=upstream))
+            assert proxied is as_dict
 
 
 def test_non_mapping_annotations_ignored() -> None:

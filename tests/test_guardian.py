@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
-from proxy.core.guardian import FastGuard, GuardianRouter
+from proxy.core.guardian import FastGuard, GuardianRouter, tool_refusal
 from proxy.core.policy import parse_policy_text
 from proxy.core.sessions import Session
 
@@ -45,6 +45,25 @@ class Reviewer:
 
 def router(spot: Reviewer | None = None, deep: Reviewer | None = None) -> GuardianRouter:
     return GuardianRouter(FastGuard(POLICY), spot=spot, deep=deep, spot_timeout=0.05, deep_timeout=0.05)
+
+
+def test_fast_guard_remembers_refusals_exactly_as_tool_refusal_gives_them() -> None:
+    """The memo of tool_refusal is keyed by agent, scope ceiling and tool, and dropped with its policy."""
+    fast = FastGuard(POLICY)
+    wide, narrow = session(scope=("*",)), session(scope=("get_*",))
+    for _ in range(2):  # the second round is answered from the memo
+        for s in (wide, narrow):
+            for name in ("get_weather", "nuke_all", "create_note"):
+                decision = fast.review(action(name), s, Effect.READ, ReviewContext())
+                refusal = tool_refusal(POLICY, "agent", s, name)
+                assert decision.allowed is (refusal is None)
+                if refusal is not None:
+                    assert decision.reason == refusal
+    stricter = parse_policy_text("version: 1\nblocklist: ['get_*']\n")
+    fast.use_policy(stricter)
+    assert fast.review(action("get_weather"), wide, Effect.READ, ReviewContext()).reason == tool_refusal(
+        stricter, "agent", wide, "get_weather"
+    )
 
 
 async def test_reads_use_fast_only() -> None:

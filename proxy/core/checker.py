@@ -21,7 +21,7 @@ from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core import flows as flow_rules
 from proxy.core import injection
 from proxy.core import limits as limit_rules
-from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
+from proxy.core.action import VERDICT_VALUES, Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.anomaly import raise_effect
 from proxy.core.approval_store import Approvals
 from proxy.core.approvals import covers
@@ -117,12 +117,13 @@ class Checker:
             # session's history must count what was finally decided. Asking for approval is not a
             # denial, and a call a human approved is not a write the anomaly check holds against the agent.
             decision = await self._record(action, session.session_id, decision, extra)
+            label, verdict = action.label, decision.verdict
             await self._activity.note_verdict(
                 session.session_id,
-                action.label,
-                f"{action.label}={decision.verdict.value}",
-                decision.verdict is Verdict.DENY,
-                own_write and decision.verdict is not Verdict.APPROVAL_REQUIRED,
+                label,
+                f"{label}={VERDICT_VALUES[verdict]}",
+                verdict is Verdict.DENY,
+                own_write and verdict is not Verdict.APPROVAL_REQUIRED,
             )
         self._metrics.check_seconds.labels(action.protocol).observe(time.perf_counter() - started)
         return decision
@@ -136,11 +137,12 @@ class Checker:
         Also says whether the call counts as the agent's own write (a write no approval covers).
         """
         report = self._analyser.analyse(action, self._policy)
-        if report.effect is not None and report.effect > effect:
-            effect = report.effect
+        if report.findings and (found_effect := report.effect) is not None and found_effect > effect:
+            effect = found_effect
         guardian = self._policy.guardian
+        label = action.label
         activity = await self._activity.note_call(
-            session.session_id, action.label, int(effect), self._clock(), guardian.spot.window_seconds
+            session.session_id, label, int(effect), self._clock(), guardian.spot.window_seconds
         )
         raised, why = raise_effect(effect, activity, guardian.anomaly)
         forward: dict[str, Any] | None = None
@@ -162,7 +164,7 @@ class Checker:
                             fail_closed=found.incomplete is not None,
                         )
                         return self._shadow(action, refused), raised >= Effect.MUTATING
-        limited = await self._limits(action, session, raised)
+        limited = await self._limits(action, session, raised) if self._policy.limits else None
         if limited is not None:
             return self._shadow(action, limited), raised >= Effect.MUTATING
         labelling = self._policy.labelling
@@ -178,7 +180,7 @@ class Checker:
             grant = None
             call_digest = action.arguments_sha256
             if rule.action == "approval_required" and self.approvals is not None:
-                grant = await self.approvals.grant_id(session.session_id, action.label, call_digest)
+                grant = await self.approvals.grant_id(session.session_id, label, call_digest)
             if grant is None:
                 self._metrics.flows_blocked.labels(f"flows[{rule.index}]", rule.action).inc()
                 decision = Decision(Verdict(rule.action), raised, Tier.FAST, flow_rules.reason(rule, seen, action.name))
@@ -191,24 +193,26 @@ class Checker:
         # session needs it for Fast Guard; a read-write one only if a tier asks for approval.
         approvals = self.approvals if raised in (Effect.MUTATING, Effect.DESTRUCTIVE) else None
         digest = action.arguments_sha256 if approvals is not None else ""
-        covered = False
-        if approvals is not None and session.read_only:
-            covered = covers(await approvals.elevated(session.session_id), action.label, digest)
+        covered = read_only = False
+        if approvals is not None:
+            read_only = session.read_only
+            if read_only:
+                covered = covers(await approvals.elevated(session.session_id), label, digest)
         if flow_pass is not None:
             covered = True  # the approval that lets this flow through covers the call
         context = ReviewContext(
             activity=activity,
             findings=report.findings,
             violations=report.violations,
-            elevated=frozenset((action.label,)) if covered else _NONE,
+            elevated=frozenset((label,)) if covered else _NONE,
         )
         decision = await self._router.decide(action, session, raised, context)
-        if approvals is not None and not session.read_only and decision.verdict is Verdict.APPROVAL_REQUIRED:
-            if covers(await approvals.elevated(session.session_id), action.label, digest):
+        if approvals is not None and not read_only and decision.verdict is Verdict.APPROVAL_REQUIRED:
+            if covers(await approvals.elevated(session.session_id), label, digest):
                 covered = True
-                context = dataclasses.replace(context, elevated=frozenset((action.label,)))
+                context = dataclasses.replace(context, elevated=frozenset((label,)))
                 decision = await self._router.decide(action, session, raised, context)
-        if decision.allowed and covered:
+        if covered and decision.verdict is Verdict.ALLOW:
             self._metrics.elevated_calls.inc()
         notes: list[str] = []
         if report.findings:
@@ -227,7 +231,7 @@ class Checker:
             # Names a pending request the agent can hand to a human (or refuses: admin, anonymous,
             # or a request an operator already denied).
             decision = await self.approvals.request(action, session, decision, digest or None)
-        if decision.allowed and flow_pass is not None and rule is not None:
+        if flow_pass is not None and rule is not None and decision.verdict is Verdict.ALLOW:
             passed = await self._spend_flow_pass(action, session, decision, flow_pass, rule)
             if passed is None:
                 # The approval is spent: this call needs a new one, like the first did.
@@ -239,7 +243,7 @@ class Checker:
                     asked = await self.approvals.request(action, session, asked, action.arguments_sha256)
                 return asked, raised >= Effect.MUTATING
             decision = passed
-        if decision.allowed:
+        if decision.verdict is Verdict.ALLOW:
             if self.flows is not None and call_labels & flow_rules.RESULT_LABELS:
                 now = self._clock()
                 source = flow_rules.Source(action.name, now, decision.decision_id)
@@ -248,13 +252,13 @@ class Checker:
                 )
             if forward is not None:
                 decision = dataclasses.replace(decision, forward_arguments=forward)
-        own_write = effect >= Effect.MUTATING and not (covered and decision.allowed)
+        own_write = effect >= Effect.MUTATING and not (covered and decision.verdict is Verdict.ALLOW)
         return decision, own_write
 
     def _shadow(self, action: Action, decision: Decision) -> Decision:
         """Shadow mode forwards what the policy refuses, recording what enforcing would have done;
         Wicket's own fail-closed refusals stay refusals."""
-        if decision.allowed or decision.fail_closed or not self._policy.shadow_for(action.upstream):
+        if decision.verdict is Verdict.ALLOW or decision.fail_closed or not self._policy.shadow_for(action.upstream):
             return decision
         return decision.shadowed()
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from proxy import tracing
-from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
+from proxy.core.action import TIER_VALUES, VERDICT_VALUES, Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.breaker import CircuitBreaker
 from proxy.core.policy import Policy
 from proxy.core.sessions import Session
@@ -28,6 +28,8 @@ from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
 _NO_CONTEXT = ReviewContext()
+_MEMO_ENTRIES = 4096
+_MAX_MEMO_NAME = 256
 
 
 class FastGuard:
@@ -35,15 +37,26 @@ class FastGuard:
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
+        self._refusals: dict[tuple[str, tuple[str, ...], str], str] = {}
 
     def use_policy(self, policy: Policy) -> None:
         self._policy = policy
+        self._refusals = {}
 
     def review(self, action: Action, session: Session, effect: Effect, context: ReviewContext) -> Decision:
         name = action.name
         if action.is_tool_call:
-            refusal = tool_refusal(self._policy, action.agent_id, session, name)
-            if refusal is not None:
+            # tool_refusal is a pure function of this policy, the agent, the session's scope ceiling and
+            # the tool, and the same few come back on every call: remembered ("" when there is none).
+            key = (action.agent_id, session.scope, name)
+            refusal = self._refusals.get(key)
+            if refusal is None:
+                refusal = tool_refusal(self._policy, action.agent_id, session, name) or ""
+                if len(name) <= _MAX_MEMO_NAME:
+                    if len(self._refusals) >= _MEMO_ENTRIES:
+                        self._refusals.clear()  # a client inventing names must not grow memory
+                    self._refusals[key] = refusal
+            if refusal:
                 return _deny(effect, refusal)
             if context.violations:
                 return _deny(effect, "The arguments break policy: " + "; ".join(context.violations) + ".")
@@ -383,10 +396,10 @@ class GuardianRouter:
     def _observe(self, tier: Tier, started: float, verdict: Decision | None) -> None:
         if self._metrics is None:
             return
-        label = tier.value  # an enum property: a call each time it is read
-        self._metrics.tier_seconds.labels(label).observe(time.perf_counter() - started)
+        tier_value = TIER_VALUES[tier]
+        self._metrics.tier_seconds.labels(tier_value).observe(time.perf_counter() - started)
         if verdict is not None:
-            self._metrics.tier_verdicts.labels(label, verdict.verdict.value).inc()
+            self._metrics.tier_verdicts.labels(tier_value, VERDICT_VALUES[verdict.verdict]).inc()
         for slot in self._slots:
             shown = 1 if slot.breaker.is_open else 0
             if shown != slot.shown_open:  # the gauge changes only when a breaker does
