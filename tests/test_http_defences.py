@@ -11,7 +11,7 @@ import jwt
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from proxy.adapters.http_guard import forward_headers
+from proxy.adapters.http_guard import OriginPolicy, forward_headers
 from proxy.demo.server import DemoUpstream, free_port
 from tests.conftest import RunningWicket, WicketFactory
 
@@ -252,3 +252,20 @@ def test_forwarded_headers_lose_hop_by_hop_connection_named_and_dropped_ones_onl
         ("Mcp-Name", "get_weather"),
     ]
     assert "Connection" in incoming and "x-hop" in incoming  # the original is left as it was
+
+
+def test_a_remembered_host_never_lets_another_through() -> None:
+    """OriginPolicy remembers Host values it served, as sent; every other value is still judged."""
+    policy = OriginPolicy(["wicket.example"])
+    for _ in range(2):  # the second round answers the served ones from the memo
+        assert policy.host_problem("localhost:8080") is None
+        assert policy.host_problem("WICKET.example") is None
+        refused = "Host 'evil.example' is not served here (add it with --allowed-host)"
+        assert policy.host_problem("evil.example") == refused
+        assert policy.host_problem("localhost.evil.example:8080") is not None
+        assert policy.host_problem(None) == "the request has no Host header"
+        assert policy.host_problem("") == "the request has no Host header"
+    for port in range(1000):  # many served variants: the memo stays bounded
+        assert policy.host_problem(f"localhost:{port}") is None
+    assert len(policy._served) <= 256
+    assert policy.host_problem("evil.example") is not None

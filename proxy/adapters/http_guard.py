@@ -53,16 +53,21 @@ class OriginPolicy:
     ) -> None:
         self.hosts = LOCAL_HOSTS | {_hostname(h) for h in allowed_hosts}
         self.any_host = "*" in self.hosts
+        self._served: set[str] = set()  # Host header values already found ours, as sent
         self.origins = frozenset(o.rstrip("/").lower() for o in allowed_origins)
         self._flag = flag  # the option that adds a Host, named in the refusal
 
     def host_problem(self, host: str | None) -> str | None:
-        if self.any_host:
+        if self.any_host or host in self._served:
             return None
         if not host:
             return "the request has no Host header"
         if _hostname(host) not in self.hosts:
             return f"Host '{host}' is not served here (add it with {self._flag})"
+        # Every request sends the same few: remember them as sent (refused ones never are).
+        if len(self._served) >= _SERVED_MAX:
+            self._served.clear()
+        self._served.add(host)
         return None
 
     def origin_problem(self, origin: str | None) -> str | None:
@@ -77,6 +82,9 @@ class OriginPolicy:
             if host in LOCAL_HOSTS:
                 return None
         return f"Origin '{origin}' is not allowed (add it with --allowed-origin)"
+
+
+_SERVED_MAX = 256
 
 
 def forward_headers(
@@ -144,7 +152,8 @@ def cors(origins: OriginPolicy) -> Callable[[web.Request, web.StreamResponse], A
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers
         if request.method != "OPTIONS":  # preflights are answered by Wicket itself; everything else was relayed
-            for name in [name for name in headers if name[:15].lower() == "access-control-"]:
+            # (Only names starting with an "a" are lower-cased to compare: most headers are not.)
+            for name in [name for name in headers if name[:1] in "aA" and name[:15].lower() == "access-control-"]:
                 headers.popall(name, None)
         origin = request.headers.get("Origin")
         if origin is None or origins.origin_problem(origin) is not None:

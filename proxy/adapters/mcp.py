@@ -169,8 +169,8 @@ class McpProxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             problem = self._origins.host_problem(request.headers.get("Host"))
-            if problem is None:
-                problem = self._origins.origin_problem(request.headers.get("Origin"))
+            if problem is None and (origin := request.headers.get("Origin")) is not None:
+                problem = self._origins.origin_problem(origin)
             if problem is not None:
                 raise Refusal(403, jsonrpc.INVALID_REQUEST, f"Forbidden: {problem}.", reason="origin")
             if request.method == "POST":
@@ -223,7 +223,7 @@ class McpProxy:
         params: dict[str, Any],
     ) -> web.StreamResponse:
         _check_headers(request, method, params)
-        caller = await self._caller(request)
+        caller = await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
         mcp_session_id = request.headers.get("Mcp-Session-Id")
         is_request = method is not None and "id" in message
         if not is_request:
@@ -288,7 +288,7 @@ class McpProxy:
                     action_name,
                     session=session,
                     inbound_token=caller.inbound_token,
-                    mcp_headers=_session_headers(request),
+                    mcp_headers=functools.partial(_session_headers, request),
                 )
             except Refusal as refusal:
                 # Audited like any refusal.
@@ -312,7 +312,7 @@ class McpProxy:
                 decision = await self._checker.refuse(action, session.session_id, pinned)
                 return _denial(action, decision, request_id, modern=_is_modern(request, params))
         decision = await self._checker.check(action, session)
-        if not decision.allowed:
+        if decision.verdict is not Verdict.ALLOW:
             return _denial(action, decision, request_id, modern=_is_modern(request, params))
         if decision.forward_arguments is not None:
             # Data protection masked a value: the upstream gets (and the credential binds to) the masked call.
@@ -335,7 +335,7 @@ class McpProxy:
         mcp_session_id = request.headers.get("Mcp-Session-Id")
         if not mcp_session_id:
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"{request.method} /mcp needs an Mcp-Session-Id header.")
-        caller = await self._caller(request)
+        caller = await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
         session = await self._session(caller, mcp_session_id, request.method, None)
         response = await self._forward(request, b"", None, session=session, caller=caller, method=request.method)
         if request.method == "DELETE" and 200 <= response.status < 300:
@@ -345,14 +345,16 @@ class McpProxy:
 
     # -- identity and sessions ----------------------------------------------------------
 
-    async def _caller(self, request: web.Request) -> Caller:
-        return await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
-
     async def _session(
         self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: dict[str, Any] | None
     ) -> Session:
         """The Wicket session this request runs in; refuses revoked callers, hijacks and unknown sessions."""
-        session = await self._bound_session(caller, mcp_session_id, method, draft)
+        if mcp_session_id:
+            session = await self._bound_session(caller, mcp_session_id, method, draft)
+        else:
+            session = await caller_session(
+                self._identity, self._checker, caller, PROTOCOL, fresh=method == "initialize"
+            )
         try:
             self._identity.admit(caller, session)
         except IdentityError as exc:
@@ -360,11 +362,10 @@ class McpProxy:
         return session
 
     async def _bound_session(
-        self, caller: Caller, mcp_session_id: str | None, method: str | None, draft: dict[str, Any] | None
+        self, caller: Caller, mcp_session_id: str, method: str | None, draft: dict[str, Any] | None
     ) -> Session:
-        """``draft``: the fields of the Action being attempted, for the audit record of a refused hijack."""
-        if not mcp_session_id:
-            return await caller_session(self._identity, self._checker, caller, PROTOCOL, fresh=method == "initialize")
+        """The session an ``Mcp-Session-Id`` is bound to, if this caller may use it. ``draft``: the
+        fields of the Action being attempted, for the audit record of a refused hijack."""
         try:
             binding = await self._sessions.mcp_binding(mcp_session_id)
             session = None if binding is None else await self._sessions.get(binding.session_id)
@@ -1097,13 +1098,10 @@ MAX_ID_CHARS = 256
 
 
 def _check_lengths(method: str, name: str, request_id: Any) -> None:
+    uri = NAME_PARAMS.get(method) == "uri"
     limits = (
         ("the method name", method, MAX_METHOD_CHARS),
-        (
-            "the resource URI" if NAME_PARAMS.get(method) == "uri" else "the name",
-            name,
-            MAX_URI_CHARS if NAME_PARAMS.get(method) == "uri" else MAX_NAME_CHARS,
-        ),
+        ("the resource URI" if uri else "the name", name, MAX_URI_CHARS if uri else MAX_NAME_CHARS),
         ("the request id", request_id if isinstance(request_id, str) else "", MAX_ID_CHARS),
     )
     for what, value, limit in limits:
@@ -1127,7 +1125,7 @@ def _intent(params: dict[str, Any]) -> str | None:
         return None
     for key in INTENT_META_KEYS:
         value = meta.get(key)
-        if isinstance(value, str) and value.strip():
+        if value is not None and isinstance(value, str) and value.strip():
             return value[:2000]
     return None
 

@@ -129,7 +129,8 @@ def is_id(value: Any) -> bool:
 async def read_body(request: web.Request, limit: int, within_seconds: float | None = None) -> bytes:
     """The request body, refused with 413 before or as soon as it passes ``limit`` bytes, and
     with 408 when it has not all arrived after ``within_seconds`` (a slow client holds nothing long)."""
-    if request.content_length is not None and request.content_length > limit:
+    length = request.content_length
+    if length is not None and length > limit:
         raise Refusal(413, jsonrpc.INVALID_REQUEST, f"Request body exceeds {limit} bytes.", reason="too_large")
     try:
         if request.content.is_eof():  # all of it has arrived: there is nothing to time out

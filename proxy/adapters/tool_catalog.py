@@ -80,10 +80,16 @@ class ToolCatalog:
         self._listed_at: float | None = None
 
     async def facts(
-        self, name: str, *, session: Session, inbound_token: str | None, mcp_headers: dict[str, str]
+        self,
+        name: str,
+        *,
+        session: Session,
+        inbound_token: str | None,
+        mcp_headers: Callable[[], dict[str, str]],
     ) -> ToolFacts | None:
         """The tool's pinned facts; None when the upstream does not list it. Raises ``Refusal``
-        (502) when the upstream's tools cannot be listed, so an unknown tool never runs unchecked."""
+        (502) when the upstream's tools cannot be listed, so an unknown tool never runs unchecked.
+        ``mcp_headers`` gives the client's MCP session headers, only asked for when Wicket lists."""
         found = await self._toolpins.facts(self._upstream, name)
         if found is not None:
             return found
@@ -91,8 +97,9 @@ class ToolCatalog:
             recent = self._listed_at is not None and 0 <= self._clock() - self._listed_at < self._relist
             if not recent:
                 try:
-                    if mcp_headers.get("Mcp-Session-Id"):
-                        tools = await self._pages(session, inbound_token, mcp_headers, modern=False)
+                    headers = mcp_headers()
+                    if headers.get("Mcp-Session-Id"):
+                        tools = await self._pages(session, inbound_token, headers, modern=False)
                     else:
                         tools = await self._list(inbound_token)
                     await self._toolpins.review(self._upstream, tools, agent_id=AGENT_ID, session_id=AGENT_ID)

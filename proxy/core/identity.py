@@ -37,6 +37,10 @@ class Caller:
     """The verified chain of a delegated credential (SPEC §3 step 3)."""
 
 
+ANONYMOUS_CALLER = Caller(agent_id=ANONYMOUS, session=None, anonymous=True)
+"""Every caller without a credential: one frozen value, not a new one per request."""
+
+
 class ExternalIdentity(Protocol):
     """An agent verified by an external identity provider (SPEC §3 step 2)."""
 
@@ -118,7 +122,7 @@ class IdentityResolver:
     async def resolve(self, authorization: str | None) -> Caller:
         if not authorization:
             if self._policy.anonymous_enabled:
-                return Caller(agent_id=ANONYMOUS, session=None, anonymous=True)
+                return ANONYMOUS_CALLER
             raise IdentityError(401, "Authentication required: present a Wicket runtime token (Bearer wkt_...).")
         scheme, _, credential = authorization.partition(" ")
         credential = credential.strip()

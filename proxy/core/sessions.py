@@ -7,6 +7,7 @@ the next read instead of silently widening what an agent may do.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -103,8 +104,10 @@ class McpBinding:
     agent_id: str
 
 
+@functools.lru_cache(maxsize=1024)
 def anonymous_session_id(agent_id: str) -> str:
-    """The id of an agent's anonymous session: derived, so every replica and request finds the same one."""
+    """The id of an agent's anonymous session: derived, so every replica and request finds the same one
+    (a pure function of the agent id, remembered for the few agents that call without a credential)."""
     return "ses_anon_" + hashlib.sha256(agent_id.encode()).hexdigest()[:16]
 
 

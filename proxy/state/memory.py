@@ -63,18 +63,22 @@ class MemoryStore:
             self._activity.move_to_end(session_id)
         recent, counts, minute = state.recent, state.window_counts, state.minute
         horizon = now - window
-        while recent and (recent[0][0] <= horizon or len(recent) >= WINDOW_CAP):
+        in_window = len(recent)
+        while in_window and (recent[0][0] <= horizon or in_window >= WINDOW_CAP):
             counts[recent.popleft()[1]] -= 1
-        while minute and (minute[0] <= now - 60.0 or len(minute) >= WINDOW_CAP):
+            in_window -= 1
+        in_minute = len(minute)
+        while in_minute and (minute[0] <= now - 60.0 or in_minute >= WINDOW_CAP):
             minute.popleft()
+            in_minute -= 1
         before = Activity(
             calls=state.calls,
             denials=state.denials,
             writes=state.writes,
-            window_calls=len(recent),
-            minute_calls=len(minute),
+            window_calls=in_window,
+            minute_calls=in_minute,
             window_by_effect=(counts[0], counts[1], counts[2], counts[3]),
-            repeat_denials=state.denied[action_key],
+            repeat_denials=state.denied.get(action_key, 0),
             history=tuple(state.history),
         )
         state.calls += 1
