@@ -488,6 +488,16 @@ def test_the_shared_connection_writes_commands_as_redis_py_does(words: tuple[str
     assert _pack(words) == b"".join(Connection().pack_command(*words))
 
 
+def test_a_script_call_is_packed_like_any_command() -> None:
+    # The part naming the script and the session's keys is packed once per session and reused.
+    store = RedisStore("redis://127.0.0.1:1/0")  # nothing connects here
+    keys = ("wicket:{ses_p}:act", "wicket:{ses_p}:denied", "wicket:{ses_p}:hist")
+    for args in (("tools/call:x", "tools/call:x=allow", "0", "20", "1"), ("é", "", "1", "20", "0")):
+        for _ in range(2):
+            expected = _pack(("EVALSHA", "f" * 40, "3", *keys, *args))
+            assert store._command("EVALSHA", "f" * 40, keys, args) == expected
+
+
 def test_replies_are_parsed_only_once_complete() -> None:
     reply = b"*5\r\n:1\r\n$3\r\nabc\r\n:-22\r\n$-1\r\n*2\r\n:7\r\n$0\r\n\r\n"
     for cut in range(len(reply)):

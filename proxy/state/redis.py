@@ -492,25 +492,25 @@ class _Pipe:
         self._link: _Link | None = None
         self._lock = asyncio.Lock()
 
-    async def request(self, *words: str | bytes | int) -> Any:
-        """The reply; TimeoutError once the deadline passes (connecting included)."""
+    async def request(self, command: bytes) -> Any:
+        """The reply to one packed command; TimeoutError once the deadline passes (connecting included)."""
         link = self._link
         if link is None or link.lost:
             async with asyncio.timeout(self._timeout):
                 link = await self._connect()
-        reply = await link.request(_pack(words))
+        reply = await link.request(command)
         if isinstance(reply, RedisError):
             raise reply
         return reply
 
-    def send_now(self, *words: str | bytes | int) -> asyncio.Future[Any] | None:
+    def send_now(self, command: bytes) -> asyncio.Future[Any] | None:
         """Send a request on the open connection without waiting for its reply: it is written (with
         anything queued before it) at once, so it reaches Redis before any request made after this
         returns. None when no connection is open (use ``request``)."""
         link = self._link
         if link is None or link.lost:
             return None
-        reply = link.request(_pack(words))
+        reply = link.request(command)
         link.flush()
         return reply
 
@@ -639,18 +639,23 @@ class _Link(asyncio.Protocol):
 
 
 def _pack(words: Sequence[str | bytes | int]) -> bytes:
-    """One RESP command. A command of ASCII text only (every per-call script's) is formatted as
-    text and encoded once, rather than word by word."""
+    """One RESP command."""
+    return b"*%d\r\n" % len(words) + _bulk(words)
+
+
+def _bulk(words: Sequence[str | bytes | int]) -> bytes:
+    """The words of a RESP command, without the array's header. ASCII text only (every per-call
+    script's arguments) is formatted as text and encoded once, rather than word by word."""
     text = True
     for word in words:
         if type(word) is not str:
             text = False
             break
     if text:
-        command = f"*{len(words)}\r\n" + "".join([f"${len(word)}\r\n{word}\r\n" for word in words])  # type: ignore[arg-type]
+        command = "".join([f"${len(word)}\r\n{word}\r\n" for word in words])  # type: ignore[arg-type]
         if command.isascii():
             return command.encode()
-    parts = [b"*%d\r\n" % len(words)]
+    parts = []
     for word in words:
         data = word if isinstance(word, bytes) else str(word).encode()
         parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
@@ -746,6 +751,7 @@ class RedisStore:
         self._pipe: _Pipe | None = None
         self._verdict_script_known = False  # until one note_verdict has run awaited (loading the script)
         self._keys: dict[str, tuple[str, ...]] = {}  # session id -> its activity keys
+        self._heads: dict[tuple[str, str, tuple[str, ...]], bytes] = {}  # see _command
         self._revocations_key = f"{prefix}:revocations"  # a set of "kind\0id", and the channel announcing them
         self._revocation_listeners: list[Callable[[str, str], None]] = []
         if isinstance(self._client, Redis) and self._sentinel is None:
@@ -917,15 +923,14 @@ class RedisStore:
             # reply; waiting would only put a round trip between the decision and the forward. If the
             # connection fails meanwhile, the verdict is lost as it would be if awaited, and the
             # session's next note_call, on the same connection, fails closed.
-            words = (_DIGITS[len(keys)], *keys, *args)
-            sent = self._pipe.send_now("EVALSHA", self._note_verdict.sha, *words)
+            sent = self._pipe.send_now(self._command("EVALSHA", self._note_verdict.sha, keys, args))
             if sent is not None:
-                sent.add_done_callback(functools.partial(self._verdict_settled, words))
+                sent.add_done_callback(functools.partial(self._verdict_settled, keys, args))
                 return
         await self._run(lambda: self._script(self._note_verdict, keys, args))
         self._verdict_script_known = True  # Redis has the script now: later verdicts need not wait
 
-    def _verdict_settled(self, words: tuple[str | int, ...], reply: asyncio.Future[Any]) -> None:
+    def _verdict_settled(self, keys: Sequence[str], args: Sequence[str | int], reply: asyncio.Future[Any]) -> None:
         """A verdict sent without waiting: resent with its script when Redis had lost the script (a
         restart or SCRIPT FLUSH; it may then land after a later call's count), logged when not recorded."""
         if reply.cancelled():
@@ -934,7 +939,7 @@ class RedisStore:
         if problem is None:
             return
         if isinstance(problem, ResponseError) and str(problem).startswith("NOSCRIPT") and self._pipe is not None:
-            again = self._pipe.send_now("EVAL", self._note_verdict.script, *words)
+            again = self._pipe.send_now(self._command("EVAL", self._note_verdict.script, keys, args))
             if again is not None:
                 again.add_done_callback(_verdict_logged)
                 return
@@ -968,12 +973,24 @@ class RedisStore:
         if pipe is None:
             return await script(keys=keys, args=args)
         try:
-            return await pipe.request("EVALSHA", script.sha, f"{len(keys)}", *keys, *args)
+            return await pipe.request(self._command("EVALSHA", script.sha, keys, args))
         except ResponseError as exc:
             if not str(exc).startswith("NOSCRIPT"):
                 raise
-        await pipe.request("SCRIPT", "LOAD", script.script)
-        return await pipe.request("EVALSHA", script.sha, f"{len(keys)}", *keys, *args)
+        await pipe.request(_pack(("SCRIPT", "LOAD", script.script)))
+        return await pipe.request(self._command("EVALSHA", script.sha, keys, args))
+
+    def _command(self, verb: str, script: str, keys: Sequence[str], args: Sequence[str | int]) -> bytes:
+        """``EVALSHA sha`` (or ``EVAL script``) with keys and arguments, packed; the part naming the
+        script and the session's keys is packed once per session and script."""
+        name = (verb, script, tuple(keys))
+        head = self._heads.get(name)
+        if head is None:
+            head = _bulk((verb, script, f"{len(keys)}", *keys))
+            if len(self._heads) >= _KEYS_KEPT:
+                self._heads.clear()
+            self._heads[name] = head
+        return b"*%d\r\n" % (3 + len(keys) + len(args)) + head + _bulk(args)
 
     def _activity_keys(self, session_id: str) -> tuple[str, ...]:
         """act, denied, hist and the four per-effect windows, all on the session's Cluster slot
