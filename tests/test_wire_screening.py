@@ -47,6 +47,7 @@ class Scripted:
     chunks: list[bytes] = field(default_factory=list)
     stream: bool = False
     gate: asyncio.Event | None = None  # the upstream waits here after the first chunk
+    catalog: bool = False  # answer Wicket's own tool listing (stateless, TOOLS) instead of the script
 
 
 @pytest.fixture
@@ -54,7 +55,13 @@ async def scripted() -> AsyncIterator[Scripted]:
     script = Scripted()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        await request.read()
+        sent = json.loads(await request.read())
+        method = sent.get("method") if isinstance(sent, dict) else None
+        if script.catalog and method in ("initialize", "tools/list"):
+            if method == "initialize":
+                answer = {"jsonrpc": "2.0", "id": sent["id"], "error": {"code": -32601, "message": "stateless"}}
+                return web.json_response(answer)
+            return web.Response(body=tools_answer(sent["id"]), content_type="application/json")
         headers = [("Content-Type", value) for value in script.content_types]
         if not script.stream:
             response = web.Response(body=b"".join(script.chunks))
@@ -226,3 +233,50 @@ async def test_a_json_line_over_the_limit_ends_the_stream(scripted: Scripted, ma
     assert status == 200 and b"run_shell" not in body
     lines = body.splitlines()
     assert lines[0] == first.strip() and json.loads(lines[1])["error"]["code"] == -32603
+
+
+CALL = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "get_weather", "arguments": {"city": "Oslo"}, "_meta": META},
+    }
+)
+FAILED = {"content": [{"type": "text", "text": "no"}], "isError": True}
+
+
+@pytest.mark.parametrize(
+    ("answer", "status", "detail"),
+    [
+        ({"id": 1, "result": {"content": [], "isError": False}}, "success", None),
+        ({"id": 1, "result": FAILED}, "tool_error", None),
+        ({"id": "1", "result": FAILED}, "tool_error", None),  # the id as clients match it
+        ({"id": 1, "result": {**FAILED, "isError": "true"}}, "success", None),
+        ({"id": 1, "error": {"code": -32601, "message": "no"}}, "error", "JSON-RPC error -32601"),
+        ({"id": 1, "error": "broken"}, "error", "JSON-RPC error"),
+        ({"id": 1, "error": {"code": -1}, "result": FAILED}, "error", "JSON-RPC error -1"),
+        ({"id": 2, "result": FAILED}, "success", None),  # another request's answer
+        ({"id": 1, "method": None, "result": FAILED}, "success", None),  # "method": null answers nothing
+        ({"id": 1, "result": "not an object"}, "success", None),
+        ([{"id": 1, "result": FAILED}], "tool_error", None),  # a batch
+    ],
+)
+async def test_the_outcome_audit_reads_the_answer_as_clients_do(
+    answer: Any, status: str, detail: str | None, scripted: Scripted, make_wicket: WicketFactory
+) -> None:
+    scripted.catalog = True
+    running = await make_wicket(scripted.url, POLICY)
+    if isinstance(answer, dict):
+        answer = {"jsonrpc": "2.0", **answer}
+    else:
+        answer = [{"jsonrpc": "2.0", **item} for item in answer]
+    scripted.chunks = [json.dumps(answer).encode()]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(running.url, data=CALL, headers=modern_headers("tools/call", "get_weather")) as response,
+    ):
+        assert response.status == 200
+        await response.read()
+    outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
+    assert (outcome["status"], outcome.get("detail")) == (status, detail)

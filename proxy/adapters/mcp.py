@@ -665,9 +665,16 @@ class McpProxy:
         return jsonrpc.dumps(kept) if kept else b""
 
     async def _screen_message(self, message: dict[str, Any], exchange: _Exchange) -> bytes | None:
-        exchange.observe(message)
+        """Note what one message from the upstream says about the outcome, and screen it.
+
+        Ordered for the common case, the answer to the client's own request: each check that only
+        another shape needs (a task, a listing, a server request) costs one test of the method or
+        of a key before it is skipped."""
         method = message.get("method")
         if method is not None:
+            if method == "notifications/tools/list_changed":
+                exchange.tools_changed = True
+                return None
             if method in SERVER_REQUESTS and "id" in message:
                 return await self._screen_server_request(message, exchange)
             params = message.get("params")
@@ -676,14 +683,21 @@ class McpProxy:
                 refused = await self._refused_input_request(_input_requests(params), exchange)
                 return b"" if refused is not None else None
             return None
-        result = message.get("result")
-        if not isinstance(result, dict):
-            return None
         # A response under another id may answer another of the client's requests (clients
         # match ids loosely, and a GET stream carries no request of its own): it is screened
         # by what it holds, never let through because the id is not this request's.
         answer_id = message.get("id")
         ours = exchange.answers(answer_id)
+        result = message.get("result")
+        is_result = isinstance(result, dict)
+        if ours and "method" not in message:  # the outcome of the client's request ("method": null is none)
+            if "error" in message:
+                error = message["error"]
+                exchange.failed(f"JSON-RPC error {error.get('code')}" if isinstance(error, dict) else "JSON-RPC error")
+            elif is_result and result.get("isError") is True:
+                exchange.status = "tool_error"
+        if not is_result:
+            return None
         if ours and self._tasks is not None and exchange.method not in TASK_METHODS:
             created = task_id_of(result)
             if created is not None:  # before the client can learn the id, so its first tasks/get finds the owner
@@ -691,17 +705,21 @@ class McpProxy:
         requests = _input_requests(result)
         if requests is not None:
             return await self._screen_input_required(requests, exchange, answer_id)
-        translated = ours and exchange.modern and _complete_for_modern(result, exchange.method)
-        listed_tasks = result.get("tasks")
-        if self._tasks is not None and isinstance(listed_tasks, list) and (exchange.method == "tasks/list" or not ours):
-            replaced = await self._screen_tasks_list(message, listed_tasks, exchange)
-            if replaced is not None:
-                return replaced
-        tools = result.get("tools")
-        if isinstance(tools, list) and (exchange.method == "tools/list" or not ours):
-            replaced = await self._screen_tools_list(message, tools, exchange)
-            if replaced is not None:
-                return replaced
+        translated = ours and "resultType" not in result and exchange.modern
+        if translated:
+            _complete_for_modern(result, exchange.method)
+        if self._tasks is not None and (exchange.method == "tasks/list" or not ours):
+            listed_tasks = result.get("tasks")
+            if isinstance(listed_tasks, list):
+                replaced = await self._screen_tasks_list(message, listed_tasks, exchange)
+                if replaced is not None:
+                    return replaced
+        if exchange.method == "tools/list" or not ours:
+            tools = result.get("tools")
+            if isinstance(tools, list):
+                replaced = await self._screen_tools_list(message, tools, exchange)
+                if replaced is not None:
+                    return replaced
         if exchange.method == "resources/list" and isinstance(result.get("resources"), list):
             policy = self._checker.policy
             if resources_restricted(policy):
@@ -966,7 +984,7 @@ class _Exchange:
 
     def data_protection(self) -> dict[str, Any] | None:
         """The outcome audit's ``data_protection``: one scan's record, or all of them."""
-        return outcome_record(self.scans)
+        return outcome_record(self.scans) if self.scans else None
 
     @property
     def modern(self) -> bool:
@@ -976,21 +994,6 @@ class _Exchange:
     def failed(self, detail: str) -> None:
         self.status = "error"
         self.detail = detail
-
-    def observe(self, message: dict[str, Any]) -> None:
-        """Note what a message from the upstream says about the outcome."""
-        if message.get("method") == "notifications/tools/list_changed":
-            self.tools_changed = True
-            return
-        if "method" in message or not self.answers(message.get("id")):
-            return  # a server-to-client request or notification on the stream
-        if "error" in message:
-            error = message["error"]
-            self.failed(f"JSON-RPC error {error.get('code')}" if isinstance(error, dict) else "JSON-RPC error")
-            return
-        result = message.get("result")
-        if isinstance(result, dict) and result.get("isError") is True:
-            self.status = "tool_error"
 
 
 def _shape(message: Any) -> tuple[Any, Any, dict[str, Any]]:
@@ -1058,21 +1061,20 @@ CACHEABLE_METHODS = frozenset(
 """2026-07-28 results of these methods must say how long they may be cached (``ttlMs``, ``cacheScope``)."""
 
 
-def _complete_for_modern(result: dict[str, Any], method: str | None) -> bool:
-    """Give a result from a server older than 2026-07-28 the fields a 2026-07-28 client requires;
-    whether anything was added. Such a server never asks for input, so its result is complete,
+def _complete_for_modern(result: dict[str, Any], method: str | None) -> None:
+    """Give a result from a server older than 2026-07-28 (one without ``resultType``) the fields a
+    2026-07-28 client requires. Such a server never asks for input, so its result is complete,
     and its lists get the SDKs' own safe cache defaults (immediately stale, private)."""
-    if "resultType" in result:
-        return False
     result["resultType"] = "complete"
     if method in CACHEABLE_METHODS:
         result.setdefault("ttlMs", 0)
         result.setdefault("cacheScope", "private")
-    return True
 
 
 def _input_requests(result: dict[str, Any]) -> Any:
     """``inputRequests`` of a result or task status, top-level or inside its ``task``; None without any."""
+    if "inputRequests" not in result and "task" not in result:
+        return None  # most results: no lookup
     found = result.get("inputRequests")
     task = result.get("task")
     if found is None and isinstance(task, dict):
