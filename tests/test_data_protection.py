@@ -470,3 +470,72 @@ def test_the_documented_policy_keys_load_as_written() -> None:
     assert policy.labelling.labels_for("send_email", Effect.MUTATING, None) == {"egress"}
     (rule,) = policy.labelling.flows
     assert rule.seen == {"private", "untrusted"} and rule.call == "egress" and rule.action == "deny"
+
+
+# -- the walk's shortcuts find what one call per value finds --------------------------------------
+
+
+def _walk_every_value(scanner: Scanner, value: Any, key: str | None, plan: Any, findings: Any) -> Any:
+    """The walk as it was before a container scanned its own strings: one call per JSON value."""
+    if isinstance(value, str):
+        return scanner._text(value, key, plan, findings)
+    if isinstance(value, dict):
+        out: dict[str, Any] | None = None
+        for name, item in value.items():
+            new = _walk_every_value(scanner, item, name if isinstance(name, str) else None, plan, findings)
+            if new is not None:
+                out = dict(value) if out is None else out
+                out[name] = new
+        return out
+    if isinstance(value, list):
+        out_list: list[Any] | None = None
+        for index, item in enumerate(value):
+            new = _walk_every_value(scanner, item, key, plan, findings)
+            if new is not None:
+                out_list = list(value) if out_list is None else out_list
+                out_list[index] = new
+        return out_list
+    return None
+
+
+def test_the_value_walk_finds_and_masks_what_a_walk_of_every_value_does() -> None:
+    """Random JSON with secrets, personal data, key-like keys, numbers and nesting: the same findings
+    (kinds, fingerprints in order, action) and the same masked copy, under mask, deny and audit."""
+    import random
+
+    from proxy.core.protection import Findings
+
+    rng = random.Random(19)
+    keys = ["password", "apiKey", "client_secret", "token_type", "result", "city", "name", "items", "", "x"]
+    leaves: list[Any] = [*SECRETS.values(), "hunter22", "Zx8-Qw3_Lp0Vn7RtYu", "jane.doe@example.com"]
+    leaves += ["It is sunny in Oslo.", UUID, GIT_SHA, LUHN_INVALID, "", "4111 1111 1111 1111", 7, 2.5, True, None]
+
+    def value(depth: int) -> Any:
+        roll = rng.random()
+        if depth > 3 or roll < 0.45:
+            return rng.choice(leaves)
+        if roll < 0.75:
+            return {rng.choice(keys): value(depth + 1) for _ in range(rng.randint(0, 4))}
+        return [value(depth + 1) for _ in range(rng.randint(0, 4))]
+
+    strict = DataProtection().plan("results", "u", "t")
+    policy = parse_policy_text(ISSUE_POLICY)
+    plans = [
+        strict,
+        DataProtection().plan("arguments", "u", "t", Effect.MUTATING),
+        DataProtection().plan("arguments", "u", "t", Effect.READ),
+        policy.protection.plan("results", "u", "search"),
+        policy.protection.plan("arguments", "u", "search", Effect.READ),
+    ]
+    scanner = Scanner(b"k" * 32)
+    found_any = 0
+    for _ in range(400):
+        payload = value(0)
+        key = rng.choice([None, "password", "result"])
+        for plan in plans:
+            walked, reference = Findings("results"), Findings("results")
+            masked = scanner._value(payload, key, plan, walked)
+            assert masked == _walk_every_value(scanner, payload, key, plan, reference)
+            assert walked.record() == reference.record()
+            found_any += bool(walked)
+    assert found_any > 500

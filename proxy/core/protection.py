@@ -28,6 +28,7 @@ BY_EFFECT: Final = "by_effect"
 """The default for secrets in arguments: ``deny`` for a mutating or higher tool, ``audit`` for a read."""
 _MAX_FINGERPRINTS = 10
 _TOO_DEEP: Final = "the payload is nested too deeply to scan"
+_CONTAINERS: Final = (dict, list)
 INLINE_SCAN_BYTES: Final = 256 * 1024
 """A longer answer is scanned off the event loop (a thread), so other calls are not held up."""
 SECRET_KINDS: Final = (*detectors.SECRET_KINDS, "secret_field")
@@ -66,10 +67,11 @@ class Plan:
     actions: Mapping[str, str]  # kind -> mask | deny | audit
     secret_fields: str  # action for key-like fields holding secrets ("off": not looked at)
     phone_region: str | None
+    active: bool = field(init=False)  # anything to look for (known once: every scan asks)
 
-    @property
-    def active(self) -> bool:
-        return bool(self.detectors) or self.secret_fields != "off" or self.phone_region is not None
+    def __post_init__(self) -> None:
+        active = bool(self.detectors) or self.secret_fields != "off" or self.phone_region is not None
+        object.__setattr__(self, "active", active)
 
 
 _NOTHING: Final = Plan((), {}, "off", None)
@@ -88,9 +90,10 @@ class DataProtection:
     def plan(self, direction: str, upstream: str, tool: str, effect: Effect = Effect.READ) -> Plan:
         """The plan for ``direction`` ("arguments" | "results") of a call to ``tool`` at ``upstream``."""
         key = (direction, upstream, tool, int(effect))
-        cached = self._memo.get(key)
-        if cached is not None:
-            return cached
+        try:
+            return self._memo[key]
+        except KeyError:
+            pass
         secrets, pii = self.secrets, self.pii
         for override in self.overrides:
             if override.matches(upstream, tool):
@@ -382,13 +385,18 @@ class Scanner:
         return out
 
     def _value(self, value: Any, key: str | None, plan: Plan, findings: Findings) -> Any:
-        """Any JSON value; returns the masked copy, or None when nothing changed."""
-        if isinstance(value, str):
-            return self._text(value, key, plan, findings)
+        """Any JSON value; returns the masked copy, or None when nothing changed. A container's
+        strings go straight to ``_text`` and its numbers, booleans and nulls are passed over, so
+        only nested containers take a call of their own."""
         if isinstance(value, dict):
             out: dict[str, Any] | None = None
             for name, item in value.items():
-                new = self._value(item, name if isinstance(name, str) else None, plan, findings)
+                if isinstance(item, str):
+                    new = self._text(item, name if isinstance(name, str) else None, plan, findings)
+                elif isinstance(item, _CONTAINERS):
+                    new = self._value(item, name if isinstance(name, str) else None, plan, findings)
+                else:
+                    continue
                 if new is not None:
                     if out is None:
                         out = dict(value)
@@ -397,12 +405,19 @@ class Scanner:
         if isinstance(value, list):
             out_list: list[Any] | None = None
             for index, item in enumerate(value):
-                new = self._value(item, key, plan, findings)
+                if isinstance(item, str):
+                    new = self._text(item, key, plan, findings)
+                elif isinstance(item, _CONTAINERS):
+                    new = self._value(item, key, plan, findings)
+                else:
+                    continue
                 if new is not None:
                     if out_list is None:
                         out_list = list(value)
                     out_list[index] = new
             return out_list
+        if isinstance(value, str):
+            return self._text(value, key, plan, findings)
         return None
 
     def _text(self, text: str, key: str | None, plan: Plan, findings: Findings) -> str | None:
