@@ -92,15 +92,16 @@ def forward_headers(
 ) -> CIMultiDict[str]:
     """Copy end-to-end headers: hop-by-hop ones, those named in ``Connection`` and ``drop`` go.
 
-    Runs twice per call, so the copy is multidict's and only the names to drop are looked up."""
+    Runs twice per call, so the copy is multidict's and only the names to drop are looked up
+    (with the mapping's own operators, which do not go through a method call)."""
     out: CIMultiDict[str] = CIMultiDict(headers)
     names = _dropped(drop)
-    connection = headers.get("Connection")
+    connection = headers["Connection"] if "Connection" in headers else None
     if connection:
         names = names | {t.strip().lower() for t in connection.split(",") if t.strip()}
     for name in names:
         if name in out:
-            out.popall(name)
+            del out[name]  # every value under the name
     return out
 
 

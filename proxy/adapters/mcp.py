@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from proxy import tracing
 from proxy.adapters import jsonrpc
@@ -556,7 +556,7 @@ class McpProxy:
         The answer is read the way clients read it (``answer_kind``); one Wicket cannot screen
         (a Content-Type clients disagree on, a body that is not JSON) is not relayed.
         """
-        kind = answer_kind(upstream.headers.getall("Content-Type", ()))
+        kind = answer_kind(tuple(upstream.headers.getall("Content-Type", ())))
         if kind == "ambiguous":
             self._metrics.upstream_errors.labels(PROTOCOL, "unscreenable").inc()
             message = "The upstream's Content-Type names both JSON and SSE, which clients read differently; "
@@ -585,7 +585,7 @@ class McpProxy:
                     payload = replacement
             return web.Response(status=upstream.status, body=payload, headers=headers)
 
-        if kind == "json" and upstream.content_length is None:
+        if kind == "json" and hdrs.CONTENT_LENGTH not in upstream.headers:  # what content_length is None says
             return await relay_json_lines(
                 request,
                 upstream,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import aiohttp
@@ -151,12 +152,14 @@ CLIENT_GONE = "client disconnected before the response ended"
 AnswerKind = Literal["sse", "json", "ambiguous", "other"]
 
 
-def answer_kind(content_types: Iterable[str]) -> AnswerKind:
+@functools.lru_cache(maxsize=64)
+def answer_kind(content_types: tuple[str, ...]) -> AnswerKind:
     """How clients read an answer's Content-Type, and ``ambiguous`` when they disagree.
 
     The Python SDK lower-cases the (comma-joined) header and checks how it starts; the
     TypeScript SDK looks for ``text/event-stream``, then ``application/json``, anywhere in it,
     case and all. Parameters, a list of types and odd case are read as each client would.
+    Remembered: an upstream sends the same one or two Content-Types on every answer.
     """
     joined = ", ".join(content_types)
     lowered = joined.lower()
