@@ -476,8 +476,10 @@ def test_the_documented_policy_keys_load_as_written() -> None:
 
 
 def _walk_every_value(scanner: Scanner, value: Any, key: str | None, plan: Any, findings: Any) -> Any:
-    """The walk as it was before a container scanned its own strings: one call per JSON value."""
+    """The walk as it was before a container scanned its own strings (one call per JSON value) and
+    before a scan remembered the last text it found nothing in (every string is searched)."""
     if isinstance(value, str):
+        findings.clean = None
         return scanner._text(value, key, plan, findings)
     if isinstance(value, dict):
         out: dict[str, Any] | None = None
@@ -539,3 +541,26 @@ def test_the_value_walk_finds_and_masks_what_a_walk_of_every_value_does() -> Non
             assert walked.record() == reference.record()
             found_any += bool(walked)
     assert found_any > 500
+
+
+def test_a_text_answer_repeated_in_structured_content_is_scanned_as_both() -> None:
+    """A tool's text comes again as ``structuredContent.result``: a finding counts in both and both are
+    masked; a clean text stays clean (the second search of it is skipped)."""
+    scanner = Scanner(b"k" * 32)
+    plan = DataProtection().plan("results", "u", "t")
+    text = f"token {GITHUB}"
+    result = {"content": [{"type": "text", "text": text}], "structuredContent": {"result": text}}
+    found, masked = scanner.tool_result(result, plan)
+    assert found.record()["findings"] == {
+        "github_token": {"count": 2, "fingerprints": [scanner.fingerprint(GITHUB)] * 2}
+    }
+    assert masked is not None
+    assert masked["content"][0]["text"] == masked["structuredContent"]["result"] == "token [REDACTED:github_token]"
+    clean = {"content": [{"type": "text", "text": "It is sunny."}], "structuredContent": {"result": "It is sunny."}}
+    found, masked = scanner.tool_result(clean, plan)
+    assert not found and masked is None
+    secret = {"content": [{"type": "text", "text": "hunter22"}], "structuredContent": {"password": "hunter22"}}
+    found, masked = scanner.tool_result(secret, plan)
+    assert list(found.kinds) == ["secret_field"] and masked is not None
+    assert masked["structuredContent"] == {"password": "[REDACTED:secret_field]"}
+    assert masked["content"] == secret["content"]

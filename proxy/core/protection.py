@@ -147,6 +147,9 @@ class Findings:
     kinds: dict[str, list[str]] = field(default_factory=dict)  # kind -> fingerprints (one per value)
     action: str = "off"  # the strictest action any finding asked for
     incomplete: str | None = None  # why the payload could not be scanned whole (fail closed)
+    clean: str | None = field(default=None, repr=False, compare=False)
+    """The last text this scan found nothing in: a tool's text answer comes again in its
+    ``structuredContent`` (``{"result": text}``), and the same text under the same plan finds the same."""
 
     def __bool__(self) -> bool:
         return bool(self.kinds) or self.incomplete is not None
@@ -427,8 +430,11 @@ class Scanner:
         if key is not None and plan.secret_fields != "off" and detectors.secret_field(key, text):
             findings.add("secret_field", plan.secret_fields, self.fingerprint(text))
             return "[REDACTED:secret_field]" if plan.secret_fields == "mask" else None
+        if text == findings.clean:
+            return None
         spans = detectors.find(text, plan.detectors, phone_region=plan.phone_region)
         if not spans:
+            findings.clean = text
             return None
         to_mask: list[detectors.Span] = []
         for span in spans:
