@@ -219,11 +219,22 @@ class Scanner:
         findings = Findings("results")
         if not plan.active:
             return findings, None
+        out: dict[str, Any] | None = None
         try:
-            return findings, self._tool_result(result, plan, findings)
+            content = result.get("content")
+            if isinstance(content, list):
+                new = self._list(content, self._block, plan, findings)
+                if new is not None:
+                    out = {**result, "content": new}
+            structured = result.get("structuredContent")
+            if structured is not None:
+                masked = self._value(structured, None, plan, findings)
+                if masked is not None:
+                    out = {**(out or result), "structuredContent": masked}
         except RecursionError:
             findings.incomplete = _TOO_DEEP
             return findings, None
+        return findings, out
 
     def resource_contents(self, result: Mapping[str, Any], plan: Plan) -> tuple[Findings, dict[str, Any] | None]:
         """A ``resources/read`` result: the text of each entry of ``contents``."""
@@ -319,20 +330,6 @@ class Scanner:
         except RecursionError:
             findings.incomplete = _TOO_DEEP
             return None
-
-    def _tool_result(self, result: Mapping[str, Any], plan: Plan, findings: Findings) -> dict[str, Any] | None:
-        out: dict[str, Any] | None = None
-        content = result.get("content")
-        if isinstance(content, list):
-            new = self._list(content, self._block, plan, findings)
-            if new is not None:
-                out = {**result, "content": new}
-        structured = result.get("structuredContent")
-        if structured is not None:
-            masked = self._value(structured, None, plan, findings)
-            if masked is not None:
-                out = {**(out or result), "structuredContent": masked}
-        return out
 
     def _block(self, block: Any, plan: Plan, findings: Findings) -> Any:
         """One content block: text, an embedded resource, or a resource link. Images and audio
