@@ -8,8 +8,9 @@ from typing import Any
 import aiohttp
 
 from proxy.audit.chain import verify_file
-from proxy.core.sessions import RecordSigner, SessionManager, anonymous_session_id
+from proxy.core.sessions import RecordSigner, SessionManager, anonymous_session_id, token_fingerprint
 from proxy.demo.server import DemoUpstream
+from proxy.state.memory import MemoryStore
 from tests.conftest import ADMIN_TOKEN, RunningWicket, WicketFactory, mcp_client
 
 ACCEPT = "application/json, text/event-stream"
@@ -227,3 +228,16 @@ async def test_get_stream_and_delete_follow_the_binding(upstream: DemoUpstream, 
     assert status == 404
     assert body["error"]["code"] == -32001
     assert upstream.ledger.names() == []
+
+
+async def test_a_token_finds_its_session_alike_with_or_without_its_fingerprint() -> None:
+    """The identity resolver hands by_token the fingerprint it already worked out: the same record is read."""
+    sessions = SessionManager(MemoryStore(), RecordSigner(b"k" * 32))
+    session = await sessions.create("agent", scope=("*",), mode="read-write", ttl_seconds=60)
+    token = await sessions.issue_token(session)
+    for _ in range(2):  # the second round uses the verified binding
+        assert await sessions.by_token(token) == session
+        assert await sessions.by_token(token, fingerprint=token_fingerprint(token)) == session
+    other = await sessions.issue_token(await sessions.create("other", scope=("*",), ttl_seconds=60))
+    assert await sessions.by_token(token, fingerprint=token_fingerprint(other)) != session
+    assert await sessions.by_token("wkt_unknown", fingerprint=token_fingerprint("wkt_unknown")) is None

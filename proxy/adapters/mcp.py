@@ -229,7 +229,15 @@ class McpProxy:
         if not is_request:
             # Notifications and the client's replies to server requests execute nothing upstream.
             session = await self._session(caller, mcp_session_id, method, None)
-            return await self._forward(request, body, None, session=session, caller=caller, method=method or "reply")
+            return await self._forward(
+                request,
+                body,
+                None,
+                session=session,
+                caller=caller,
+                method=method or "reply",
+                mcp_session_id=mcp_session_id,
+            )
 
         action_name = params.get(NAME_PARAMS.get(method, ""), method) if method in NAME_PARAMS else method
         if not isinstance(action_name, str):
@@ -326,6 +334,7 @@ class McpProxy:
             session=session,
             caller=caller,
             method=method,
+            mcp_session_id=mcp_session_id,
             bind_to=session if method == "initialize" else None,
         )
 
@@ -337,7 +346,9 @@ class McpProxy:
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"{request.method} /mcp needs an Mcp-Session-Id header.")
         caller = await resolve_caller(self._identity, self._checker, self._settings, request, PROTOCOL)
         session = await self._session(caller, mcp_session_id, request.method, None)
-        response = await self._forward(request, b"", None, session=session, caller=caller, method=request.method)
+        response = await self._forward(
+            request, b"", None, session=session, caller=caller, method=request.method, mcp_session_id=mcp_session_id
+        )
         if request.method == "DELETE" and 200 <= response.status < 300:
             self._open_sessions.end(mcp_session_id)
             await asyncio.shield(self._sessions.unbind_mcp(mcp_session_id))
@@ -406,8 +417,10 @@ class McpProxy:
         session: Session,
         caller: Caller,
         method: str,
+        mcp_session_id: str | None,
         bind_to: Session | None = None,
     ) -> web.StreamResponse:
+        """``mcp_session_id``: the request's ``Mcp-Session-Id`` header (already read by the caller)."""
         headers = forward_headers(request.headers, DROP_UPSTREAM)
         # Standalone streams (legacy GET, 2026-07-28 subscriptions/listen) may idle for long.
         streaming = request.method == "GET" or (decided is not None and decided[0].method in STREAM_METHODS)
@@ -438,7 +451,6 @@ class McpProxy:
             if streaming
             else (self._in_flight, policy.max_requests_per_agent)
         )
-        mcp_session_id = request.headers.get("Mcp-Session-Id")
         if mcp_session_id:
             self._open_sessions.used(mcp_session_id)
         try:
@@ -499,7 +511,7 @@ class McpProxy:
         if exchange.gone or exchange.detail == CLIENT_GONE:
             exchange.failed("the client disconnected; Wicket closed the upstream request")
             self._metrics.client_disconnects.labels(PROTOCOL).inc()
-            if decided is not None and is_id(exchange.request_id) and request.headers.get("Mcp-Session-Id"):
+            if decided is not None and is_id(exchange.request_id) and mcp_session_id:
                 # The session generation does not cancel on a closed response: say so, as the client would have.
                 params = {"requestId": exchange.request_id, "reason": "The client disconnected."}
                 notice = jsonrpc.dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})

@@ -175,7 +175,8 @@ class Checker:
             if call_labels:
                 extra["call_labels"] = sorted(call_labels)
         flow_pass: str | None = None
-        rule = labelling.blocking(seen, call_labels) if labelling.flows else None
+        # (A rule only blocks a call that carries its label: without labels there is nothing to look up.)
+        rule = labelling.blocking(seen, call_labels) if call_labels and labelling.flows else None
         if rule is not None:
             grant = None
             call_digest = action.arguments_sha256

@@ -299,7 +299,8 @@ class GuardianRouter:
         for slot in self._slots:
             if slot.tier is Tier.DEEP and (effect < Effect.DESTRUCTIVE or human_for_deep):
                 break
-            verdict, problem = await self._ask(slot, action, session, effect, decision, context)
+            ask = self._ask_tier if tracing.current() is None else self._ask_traced
+            verdict, problem = await ask(slot, action, session, effect, decision, context)
             if verdict is None:
                 if effect is Effect.MUTATING:
                     return pending or decision  # SPEC §7: a mutating action falls back to Fast's verdict
@@ -335,7 +336,7 @@ class GuardianRouter:
             )
         return decision
 
-    async def _ask(
+    async def _ask_traced(
         self,
         slot: _Slot,
         action: Action,
@@ -344,9 +345,7 @@ class GuardianRouter:
         prior: Decision,
         context: ReviewContext,
     ) -> tuple[Decision | None, str]:
-        """The tier's decision, or None and why it is unavailable; one trace span per tier when traced."""
-        if tracing.current() is None:
-            return await self._ask_tier(slot, action, session, effect, prior, context)
+        """``_ask_tier`` in a trace span of its own (the request is traced)."""
         with tracing.span(f"wicket.guardian.{slot.tier.value}", {"wicket.effect": effect.label}) as span:
             verdict, problem = await self._ask_tier(slot, action, session, effect, prior, context)
             span.set_attribute("wicket.verdict", verdict.verdict.value if verdict is not None else "unavailable")

@@ -138,13 +138,14 @@ class IdentityResolver:
                     401, "Bearer token is not a Wicket runtime token, and no OIDC issuer is configured to verify it."
                 )
             return await self._oidc_caller(self._oidc, credential)
+        fingerprint = token_fingerprint(credential)  # once: the store key and the revocation id
         try:
-            session = await self._sessions.by_token(credential)
+            session = await self._sessions.by_token(credential, fingerprint=fingerprint)
         except SessionIntegrityError as exc:
             raise IdentityError(403, f"Session denied: {exc}.", integrity=True) from exc
         if session is None:
             raise IdentityError(401, "Runtime token is unknown, expired or revoked.")
-        return Caller(agent_id=session.agent_id, session=session, token_id=token_fingerprint(credential)[:16])
+        return Caller(agent_id=session.agent_id, session=session, token_id=fingerprint[:16])
 
     def admit(self, caller: Caller, session: Session) -> None:
         """Refuse a revoked agent, session or token (a set lookup: no I/O on the hot path)."""

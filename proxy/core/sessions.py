@@ -111,6 +111,9 @@ def anonymous_session_id(agent_id: str) -> str:
     return "ses_anon_" + hashlib.sha256(agent_id.encode()).hexdigest()[:16]
 
 
+_TOKEN_KEY = "wicket:token:"  # + the token's fingerprint: where a token's session binding is stored
+
+
 class SessionManager:
     """Creates and loads sessions, tokens and MCP-session bindings through a Store."""
 
@@ -234,12 +237,13 @@ class SessionManager:
             return (shown if isinstance(shown, dict) else {}), False
         return record, record.get("session_id") == session_id
 
-    async def by_token(self, token: str) -> Session | None:
+    async def by_token(self, token: str, *, fingerprint: str | None = None) -> Session | None:
         """The token's session. A token is bound to one session for life, so once its index
         record has been verified the binding is remembered here and the store is asked only for
         the session record itself (one round trip per call on a shared store, not two).
-        Revoking a token is checked separately, per request, against the revocation list."""
-        key = self._token_key(token)
+        Revoking a token is checked separately, per request, against the revocation list.
+        ``fingerprint``: ``token_fingerprint(token)``, when the caller has already worked it out."""
+        key = self._token_key(token) if fingerprint is None else _TOKEN_KEY + fingerprint
         session_id = self._token_sessions.get(key)
         if session_id is None:
             session_id = await self._load(key, lambda r: r["session_id"])
@@ -297,7 +301,7 @@ class SessionManager:
 
     @staticmethod
     def _token_key(token: str) -> str:
-        return f"wicket:token:{token_fingerprint(token)}"
+        return _TOKEN_KEY + token_fingerprint(token)
 
     @staticmethod
     def _binding_key(mcp_session_id: str) -> str:
