@@ -99,6 +99,21 @@ async def test_wrong_content_type_is_415(upstream: DemoUpstream, wicket: Running
     assert upstream.ledger.names() == []
 
 
+async def test_json_content_type_with_parameters_or_odd_case_is_read_as_json(
+    upstream: DemoUpstream, wicket: RunningWicket
+) -> None:
+    """Only the exact ``application/json`` skips parsing the header; any other spelling is parsed as before."""
+    for content_type in ("application/json; charset=utf-8", "Application/JSON", "application/json"):
+        headers = {**modern_headers(name="get_weather"), "Content-Type": content_type}
+        status, _, body = await post(wicket.url, json.dumps(call("get_weather", {"city": "Oslo"})), headers)
+        assert status == 200, (content_type, body)
+    for content_type in ("application/jsonx", "application/json-seq", "text/json"):
+        headers = {**modern_headers(name="get_weather"), "Content-Type": content_type}
+        status, _, _ = await post(wicket.url, json.dumps(call("get_weather", {"city": "Oslo"})), headers)
+        assert status == 415, content_type
+    assert upstream.ledger.names() == ["get_weather"] * 3
+
+
 async def test_batch_cannot_smuggle_a_call(upstream: DemoUpstream, wicket: RunningWicket) -> None:
     batch = [
         {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": META}},

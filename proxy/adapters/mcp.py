@@ -190,7 +190,8 @@ class McpProxy:
     # -- POST: one JSON-RPC message ---------------------------------------------------
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
-        if request.content_type != "application/json":
+        # (The exact header, as clients send it, needs no parsing; anything else is parsed to judge it.)
+        if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
         body = await read_body(request, self._settings.max_body_bytes, self._settings.request_timeout or None)
         message = parse_body(body)

@@ -112,12 +112,13 @@ class Checker:
             decision = await self._record(action, session.session_id, decision)
         else:
             extra: dict[str, Any] = {}
-            decision, own_write = await self._check_call(action, session, effect, extra)
+            label = action.label
+            decision, own_write = await self._check_call(action, session, effect, label, extra)
             # Recorded first: an audit failure can still turn the verdict into a denial, and the
             # session's history must count what was finally decided. Asking for approval is not a
             # denial, and a call a human approved is not a write the anomaly check holds against the agent.
             decision = await self._record(action, session.session_id, decision, extra)
-            label, verdict = action.label, decision.verdict
+            verdict = decision.verdict
             await self._activity.note_verdict(
                 session.session_id,
                 label,
@@ -129,10 +130,11 @@ class Checker:
         return decision
 
     async def _check_call(
-        self, action: Action, session: Session, effect: Effect, extra: dict[str, Any]
+        self, action: Action, session: Session, effect: Effect, label: str, extra: dict[str, Any]
     ) -> tuple[Decision, bool]:
         """Arguments, session history and anomaly escalation, data protection, limits and toxic
-        flows, then the guardian tiers. ``extra`` collects fields for the audit record.
+        flows, then the guardian tiers. ``label`` is ``action.label``; ``extra`` collects fields for
+        the audit record.
 
         Also says whether the call counts as the agent's own write (a write no approval covers).
         """
@@ -140,7 +142,6 @@ class Checker:
         if report.findings and (found_effect := report.effect) is not None and found_effect > effect:
             effect = found_effect
         guardian = self._policy.guardian
-        label = action.label
         activity = await self._activity.note_call(
             session.session_id, label, int(effect), self._clock(), guardian.spot.window_seconds
         )
@@ -227,7 +228,8 @@ class Checker:
                 reason=" ".join([decision.reason, *notes]),
                 escalated_from=effect if why is not None else None,
             )
-        decision = self._shadow(action, decision)
+        if decision.verdict is not Verdict.ALLOW:
+            decision = self._shadow(action, decision)
         if decision.verdict is Verdict.APPROVAL_REQUIRED and self.approvals is not None:
             # Names a pending request the agent can hand to a human (or refuses: admin, anonymous,
             # or a request an operator already denied).
