@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -964,3 +965,14 @@ def test_a_detector_whose_idle_fails_still_runs() -> None:
 
     report = ArgumentAnalyser([Confused()]).analyse(call("get_user", {"danger": 1}), NO_POLICY)
     assert report.effect is Effect.DESTRUCTIVE
+
+
+def test_arguments_in_any_mapping_are_analysed_like_a_dict() -> None:
+    """A plain dict skips the ABC check; any other Mapping must be analysed the same way."""
+    for name, arguments in (
+        ("run_sql", {"query": "DROP TABLE users"}),
+        ("run_command", {"command": "rm -rf /"}),
+        ("get_weather", {"city": "Oslo"}),
+    ):
+        assert analyse(name, MappingProxyType(arguments)) == analyse(name, arguments)
+        assert analyse(name, arguments).findings or name == "get_weather"

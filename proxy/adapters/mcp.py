@@ -240,7 +240,7 @@ class McpProxy:
                 mcp_session_id=mcp_session_id,
             )
 
-        action_name = params.get(NAME_PARAMS.get(method, ""), method) if method in NAME_PARAMS else method
+        action_name = params.get(NAME_PARAMS[method], method) if method in NAME_PARAMS else method
         if not isinstance(action_name, str):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"params.{NAME_PARAMS[method]} must be a string.")
         _check_lengths(method, action_name, request_id)

@@ -1300,7 +1300,9 @@ class ArgumentAnalyser:
     def analyse(self, action: Action, policy: Policy) -> ArgumentReport:
         if not action.is_tool_call:
             return _EMPTY
-        arguments = action.arguments if isinstance(action.arguments, Mapping) else {}
+        arguments = action.arguments
+        if type(arguments) is not dict and not isinstance(arguments, Mapping):  # (a dict skips the ABC check)
+            arguments = {}
         constraints = policy.constraints_for(action.name)
         if not arguments and not constraints:
             return _EMPTY
