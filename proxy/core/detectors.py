@@ -641,11 +641,13 @@ def secret_field(key: str, value: str) -> bool:
     """Whether ``value`` under the JSON key ``key`` is a secret: a key-like name
     (``password``, ``apiKey``, ``client_secret``, ...) and a value that looks like one
     (any non-placeholder for a password, high entropy for the rest)."""
-    size = len(value)
-    if size < 4 or size > 4096 or not key:
+    if not key:
         return False
     kind = _key_kind(key) if len(key) <= _KEY_MEMO_CHARS else _key_kind.__wrapped__(key)
-    if kind is None:
+    if kind is None:  # most keys: the value is not looked at
+        return False
+    size = len(value)
+    if size < 4 or size > 4096:
         return False
     if kind == "password":
         return _password_value(value)
