@@ -683,7 +683,7 @@ class McpProxy:
         Ordered for the common case, the answer to the client's own request: each check that only
         another shape needs (a task, a listing, a server request) costs one test of the method or
         of a key before it is skipped."""
-        method = message.get("method")
+        method = message["method"] if "method" in message else None
         if method is not None:
             if method == "notifications/tools/list_changed":
                 exchange.tools_changed = True
