@@ -508,7 +508,12 @@ def test_the_value_walk_finds_and_masks_what_a_walk_of_every_value_does() -> Non
     from proxy.core.protection import Findings
 
     rng = random.Random(19)
-    keys = ["password", "apiKey", "client_secret", "token_type", "result", "city", "name", "items", "", "x"]
+
+    class Key(str):
+        """A key that is a str without being exactly one (no JSON makes it; an API caller could)."""
+
+    keys: list[Any] = ["password", "apiKey", "client_secret", "token_type", "result", "city", "name", "items", "", "x"]
+    keys += [Key("password"), Key("apiKey"), 3]
     leaves: list[Any] = [*SECRETS.values(), "hunter22", "Zx8-Qw3_Lp0Vn7RtYu", "jane.doe@example.com"]
     leaves += ["It is sunny in Oslo.", UUID, GIT_SHA, LUHN_INVALID, "", "4111 1111 1111 1111", 7, 2.5, True, None]
 

@@ -392,11 +392,13 @@ class Scanner:
             out: dict[str, Any] | None = None
             for name, item in value.items():
                 if isinstance(item, str):
-                    new = self._text(item, name if isinstance(name, str) else None, plan, findings)
+                    each = self._text
                 elif isinstance(item, _CONTAINERS):
-                    new = self._value(item, name if isinstance(name, str) else None, plan, findings)
+                    each = self._value
                 else:
                     continue
+                # A JSON key is a str: the exact type test needs no call; any other key is asked as before.
+                new = each(item, name if type(name) is str or isinstance(name, str) else None, plan, findings)
                 if new is not None:
                     if out is None:
                         out = dict(value)
@@ -406,11 +408,12 @@ class Scanner:
             out_list: list[Any] | None = None
             for index, item in enumerate(value):
                 if isinstance(item, str):
-                    new = self._text(item, key, plan, findings)
+                    each = self._text
                 elif isinstance(item, _CONTAINERS):
-                    new = self._value(item, key, plan, findings)
+                    each = self._value
                 else:
                     continue
+                new = each(item, key, plan, findings)
                 if new is not None:
                     if out_list is None:
                         out_list = list(value)
