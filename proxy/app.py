@@ -17,7 +17,6 @@ from aiohttp import web
 from proxy.adapters.a2a import A2AProxy
 from proxy.adapters.http_guard import OriginPolicy, WatchedConnection, admin_origin_policy, cors
 from proxy.adapters.mcp import McpProxy
-from proxy.adapters.relay import follow_disconnects
 from proxy.admin.api import AdminApi, host_check, store_faults
 from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
@@ -330,7 +329,7 @@ class Wicket:
         # own limit is kept just above it as a backstop.
         app = web.Application(
             client_max_size=self.settings.max_body_bytes + 1,
-            middlewares=[*self._tracing_middleware(), follow_disconnects],
+            middlewares=[*self._tracing_middleware()],
         )
         # Every answer's CORS headers are Wicket's own, never the upstream's.
         app.on_response_prepare.append(cors(OriginPolicy(self.settings.allowed_hosts, self.settings.allowed_origins)))

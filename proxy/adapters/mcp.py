@@ -34,6 +34,7 @@ from proxy.adapters.relay import (
     Refusal,
     answer_kind,
     caller_session,
+    follow_disconnects,
     is_id,
     parse_body,
     read_answer,
@@ -164,7 +165,7 @@ class McpProxy:
         )
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.route("*", "/mcp", self.handle)]
+        return [web.route("*", "/mcp", follow_disconnects(self.handle))]
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:

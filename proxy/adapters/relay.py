@@ -79,35 +79,40 @@ class Flight:
 FLIGHT = web.RequestKey("wicket.flight", Flight)
 
 
-@web.middleware
-async def follow_disconnects(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Notice at once when a request's client goes away, without cutting Wicket's own work short.
+def follow_disconnects(handler: Handler) -> Handler:
+    """``handler``, noticing at once when a request's client goes away, without cutting Wicket's
+    own work short.
 
     The data port's connections are each a :class:`WatchedConnection`: when one is lost, the request
     in progress is marked gone, and only if the adapter has the upstream request open
     (``Flight.upstream_open``) is its handler cancelled, which closes the upstream request.
     Decisions and audit records are therefore never cut short, and the upstream never works on
-    for a client that left.
+    for a client that left. It wraps the handlers that use ``request[FLIGHT]`` (not a middleware:
+    an application without middlewares spares aiohttp's own wrapper around them on every request).
     """
-    flight = Flight()
-    request[FLIGHT] = flight
-    transport = request.transport
-    connection = transport.get_protocol() if transport is not None else None
-    task = asyncio.current_task()
-    if not isinstance(connection, WatchedConnection) or task is None:
-        return await handler(request)  # not served by the data port's listener: nothing to follow
 
-    def lost() -> None:
-        flight.gone = True
-        if flight.upstream_open:
-            task.cancel()
+    async def followed(request: web.Request) -> web.StreamResponse:
+        flight = Flight()
+        request[FLIGHT] = flight
+        transport = request.transport
+        connection = transport.get_protocol() if transport is not None else None
+        task = asyncio.current_task()
+        if not isinstance(connection, WatchedConnection) or task is None:
+            return await handler(request)  # not served by the data port's listener: nothing to follow
 
-    connection.on_lost = lost
-    try:
-        return await handler(request)
-    finally:
-        if connection.on_lost is lost:
-            connection.on_lost = None
+        def lost() -> None:
+            flight.gone = True
+            if flight.upstream_open:
+                task.cancel()
+
+        connection.on_lost = lost
+        try:
+            return await handler(request)
+        finally:
+            if connection.on_lost is lost:
+                connection.on_lost = None
+
+    return followed
 
 
 def parse_body(body: bytes) -> Any:
@@ -404,7 +409,8 @@ async def send_upstream(
         else:
             issued.append(await credential())
         for name, value in issued[-1].headers.items():
-            headers.popall(name, None)  # the caller cannot supply its own value for an injected header
+            if name in headers:
+                del headers[name]  # every value: the caller cannot supply its own value for an injected header
             headers[name] = value
         try:
             if not traced:
