@@ -12,6 +12,8 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
+from proxy.adapters.mcp import _check_lengths, _intent, _shape
+from proxy.adapters.relay import Refusal
 from proxy.demo.server import DemoUpstream, free_port
 from tests.conftest import RunningWicket, WicketFactory
 
@@ -284,3 +286,44 @@ def test_a_remembered_host_never_lets_another_through() -> None:
         assert policy.host_problem(f"localhost:{port}") is None
     assert len(policy._served) <= 256
     assert policy.host_problem("evil.example") is not None
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    """A dict subclass: JSON never gives one, but the envelope checks must read it as a dict."""
+
+
+class _Str(str):
+    pass
+
+
+def test_envelope_checks_read_subclasses_like_the_types_json_gives() -> None:
+    """_shape, _intent and _check_lengths test ``type(x) is dict/str`` first; isinstance decides the rest."""
+    message = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "get_weather"}}
+    shaped = _shape(message)
+    assert _shape(_Dict(message)) == shaped
+    assert _shape({**message, "method": _Str("tools/call")}) == shaped
+    assert _shape({**message, "params": _Dict(message["params"])}) == shaped
+    for bad, problem in (
+        ([message], "expected one JSON-RPC 2.0 object"),
+        ({**message, "method": 5}, "method must be a string"),
+        ({**message, "params": ["x"]}, "params must be an object"),
+    ):
+        with pytest.raises(Refusal) as refused:
+            _shape(bad)
+        assert problem in refused.value.message
+    intents = (
+        ({"wicket/intent": "tidy up"}, "tidy up"),
+        (_Dict({"intent": _Str("tidy up")}), "tidy up"),
+        ({"wicket/intent": "  ", "intent": "the fallback"}, "the fallback"),
+        ({"intent": 5, "x": 1}, None),
+        (None, None),
+        (["intent"], None),
+    )
+    for meta, intent in intents:
+        assert _intent({"_meta": meta}) == intent
+    _check_lengths("tools/call", "get_weather", _Str("x" * 256))
+    with pytest.raises(Refusal):
+        _check_lengths("tools/call", "get_weather", _Str("x" * 257))
+    with pytest.raises(Refusal):
+        _check_lengths("resources/read", "u" * 8193, 1)
+    _check_lengths("resources/read", "u" * 8192, 1)

@@ -97,7 +97,8 @@ def follow_disconnects(handler: Handler) -> Handler:
         transport = request.transport
         connection = transport.get_protocol() if transport is not None else None
         task = asyncio.current_task()
-        if not isinstance(connection, WatchedConnection) or task is None:
+        watched = type(connection) is WatchedConnection or isinstance(connection, WatchedConnection)
+        if not watched or task is None:
             return await handler(request)  # not served by the data port's listener: nothing to follow
 
         def lost() -> None:

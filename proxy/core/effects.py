@@ -100,8 +100,8 @@ def _explicit_hints(annotations: Mapping[str, Any] | None) -> tuple[bool | None,
     Runs on every tool call: a plain dict (what JSON gives) skips the ABC check."""
     if annotations is None or (type(annotations) is not dict and not isinstance(annotations, Mapping)):
         return None, None
-    read_only = annotations.get("readOnlyHint")
-    destructive = annotations.get("destructiveHint")
+    read_only = annotations["readOnlyHint"] if "readOnlyHint" in annotations else None
+    destructive = annotations["destructiveHint"] if "destructiveHint" in annotations else None
     # ``is True or is False``: exactly isinstance(value, bool), which has no subclasses.
     return (
         read_only if read_only is True or read_only is False else None,

@@ -78,7 +78,7 @@ class MemoryStore:
             window_calls=in_window,
             minute_calls=in_minute,
             window_by_effect=(counts[0], counts[1], counts[2], counts[3]),
-            repeat_denials=state.denied.get(action_key, 0),
+            repeat_denials=state.denied[action_key] if action_key in state.denied else 0,
             history=tuple(state.history),
         )
         state.calls += 1
