@@ -124,6 +124,29 @@ def test_canonical_is_byte_for_byte_the_documented_form_on_tricky_values() -> No
         canonical({1: "a", "b": 2})
 
 
+def test_orjson_writes_alike_claims_only_bytes_that_match() -> None:
+    # The predicate checks scalars inside containers inline (floats too): wherever it says yes,
+    # orjson's sorted bytes must be the documented ones, bare or nested, in a list or a dict.
+    import orjson
+
+    from proxy.audit.chain import _orjson_writes_alike
+
+    odd = [float("nan"), float("inf"), -float("inf"), 1e-5, -1e-5, -9.99e-5, 5e-324, -5e-324, b"x", {1, 2}]
+    for value in [*TRICKY_VALUES, *odd]:
+        for wrapped in (value, [value], (value, 1), {"k": value}, {"k": [value]}, {"a": {"b": value}}):
+            if _orjson_writes_alike(wrapped):
+                try:
+                    fast = orjson.dumps(wrapped, option=orjson.OPT_SORT_KEYS)
+                except orjson.JSONEncodeError:
+                    continue  # an integer beyond 64 bits: fast_json falls back on the error
+                assert fast == documented_canonical(wrapped), wrapped
+    # And it says yes to the floats audit events carry (confidence, durations), however nested.
+    for value in (0.0, -0.0, 1.0, 0.5, 1e-4, -1e-4, 0.75, -2.5, 123456789.123, 1e300, -1e300):
+        assert all(_orjson_writes_alike(w) for w in (value, [value], {"k": value}, {"k": {"j": [value]}})), value
+    for value in odd:
+        assert not any(_orjson_writes_alike(w) for w in (value, [value], {"k": value}, {"k": {"j": [value]}})), value
+
+
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),

@@ -362,10 +362,10 @@ class FileAuditSink:
             event, line = self._chain.next(fields)
         except (TypeError, ValueError) as exc:
             raise _encode_problem(exc) from None
-        written = 0
+        written, size = 0, len(line)
         try:
             written = os.write(fd, line)
-            while written < len(line):  # a short write (rare): the rest of the line
+            while written < size:  # a short write (rare): the rest of the line
                 n = os.write(fd, memoryview(line)[written:])
                 if n <= 0:
                     raise OSError(errno.EIO, "the write made no progress")
@@ -381,7 +381,7 @@ class FileAuditSink:
             raise AuditUnavailable(problem) from exc
         self._chain.advance(event)
         self._written += 1
-        self._size += len(line)
+        self._size += size
         if event["seq"] == 1:
             self._log_id = event["hash"]
         if self._write_problem is not None:
