@@ -31,7 +31,7 @@ import json
 import logging
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -274,6 +274,10 @@ def _append(path: Path, line: bytes) -> None:
 class CheckpointingSink:
     """A FileAuditSink whose chain head is signed periodically, and checked against on start."""
 
+    append: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    """The inner sink's ``append`` itself: the inner write sets ``_due`` when a checkpoint is due
+    (:meth:`FileAuditSink.notify_at`), so a record costs no coroutine layer here."""
+
     def __init__(
         self,
         inner: FileAuditSink,
@@ -295,13 +299,15 @@ class CheckpointingSink:
         self.checkpoints_path = Path(str(inner.path) + SUFFIX)
         self._store_key = store_key(inner.path)
         self._last: Checkpoint | None = None
-        self._covered = 0  # seq of the current chain's last checkpoint
+        self._covered = 0  # seq of the current chain's last checkpoint (set by _cover)
         self._log_id: str | None = None
         self._hold: str | None = None
         self.checkpoint_problem: str | None = None
         self._due = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self.append = inner.append
+        self._cover(0)
 
     # -- AuditSink ----------------------------------------------------------------------------------
 
@@ -333,18 +339,19 @@ class CheckpointingSink:
     def last(self) -> Checkpoint | None:
         return self._last
 
-    async def append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        event = await self.inner.append(fields)
-        if self.inner.count - self._covered >= self._every:
-            self._due.set()
-        return event
+    def _cover(self, seq: int) -> None:
+        """Record that the current chain's checkpoints cover it through ``seq``: the next is due
+        (``_due`` set by each write) once ``every`` more records are written."""
+        self._covered = seq
+        self.inner.notify_at(seq + self._every, self._due)
 
     async def reopen(self) -> None:
         """Rotation: a closing checkpoint for the chain being rotated away, then a new chain."""
         if self._hold is None:
             await self._checkpoint_logged(closed=True)
         await self.inner.reopen()
-        self._log_id, self._covered = self.inner.log_id, 0
+        self._log_id = self.inner.log_id
+        self._cover(0)
 
     async def close(self) -> None:
         task, self._task = self._task, None
@@ -411,7 +418,7 @@ class CheckpointingSink:
         if problem is None:
             self._last = latest
             if latest.log_id == self._log_id:
-                self._covered = latest.seq
+                self._cover(latest.seq)
         return problem
 
     def _trusted_keys(self) -> dict[str, Any] | None:
@@ -490,7 +497,8 @@ class CheckpointingSink:
             )
             line = cp.line()
             await asyncio.to_thread(_append, self.checkpoints_path, line)
-            self._last, self._covered, self._log_id = cp, seq, log_id
+            self._last, self._log_id = cp, log_id
+            self._cover(seq)
             self.checkpoint_problem = None
             if self._store is not None:
                 try:

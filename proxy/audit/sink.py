@@ -223,8 +223,9 @@ class FileAuditSink:
         self._size = 0  # bytes of the file through the last record written (checkpoints name it)
         self._log_id = GENESIS  # the hash of the chain's first record: which chain this file holds
         self._sync_lock = asyncio.Lock()  # one fsync (or reopen) at a time
-        self._dirty = asyncio.Event()  # set by writes, consumed by the interval fsync task
-        self._sync_task: asyncio.Task[None] | None = None
+        self._sync_task: asyncio.Task[None] | None = None  # the interval fsync task while writes come
+        self._notify: asyncio.Event | None = None  # set once the chain reaches _notify_seq (see notify_at)
+        self._notify_seq = 0
         self._open()
 
     # -- state --------------------------------------------------------------------------------------------
@@ -337,10 +338,8 @@ class FileAuditSink:
         event = self._write(fields)
         if self._policy == "always":
             await self._sync_through(self._written)  # read before any await: this line's generation
-        elif self._policy == "interval":
-            self._dirty.set()
-            if self._sync_task is None or self._sync_task.done():
-                self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+        elif self._policy == "interval" and self._sync_task is None:
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
         return event
 
     def _write(self, fields: dict[str, Any]) -> dict[str, Any]:
@@ -382,8 +381,11 @@ class FileAuditSink:
         self._chain.advance(event)
         self._written += 1
         self._size += size
-        if event["seq"] == 1:
+        seq = event["seq"]
+        if seq == 1:
             self._log_id = event["hash"]
+        if self._notify is not None and seq >= self._notify_seq:
+            self._notify.set()
         if self._write_problem is not None:
             log.warning("the audit log %s is writable again", self._path)
             self._write_problem = None
@@ -435,6 +437,13 @@ class FileAuditSink:
                 log.warning("the audit log %s can be fsynced again", self._path)
                 self._sync_problem = None
 
+    def notify_at(self, seq: int, event: asyncio.Event) -> None:
+        """Set ``event`` after each write from record ``seq`` of the chain on (the next checkpoint is due).
+
+        The write checks it itself, so a CheckpointingSink does not wrap every append in a coroutine
+        of its own; one more integer comparison per record, none when nobody asked."""
+        self._notify, self._notify_seq = event, seq
+
     @property
     def log_id(self) -> str:
         """The hash of the chain's first record (GENESIS while it has none)."""
@@ -456,15 +465,23 @@ class FileAuditSink:
         return position
 
     async def _sync_loop(self) -> None:
-        """The ``interval`` policy: fsync at most every ``fsync_interval`` seconds, and only after writes."""
-        while True:
-            await self._dirty.wait()
-            await asyncio.sleep(self._interval)
-            self._dirty.clear()
-            try:
-                await self._sync_through(self._written)
-            except AuditUnavailable:
-                pass  # recorded in _sync_problem; appends now fail closed until an fsync succeeds
+        """The ``interval`` policy: fsync at most every ``fsync_interval`` seconds, and only after writes.
+
+        Started by a write when none is running; it fsyncs ``fsync_interval`` after it, again while
+        more writes came during that round, then ends: a write costs no call while one is pending.
+        """
+        try:
+            while True:
+                await asyncio.sleep(self._interval)
+                written = self._written
+                try:
+                    await self._sync_through(written)
+                except AuditUnavailable:
+                    pass  # recorded in _sync_problem; appends now fail closed until an fsync succeeds
+                if self._written == written:
+                    return  # no write during this round: the next one starts the task again
+        finally:
+            self._sync_task = None  # ended, failed or cancelled (close): a later write starts a new one
 
     async def close(self) -> None:
         """Stop the fsync task, fsync what is pending (unless ``never``) and close the file."""
