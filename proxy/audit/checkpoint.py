@@ -301,7 +301,9 @@ class CheckpointingSink:
         self._last: Checkpoint | None = None
         self._covered = 0  # seq of the current chain's last checkpoint (set by _cover)
         self._log_id: str | None = None
-        self._hold: str | None = None
+        self.hold: str | None = None
+        """Why only reads are allowed (the file fell behind its last checkpoint): set by :meth:`start`,
+        lifted by :meth:`acknowledge`. An attribute, not a property: the checker reads it per decision."""
         self.checkpoint_problem: str | None = None
         self._due = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -324,10 +326,6 @@ class CheckpointingSink:
         return self.inner.problem
 
     @property
-    def hold(self) -> str | None:
-        return self._hold
-
-    @property
     def head(self) -> str:
         return self.inner.head
 
@@ -347,7 +345,7 @@ class CheckpointingSink:
 
     async def reopen(self) -> None:
         """Rotation: a closing checkpoint for the chain being rotated away, then a new chain."""
-        if self._hold is None:
+        if self.hold is None:
             await self._checkpoint_logged(closed=True)
         await self.inner.reopen()
         self._log_id = self.inner.log_id
@@ -358,7 +356,7 @@ class CheckpointingSink:
         if task is not None:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            if self._hold is None and self.inner.healthy and self.inner.count > self._covered:
+            if self.hold is None and self.inner.healthy and self.inner.count > self._covered:
                 await self._checkpoint_logged()
         await self.inner.close()
 
@@ -368,7 +366,7 @@ class CheckpointingSink:
         """Compare the file with its last checkpoint (the checkpoints file and the store's copy),
         start signing, and return why the log is on hold (None: it continues what was signed)."""
         problem = await self._resume_problem()
-        self._hold = problem
+        self.hold = problem
         if problem is not None:
             log.error("audit log on hold (only reads are allowed until an operator acknowledges): %s", problem)
         if self._task is None:
@@ -378,7 +376,7 @@ class CheckpointingSink:
     async def acknowledge(self, reason: str) -> Checkpoint | None:
         """Lift the hold (the caller has audited it) and sign the file as it is now, so a restart
         starts from here; the older checkpoints keep showing what was lost."""
-        self._hold = None
+        self.hold = None
         return await self.checkpoint(acknowledged=reason)
 
     async def _resume_problem(self) -> str | None:
@@ -467,7 +465,7 @@ class CheckpointingSink:
             except TimeoutError:
                 pass
             self._due.clear()
-            if self._hold is None and self.inner.count > self._covered:
+            if self.hold is None and self.inner.count > self._covered:
                 try:
                     await self._checkpoint_logged()
                 except Exception:  # never let one bad checkpoint end the signing for good

@@ -433,7 +433,7 @@ class Checker:
         if detail:
             fields["detail"] = detail
         if credential:
-            fields.update(credential)  # mode, id (jti) and fingerprint: never the credential itself
+            fields |= credential  # mode, id (jti) and fingerprint: never the credential itself
         if data:
             fields["data_protection"] = dict(data)  # kinds, counts and fingerprints: never a value
         try:
@@ -487,7 +487,7 @@ class Checker:
         if decision.retry_after is not None:
             fields["retry_after"] = decision.retry_after
         if extra:
-            fields.update(extra)
+            fields |= extra
         try:
             await self._audit.append(fields)
             self._metrics.audit_written(True)
