@@ -331,32 +331,15 @@ class FileAuditSink:
 
         Raises AuditUnavailable if the event is not written (or, with ``always``, not fsynced). Concurrent
         calls are safe: sealing, writing and advancing the chain happen with no ``await`` in between.
+        One method, not a coroutine around a writer: it runs twice per tool call.
         """
         if self._sync_problem is not None and self._policy != "never" and not self._closed:
             # fsync has been failing: do not write more until it works again (fail closed).
             await self._sync_through(self._written)
-        event = self._write(fields)
-        if self._policy == "always":
-            await self._sync_through(self._written)  # read before any await: this line's generation
-        elif self._policy == "interval" and self._sync_task is None:
-            self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
-        return event
-
-    def _write(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Seal, write and advance, synchronously; must not await so that appends never interleave."""
-        if self._closed:
-            raise AuditUnavailable("the audit log is closed")
-        if self._corrupt is not None:
-            raise AuditUnavailable(self._corrupt)
-        if self._fd is None:
-            self._open()
-            if self._corrupt is not None:
-                raise AuditUnavailable(self._corrupt)
-            if self._fd is None:
-                raise AuditUnavailable(self._open_problem)
+        # From here until the chain has advanced nothing awaits, so appends never interleave.
         fd = self._fd
-        if self._torn and not self._repair_torn(fd):
-            raise AuditUnavailable(self._write_problem)
+        if fd is None or self._closed or self._corrupt is not None or self._torn:
+            fd = self._writable_fd()
         try:
             event, line = self._chain.next(fields)
         except (TypeError, ValueError) as exc:
@@ -389,7 +372,29 @@ class FileAuditSink:
         if self._write_problem is not None:
             log.warning("the audit log %s is writable again", self._path)
             self._write_problem = None
+        if self._policy == "always":
+            await self._sync_through(self._written)  # read before any await: this line's generation
+        elif self._policy == "interval" and self._sync_task is None:
+            self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
         return event
+
+    def _writable_fd(self) -> int:
+        """The descriptor to write to when the plain case does not hold: closed, corrupt, not open
+        yet (open it now) or a torn line to truncate first; raises AuditUnavailable if none."""
+        if self._closed:
+            raise AuditUnavailable("the audit log is closed")
+        if self._corrupt is not None:
+            raise AuditUnavailable(self._corrupt)
+        if self._fd is None:
+            self._open()
+            if self._corrupt is not None:
+                raise AuditUnavailable(self._corrupt)
+            if self._fd is None:
+                raise AuditUnavailable(self._open_problem)
+        fd = self._fd
+        if self._torn and not self._repair_torn(fd):
+            raise AuditUnavailable(self._write_problem)
+        return fd
 
     def _repair_torn(self, fd: int) -> bool:
         """Truncate away a partly written line so the file again ends with a whole record."""
