@@ -220,6 +220,48 @@ async def test_feed_drops_for_a_slow_subscriber_only() -> None:
         feed.subscribe()
 
 
+@pytest.mark.parametrize("layers", ["file", "checkpointed file", "stdout"])
+async def test_the_feed_gets_each_written_event_once_after_its_append_and_never_a_failed_one(
+    tmp_path: Path, layers: str, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # The wrapped sink publishes at the end of its own append (PublishingSink adds no layer):
+    # exactly the events written, in order, and a feed fault never fails the append.
+    from proxy.audit.checkpoint import CheckpointingSink
+    from proxy.audit.feed import PublishingSink
+    from proxy.audit.sink import AuditSink, AuditUnavailable, FileAuditSink, StdoutAuditSink
+    from proxy.credentials import KeyRing
+
+    def broken_counter() -> None:
+        raise RuntimeError("a metric fault")
+
+    feed = EventFeed(queue_size=3, on_drop=broken_counter)
+    inner: AuditSink = StdoutAuditSink() if layers == "stdout" else FileAuditSink(tmp_path / "a.jsonl")
+    if layers == "checkpointed file":
+        assert isinstance(inner, FileAuditSink)
+        inner = CheckpointingSink(inner, KeyRing.generate(), every=2, interval=3600.0)
+    sink = PublishingSink(inner, feed)
+    with feed.subscribe() as subscription:
+        written = [await sink.append({"event": "x", "n": n}) for n in range(3)]
+        assert [subscription.queue.get_nowait() for _ in range(3)] == written
+        assert [e["seq"] for e in written] == [1, 2, 3]
+        with pytest.raises(AuditUnavailable):
+            await sink.append({"event": "x", "seq": 9})  # refused before anything is written
+        with pytest.raises(AuditUnavailable):
+            await sink.append({"event": "x", "n": float("nan")})  # cannot be encoded
+        assert subscription.queue.empty(), "nothing published for a failed append"
+        for n in range(4):  # the queue overflows and its drop counter raises: the append still succeeds
+            assert (await sink.append({"event": "y", "n": n}))["seq"] == 4 + n
+        assert subscription.queue.qsize() == 3
+    await sink.close()
+
+    full = PublishingSink(FileAuditSink("/dev/full", fsync="always"), feed)
+    with feed.subscribe() as subscription:
+        with pytest.raises(AuditUnavailable, match="No space left"):
+            await full.append({"event": "x"})
+        assert subscription.queue.empty()
+    await full.close()
+
+
 async def test_shutdown_ends_open_event_streams(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
     running = await make_wicket(upstream.url, STRICT)
     async with aiohttp.ClientSession() as http:

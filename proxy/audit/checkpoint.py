@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import jwt
 
 from proxy.audit.chain import GENESIS, AuditCorrupt, HashChain, canonical, now_rfc3339
-from proxy.audit.sink import AuditUnavailable, FileAuditSink, first_record_hash, line_ending_at
+from proxy.audit.sink import AuditUnavailable, FileAuditSink, Publish, first_record_hash, line_ending_at
 from proxy.state.base import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -342,6 +342,9 @@ class CheckpointingSink:
         (``_due`` set by each write) once ``every`` more records are written."""
         self._covered = seq
         self.inner.notify_at(seq + self._every, self._due)
+
+    def publish_to(self, publish: Publish) -> None:
+        self.inner.publish_to(publish)
 
     async def reopen(self) -> None:
         """Rotation: a closing checkpoint for the chain being rotated away, then a new chain."""

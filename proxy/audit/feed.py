@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from proxy.audit.sink import AuditSink
+from proxy.audit.sink import AuditSink, Publish
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +21,8 @@ _CLOSED: dict[str, Any] = {}  # the sentinel a closing feed hands every subscrib
 
 
 class EventPublisher(Protocol):
-    """Where sealed audit events go after they are written. Must return at once."""
+    """Where sealed audit events go after they are written. Must return at once and never raise:
+    the sink calls it at the end of a successful append, which a publisher fault must not fail."""
 
     def publish(self, event: Mapping[str, Any]) -> None: ...
 
@@ -78,12 +79,15 @@ class EventFeed:
         return len(self._subscribers)
 
     def publish(self, event: Mapping[str, Any]) -> None:
-        for subscription in tuple(self._subscribers):
-            try:
-                subscription.queue.put_nowait(event)
-            except asyncio.QueueFull:
-                if self._on_drop is not None:
-                    self._on_drop()
+        try:
+            for subscription in tuple(self._subscribers):
+                try:
+                    subscription.queue.put_nowait(event)
+                except asyncio.QueueFull:
+                    if self._on_drop is not None:
+                        self._on_drop()
+        except Exception as exc:  # the feed is a convenience; the audit write already succeeded
+            log.warning("audit event not published to the live feed: %s", exc.__class__.__name__)
 
     def close(self) -> None:
         """End every subscriber's stream (shutdown): each gets the closing sentinel, dropping a backlog."""
@@ -97,13 +101,19 @@ class EventFeed:
 class PublishingSink:
     """An ``AuditSink`` that hands each event it wrote to a publisher (the live feed).
 
-    Only written events are published, after they are written; a publisher fault is logged
-    and never turns a written event into a failed append.
+    Only written events are published, after they are written (and fsynced, if the policy waits
+    for that); a publisher never raises (:class:`EventPublisher`), so it never turns a written
+    event into a failed append. The wrapped sink publishes at the end of its own append
+    (``publish_to``): this layer adds no coroutine per record.
     """
+
+    append: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+    """The inner sink's ``append`` itself, which publishes what it wrote."""
 
     def __init__(self, inner: AuditSink, publisher: EventPublisher) -> None:
         self.inner = inner
-        self._publisher = publisher
+        inner.publish_to(publisher.publish)
+        self.append = inner.append
 
     @property
     def path(self) -> Path | None:
@@ -131,13 +141,8 @@ class PublishingSink:
     def count(self) -> int:
         return self.inner.count
 
-    async def append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        event = await self.inner.append(fields)
-        try:
-            self._publisher.publish(event)
-        except Exception as exc:  # the feed is a convenience; the audit write already succeeded
-            log.warning("audit event not published to the live feed: %s", exc.__class__.__name__)
-        return event
+    def publish_to(self, publish: Publish) -> None:
+        self.inner.publish_to(publish)
 
     async def reopen(self) -> None:
         await self.inner.reopen()

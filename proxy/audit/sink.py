@@ -36,6 +36,7 @@ import logging
 import os
 import stat
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -55,6 +56,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 FsyncPolicy = Literal["always", "interval", "never"]
+Publish = Callable[[Mapping[str, Any]], None]
+"""Hands a written event to the live feed (``EventFeed.publish``): returns at once, never raises."""
 _FSYNC_POLICIES: frozenset[str] = frozenset({"always", "interval", "never"})
 _OPEN_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _TAIL_CHUNK = 8192
@@ -96,6 +99,10 @@ class AuditSink(Protocol):
 
     async def append(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Seal and write one event; returns the sealed event or raises AuditUnavailable."""
+        ...
+
+    def publish_to(self, publish: Publish) -> None:
+        """Hand every event to ``publish`` once its append has succeeded (one publisher per sink)."""
         ...
 
     async def reopen(self) -> None:
@@ -225,6 +232,7 @@ class FileAuditSink:
         self._sync_lock = asyncio.Lock()  # one fsync (or reopen) at a time
         self._sync_task: asyncio.Task[None] | None = None  # the interval fsync task while writes come
         self._notify: asyncio.Event | None = None  # set once the chain reaches _notify_seq (see notify_at)
+        self._publish: Publish | None = None
         self._notify_seq = 0
         self._open()
 
@@ -376,7 +384,14 @@ class FileAuditSink:
             await self._sync_through(self._written)  # read before any await: this line's generation
         elif self._policy == "interval" and self._sync_task is None:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_loop())
+        if self._publish is not None:
+            self._publish(event)
         return event
+
+    def publish_to(self, publish: Publish) -> None:
+        """Hand every event to ``publish`` (the live feed) once its append has succeeded: called by
+        the append itself, so publishing adds no coroutine layer per record."""
+        self._publish = publish
 
     def _writable_fd(self) -> int:
         """The descriptor to write to when the plain case does not hold: closed, corrupt, not open
@@ -522,6 +537,7 @@ class StdoutAuditSink:
         self._chain = HashChain()
         self._problem: str | None = None
         self._closed = False
+        self._publish: Publish | None = None
 
     @property
     def healthy(self) -> bool:
@@ -562,7 +578,13 @@ class StdoutAuditSink:
             raise AuditUnavailable(problem) from exc
         self._chain.advance(event)
         self._problem = None
+        if self._publish is not None:
+            self._publish(event)
         return event
+
+    def publish_to(self, publish: Publish) -> None:
+        """Hand every event to ``publish`` (the live feed) once it is written."""
+        self._publish = publish
 
     def _emit(self, event: dict[str, Any], line: bytes) -> None:
         out = getattr(sys.stdout, "buffer", None)  # looked up each time: tests and tools swap sys.stdout
