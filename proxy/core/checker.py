@@ -481,9 +481,10 @@ class Checker:
             fields["mode"] = "shadow"
         if action.delegation is not None:
             fields["delegation"] = action.delegation.record()  # every hop, never the signed links
-        ids = tracing.current_ids()
-        if ids is not None:
-            fields["trace_id"] = ids[0]  # jump from the record to its trace
+        if tracing.current() is not None:  # one C call while tracing is off
+            ids = tracing.current_ids()
+            if ids is not None:
+                fields["trace_id"] = ids[0]  # jump from the record to its trace
         if decision.retry_after is not None:
             fields["retry_after"] = decision.retry_after
         if extra:
