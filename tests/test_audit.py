@@ -585,6 +585,37 @@ async def test_interval_fsync_task_runs_and_stops_on_close(tmp_path: Path) -> No
     assert not pending
 
 
+async def test_interval_fsync_follows_writes_and_rests_without_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A write starts the interval task when none is pending; it fsyncs after the interval, again
+    # while writes keep coming, then ends until the next write (no per-write Event or Task call).
+    from proxy.audit import sink as sink_module
+    from tests.waiting import eventually
+
+    synced: list[int] = []
+    real = sink_module._fsync_dup
+
+    def counting(fd: int) -> None:
+        synced.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(sink_module, "_fsync_dup", counting)
+    sink = FileAuditSink(tmp_path / "audit.jsonl", fsync="interval", fsync_interval=0.01)
+    await sink.append(decision(1))
+    task = sink._sync_task
+    assert task is not None and not synced, "the line is written now, fsynced later"
+    await sink.append(decision(2))
+    assert sink._sync_task is task, "one task for writes close together"
+    await eventually(lambda: sink._sync_task is None, "the task fsyncs and ends")
+    assert len(synced) == 1
+    await sink.append(decision(3))
+    assert sink._sync_task is not None and sink._sync_task is not task
+    await eventually(lambda: len(synced) == 2 and sink._sync_task is None, "the next write is fsynced too")
+    await sink.close()
+    assert len(synced) == 2, "nothing left to fsync on close"
+
+
 def test_sink_options_are_validated(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         FileAuditSink(tmp_path / "a.jsonl", fsync="sometimes")  # type: ignore[arg-type]
