@@ -219,8 +219,9 @@ class Scanner:
         findings = Findings("results")
         if not plan.active:
             return findings, None
-        out: dict[str, Any] | None = None
-        try:
+
+        def walk() -> dict[str, Any] | None:
+            out: dict[str, Any] | None = None
             content = result.get("content")
             if isinstance(content, list):
                 new = self._list(content, self._block, plan, findings)
@@ -231,10 +232,9 @@ class Scanner:
                 masked = self._value(structured, None, plan, findings)
                 if masked is not None:
                     out = {**(out or result), "structuredContent": masked}
-        except RecursionError:
-            findings.incomplete = _TOO_DEEP
-            return findings, None
-        return findings, out
+            return out
+
+        return findings, self._guarded(walk, findings)
 
     def resource_contents(self, result: Mapping[str, Any], plan: Plan) -> tuple[Findings, dict[str, Any] | None]:
         """A ``resources/read`` result: the text of each entry of ``contents``."""
