@@ -117,7 +117,7 @@ async def test_anonymous_session_record_signed_with_another_key_is_an_audited_re
 ) -> None:
     """The per-agent anonymous session failing its HMAC (a record another deployment's key signed)
     is refused with 403 and an integrity audit event, like a token's session, not a 500."""
-    key = SessionManager._session_key(anonymous_session_id("anonymous"))
+    key = SessionManager.session_key(anonymous_session_id("anonymous"))
     record = {
         "session_id": anonymous_session_id("anonymous"),
         "agent_id": "anonymous",

@@ -224,7 +224,7 @@ class AdminApi:
             ident = token_fingerprint(ident)[:16]  # revocations (and the audit) name tokens by fingerprint only
         # A session is revoked only if its record exists (one that fails verification counts:
         # revoking it is safe); checked as the revocation is announced, not in a read before it.
-        record = SessionManager.store_key(ident) if kind == "session" else None
+        record = SessionManager.session_key(ident) if kind == "session" else None
         if not await self._revocations.revoke(kind, ident, if_present=record):
             return problem(
                 404,

@@ -175,7 +175,7 @@ class SessionManager:
             origin=origin,
             granted_by=granted_by,
         )
-        key = self._session_key(session.session_id)
+        key = self.session_key(session.session_id)
         await self._store.put(key, self._signer.encode(key, session.public()), ttl=ttl_seconds)
         await self._store.index_add(SESSION_INDEX, session.session_id, now, SESSION_INDEX_LIMIT)
         return session
@@ -190,7 +190,7 @@ class SessionManager:
 
     async def get(self, session_id: str) -> Session | None:
         """Load and verify a session; ``None`` if unknown or expired."""
-        key = self._session_key(session_id)
+        key = self.session_key(session_id)
         session: Session | None = await self._load(key, lambda r: Session(**{**r, "scope": tuple(r["scope"])}))
         if session is None:
             return None
@@ -201,14 +201,14 @@ class SessionManager:
     async def recent(self, limit: int = SESSION_INDEX_LIMIT) -> list[Session]:
         """Live sessions, newest first, from the bounded index (expired and unverifiable ones left out)."""
         ids = await self._store.index_members(SESSION_INDEX, limit)
-        raws = await self._store.get_many([self._session_key(s) for s in ids])
+        raws = await self._store.get_many([self.session_key(s) for s in ids])
         now = self._clock()
         out: list[Session] = []
         for session_id, raw in zip(ids, raws, strict=True):
             if raw is None:
                 continue
             try:
-                record = self._signer.decode(self._session_key(session_id), raw)
+                record = self._signer.decode(self.session_key(session_id), raw)
                 session = Session(**{**record, "scope": tuple(record["scope"])})
             except (SessionIntegrityError, KeyError, TypeError):
                 continue
@@ -222,7 +222,7 @@ class SessionManager:
         Unlike ``get`` a tampered record is returned (marked invalid) instead of raising, so an
         operator can see what was changed.
         """
-        key = self._session_key(session_id)
+        key = self.session_key(session_id)
         raw = await self._store.get(key)
         if raw is None:
             return None, False
@@ -291,13 +291,9 @@ class SessionManager:
     # -- keys -------------------------------------------------------------------------
 
     @staticmethod
-    def _session_key(session_id: str) -> str:
-        return f"wicket:{{{session_id}}}:session"
-
-    @classmethod
-    def store_key(cls, session_id: str) -> str:
+    def session_key(session_id: str) -> str:
         """The store key of a session's record (revoking a session checks that it exists)."""
-        return cls._session_key(session_id)
+        return f"wicket:{{{session_id}}}:session"
 
     @staticmethod
     def _token_key(token: str) -> str:
