@@ -92,16 +92,15 @@ def forward_headers(
 ) -> CIMultiDict[str]:
     """Copy end-to-end headers: hop-by-hop ones, those named in ``Connection`` and ``drop`` go.
 
-    Runs twice per call, so the copy is multidict's and only the names to drop are looked up
-    (with the mapping's own operators, which do not go through a method call)."""
+    Runs twice per call, so the copy is multidict's and only the names to drop are looked up."""
     out: CIMultiDict[str] = CIMultiDict(headers)
     names = _dropped(drop)
-    connection = headers["Connection"] if "Connection" in headers else None
+    connection = headers.get("Connection")
     if connection:
         names = names | {t.strip().lower() for t in connection.split(",") if t.strip()}
     for name in names:
         if name in out:
-            del out[name]  # every value under the name
+            out.popall(name)
     return out
 
 
@@ -153,8 +152,7 @@ def cors(origins: OriginPolicy) -> Callable[[web.Request, web.StreamResponse], A
     async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
         headers = response.headers
         if request.method != "OPTIONS":  # preflights are answered by Wicket itself; everything else was relayed
-            # (Only names starting with an "a" are lower-cased to compare: most headers are not.)
-            for name in [name for name in headers if name[:1] in "aA" and name[:15].lower() == "access-control-"]:
+            for name in [name for name in headers if name[:15].lower() == "access-control-"]:
                 headers.popall(name, None)
         origin = request.headers.get("Origin")
         if origin is None or origins.origin_problem(origin) is not None:

@@ -191,8 +191,7 @@ class McpProxy:
     # -- POST: one JSON-RPC message ---------------------------------------------------
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
-        # (The exact header, as clients send it, needs no parsing; anything else is parsed to judge it.)
-        if request.headers.get("Content-Type") != "application/json" and request.content_type != "application/json":
+        if request.content_type != "application/json":
             raise Refusal(415, jsonrpc.INVALID_REQUEST, "Content-Type must be application/json.", reason="content_type")
         body = await read_body(request, self._settings.max_body_bytes, self._settings.request_timeout or None)
         message = parse_body(body)
@@ -205,8 +204,6 @@ class McpProxy:
             )
         method, request_id, params = _shape(message)
         try:
-            if tracing.current() is None:
-                return await self._post_message(request, body, message, method, request_id, params)
             with tracing.continue_from_meta(method or "reply", params.get("_meta")):
                 return await self._post_message(request, body, message, method, request_id, params)
         except Refusal as refusal:
@@ -242,7 +239,7 @@ class McpProxy:
             )
 
         action_name = params.get(NAME_PARAMS[method], method) if method in NAME_PARAMS else method
-        if type(action_name) is not str and not isinstance(action_name, str):
+        if not isinstance(action_name, str):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, f"params.{NAME_PARAMS[method]} must be a string.")
         _check_lengths(method, action_name, request_id)
         is_tool_call = method == "tools/call"
@@ -252,7 +249,7 @@ class McpProxy:
             # resources/subscribe with 404/-32601, which clients and the conformance suite expect.)
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "params.uri must be a string.", reason="invalid")
         arguments = params.get("arguments") if is_tool_call else None
-        if arguments is not None and type(arguments) is not dict and not isinstance(arguments, dict):
+        if arguments is not None and not isinstance(arguments, dict):
             raise Refusal(400, jsonrpc.INVALID_REQUEST, "params.arguments must be an object.", reason="invalid")
         # The Action's fields, bound to a session once it is known: built once on the way through
         # (an Action is frozen, and dataclasses.replace on the hot path costs a copy each time).
@@ -322,7 +319,7 @@ class McpProxy:
                 decision = await self._checker.refuse(action, session.session_id, pinned)
                 return _denial(action, decision, request_id, modern=_is_modern(request, params))
         decision = await self._checker.check(action, session)
-        if decision.verdict is not Verdict.ALLOW:
+        if not decision.allowed:
             return _denial(action, decision, request_id, modern=_is_modern(request, params))
         if decision.forward_arguments is not None:
             # Data protection masked a value: the upstream gets (and the credential binds to) the masked call.
@@ -1011,21 +1008,18 @@ class _Exchange:
 
 
 def _shape(message: Any) -> tuple[Any, Any, dict[str, Any]]:
-    """Validate the JSON-RPC envelope; return (method, id, params).
-
-    Every request passes here: the exact types JSON gives (``type(x) is dict``) are tested before
-    the isinstance call that settles anything else."""
-    if (type(message) is not dict and not isinstance(message, dict)) or message.get("jsonrpc") != "2.0":
+    """Validate the JSON-RPC envelope; return (method, id, params)."""
+    if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
         raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: expected one JSON-RPC 2.0 object.")
     method = message.get("method")
-    if method is not None and type(method) is not str and not isinstance(method, str):
+    if method is not None and not isinstance(method, str):
         raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: method must be a string.")
     if method is None and "result" not in message and "error" not in message:
         raise Refusal(400, jsonrpc.INVALID_REQUEST, "Invalid Request: neither a request, a notification nor a reply.")
     params = message.get("params")
     if params is None:
         params = {}
-    elif type(params) is not dict and not isinstance(params, dict):
+    elif not isinstance(params, dict):
         request_id = message.get("id")
         raise Refusal(
             400,
@@ -1118,7 +1112,7 @@ MAX_ID_CHARS = 256
 
 def _check_lengths(method: str, name: str, request_id: Any) -> None:
     uri = method in NAME_PARAMS and NAME_PARAMS[method] == "uri"
-    is_text = type(request_id) is str or isinstance(request_id, str)
+    is_text = isinstance(request_id, str)
     limits = (
         ("the method name", method, MAX_METHOD_CHARS),
         ("the resource URI" if uri else "the name", name, MAX_URI_CHARS if uri else MAX_NAME_CHARS),
@@ -1141,7 +1135,7 @@ def _intent(params: dict[str, Any]) -> str | None:
     """Why the agent says it makes this call (``params._meta["wicket/intent"]`` or ``["intent"]``),
     shown to the operator with an approval request. Untrusted text; never used to decide."""
     meta = params.get("_meta")
-    if type(meta) is not dict and not isinstance(meta, dict):
+    if not isinstance(meta, dict):
         return None
     for key in INTENT_META_KEYS:
         if key in meta and isinstance(value := meta[key], str) and value.strip():  # (most calls give none)

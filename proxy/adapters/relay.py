@@ -97,8 +97,7 @@ def follow_disconnects(handler: Handler) -> Handler:
         transport = request.transport
         connection = transport.get_protocol() if transport is not None else None
         task = asyncio.current_task()
-        watched = type(connection) is WatchedConnection or isinstance(connection, WatchedConnection)
-        if not watched or task is None:
+        if not isinstance(connection, WatchedConnection) or task is None:
             return await handler(request)  # not served by the data port's listener: nothing to follow
 
         def lost() -> None:
@@ -400,23 +399,15 @@ async def send_upstream(
     credential, since a retry must not reuse a jti the upstream may have seen. Each credential is
     appended to ``issued``, so the caller audits the last one even when the send fails.
     """
-    traced = tracing.current() is not None  # untraced (the default): no span scopes at all
     attempts = 2 if retry else 1
     for attempt in range(attempts):
-        if traced:
-            with tracing.span("wicket.credential") as credential_span:
-                issued.append(await credential())
-                credential_span.set_attribute("wicket.credential.mode", issued[-1].mode)
-        else:
+        with tracing.span("wicket.credential") as credential_span:
             issued.append(await credential())
+            credential_span.set_attribute("wicket.credential.mode", issued[-1].mode)
         for name, value in issued[-1].headers.items():
-            if name in headers:
-                del headers[name]  # every value: the caller cannot supply its own value for an injected header
+            headers.popall(name, None)  # the caller cannot supply its own value for an injected header
             headers[name] = value
         try:
-            if not traced:
-                async with client.request(method, url, data=body or None, headers=headers, timeout=limits) as upstream:
-                    return await answer(upstream)
             with tracing.span("wicket.upstream", {"http.request.method": method}, client=True) as upstream_span:
                 tracing.inject(headers)
                 async with client.request(method, url, data=body or None, headers=headers, timeout=limits) as upstream:

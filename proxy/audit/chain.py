@@ -144,12 +144,11 @@ def now_rfc3339() -> str:
     Stamped on every audit event, so the date and time of day are formatted once per second.
     """
     global _second
-    millis = time.time_ns() // 1_000_000
-    second = millis // 1000
+    second, millis = divmod(time.time_ns() // 1_000_000, 1000)
     cached = _second
     if cached[0] != second:
         cached = _second = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
-    return f"{cached[1]}.{millis - second * 1000:03d}Z"
+    return f"{cached[1]}.{millis:03d}Z"
 
 
 def seal(fields: Mapping[str, Any], *, seq: int, prev: str, ts: str) -> dict[str, Any]:
@@ -241,7 +240,7 @@ class HashChain:
             **fields,
             "prev": self.head,
         }
-        body = fast_json(event, orjson.OPT_SORT_KEYS)  # fast_sorted_json, one call less
+        body = fast_sorted_json(event)
         if body is not None:
             event["hash"] = hashlib.sha256(body).hexdigest()
             return event, orjson.dumps(event, option=orjson.OPT_SORT_KEYS | orjson.OPT_APPEND_NEWLINE)
@@ -250,14 +249,10 @@ class HashChain:
 
     def advance(self, event: Mapping[str, Any]) -> None:
         """Make ``event`` (from :meth:`next`) the head; call only after its line was written."""
-        try:
-            seq, prev, digest = event["seq"], event["prev"], event["hash"]  # no method calls: runs per record
-        except KeyError:
-            seq = prev = digest = None
-        if seq != self.seq + 1 or prev != self.head:
+        if event.get("seq") != self.seq + 1 or event.get("prev") != self.head:
             raise ValueError("event does not follow the current chain head (was next() called twice?)")
-        self.seq = int(seq)
-        self.head = str(digest)
+        self.seq = int(event["seq"])
+        self.head = str(event["hash"])
 
     @classmethod
     def resume_from_line(cls, line: bytes) -> HashChain:

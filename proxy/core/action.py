@@ -65,11 +65,6 @@ class Tier(enum.Enum):
     DEEP = "deep"
 
 
-VERDICT_VALUES: dict[Verdict, str] = {verdict: verdict.value for verdict in Verdict}
-TIER_VALUES: dict[Tier, str] = {tier: tier.value for tier in Tier}
-"""``.value`` of each member, for the per-call paths (an enum's ``value`` property is two Python calls)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Delegation:
     """The verified chain a delegated call arrived with: who started the work and every hop since."""

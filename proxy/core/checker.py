@@ -21,7 +21,7 @@ from proxy.audit.sink import AuditSink, AuditUnavailable
 from proxy.core import flows as flow_rules
 from proxy.core import injection
 from proxy.core import limits as limit_rules
-from proxy.core.action import VERDICT_VALUES, Action, Decision, Effect, ReviewContext, Tier, Verdict
+from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.anomaly import raise_effect
 from proxy.core.approval_store import Approvals
 from proxy.core.approvals import covers
@@ -122,7 +122,7 @@ class Checker:
             await self._activity.note_verdict(
                 session.session_id,
                 label,
-                f"{label}={VERDICT_VALUES[verdict]}",
+                f"{label}={verdict.value}",
                 verdict is Verdict.DENY,
                 own_write and verdict is not Verdict.APPROVAL_REQUIRED,
             )
@@ -139,8 +139,8 @@ class Checker:
         Also says whether the call counts as the agent's own write (a write no approval covers).
         """
         report = self._analyser.analyse(action, self._policy)
-        if report.findings and (found_effect := report.effect) is not None and found_effect > effect:
-            effect = found_effect
+        if report.effect is not None and report.effect > effect:
+            effect = report.effect
         guardian = self._policy.guardian
         activity = await self._activity.note_call(
             session.session_id, label, int(effect), self._clock(), guardian.spot.window_seconds
@@ -195,11 +195,9 @@ class Checker:
         # session needs it for Fast Guard; a read-write one only if a tier asks for approval.
         approvals = self.approvals if raised in (Effect.MUTATING, Effect.DESTRUCTIVE) else None
         digest = action.arguments_sha256 if approvals is not None else ""
-        covered = read_only = False
-        if approvals is not None:
-            read_only = session.read_only
-            if read_only:
-                covered = covers(await approvals.elevated(session.session_id), label, digest)
+        covered = False
+        if approvals is not None and session.read_only:
+            covered = covers(await approvals.elevated(session.session_id), label, digest)
         if flow_pass is not None:
             covered = True  # the approval that lets this flow through covers the call
         context = ReviewContext(
@@ -209,12 +207,12 @@ class Checker:
             elevated=frozenset((label,)) if covered else _NONE,
         )
         decision = await self._router.decide(action, session, raised, context)
-        if approvals is not None and not read_only and decision.verdict is Verdict.APPROVAL_REQUIRED:
+        if approvals is not None and not session.read_only and decision.verdict is Verdict.APPROVAL_REQUIRED:
             if covers(await approvals.elevated(session.session_id), label, digest):
                 covered = True
                 context = dataclasses.replace(context, elevated=frozenset((label,)))
                 decision = await self._router.decide(action, session, raised, context)
-        if covered and decision.verdict is Verdict.ALLOW:
+        if decision.allowed and covered:
             self._metrics.elevated_calls.inc()
         notes: list[str] = []
         if report.findings:
@@ -228,13 +226,12 @@ class Checker:
                 reason=" ".join([decision.reason, *notes]),
                 escalated_from=effect if why is not None else None,
             )
-        if decision.verdict is not Verdict.ALLOW:
-            decision = self._shadow(action, decision)
+        decision = self._shadow(action, decision)
         if decision.verdict is Verdict.APPROVAL_REQUIRED and self.approvals is not None:
             # Names a pending request the agent can hand to a human (or refuses: admin, anonymous,
             # or a request an operator already denied).
             decision = await self.approvals.request(action, session, decision, digest or None)
-        if flow_pass is not None and rule is not None and decision.verdict is Verdict.ALLOW:
+        if decision.allowed and flow_pass is not None and rule is not None:
             passed = await self._spend_flow_pass(action, session, decision, flow_pass, rule)
             if passed is None:
                 # The approval is spent: this call needs a new one, like the first did.
@@ -246,7 +243,7 @@ class Checker:
                     asked = await self.approvals.request(action, session, asked, action.arguments_sha256)
                 return asked, raised >= Effect.MUTATING
             decision = passed
-        if decision.verdict is Verdict.ALLOW:
+        if decision.allowed:
             if self.flows is not None and call_labels & flow_rules.RESULT_LABELS:
                 now = self._clock()
                 source = flow_rules.Source(action.name, now, decision.decision_id)
@@ -255,13 +252,13 @@ class Checker:
                 )
             if forward is not None:
                 decision = dataclasses.replace(decision, forward_arguments=forward)
-        own_write = effect >= Effect.MUTATING and not (covered and decision.verdict is Verdict.ALLOW)
+        own_write = effect >= Effect.MUTATING and not (covered and decision.allowed)
         return decision, own_write
 
     def _shadow(self, action: Action, decision: Decision) -> Decision:
         """Shadow mode forwards what the policy refuses, recording what enforcing would have done;
         Wicket's own fail-closed refusals stay refusals."""
-        if decision.verdict is Verdict.ALLOW or decision.fail_closed or not self._policy.shadow_for(action.upstream):
+        if decision.allowed or decision.fail_closed or not self._policy.shadow_for(action.upstream):
             return decision
         return decision.shadowed()
 
@@ -481,10 +478,9 @@ class Checker:
             fields["mode"] = "shadow"
         if action.delegation is not None:
             fields["delegation"] = action.delegation.record()  # every hop, never the signed links
-        if tracing.current() is not None:  # one C call while tracing is off
-            ids = tracing.current_ids()
-            if ids is not None:
-                fields["trace_id"] = ids[0]  # jump from the record to its trace
+        ids = tracing.current_ids()
+        if ids is not None:
+            fields["trace_id"] = ids[0]  # jump from the record to its trace
         if decision.retry_after is not None:
             fields["retry_after"] = decision.retry_after
         if extra:

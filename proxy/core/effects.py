@@ -102,10 +102,9 @@ def _explicit_hints(annotations: Mapping[str, Any] | None) -> tuple[bool | None,
         return None, None
     read_only = annotations["readOnlyHint"] if "readOnlyHint" in annotations else None
     destructive = annotations["destructiveHint"] if "destructiveHint" in annotations else None
-    # ``is True or is False``: exactly isinstance(value, bool), which has no subclasses.
     return (
-        read_only if read_only is True or read_only is False else None,
-        destructive if destructive is True or destructive is False else None,
+        read_only if isinstance(read_only, bool) else None,
+        destructive if isinstance(destructive, bool) else None,
     )
 
 

@@ -65,7 +65,7 @@ class Labelling:
                 if len(self._memo) >= _MEMO_ENTRIES:
                     self._memo.clear()  # a client inventing names must not grow memory
                 self._memo[tool] = found
-        if annotations and "openWorldHint" in annotations and annotations["openWorldHint"] is True:
+        if annotations and annotations.get("openWorldHint") is True:
             return found | {"untrusted" if effect is Effect.READ else "egress"}
         return found
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from proxy import tracing
-from proxy.core.action import TIER_VALUES, VERDICT_VALUES, Action, Decision, Effect, ReviewContext, Tier, Verdict
+from proxy.core.action import Action, Decision, Effect, ReviewContext, Tier, Verdict
 from proxy.core.breaker import CircuitBreaker
 from proxy.core.policy import Policy
 from proxy.core.sessions import Session
@@ -395,10 +395,10 @@ class GuardianRouter:
     def _observe(self, tier: Tier, started: float, verdict: Decision | None) -> None:
         if self._metrics is None:
             return
-        tier_value = TIER_VALUES[tier]
+        tier_value = tier.value
         self._metrics.tier_seconds.labels(tier_value).observe(time.perf_counter() - started)
         if verdict is not None:
-            self._metrics.tier_verdicts.labels(tier_value, VERDICT_VALUES[verdict.verdict]).inc()
+            self._metrics.tier_verdicts.labels(tier_value, verdict.verdict.value).inc()
         for slot in self._slots:
             shown = 1 if slot.breaker.is_open else 0
             if shown != slot.shown_open:  # the gauge changes only when a breaker does

@@ -28,7 +28,6 @@ BY_EFFECT: Final = "by_effect"
 """The default for secrets in arguments: ``deny`` for a mutating or higher tool, ``audit`` for a read."""
 _MAX_FINGERPRINTS = 10
 _TOO_DEEP: Final = "the payload is nested too deeply to scan"
-_CONTAINERS: Final = (dict, list)
 INLINE_SCAN_BYTES: Final = 256 * 1024
 """A longer answer is scanned off the event loop (a thread), so other calls are not held up."""
 SECRET_KINDS: Final = (*detectors.SECRET_KINDS, "secret_field")
@@ -385,20 +384,13 @@ class Scanner:
         return out
 
     def _value(self, value: Any, key: str | None, plan: Plan, findings: Findings) -> Any:
-        """Any JSON value; returns the masked copy, or None when nothing changed. A container's
-        strings go straight to ``_text`` and its numbers, booleans and nulls are passed over, so
-        only nested containers take a call of their own."""
+        """Any JSON value; returns the masked copy, or None when nothing changed."""
+        if isinstance(value, str):
+            return self._text(value, key, plan, findings)
         if isinstance(value, dict):
             out: dict[str, Any] | None = None
             for name, item in value.items():
-                if isinstance(item, str):
-                    each = self._text
-                elif isinstance(item, _CONTAINERS):
-                    each = self._value
-                else:
-                    continue
-                # A JSON key is a str: the exact type test needs no call; any other key is asked as before.
-                new = each(item, name if type(name) is str or isinstance(name, str) else None, plan, findings)
+                new = self._value(item, name if isinstance(name, str) else None, plan, findings)
                 if new is not None:
                     if out is None:
                         out = dict(value)
@@ -407,20 +399,12 @@ class Scanner:
         if isinstance(value, list):
             out_list: list[Any] | None = None
             for index, item in enumerate(value):
-                if isinstance(item, str):
-                    each = self._text
-                elif isinstance(item, _CONTAINERS):
-                    each = self._value
-                else:
-                    continue
-                new = each(item, key, plan, findings)
+                new = self._value(item, key, plan, findings)
                 if new is not None:
                     if out_list is None:
                         out_list = list(value)
                     out_list[index] = new
             return out_list
-        if isinstance(value, str):
-            return self._text(value, key, plan, findings)
         return None
 
     def _text(self, text: str, key: str | None, plan: Plan, findings: Findings) -> str | None:

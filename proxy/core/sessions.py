@@ -111,9 +111,6 @@ def anonymous_session_id(agent_id: str) -> str:
     return "ses_anon_" + hashlib.sha256(agent_id.encode()).hexdigest()[:16]
 
 
-_TOKEN_KEY = "wicket:token:"  # + the token's fingerprint: where a token's session binding is stored
-
-
 class SessionManager:
     """Creates and loads sessions, tokens and MCP-session bindings through a Store."""
 
@@ -183,7 +180,7 @@ class SessionManager:
     async def issue_token(self, session: Session) -> str:
         """Bind a fresh opaque runtime token to ``session``; only its hash is stored."""
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        key = self._token_key(token)
+        key = self._token_key(token_fingerprint(token))
         ttl = max(session.expires_at - self._clock(), 1.0)
         await self._store.put(key, self._signer.encode(key, {"session_id": session.session_id}), ttl=ttl)
         return token
@@ -243,7 +240,7 @@ class SessionManager:
         the session record itself (one round trip per call on a shared store, not two).
         Revoking a token is checked separately, per request, against the revocation list.
         ``fingerprint``: ``token_fingerprint(token)``, when the caller has already worked it out."""
-        key = self._token_key(token) if fingerprint is None else _TOKEN_KEY + fingerprint
+        key = self._token_key(token_fingerprint(token) if fingerprint is None else fingerprint)
         session_id = self._token_sessions.get(key)
         if session_id is None:
             session_id = await self._load(key, lambda r: r["session_id"])
@@ -296,8 +293,9 @@ class SessionManager:
         return f"wicket:{{{session_id}}}:session"
 
     @staticmethod
-    def _token_key(token: str) -> str:
-        return _TOKEN_KEY + token_fingerprint(token)
+    def _token_key(fingerprint: str) -> str:
+        """Where a token's session binding is stored: named by the token's fingerprint, never the token."""
+        return f"wicket:token:{fingerprint}"
 
     @staticmethod
     def _binding_key(mcp_session_id: str) -> str:

@@ -282,10 +282,7 @@ class CredentialBroker:
     def _mint(self, action: Action, session: Session, plan: _MintPlan, tool: str | None) -> IssuedCredential:
         aud, scope, ttl, link_aud = plan
         now = int(self._clock())
-        exp = now + ttl
-        ends = int(session.expires_at)
-        if ends < exp:
-            exp = ends
+        exp = min(now + ttl, int(session.expires_at))
         if exp <= now:
             raise CredentialError("the session has expired: no credential is minted for it")
         jti = b64url(os.urandom(16))  # secrets.token_urlsafe(16)
@@ -317,8 +314,7 @@ class CredentialBroker:
         previous = chain.raw if chain is not None else ()
         if chain is not None and len(previous) != chain.depth:
             raise CredentialError("the caller's delegation links are not available to extend the chain")
-        hops = 1 if chain is None else len(previous) + 1
-        if hops > self._policy.delegation_max_hops:
+        if len(previous) + 1 > self._policy.delegation_max_hops:
             raise CredentialError(f"the delegation chain would exceed {self._policy.delegation_max_hops} hops")
         if chain is None:
             link = self._first_link(action.agent_id, aud, session, claims["exp"], now)

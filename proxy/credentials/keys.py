@@ -47,12 +47,15 @@ _URLSAFE = bytes.maketrans(b"+/", b"-_")
 """base64 to base64url (RFC 4648 section 5); ``=`` (only ever trailing padding) is deleted in the same pass."""
 
 
-def b64url(data: bytes) -> str:
-    """Unpadded base64url: ``base64.urlsafe_b64encode(data).rstrip(b"=")`` in two C calls instead of five.
+def b64url_bytes(data: bytes) -> bytes:
+    """Unpadded base64url: ``base64.urlsafe_b64encode(data).rstrip(b"=")`` in two C calls instead of five."""
+    return b2a_base64(data, newline=False).translate(_URLSAFE, b"=")
 
-    ``b64url(os.urandom(n))`` is ``secrets.token_urlsafe(n)`` (the same bytes source, alphabet and length).
-    """
-    return b2a_base64(data, newline=False).translate(_URLSAFE, b"=").decode("ascii")
+
+def b64url(data: bytes) -> str:
+    """:func:`b64url_bytes` as text. ``b64url(os.urandom(n))`` is ``secrets.token_urlsafe(n)`` (the same
+    bytes source, alphabet and length)."""
+    return b64url_bytes(data).decode("ascii")
 
 
 def _jws_signer(private_key: PrivateKey) -> Callable[[bytes], bytes]:
@@ -186,13 +189,18 @@ class KeyRing:
     def _use(self, private_key: PrivateKey, published: _PublishedKey) -> None:
         """Sign with ``private_key`` from now on; its JWT header is encoded once, here."""
         self._private, self._active = private_key, published
-        # Plain attributes (read them, never assign them): the broker reads ``kid`` on every call.
-        self.kid: str = published.kid
-        self.alg: str = published.alg
         self._signer = _jws_signer(private_key)
         header = {"alg": published.alg, "kid": published.kid, "typ": "JWT"}  # sorted, as PyJWT writes it
         self._jwt_header = b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
         self._typed_headers: dict[str, bytes] = {}
+
+    @property
+    def kid(self) -> str:
+        return self._active.kid
+
+    @property
+    def alg(self) -> str:
+        return self._active.alg
 
     @classmethod
     def generate(cls, alg: str = "EdDSA", **kwargs: Any) -> KeyRing:
@@ -264,9 +272,8 @@ class KeyRing:
         payload = fast_json(plain)  # json.dumps' bytes, several times faster, when orjson writes them alike
         if payload is None or not payload.isascii() or b"\x7f" in payload:  # PyJWT's json.dumps escapes those
             payload = json.dumps(plain, separators=(",", ":")).encode()
-        # b64url's bytes, inlined: this runs for every call.
-        signing_input = header + b2a_base64(payload, newline=False).translate(_URLSAFE, b"=")
-        signature = b2a_base64(self._signer(signing_input), newline=False).translate(_URLSAFE, b"=")
+        signing_input = header + b64url_bytes(payload)
+        signature = b64url_bytes(self._signer(signing_input))
         return (signing_input + b"." + signature).decode("ascii")
 
     def _typed_header(self, typ: str) -> bytes:

@@ -63,22 +63,18 @@ class MemoryStore:
             self._activity.move_to_end(session_id)
         recent, counts, minute = state.recent, state.window_counts, state.minute
         horizon = now - window
-        in_window = len(recent)
-        while in_window and (recent[0][0] <= horizon or in_window >= WINDOW_CAP):
+        while recent and (recent[0][0] <= horizon or len(recent) >= WINDOW_CAP):
             counts[recent.popleft()[1]] -= 1
-            in_window -= 1
-        in_minute = len(minute)
-        while in_minute and (minute[0] <= now - 60.0 or in_minute >= WINDOW_CAP):
+        while minute and (minute[0] <= now - 60.0 or len(minute) >= WINDOW_CAP):
             minute.popleft()
-            in_minute -= 1
         before = Activity(
             calls=state.calls,
             denials=state.denials,
             writes=state.writes,
-            window_calls=in_window,
-            minute_calls=in_minute,
+            window_calls=len(recent),
+            minute_calls=len(minute),
             window_by_effect=(counts[0], counts[1], counts[2], counts[3]),
-            repeat_denials=state.denied[action_key] if action_key in state.denied else 0,
+            repeat_denials=state.denied[action_key],
             history=tuple(state.history),
         )
         state.calls += 1
