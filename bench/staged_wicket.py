@@ -47,6 +47,10 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("proxy.credentials.keys", "KeyRing.sign"),
     ("proxy.audit.sink", "FileAuditSink.append"),
     ("proxy.audit.chain", "HashChain.next"),
+    ("proxy.state.redis", "RedisStore.note_call"),
+    ("proxy.state.redis", "RedisStore.note_verdict"),
+    ("proxy.state.memory", "MemoryStore.note_call"),
+    ("proxy.state.memory", "MemoryStore.note_verdict"),
 )
 
 _clock = time.thread_time_ns

@@ -503,16 +503,16 @@ class _Pipe:
             raise reply
         return reply
 
-    def send_now(self, command: bytes) -> asyncio.Future[Any] | None:
-        """Send a request on the open connection without waiting for its reply: it is written (with
-        anything queued before it) at once, so it reaches Redis before any request made after this
-        returns. None when no connection is open (use ``request``)."""
+    def enqueue(self, command: bytes) -> asyncio.Future[Any] | None:
+        """Queue a request on the open connection without waiting for its reply. It goes out with
+        the other requests of this loop iteration (one send, off the path of the call that made it:
+        that call is by then waiting on its upstream), ahead of every later request on this
+        connection, and before the upstream's answer to that call can be read, so before its
+        client can make a next call anywhere. None when no connection is open (use ``request``)."""
         link = self._link
         if link is None or link.lost:
             return None
-        reply = link.request(command)
-        link.flush()
-        return reply
+        return link.request(command)
 
     async def _connect(self) -> _Link:
         async with self._lock:
@@ -923,7 +923,7 @@ class RedisStore:
             # reply; waiting would only put a round trip between the decision and the forward. If the
             # connection fails meanwhile, the verdict is lost as it would be if awaited, and the
             # session's next note_call, on the same connection, fails closed.
-            sent = self._pipe.send_now(self._command("EVALSHA", self._note_verdict.sha, keys, args))
+            sent = self._pipe.enqueue(self._command("EVALSHA", self._note_verdict.sha, keys, args))
             if sent is not None:
                 sent.add_done_callback(functools.partial(self._verdict_settled, keys, args))
                 return
@@ -939,7 +939,7 @@ class RedisStore:
         if problem is None:
             return
         if isinstance(problem, ResponseError) and str(problem).startswith("NOSCRIPT") and self._pipe is not None:
-            again = self._pipe.send_now(self._command("EVAL", self._note_verdict.script, keys, args))
+            again = self._pipe.enqueue(self._command("EVAL", self._note_verdict.script, keys, args))
             if again is not None:
                 again.add_done_callback(_verdict_logged)
                 return
