@@ -54,6 +54,7 @@ from proxy.credentials import (
 )
 from proxy.guardians.deep import DeepGuard, deep_from_env
 from proxy.guardians.remote import RemoteTier, remote_tiers
+from proxy.httpio import client_session
 from proxy.identity_providers.federation import Federation
 from proxy.identity_providers.oidc import OidcVerifier, oauth_routes
 from proxy.settings import Settings
@@ -319,9 +320,7 @@ class Wicket:
                 keepalive_timeout=self.settings.upstream_keepalive,
                 enable_cleanup_closed=True,
             )
-        return aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",), trust_env=False
-        )
+        return client_session(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
 
     def data_app(self) -> web.Application:
         assert self._client is not None

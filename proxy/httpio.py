@@ -1,8 +1,22 @@
-"""Reading HTTP bodies with a bound, shared by every edge that talks aiohttp."""
+"""Outbound HTTP clients and bounded body reads, shared by every edge that talks aiohttp."""
 
 from __future__ import annotations
 
-from aiohttp import StreamReader
+from typing import Any
+
+from aiohttp import ClientSession, DummyCookieJar, StreamReader
+
+
+def client_session(**options: Any) -> ClientSession:
+    """An outbound HTTP client that keeps no cookies and ignores proxy variables.
+
+    Wicket talks to each upstream for many agents over one pool. A cookie jar would hand a cookie
+    one answer set (a load balancer's sticky-session cookie, an application session) to every
+    later request, whichever agent it is for; the agent's own client receives the ``Set-Cookie``
+    and sends it back itself if it wants to. The same holds for identity providers, webhooks and
+    guardians: Wicket is a service, not a browser.
+    """
+    return ClientSession(cookie_jar=DummyCookieJar(), trust_env=False, **options)
 
 
 async def read_limited(stream: StreamReader, limit: int) -> bytes | None:

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from proxy.core.policy import WebhookSettings
+from proxy.httpio import client_session
 from proxy.telemetry import Metrics
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ class ApprovalWebhook:
         try:
             async with asyncio.timeout(self._settings.timeout_seconds):
                 if self._client is None:
-                    self._client = aiohttp.ClientSession(trust_env=False)
+                    self._client = client_session()
                 async with self._client.post(self._settings.url, json=payload, allow_redirects=False) as response:
                     await response.read()
                     if response.status >= 300:

@@ -9,13 +9,14 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
 from proxy.adapters.mcp import _check_lengths, _intent, _shape
 from proxy.adapters.relay import Refusal
 from proxy.demo.server import DemoUpstream, free_port
-from tests.conftest import RunningWicket, WicketFactory
+from tests.conftest import RunningWicket, WicketFactory, mcp_client
 
 ACCEPT = "application/json, text/event-stream"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -327,3 +328,58 @@ def test_envelope_checks_read_subclasses_like_the_types_json_gives() -> None:
     with pytest.raises(Refusal):
         _check_lengths("resources/read", "u" * 8193, 1)
     _check_lengths("resources/read", "u" * 8192, 1)
+
+
+async def test_a_cookie_an_upstream_sets_rides_on_no_other_agents_request(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    """Wicket keeps no cookie jar: a sticky-session cookie a load balancer sets on one agent's
+    answer reaches that agent (whose own client may send it back) and is never added by Wicket to
+    another agent's request, nor to the requests Wicket makes itself (tools/list)."""
+    seen: list[tuple[str, str | None]] = []  # (the minted credential's subject, the Cookie header received)
+
+    async def balance(request: web.Request) -> web.StreamResponse:
+        """A sticky-session load balancer before the real demo server: every answer sets a cookie
+        naming the agent it went to (the subject of the credential Wicket minted for the request)."""
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ")
+        subject = jwt.decode(token, options={"verify_signature": False})["sub"] if token else "nobody"
+        seen.append((subject, request.headers.get("Cookie")))
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+        async with (
+            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+            http.request(request.method, upstream.url, headers=headers, data=await request.read()) as answer,
+        ):
+            relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "mcp-session-id")}
+            response = web.StreamResponse(status=answer.status, headers=relayed)
+            response.set_cookie("AWSALB", f"{subject}.{len(seen)}", path="/")
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", balance)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        # A host name, not an address: a cookie jar keeps cookies for names only.
+        running = await make_wicket(f"http://localhost:{port}/mcp")
+        agent_a = await running.create_session("agent-a")
+        agent_b = await running.create_session("agent-b")
+        for grant in (agent_a, agent_b, agent_a):
+            async with mcp_client(running.url, token=grant["token"]) as client:
+                result = await client.call_tool("get_weather", {"city": "Oslo"})
+                assert not result.is_error
+    finally:
+        await runner.cleanup()
+    subjects = [subject for subject, _ in seen]
+    assert "agent-a" in subjects and "agent-b" in subjects
+    assert seen[subjects.index("agent-b")][1] is None  # agent-b's first request: no cookie of agent-a's
+    for subject, cookie in seen:
+        for pair in (cookie or "").split(";"):
+            if pair.strip():
+                name, _, value = pair.strip().partition("=")
+                assert name == "AWSALB" and value.startswith(f"{subject}."), (subject, cookie)

@@ -20,7 +20,7 @@ from urllib.parse import quote_plus
 import aiohttp
 import jwt
 
-from proxy.httpio import read_limited
+from proxy.httpio import client_session, read_limited
 
 TOKEN_EXCHANGE_GRANT: Final = "urn:ietf:params:oauth:grant-type:token-exchange"
 TOKEN_TYPES: Final = {
@@ -141,7 +141,7 @@ class TokenExchanger:
         basic = base64.b64encode(f"{quote_plus(client_id)}:{quote_plus(client_secret)}".encode()).decode()
         headers = {"Authorization": f"Basic {basic}", "Accept": "application/json"}
         if self._client is None:
-            self._client, self._owns_client = aiohttp.ClientSession(), True
+            self._client, self._owns_client = client_session(), True
         self.requests += 1
         try:
             async with self._client.post(endpoint, data=form, headers=headers, timeout=self._timeout) as response:

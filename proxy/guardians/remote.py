@@ -25,6 +25,7 @@ from proxy.guardians.wire import (
     loads,
     sign_request,
 )
+from proxy.httpio import client_session
 
 MAX_REPLY_BYTES: Final = 256 * 1024
 REVIEW_PATH: Final = "/v1/review"
@@ -67,8 +68,8 @@ class RemoteTier:
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # trust_env=False: a proxy from the environment must not see signed review traffic.
-            self._session = aiohttp.ClientSession(trust_env=False)
+            # No proxy from the environment (client_session ignores them) may see signed review traffic.
+            self._session = client_session()
             self._owns_session = True
         return self._session
 

@@ -31,7 +31,7 @@ from proxy.core.policy import Policy, TrustEntry
 from proxy.core.revocations import RevocationList
 from proxy.credentials.delegation import ChainError, Link, describe, narrowed, verify_chain
 from proxy.credentials.keys import KeyRing
-from proxy.httpio import read_limited
+from proxy.httpio import client_session, read_limited
 from proxy.identity_providers.jwks import FetchError, JwksKeys, Key, KeyUnavailable, parse_jwks, select_key
 
 log = logging.getLogger(__name__)
@@ -268,7 +268,7 @@ class Federation:
         secret = self._environ.get(spec.client_secret_env, "")
         basic = base64.b64encode(f"{spec.client_id}:{secret}".encode()).decode()
         if self._http is None:
-            self._http = aiohttp.ClientSession(trust_env=False)
+            self._http = client_session()
         try:
             async with self._http.post(
                 spec.url,

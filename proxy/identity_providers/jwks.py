@@ -22,7 +22,7 @@ import aiohttp
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from proxy.httpio import read_limited
+from proxy.httpio import client_session, read_limited
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class JwksKeys:
     async def get_json(self, url: str) -> dict[str, Any]:
         """One bounded GET of a JSON object (JWKS, discovery documents); raises FetchError."""
         if self._http is None:
-            self._http = aiohttp.ClientSession(trust_env=False)
+            self._http = client_session()
         try:
             async with self._http.get(url, timeout=self._timeout, headers={"Accept": "application/json"}) as resp:
                 if resp.status != 200:

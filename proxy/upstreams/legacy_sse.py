@@ -21,7 +21,7 @@ from yarl import URL
 
 from proxy.adapters import jsonrpc
 from proxy.adapters.sse import SseScanner
-from proxy.httpio import read_limited
+from proxy.httpio import client_session, read_limited
 from proxy.upstreams.channel import ChannelEnd, ChannelError, Incoming, encode
 
 __all__ = ["LegacySseChannel", "LegacySseFactory", "SseParser", "display_url"]
@@ -77,7 +77,7 @@ class LegacySseFactory:
         if self._http is None:
             # No pool limit: SSE connections are bounded by the bridge's channel cap.
             connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
-            self._http = aiohttp.ClientSession(connector=connector, trust_env=False)
+            self._http = client_session(connector=connector)
         return await LegacySseChannel.connect(
             self._http,
             self.url,
