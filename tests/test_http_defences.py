@@ -330,6 +330,25 @@ def test_envelope_checks_read_subclasses_like_the_types_json_gives() -> None:
     _check_lengths("resources/read", "u" * 8192, 1)
 
 
+async def relay_to(url: str, request: web.Request, cookie: tuple[str, str] | None = None) -> web.StreamResponse:
+    """What a plain HTTP hop in front of an MCP server does: the request on to ``url``, the answer
+    back as it streams (and, like a sticky load balancer, a ``cookie`` set on it)."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        http.request(request.method, url, headers=headers, data=await request.read()) as answer,
+    ):
+        relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "mcp-session-id")}
+        response = web.StreamResponse(status=answer.status, headers=relayed)
+        if cookie is not None:
+            response.set_cookie(*cookie, path="/")
+        await response.prepare(request)
+        async for chunk in answer.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
 async def test_a_cookie_an_upstream_sets_rides_on_no_other_agents_request(
     upstream: DemoUpstream, make_wicket: WicketFactory
 ) -> None:
@@ -344,19 +363,7 @@ async def test_a_cookie_an_upstream_sets_rides_on_no_other_agents_request(
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
         subject = jwt.decode(token, options={"verify_signature": False})["sub"] if token else "nobody"
         seen.append((subject, request.headers.get("Cookie")))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-        async with (
-            aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
-            http.request(request.method, upstream.url, headers=headers, data=await request.read()) as answer,
-        ):
-            relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "mcp-session-id")}
-            response = web.StreamResponse(status=answer.status, headers=relayed)
-            response.set_cookie("AWSALB", f"{subject}.{len(seen)}", path="/")
-            await response.prepare(request)
-            async for chunk in answer.content.iter_any():
-                await response.write(chunk)
-            await response.write_eof()
-            return response
+        return await relay_to(upstream.url, request, cookie=("AWSALB", f"{subject}.{len(seen)}"))
 
     app = web.Application()
     app.router.add_route("*", "/mcp", balance)
@@ -383,3 +390,43 @@ async def test_a_cookie_an_upstream_sets_rides_on_no_other_agents_request(
             if pair.strip():
                 name, _, value = pair.strip().partition("=")
                 assert name == "AWSALB" and value.startswith(f"{subject}."), (subject, cookie)
+
+
+@pytest.mark.parametrize("elsewhere", [True, False], ids=["another-server", "same-server"])
+async def test_an_upstream_redirect_is_neither_followed_nor_relayed(
+    upstream: DemoUpstream, make_wicket: WicketFactory, elsewhere: bool
+) -> None:
+    """An upstream that answers a tool call with 307 does not get the call re-sent where it points
+    (the real demo server, here, which would run it), and the agent is not sent around Wicket: it
+    gets a JSON-RPC error naming the redirect, and the outcome is audited as an error."""
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        message = json.loads(await request.read())
+        if message.get("method") == "tools/call":
+            target = upstream.url if elsewhere else str(request.url.with_path("/mcp/").with_query("key=secret"))
+            raise web.HTTPTemporaryRedirect(target)
+        return await relay_to(upstream.url, request)
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", moved)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        running = await make_wicket(f"http://127.0.0.1:{port}/mcp")
+        status, headers, body = await post(
+            running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
+        )
+    finally:
+        await runner.cleanup()
+    assert upstream.ledger.names() == [], "the redirect was not followed: the demo server ran nothing"
+    assert status == 502 and "Location" not in headers
+    message = body["error"]["message"]
+    assert "HTTP 307" in message and "does not follow or relay redirects" in message
+    if elsewhere:
+        assert f"another server, http://127.0.0.1:{upstream.port}" in message
+    else:
+        assert "redirect to /mcp/" in message and "secret" not in message
+    outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
+    assert outcome["status"] == "error" and "HTTP 307" in outcome["detail"]

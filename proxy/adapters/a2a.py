@@ -531,7 +531,7 @@ class A2AProxy:
         for path in (request.path, *sorted(CARD_PATHS - {request.path})):
             try:
                 async with self._client.get(
-                    self._origin + path, headers=headers, timeout=self._post_timeout
+                    self._origin + path, headers=headers, timeout=self._post_timeout, allow_redirects=False
                 ) as upstream:
                     status = upstream.status
                     payload = await read_answer(

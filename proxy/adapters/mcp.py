@@ -927,7 +927,7 @@ class McpProxy:
             credential = await self._credential(None, exchange.session, "reply", exchange.caller)
             headers.update(credential.headers)
             async with self._client.post(
-                self._upstream, data=body, headers=headers, timeout=self._post_timeout
+                self._upstream, data=body, headers=headers, timeout=self._post_timeout, allow_redirects=False
             ) as reply:
                 await reply.read()
                 if reply.status >= 400:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from proxy import tracing
 from proxy.adapters import jsonrpc
@@ -410,10 +411,34 @@ async def send_upstream(
         try:
             with tracing.span("wicket.upstream", {"http.request.method": method}, client=True) as upstream_span:
                 tracing.inject(headers)
-                async with client.request(method, url, data=body or None, headers=headers, timeout=limits) as upstream:
+                async with client.request(
+                    method, url, data=body or None, headers=headers, timeout=limits, allow_redirects=False
+                ) as upstream:
                     upstream_span.set_attribute("http.response.status_code", upstream.status)
+                    if 300 <= upstream.status < 400:
+                        raise _redirect_refusal(upstream)
                     return await answer(upstream)
         except aiohttp.ServerDisconnectedError:
             if attempt + 1 >= attempts:
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _redirect_refusal(upstream: aiohttp.ClientResponse) -> Refusal:
+    """An upstream redirect is neither followed nor relayed: following it would send the call (its
+    arguments) to a server the policy never named, and relaying it would send the agent around
+    Wicket. The message names where it pointed, without a query (which may carry secrets), and
+    only the origin when that is another server."""
+    where = ""
+    try:
+        target = upstream.url.join(URL(upstream.headers.get("Location", "")))
+    except ValueError:
+        target = None
+    if target is not None and target.is_absolute():
+        same = target.origin() == upstream.url.origin()
+        where = f" to {target.path}" if same else f" to another server, {target.origin()}"
+    message = (
+        f"The upstream answered HTTP {upstream.status} (a redirect{where}). Wicket does not follow or relay "
+        "redirects, so the request went nowhere else: point Wicket at the upstream's final URL."
+    )
+    return Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="redirect")

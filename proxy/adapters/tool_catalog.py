@@ -195,7 +195,11 @@ class ToolCatalog:
         sent.update(credential.headers)
         try:
             async with self._client.post(
-                self._upstream, data=jsonrpc.dumps(message), headers=sent, timeout=self._timeout
+                self._upstream,
+                data=jsonrpc.dumps(message),
+                headers=sent,
+                timeout=self._timeout,
+                allow_redirects=False,
             ) as response:
                 sid = response.headers.get("Mcp-Session-Id")
                 if "id" not in message:

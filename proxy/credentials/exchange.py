@@ -144,7 +144,9 @@ class TokenExchanger:
             self._client, self._owns_client = client_session(), True
         self.requests += 1
         try:
-            async with self._client.post(endpoint, data=form, headers=headers, timeout=self._timeout) as response:
+            async with self._client.post(
+                endpoint, data=form, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
                 status = response.status
                 raw = await read_limited(response.content, _MAX_RESPONSE_BYTES)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:

@@ -83,7 +83,9 @@ class RemoteTier:
         token = sign_request(self._key, body, client_id=self._client_id)
         headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
         try:
-            async with self._http().post(self.url, data=body, headers=headers, timeout=self._timeout) as response:
+            async with self._http().post(
+                self.url, data=body, headers=headers, timeout=self._timeout, allow_redirects=False
+            ) as response:
                 raw = await _read_bounded(response)
                 status = response.status
         except TimeoutError:

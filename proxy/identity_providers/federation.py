@@ -275,6 +275,7 @@ class Federation:
                 data={"token": token, "token_type_hint": "access_token"},
                 headers={"Authorization": f"Basic {basic}", "Accept": "application/json"},
                 timeout=aiohttp.ClientTimeout(total=5),
+                allow_redirects=False,  # the token is for this endpoint only, never re-posted elsewhere
             ) as response:
                 body = await read_limited(response.content, _INTROSPECTION_MAX_BYTES)
                 status = response.status
