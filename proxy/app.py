@@ -17,6 +17,7 @@ from aiohttp import web
 from proxy.adapters.a2a import A2AProxy
 from proxy.adapters.http_guard import OriginPolicy, WatchedConnection, admin_origin_policy, cors
 from proxy.adapters.mcp import McpProxy
+from proxy.adapters.relay import UPSTREAM_HEADERS
 from proxy.admin.api import AdminApi, host_check, store_faults
 from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
@@ -320,7 +321,9 @@ class Wicket:
                 keepalive_timeout=self.settings.upstream_keepalive,
                 enable_cleanup_closed=True,
             )
-        return client_session(connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",))
+        return client_session(
+            connector=connector, auto_decompress=False, headers=UPSTREAM_HEADERS, skip_auto_headers=("User-Agent",)
+        )
 
     def data_app(self) -> web.Application:
         assert self._client is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from typing import Any
@@ -10,13 +11,14 @@ import aiohttp
 import jwt
 import pytest
 from aiohttp import web
+from mcp.shared.exceptions import MCPError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
 from proxy.adapters.mcp import _check_lengths, _intent, _shape
 from proxy.adapters.relay import Refusal
 from proxy.demo.server import DemoUpstream, free_port
-from tests.conftest import RunningWicket, WicketFactory, mcp_client
+from tests.conftest import RunningWicket, WicketFactory, mcp_client, serve
 
 ACCEPT = "application/json, text/event-stream"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -430,3 +432,57 @@ async def test_an_upstream_redirect_is_neither_followed_nor_relayed(
         assert "redirect to /mcp/" in message and "secret" not in message
     outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
     assert outcome["status"] == "error" and "HTTP 307" in outcome["detail"]
+
+
+async def gzip_hop(url: str, request: web.Request, *, always: bool, seen: list[tuple[str, str, str]]) -> web.Response:
+    """A compressing hop before an MCP server (a CDN, a gateway): it gzips the answer when the request
+    allows gzip (no Accept-Encoding allows anything), or, misconfigured (``always``), every tools/call
+    answer. Records (JSON-RPC method, Accept-Encoding, Content-Type of the answer) per request."""
+    offered = request.headers.get("Accept-Encoding")
+    body = await request.read()
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        http.request(request.method, url, headers=headers, data=body) as answer,
+    ):
+        payload = await answer.read()
+        kept = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "mcp-session-id")}
+    method = str(json.loads(body).get("method")) if body else request.method
+    seen.append((method, offered or "", kept.get("Content-Type", "")))
+    if (always and method == "tools/call") or (not always and (offered is None or "gzip" in offered)):
+        payload, kept["Content-Encoding"] = gzip.compress(payload), "gzip"
+    return web.Response(status=answer.status, body=payload, headers=kept)
+
+
+async def test_upstream_answers_are_asked_for_uncompressed(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    """Wicket screens what it relays, so it asks every upstream for ``identity``: a hop that
+    compresses when allowed (RFC 9110: a request without Accept-Encoding allows any coding) answers
+    plainly, and the SDK client's calls work through it."""
+    seen: list[tuple[str, str, str]] = []
+    app = web.Application()
+    app.router.add_route("*", "/mcp", lambda request: gzip_hop(upstream.url, request, always=False, seen=seen))
+    async with serve(app) as base:
+        running = await make_wicket(base + "/mcp")
+        async with mcp_client(running.url) as client:
+            result = await client.call_tool("get_weather", {"city": "Oslo"})
+    assert not result.is_error and "Oslo" in str(result.content)
+    assert "tools/call" in [method for method, _, _ in seen]
+    assert all(offered == "identity" for _, offered, _ in seen), seen
+
+
+async def test_a_compressed_answer_is_never_relayed(upstream: DemoUpstream, make_wicket: WicketFactory) -> None:
+    """An upstream that compresses although asked not to: its answer (an SSE stream, which clients
+    decode and Wicket's screen could not read) is replaced by an error, never relayed."""
+    seen: list[tuple[str, str, str]] = []
+    app = web.Application()
+    app.router.add_route("*", "/mcp", lambda request: gzip_hop(upstream.url, request, always=True, seen=seen))
+    async with serve(app) as base:
+        running = await make_wicket(base + "/mcp")
+        async with mcp_client(running.url) as client:
+            with pytest.raises(MCPError, match="Content-Encoding: gzip") as refused:
+                await client.call_tool("get_weather", {"city": "Oslo"})
+    assert "Oslo" not in str(refused.value)
+    answered = [content_type for method, _, content_type in seen if method == "tools/call"]
+    assert answered == ["text/event-stream"], seen  # the upstream's (compressed) answer was an SSE stream
+    outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
+    assert outcome["status"] == "error" and "Content-Encoding: gzip" in outcome["detail"]

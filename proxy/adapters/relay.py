@@ -40,8 +40,12 @@ Screen = Callable[[str | bytes], Awaitable[bytes | None]]
 """One upstream message in; its replacement (``b""`` drops it) or ``None`` to forward it as it came."""
 
 # Never forwarded: the agent's credential (its token must not reach the upstream), the browser's
-# Origin (checked here), and Accept-Encoding (so responses arrive readable for inspection).
+# Origin (checked here), and Accept-Encoding: Wicket's upstream clients ask for ``identity``
+# themselves (UPSTREAM_HEADERS), so answers arrive readable for inspection.
 DROP_UPSTREAM = frozenset({"authorization", "origin", "accept-encoding"})
+# Every upstream request's defaults. Without an Accept-Encoding, any coding is acceptable (RFC 9110
+# §12.5.3), and aiohttp would otherwise offer gzip and deflate on Wicket's behalf.
+UPSTREAM_HEADERS = {"Accept-Encoding": "identity"}
 DROP_DOWNSTREAM = frozenset({"server", "date"})
 
 
@@ -417,6 +421,14 @@ async def send_upstream(
                     upstream_span.set_attribute("http.response.status_code", upstream.status)
                     if 300 <= upstream.status < 400:
                         raise _redirect_refusal(upstream)
+                    coding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
+                    if coding not in ("identity", ""):
+                        # Clients decode it; Wicket's screen would see bytes it cannot read: never relayed.
+                        message = (
+                            f"The upstream answered with Content-Encoding: {coding[:40]} although Wicket asked for "
+                            "identity; Wicket cannot screen it and did not relay it."
+                        )
+                        raise Refusal(502, jsonrpc.INTERNAL_ERROR, message, reason="unscreenable")
                     return await answer(upstream)
         except aiohttp.ServerDisconnectedError:
             if attempt + 1 >= attempts:
