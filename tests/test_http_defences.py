@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -17,8 +18,9 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from proxy.adapters.http_guard import OriginPolicy, forward_headers
 from proxy.adapters.mcp import _check_lengths, _intent, _shape
 from proxy.adapters.relay import Refusal
+from proxy.core.policy import load_policy
 from proxy.demo.server import DemoUpstream, free_port
-from tests.conftest import RunningWicket, WicketFactory, mcp_client, serve
+from tests.conftest import DEMO_POLICY, RunningWicket, WicketFactory, mcp_client, serve
 
 ACCEPT = "application/json, text/event-stream"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -486,3 +488,46 @@ async def test_a_compressed_answer_is_never_relayed(upstream: DemoUpstream, make
     assert answered == ["text/event-stream"], seen  # the upstream's (compressed) answer was an SSE stream
     outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
     assert outcome["status"] == "error" and "Content-Encoding: gzip" in outcome["detail"]
+
+
+async def test_an_upstream_challenge_is_an_error_for_the_operator_never_relayed(
+    upstream: DemoUpstream, make_wicket: WicketFactory, tmp_path: Path
+) -> None:
+    """A gateway before the real demo server wants its own key for tool calls and answers others
+    401 with a challenge naming some authorization server. That concerns the credential Wicket
+    presented, which the agent cannot fix: the agent gets an error that says so (no challenge, so
+    its client starts no OAuth flow toward that server), and nothing ran. Once the policy gives
+    Wicket the gateway's key as this upstream's credential, the call passes."""
+
+    async def gateway(request: web.Request) -> web.StreamResponse:
+        message = json.loads(await request.read() or b"{}")
+        if message.get("method") == "tools/call" and request.headers.get("X-Gateway-Key") != "gw-key-0123456789":
+            challenge = (
+                'Bearer resource_metadata="https://login.elsewhere.example/.well-known/oauth-protected-resource"'
+            )
+            error = {"jsonrpc": "2.0", "id": message.get("id"), "error": {"code": -32001, "message": "unauthorized"}}
+            return web.json_response(error, status=401, headers={"WWW-Authenticate": challenge})
+        return await relay_to(upstream.url, request)
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", gateway)
+    async with serve(app) as base:
+        running = await make_wicket(base + "/mcp")
+        async with mcp_client(running.url) as client:
+            with pytest.raises(MCPError, match="refused the credential Wicket presented") as refused:
+                await client.call_tool("get_weather", {"city": "Oslo"})
+        assert "elsewhere.example" not in str(refused.value)
+        assert upstream.ledger.names() == []
+        outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
+        assert outcome["status"] == "error" and outcome["credential_mode"] == "minted"
+
+        keyed = tmp_path / "gateway-key.yaml"
+        keyed.write_text(
+            f'version: 1\nupstreams:\n  - url: "{base}/mcp"\n'
+            "    credentials: {mode: static, value_env: GATEWAY_KEY, header: X-Gateway-Key}\n"
+        )
+        policy = load_policy([DEMO_POLICY, keyed])
+        running = await make_wicket(base + "/mcp", policy, environ={"GATEWAY_KEY": "gw-key-0123456789"})
+        async with mcp_client(running.url) as client:
+            result = await client.call_tool("get_weather", {"city": "Oslo"})
+    assert not result.is_error and upstream.ledger.names() == ["get_weather"]

@@ -46,7 +46,9 @@ DROP_UPSTREAM = frozenset({"authorization", "origin", "accept-encoding"})
 # Every upstream request's defaults. Without an Accept-Encoding, any coding is acceptable (RFC 9110
 # §12.5.3), and aiohttp would otherwise offer gzip and deflate on Wicket's behalf.
 UPSTREAM_HEADERS = {"Accept-Encoding": "identity"}
-DROP_DOWNSTREAM = frozenset({"server", "date"})
+# Never relayed: an upstream's authentication challenge is about the credential Wicket presented,
+# or names an authorization server Wicket does not vouch for; a client would take it for Wicket's own.
+DROP_DOWNSTREAM = frozenset({"server", "date", "www-authenticate"})
 
 
 class Refusal(Exception):
@@ -421,6 +423,14 @@ async def send_upstream(
                     upstream_span.set_attribute("http.response.status_code", upstream.status)
                     if 300 <= upstream.status < 400:
                         raise _redirect_refusal(upstream)
+                    if upstream.status == 401 and issued[-1].mode != "passthrough":
+                        # The agent cannot fix what Wicket presented: an error for the operator, not a challenge.
+                        message = (
+                            f"The upstream refused the credential Wicket presented for this call ({issued[-1].mode}, "
+                            "HTTP 401); the agent's own credentials are not at fault: check "
+                            "this upstream's credentials in the policy."
+                        )
+                        raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="upstream_auth")
                     coding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
                     if coding not in ("identity", ""):
                         # Clients decode it; Wicket's screen would see bytes it cannot read: never relayed.
