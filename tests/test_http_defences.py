@@ -434,6 +434,8 @@ async def test_an_upstream_redirect_is_neither_followed_nor_relayed(
         assert "redirect to /mcp/" in message and "secret" not in message
     outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
     assert outcome["status"] == "error" and "HTTP 307" in outcome["detail"]
+    async with aiohttp.ClientSession() as http, http.get(f"{running.admin_url}/metrics") as response:
+        assert 'wicket_upstream_errors_total{kind="redirect",protocol="mcp"} 1.0' in await response.text()
 
 
 async def gzip_hop(url: str, request: web.Request, *, always: bool, seen: list[tuple[str, str, str]]) -> web.Response:

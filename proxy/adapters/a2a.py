@@ -368,6 +368,8 @@ class A2AProxy:
                 credential=lambda: self._credential(action, exchange),
                 issued=issued,
                 answer=lambda upstream: self._relay(request, upstream, exchange),
+                metrics=self._metrics,
+                protocol=PROTOCOL,
             )
         except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError, TimeoutError) as exc:
             kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError) else "unreachable"

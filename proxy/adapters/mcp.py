@@ -472,6 +472,8 @@ class McpProxy:
                     credential=functools.partial(self._credential, decided, session, method, caller),
                     issued=issued,
                     answer=answer,
+                    metrics=self._metrics,
+                    protocol=PROTOCOL,
                 )
             finally:
                 slots.give_back(session.agent_id)

@@ -398,6 +398,8 @@ async def send_upstream(
     credential: Callable[[], Awaitable[IssuedCredential]],
     issued: list[IssuedCredential],
     answer: Callable[[aiohttp.ClientResponse], Awaitable[web.StreamResponse]],
+    metrics: Metrics,
+    protocol: str,
 ) -> web.StreamResponse:
     """Send one request upstream with a freshly issued credential and hand the response to ``answer``.
 
@@ -422,8 +424,10 @@ async def send_upstream(
                 ) as upstream:
                     upstream_span.set_attribute("http.response.status_code", upstream.status)
                     if 300 <= upstream.status < 400:
+                        metrics.upstream_errors.labels(protocol, "redirect").inc()
                         raise _redirect_refusal(upstream)
                     if upstream.status == 401 and issued[-1].mode != "passthrough":
+                        metrics.upstream_errors.labels(protocol, "credential_refused").inc()
                         # The agent cannot fix what Wicket presented: an error for the operator, not a challenge.
                         message = (
                             f"The upstream refused the credential Wicket presented for this call ({issued[-1].mode}, "
@@ -433,6 +437,7 @@ async def send_upstream(
                         raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="upstream_auth")
                     coding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
                     if coding not in ("identity", ""):
+                        metrics.upstream_errors.labels(protocol, "unscreenable").inc()
                         # Clients decode it; Wicket's screen would see bytes it cannot read: never relayed.
                         message = (
                             f"The upstream answered with Content-Encoding: {coding[:40]} although Wicket asked for "
