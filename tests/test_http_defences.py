@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
 import json
@@ -20,7 +21,7 @@ from proxy.adapters.mcp import _check_lengths, _intent, _shape
 from proxy.adapters.relay import Refusal
 from proxy.core.policy import load_policy
 from proxy.demo.server import DemoUpstream, free_port
-from tests.conftest import DEMO_POLICY, RunningWicket, WicketFactory, mcp_client, serve
+from tests.conftest import DEMO_POLICY, ECHO_TOOLS, RunningWicket, WicketFactory, mcp_client, serve
 
 ACCEPT = "application/json, text/event-stream"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -533,3 +534,76 @@ async def test_an_upstream_challenge_is_an_error_for_the_operator_never_relayed(
         async with mcp_client(running.url) as client:
             result = await client.call_tool("get_weather", {"city": "Oslo"})
     assert not result.is_error and upstream.ledger.names() == ["get_weather"]
+
+
+def _http_answer(body: bytes, extra: bytes = b"") -> bytes:
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + extra
+    return head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+# What a broken upstream (or a hop before it) may send for a tools/call, past what aiohttp reads.
+MALFORMED = {
+    "header-too-long": _http_answer(b'{"jsonrpc":"2.0","id":1,"result":{}}', b"X-Big: " + b"a" * 20_000 + b"\r\n"),
+    "body-cut-short": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n"
+    b'{"jsonrpc":"2.0","id":1,"result":',
+    "broken-chunking": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    b"zz\r\n{}\r\n0\r\n\r\n",
+}
+INITIALIZED = {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}}, "serverInfo": {"name": "raw"}}
+
+
+def _content_length(head: bytes) -> int:
+    lines = head.lower().split(b"\r\n")
+    return int(next((line.split(b":")[1] for line in lines if line.startswith(b"content-length:")), b"0"))
+
+
+@pytest.mark.parametrize("answer", sorted(MALFORMED))
+async def test_an_unreadable_upstream_answer_is_an_error_and_its_outcome_is_audited(
+    make_wicket: WicketFactory, answer: str
+) -> None:
+    """An answer aiohttp cannot read as HTTP used to escape as a bare 500 with no outcome record:
+    now the client gets a JSON-RPC error for its request and the outcome is audited as an error."""
+
+    async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """An MCP server over raw HTTP/1.1: it lists get_weather, and answers a call with ``answer``."""
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = int(
+                    next(
+                        (h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), b"0"
+                    )
+                )
+                message = json.loads(await reader.readexactly(length) or b"{}")
+                if message.get("method") == "tools/call":
+                    writer.write(MALFORMED[answer])
+                    await writer.drain()
+                    break
+                result = {"tools": ECHO_TOOLS} if message.get("method") == "tools/list" else {}
+                if message.get("method") == "initialize":
+                    result = {
+                        "protocolVersion": "2025-11-25",
+                        "capabilities": {"tools": {}},
+                        "serverInfo": {"name": "raw"},
+                    }
+                writer.write(
+                    _http_answer(json.dumps({"jsonrpc": "2.0", "id": message.get("id"), "result": result}).encode())
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve_raw, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        running = await make_wicket(f"http://127.0.0.1:{port}/mcp")
+        status, _, body = await post(
+            running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
+        )
+    finally:
+        server.close()
+    assert status == 502 and body["id"] == 1, (status, body)
+    assert "not readable HTTP" in body["error"]["message"]
+    outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
+    assert outcome["status"] == "error" and outcome["detail"].startswith("upstream protocol"), outcome

@@ -43,6 +43,7 @@ from proxy.adapters.relay import (
     DROP_UPSTREAM,
     Refusal,
     caller_session,
+    failure_kind,
     is_id,
     parse_body,
     read_answer,
@@ -371,12 +372,16 @@ class A2AProxy:
                 metrics=self._metrics,
                 protocol=PROTOCOL,
             )
-        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError, TimeoutError) as exc:
-            kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError | TimeoutError) else "unreachable"
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            kind = failure_kind(exc)
             exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
             self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
             status, code = (504, jsonrpc.UPSTREAM_TIMEOUT) if kind == "timeout" else (502, jsonrpc.UPSTREAM_UNAVAILABLE)
-            text = "did not answer in time" if kind == "timeout" else "is unreachable; nothing was executed"
+            text = {
+                "timeout": "did not answer in time",
+                "protocol": "answered what is not readable HTTP; Wicket relayed none of it",
+                "unreachable": "is unreachable; nothing was executed",
+            }[kind]
             refusal = Refusal(status, code, f"The upstream A2A agent {text}.", request_id=exchange.call.request_id)
             response = self._refusal_response(refusal, rest=exchange.call.rest)
         except Refusal as refusal:

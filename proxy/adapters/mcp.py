@@ -34,6 +34,7 @@ from proxy.adapters.relay import (
     Refusal,
     answer_kind,
     caller_session,
+    failure_kind,
     follow_disconnects,
     is_id,
     parse_body,
@@ -484,12 +485,12 @@ class McpProxy:
                 current.uncancel()
             exchange.gone = True
             response = web.Response(status=499)  # nobody receives it
-        except (aiohttp.ClientConnectionError, aiohttp.InvalidURL, OSError) as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             if request.transport is None or request.transport.is_closing():
                 exchange.gone = True  # a write to the client failed: it left
                 response = web.Response(status=499)
             else:
-                kind = "timeout" if isinstance(exc, aiohttp.ServerTimeoutError) else "unreachable"
+                kind = failure_kind(exc)
                 exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
                 self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
                 response = self._upstream_failure(request, kind, decided)
@@ -945,6 +946,9 @@ class McpProxy:
         if kind == "timeout":
             status, code = 504, jsonrpc.UPSTREAM_TIMEOUT
             message = "The upstream MCP server did not answer in time."
+        elif kind == "protocol":
+            status, code = 502, jsonrpc.UPSTREAM_UNAVAILABLE
+            message = "The upstream MCP server's answer was not readable HTTP; Wicket relayed none of it."
         else:
             status, code = 502, jsonrpc.UPSTREAM_UNAVAILABLE
             message = "The upstream MCP server is unreachable; nothing was executed."

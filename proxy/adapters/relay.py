@@ -451,6 +451,17 @@ async def send_upstream(
     raise AssertionError("unreachable: the last attempt returns or raises")
 
 
+def failure_kind(exc: BaseException) -> Literal["timeout", "unreachable", "protocol"]:
+    """How an upstream exchange failed: it did not answer in time, could not be reached (or hung
+    up), or answered what is not readable HTTP (a header past aiohttp's limits, a body cut short
+    of its length, broken chunking), which Wicket relays nothing of."""
+    if isinstance(exc, TimeoutError):  # aiohttp's ServerTimeoutError is one too
+        return "timeout"
+    if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError):
+        return "protocol"
+    return "unreachable"
+
+
 def _redirect_refusal(upstream: aiohttp.ClientResponse) -> Refusal:
     """An upstream redirect is neither followed nor relayed: following it would send the call (its
     arguments) to a server the policy never named, and relaying it would send the agent around
