@@ -406,7 +406,7 @@ async def test_an_upstream_redirect_is_neither_followed_nor_relayed(
     gets a JSON-RPC error naming the redirect, and the outcome is audited as an error."""
 
     async def moved(request: web.Request) -> web.StreamResponse:
-        message = json.loads(await request.read())
+        message = json.loads(await request.read() or b"{}")
         if message.get("method") == "tools/call":
             target = upstream.url if elsewhere else str(request.url.with_path("/mcp/").with_query("key=secret"))
             raise web.HTTPTemporaryRedirect(target)
@@ -607,3 +607,25 @@ async def test_an_unreadable_upstream_answer_is_an_error_and_its_outcome_is_audi
     assert "not readable HTTP" in body["error"]["message"]
     outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
     assert outcome["status"] == "error" and outcome["detail"].startswith("upstream protocol"), outcome
+
+
+async def test_a_moved_server_says_so_when_wicket_lists_its_tools(
+    upstream: DemoUpstream, make_wicket: WicketFactory
+) -> None:
+    """The first thing a moved server redirects is Wicket's own tool listing: the agent's call is
+    refused with the redirect named (and what to do), and nothing reached the demo server."""
+
+    async def moved(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPPermanentRedirect(upstream.url)
+
+    app = web.Application()
+    app.router.add_route("*", "/mcp", moved)
+    async with serve(app) as base:
+        running = await make_wicket(base + "/mcp")
+        status, _, body = await post(
+            running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
+        )
+    assert upstream.ledger.names() == []
+    assert status == 502, body
+    assert f"HTTP 308 (a redirect to another server, http://127.0.0.1:{upstream.port})" in body["error"]["message"]
+    assert "point Wicket at the upstream's final URL" in body["error"]["message"]

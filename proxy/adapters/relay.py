@@ -425,7 +425,7 @@ async def send_upstream(
                     upstream_span.set_attribute("http.response.status_code", upstream.status)
                     if 300 <= upstream.status < 400:
                         metrics.upstream_errors.labels(protocol, "redirect").inc()
-                        raise _redirect_refusal(upstream)
+                        raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, redirect_problem(upstream), reason="redirect")
                     if upstream.status == 401 and issued[-1].mode != "passthrough":
                         metrics.upstream_errors.labels(protocol, "credential_refused").inc()
                         # The agent cannot fix what Wicket presented: an error for the operator, not a challenge.
@@ -462,11 +462,11 @@ def failure_kind(exc: BaseException) -> Literal["timeout", "unreachable", "proto
     return "unreachable"
 
 
-def _redirect_refusal(upstream: aiohttp.ClientResponse) -> Refusal:
-    """An upstream redirect is neither followed nor relayed: following it would send the call (its
-    arguments) to a server the policy never named, and relaying it would send the agent around
-    Wicket. The message names where it pointed, without a query (which may carry secrets), and
-    only the origin when that is another server."""
+def redirect_problem(upstream: aiohttp.ClientResponse) -> str:
+    """Why an upstream redirect went nowhere. A redirect is neither followed nor relayed: following
+    it would send the call (its arguments) to a server the policy never named, and relaying it would
+    send the agent around Wicket. Names where it pointed, without a query (which may carry
+    secrets), and only the origin when that is another server."""
     where = ""
     try:
         target = upstream.url.join(URL(upstream.headers.get("Location", "")))
@@ -475,8 +475,7 @@ def _redirect_refusal(upstream: aiohttp.ClientResponse) -> Refusal:
     if target is not None and target.is_absolute():
         same = target.origin() == upstream.url.origin()
         where = f" to {target.path}" if same else f" to another server, {target.origin()}"
-    message = (
+    return (
         f"The upstream answered HTTP {upstream.status} (a redirect{where}). Wicket does not follow or relay "
         "redirects, so the request went nowhere else: point Wicket at the upstream's final URL."
     )
-    return Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="redirect")

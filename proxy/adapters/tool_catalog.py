@@ -28,7 +28,7 @@ import aiohttp
 
 from proxy import __version__
 from proxy.adapters import jsonrpc
-from proxy.adapters.relay import Refusal
+from proxy.adapters.relay import Refusal, redirect_problem
 from proxy.adapters.sse import SseScanner
 from proxy.core.sessions import Session
 from proxy.core.toolpins import ToolFacts, ToolPins
@@ -201,6 +201,8 @@ class ToolCatalog:
                 timeout=self._timeout,
                 allow_redirects=False,
             ) as response:
+                if 300 <= response.status < 400:
+                    raise ListingFailed(redirect_problem(response))
                 sid = response.headers.get("Mcp-Session-Id")
                 if "id" not in message:
                     await response.read()  # whatever a server answers a notification, the list decides
