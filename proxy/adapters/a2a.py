@@ -43,6 +43,7 @@ from proxy.adapters.relay import (
     DROP_UPSTREAM,
     Refusal,
     caller_session,
+    deliver,
     failure_kind,
     is_id,
     parse_body,
@@ -390,6 +391,7 @@ class A2AProxy:
             response = self._refusal_response(refusal, rest=exchange.call.rest)
         elapsed = time.perf_counter() - started
         self._metrics.upstream_seconds.labels(PROTOCOL).observe(elapsed)
+        await deliver(request, response)  # the decision was audited before the forward; the outcome may follow
         await self._checker.outcome(
             action,
             decision,

@@ -34,6 +34,7 @@ from proxy.adapters.relay import (
     Refusal,
     answer_kind,
     caller_session,
+    deliver,
     failure_kind,
     follow_disconnects,
     is_id,
@@ -524,6 +525,7 @@ class McpProxy:
         audit = credential.audit() if credential is not None else None
         if decided is not None:
             action, decision, _ = decided
+            await deliver(request, response)  # the decision was audited before the forward; the outcome may follow
             await self._checker.outcome(
                 action,
                 decision,

@@ -122,6 +122,20 @@ def follow_disconnects(handler: Handler) -> Handler:
     return followed
 
 
+async def deliver(request: web.Request, response: web.StreamResponse) -> None:
+    """Send a whole response now rather than when the handler returns, so what the handler does
+    after it (a forwarded call's outcome record) is off the client's path. A streamed response is
+    already sent; a client that has gone gets nothing, as it would have."""
+    transport = request.transport
+    if response.prepared or transport is None or transport.is_closing():
+        return
+    try:
+        await response.prepare(request)
+        await response.write_eof()
+    except ConnectionError:
+        pass  # it left meanwhile: the outcome is recorded all the same
+
+
 def parse_body(body: bytes) -> Any:
     """A request body as JSON, or the Refusal a server would answer: -32700 for text that is not
     JSON, -32600 for JSON nested deeper than Wicket reads."""
