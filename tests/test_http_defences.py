@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
 import hashlib
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -372,21 +375,15 @@ async def test_a_cookie_an_upstream_sets_rides_on_no_other_agents_request(
 
     app = web.Application()
     app.router.add_route("*", "/mcp", balance)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
+    async with serve(app) as base:
         # A host name, not an address: a cookie jar keeps cookies for names only.
-        running = await make_wicket(f"http://localhost:{port}/mcp")
+        running = await make_wicket(base.replace("127.0.0.1", "localhost") + "/mcp")
         agent_a = await running.create_session("agent-a")
         agent_b = await running.create_session("agent-b")
         for grant in (agent_a, agent_b, agent_a):
             async with mcp_client(running.url, token=grant["token"]) as client:
                 result = await client.call_tool("get_weather", {"city": "Oslo"})
                 assert not result.is_error
-    finally:
-        await runner.cleanup()
     subjects = [subject for subject, _ in seen]
     assert "agent-a" in subjects and "agent-b" in subjects
     assert seen[subjects.index("agent-b")][1] is None  # agent-b's first request: no cookie of agent-a's
@@ -395,6 +392,27 @@ async def test_a_cookie_an_upstream_sets_rides_on_no_other_agents_request(
             if pair.strip():
                 name, _, value = pair.strip().partition("=")
                 assert name == "AWSALB" and value.startswith(f"{subject}."), (subject, cookie)
+
+
+Hop = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@asynccontextmanager
+async def behind(hop: Hop, make_wicket: WicketFactory) -> AsyncIterator[RunningWicket]:
+    """A Wicket whose upstream is ``hop``, an HTTP hop serving /mcp (before an MCP server), for the block."""
+    app = web.Application()
+    app.router.add_route("*", "/mcp", hop)
+    async with serve(app) as base:
+        yield await make_wicket(base + "/mcp")
+
+
+async def one_call_through(hop: Hop, make_wicket: WicketFactory) -> tuple[RunningWicket, int, dict[str, str], Any]:
+    """One ``get_weather`` call through Wicket and ``hop``: the Wicket, the answer's status, headers and JSON."""
+    async with behind(hop, make_wicket) as running:
+        status, headers, body = await post(
+            running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
+        )
+    return running, status, headers, body
 
 
 @pytest.mark.parametrize("elsewhere", [True, False], ids=["another-server", "same-server"])
@@ -412,19 +430,7 @@ async def test_an_upstream_redirect_is_neither_followed_nor_relayed(
             raise web.HTTPTemporaryRedirect(target)
         return await relay_to(upstream.url, request)
 
-    app = web.Application()
-    app.router.add_route("*", "/mcp", moved)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    try:
-        running = await make_wicket(f"http://127.0.0.1:{port}/mcp")
-        status, headers, body = await post(
-            running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
-        )
-    finally:
-        await runner.cleanup()
+    running, status, headers, body = await one_call_through(moved, make_wicket)
     assert upstream.ledger.names() == [], "the redirect was not followed: the demo server ran nothing"
     assert status == 502 and "Location" not in headers
     message = body["error"]["message"]
@@ -464,12 +470,9 @@ async def test_upstream_answers_are_asked_for_uncompressed(upstream: DemoUpstrea
     compresses when allowed (RFC 9110: a request without Accept-Encoding allows any coding) answers
     plainly, and the SDK client's calls work through it."""
     seen: list[tuple[str, str, str]] = []
-    app = web.Application()
-    app.router.add_route("*", "/mcp", lambda request: gzip_hop(upstream.url, request, always=False, seen=seen))
-    async with serve(app) as base:
-        running = await make_wicket(base + "/mcp")
-        async with mcp_client(running.url) as client:
-            result = await client.call_tool("get_weather", {"city": "Oslo"})
+    hop = functools.partial(gzip_hop, upstream.url, always=False, seen=seen)
+    async with behind(hop, make_wicket) as running, mcp_client(running.url) as client:
+        result = await client.call_tool("get_weather", {"city": "Oslo"})
     assert not result.is_error and "Oslo" in str(result.content)
     assert "tools/call" in [method for method, _, _ in seen]
     assert all(offered == "identity" for _, offered, _ in seen), seen
@@ -479,13 +482,10 @@ async def test_a_compressed_answer_is_never_relayed(upstream: DemoUpstream, make
     """An upstream that compresses although asked not to: its answer (an SSE stream, which clients
     decode and Wicket's screen could not read) is replaced by an error, never relayed."""
     seen: list[tuple[str, str, str]] = []
-    app = web.Application()
-    app.router.add_route("*", "/mcp", lambda request: gzip_hop(upstream.url, request, always=True, seen=seen))
-    async with serve(app) as base:
-        running = await make_wicket(base + "/mcp")
-        async with mcp_client(running.url) as client:
-            with pytest.raises(MCPError, match="Content-Encoding: gzip") as refused:
-                await client.call_tool("get_weather", {"city": "Oslo"})
+    hop = functools.partial(gzip_hop, upstream.url, always=True, seen=seen)
+    async with behind(hop, make_wicket) as running, mcp_client(running.url) as client:
+        with pytest.raises(MCPError, match="Content-Encoding: gzip") as refused:
+            await client.call_tool("get_weather", {"city": "Oslo"})
     assert "Oslo" not in str(refused.value)
     answered = [content_type for method, _, content_type in seen if method == "tools/call"]
     assert answered == ["text/event-stream"], seen  # the upstream's (compressed) answer was an SSE stream
@@ -618,13 +618,7 @@ async def test_a_moved_server_says_so_when_wicket_lists_its_tools(
     async def moved(request: web.Request) -> web.StreamResponse:
         raise web.HTTPPermanentRedirect(upstream.url)
 
-    app = web.Application()
-    app.router.add_route("*", "/mcp", moved)
-    async with serve(app) as base:
-        running = await make_wicket(base + "/mcp")
-        status, _, body = await post(
-            running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
-        )
+    _, status, _, body = await one_call_through(moved, make_wicket)
     assert upstream.ledger.names() == []
     assert status == 502, body
     assert f"HTTP 308 (a redirect to another server, http://127.0.0.1:{upstream.port})" in body["error"]["message"]
