@@ -50,6 +50,25 @@ async def serve(app: web.Application) -> AsyncIterator[str]:
         await runner.cleanup()
 
 
+async def relay_to(url: str, request: web.Request, cookie: tuple[str, str] | None = None) -> web.StreamResponse:
+    """What a plain HTTP hop in front of an MCP server does: the request on to ``url``, the answer
+    back as it streams (and, like a sticky load balancer, a ``cookie`` set on it)."""
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
+    async with (
+        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
+        http.request(request.method, url, headers=headers, data=await request.read()) as answer,
+    ):
+        relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "mcp-session-id")}
+        response = web.StreamResponse(status=answer.status, headers=relayed)
+        if cookie is not None:
+            response.set_cookie(*cookie, path="/")
+        await response.prepare(request)
+        async for chunk in answer.content.iter_any():
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+
 ECHO_TOOLS = [{"name": "get_weather", "inputSchema": {"type": "object"}}]
 
 

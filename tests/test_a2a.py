@@ -29,12 +29,13 @@ from a2a.types import (
 )
 from a2a.utils.errors import TaskNotFoundError
 from a2a.utils.signing import create_agent_card_signer, create_signature_verifier
+from aiohttp import web
 from google.protobuf.json_format import ParseDict
 from jwt import PyJWK
 
 from proxy.adapters.a2a_card import CardError
 from proxy.demo.a2a_agent import JSONRPC_PATH, REST_PREFIX, DemoA2AAgent
-from tests.conftest import RunningWicket, WicketFactory, admin
+from tests.conftest import RunningWicket, WicketFactory, admin, relay_to, serve
 
 POLICY = """
 version: 1
@@ -613,3 +614,40 @@ async def test_policy_tests_build_the_adapters_action(
     reply = await rpc(live, "message/send", purge, token=token, version=None)
     assert reply["error"]["data"]["effect"] == "destructive"
     assert reply["error"]["data"]["decision"] == "approval_required"
+
+
+async def test_an_answer_cut_short_is_an_error_and_its_outcome_is_audited(
+    agent: DemoA2AAgent, make_wicket: WicketFactory
+) -> None:
+    """A hop before the real demo agent cuts the answer to SendMessage short of its length (the
+    connection drops mid-body): the caller gets a JSON-RPC error for its request, not a bare 500,
+    and the outcome is audited as an error."""
+
+    async def cutting(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        if json.loads(body or b"{}").get("method") != "SendMessage":
+            return await relay_to(agent.base + request.path_qs, request)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        response.content_length = 1000
+        await response.prepare(request)
+        await response.write(b'{"jsonrpc": "2.0", "id": 7, "result": {"task": ')
+        assert request.transport is not None
+        request.transport.close()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", cutting)
+    async with serve(app) as base:
+        front = await make_wicket("", POLICY, a2a_upstream=base)
+        token = await token_for(front, "planner")
+        headers = {"Authorization": f"Bearer {token}", "A2A-Version": "1.0"}
+        body = {"jsonrpc": "2.0", "id": 7, "method": "SendMessage", "params": {"message": _wire_message("cut")}}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(base_of(front) + JSONRPC_PATH, json=body, headers=headers) as response,
+        ):
+            status, reply = response.status, await response.json()
+    assert status == 502 and reply["id"] == 7, reply
+    assert "not readable HTTP" in reply["error"]["message"]
+    outcome = [e for e in front.audit_events() if e["event"] == "outcome"][-1]
+    assert outcome["status"] == "error" and outcome["detail"].startswith("upstream protocol"), outcome

@@ -24,7 +24,7 @@ from proxy.adapters.mcp import _check_lengths, _intent, _shape
 from proxy.adapters.relay import Refusal
 from proxy.core.policy import load_policy
 from proxy.demo.server import DemoUpstream, free_port
-from tests.conftest import DEMO_POLICY, ECHO_TOOLS, RunningWicket, WicketFactory, mcp_client, serve
+from tests.conftest import DEMO_POLICY, ECHO_TOOLS, RunningWicket, WicketFactory, mcp_client, relay_to, serve
 
 ACCEPT = "application/json, text/event-stream"
 META = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
@@ -336,25 +336,6 @@ def test_envelope_checks_read_subclasses_like_the_types_json_gives() -> None:
     with pytest.raises(Refusal):
         _check_lengths("resources/read", "u" * 8193, 1)
     _check_lengths("resources/read", "u" * 8192, 1)
-
-
-async def relay_to(url: str, request: web.Request, cookie: tuple[str, str] | None = None) -> web.StreamResponse:
-    """What a plain HTTP hop in front of an MCP server does: the request on to ``url``, the answer
-    back as it streams (and, like a sticky load balancer, a ``cookie`` set on it)."""
-    headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "content-length")}
-    async with (
-        aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http,
-        http.request(request.method, url, headers=headers, data=await request.read()) as answer,
-    ):
-        relayed = {k: v for k, v in answer.headers.items() if k.lower() in ("content-type", "mcp-session-id")}
-        response = web.StreamResponse(status=answer.status, headers=relayed)
-        if cookie is not None:
-            response.set_cookie(*cookie, path="/")
-        await response.prepare(request)
-        async for chunk in answer.content.iter_any():
-            await response.write(chunk)
-        await response.write_eof()
-        return response
 
 
 async def test_a_cookie_an_upstream_sets_rides_on_no_other_agents_request(
