@@ -448,7 +448,7 @@ async def send_upstream(
                             "HTTP 401); the agent's own credentials are not at fault: check "
                             "this upstream's credentials in the policy."
                         )
-                        raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="upstream_auth")
+                        raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="credential_refused")
                     coding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
                     if coding not in ("identity", ""):
                         metrics.upstream_errors.labels(protocol, "unscreenable").inc()
