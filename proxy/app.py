@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.adapters.a2a import A2AProxy
 from proxy.adapters.http_guard import OriginPolicy, WatchedConnection, admin_origin_policy, cors
 from proxy.adapters.mcp import McpProxy
-from proxy.adapters.relay import UPSTREAM_HEADERS
+from proxy.adapters.relay import UPSTREAM_HEADER_LIMIT, UPSTREAM_HEADERS
 from proxy.admin.api import AdminApi, host_check, store_faults
 from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
@@ -322,7 +322,12 @@ class Wicket:
                 enable_cleanup_closed=True,
             )
         return client_session(
-            connector=connector, auto_decompress=False, headers=UPSTREAM_HEADERS, skip_auto_headers=("User-Agent",)
+            connector=connector,
+            auto_decompress=False,
+            headers=UPSTREAM_HEADERS,
+            skip_auto_headers=("User-Agent",),
+            max_line_size=UPSTREAM_HEADER_LIMIT,
+            max_field_size=UPSTREAM_HEADER_LIMIT,
         )
 
     def data_app(self) -> web.Application:

@@ -538,37 +538,24 @@ def _content_length(head: bytes) -> int:
     return int(next((line.split(b":")[1] for line in lines if line.startswith(b"content-length:")), b"0"))
 
 
-@pytest.mark.parametrize("answer", sorted(MALFORMED))
-async def test_an_unreadable_upstream_answer_is_an_error_and_its_outcome_is_audited(
-    make_wicket: WicketFactory, answer: str
-) -> None:
-    """An answer aiohttp cannot read as HTTP used to escape as a bare 500 with no outcome record:
-    now the client gets a JSON-RPC error for its request and the outcome is audited as an error."""
+@asynccontextmanager
+async def raw_mcp_server(call_answer: bytes) -> AsyncIterator[str]:
+    """An MCP server over raw HTTP/1.1 (so its bytes are exactly these): it initializes, lists
+    get_weather, and answers a tools/call with ``call_answer``. Yields its /mcp URL."""
 
     async def serve_raw(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """An MCP server over raw HTTP/1.1: it lists get_weather, and answers a call with ``answer``."""
         try:
             while head := await reader.readuntil(b"\r\n\r\n"):
-                length = int(
-                    next(
-                        (h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length")), b"0"
-                    )
-                )
-                message = json.loads(await reader.readexactly(length) or b"{}")
-                if message.get("method") == "tools/call":
-                    writer.write(MALFORMED[answer])
+                message = json.loads(await reader.readexactly(_content_length(head)) or b"{}")
+                method = message.get("method")
+                if method == "tools/call":
+                    writer.write(call_answer)
                     await writer.drain()
-                    break
-                result = {"tools": ECHO_TOOLS} if message.get("method") == "tools/list" else {}
-                if message.get("method") == "initialize":
-                    result = {
-                        "protocolVersion": "2025-11-25",
-                        "capabilities": {"tools": {}},
-                        "serverInfo": {"name": "raw"},
-                    }
-                writer.write(
-                    _http_answer(json.dumps({"jsonrpc": "2.0", "id": message.get("id"), "result": result}).encode())
-                )
+                    break  # and hang up: an answer cut short ends there
+                else:
+                    listed = {"tools/list": {"tools": ECHO_TOOLS}, "initialize": INITIALIZED}
+                    reply = {"jsonrpc": "2.0", "id": message.get("id"), "result": listed.get(str(method), {})}
+                    writer.write(_http_answer(json.dumps(reply).encode()))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -576,14 +563,23 @@ async def test_an_unreadable_upstream_answer_is_an_error_and_its_outcome_is_audi
             writer.close()
 
     server = await asyncio.start_server(serve_raw, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        running = await make_wicket(f"http://127.0.0.1:{port}/mcp")
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/mcp"
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("answer", sorted(MALFORMED))
+async def test_an_unreadable_upstream_answer_is_an_error_and_its_outcome_is_audited(
+    make_wicket: WicketFactory, answer: str
+) -> None:
+    """An answer aiohttp cannot read as HTTP used to escape as a bare 500 with no outcome record:
+    now the client gets a JSON-RPC error for its request and the outcome is audited as an error."""
+    async with raw_mcp_server(MALFORMED[answer]) as url:
+        running = await make_wicket(url)
         status, _, body = await post(
             running.url, json.dumps(call("get_weather", {"city": "Oslo"})), modern_headers(name="get_weather")
         )
-    finally:
-        server.close()
     assert status == 502 and body["id"] == 1, (status, body)
     assert "not readable HTTP" in body["error"]["message"]
     outcome = [e for e in running.audit_events() if e["event"] == "outcome"][-1]
@@ -604,3 +600,20 @@ async def test_a_moved_server_says_so_when_wicket_lists_its_tools(
     assert status == 502, body
     assert f"HTTP 308 (a redirect to another server, http://127.0.0.1:{upstream.port})" in body["error"]["message"]
     assert "point Wicket at the upstream's final URL" in body["error"]["message"]
+
+
+async def test_a_header_as_long_as_clients_read_is_relayed(make_wicket: WicketFactory) -> None:
+    """The SDK clients read header blocks up to 16 KiB (h11, Node): an upstream answer with a 12 KB
+    header (a long Content-Security-Policy, say) passes through Wicket as it would reach them directly."""
+    result = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"long header, fine"}]}}'
+    policy = b"Content-Security-Policy: default-src 'self'; " + b"a" * 12_000 + b"\r\n"
+    async with raw_mcp_server(_http_answer(result, policy)) as url:
+        running = await make_wicket(url)
+        data = json.dumps(call("get_weather", {"city": "Oslo"}))
+        async with (
+            aiohttp.ClientSession(max_line_size=16_384, max_field_size=16_384) as http,  # reads as h11 does
+            http.post(running.url, data=data, headers=modern_headers(name="get_weather")) as response,
+        ):
+            status, csp, body = response.status, response.headers["Content-Security-Policy"], await response.json()
+    assert status == 200 and body["result"]["content"][0]["text"] == "long header, fine", (status, body)
+    assert len(csp) > 12_000
