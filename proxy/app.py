@@ -17,7 +17,7 @@ from aiohttp import web
 from proxy.adapters.a2a import A2AProxy
 from proxy.adapters.http_guard import OriginPolicy, WatchedConnection, admin_origin_policy, cors
 from proxy.adapters.mcp import McpProxy
-from proxy.adapters.relay import UPSTREAM_HEADER_LIMIT, UPSTREAM_HEADERS
+from proxy.adapters.relay import HEADER_LINE_LIMIT, UPSTREAM_HEADERS
 from proxy.admin.api import AdminApi, host_check, store_faults
 from proxy.admin.audit import AuditApi
 from proxy.admin.check import CheckApi
@@ -326,8 +326,8 @@ class Wicket:
             auto_decompress=False,
             headers=UPSTREAM_HEADERS,
             skip_auto_headers=("User-Agent",),
-            max_line_size=UPSTREAM_HEADER_LIMIT,
-            max_field_size=UPSTREAM_HEADER_LIMIT,
+            max_line_size=HEADER_LINE_LIMIT,
+            max_field_size=HEADER_LINE_LIMIT,
         )
 
     def data_app(self) -> web.Application:
@@ -506,6 +506,8 @@ class Wicket:
         # request in progress at once (relay.follow_disconnects).
         deadline = self.settings.request_timeout if data_port else 0.0
         extra: dict[str, Any] = {"keepalive_timeout": deadline} if deadline else {}
+        if data_port:  # header lines as long as the MCP servers' own HTTP stacks read (h11, Node: 16 KiB)
+            extra |= {"max_line_size": HEADER_LINE_LIMIT, "max_field_size": HEADER_LINE_LIMIT}
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5.0, **extra)
         await runner.setup()
         self._runners.append(runner)

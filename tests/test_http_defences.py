@@ -617,3 +617,13 @@ async def test_a_header_as_long_as_clients_read_is_relayed(make_wicket: WicketFa
             status, csp, body = response.status, response.headers["Content-Security-Policy"], await response.json()
     assert status == 200 and body["result"]["content"][0]["text"] == "long header, fine", (status, body)
     assert len(csp) > 12_000
+
+
+async def test_a_request_header_as_long_as_servers_read_is_accepted(
+    upstream: DemoUpstream, wicket: RunningWicket
+) -> None:
+    """MCP servers' HTTP stacks (uvicorn's h11, Node) read header blocks up to 16 KiB, so a client
+    sending a 10 KB header (a large token, tracing baggage) works directly: it works through Wicket too."""
+    async with mcp_client(wicket.url, headers={"X-Baggage": "b" * 10_000}) as client:
+        result = await client.call_tool("get_weather", {"city": "Oslo"})
+    assert not result.is_error and upstream.ledger.names() == ["get_weather"]

@@ -46,9 +46,10 @@ DROP_UPSTREAM = frozenset({"authorization", "origin", "accept-encoding"})
 # Every upstream request's defaults. Without an Accept-Encoding, any coding is acceptable (RFC 9110
 # §12.5.3), and aiohttp would otherwise offer gzip and deflate on Wicket's behalf.
 UPSTREAM_HEADERS = {"Accept-Encoding": "identity"}
-# The longest upstream header line Wicket reads: the SDK clients read header blocks up to 16 KiB
-# (h11 under httpx, Node's http), aiohttp only 8 KiB per line unless told.
-UPSTREAM_HEADER_LIMIT = 16 * 1024
+# The longest header line Wicket reads, from upstreams and on the data port: the SDKs' HTTP stacks
+# (h11 under httpx and uvicorn, Node's http) read header blocks up to 16 KiB, aiohttp only 8 KiB
+# per line unless told.
+HEADER_LINE_LIMIT = 16 * 1024
 # Never relayed: an upstream's authentication challenge is about the credential Wicket presented,
 # or names an authorization server Wicket does not vouch for; a client would take it for Wicket's own.
 DROP_DOWNSTREAM = frozenset({"server", "date", "www-authenticate"})
