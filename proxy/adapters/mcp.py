@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 import aiohttp
-from aiohttp import hdrs, web
+from aiohttp import web
 
 from proxy import tracing
 from proxy.adapters import jsonrpc
@@ -601,7 +601,7 @@ class McpProxy:
                     payload = replacement
             return web.Response(status=upstream.status, body=payload, headers=headers)
 
-        if kind == "json" and hdrs.CONTENT_LENGTH not in upstream.headers:  # what content_length is None says
+        if kind == "json" and upstream.content_length is None:
             return await relay_json_lines(
                 request,
                 upstream,
@@ -686,7 +686,7 @@ class McpProxy:
         Ordered for the common case, the answer to the client's own request: each check that only
         another shape needs (a task, a listing, a server request) costs one test of the method or
         of a key before it is skipped."""
-        method = message["method"] if "method" in message else None
+        method = message.get("method")
         if method is not None:
             if method == "notifications/tools/list_changed":
                 exchange.tools_changed = True
@@ -1092,8 +1092,6 @@ def _complete_for_modern(result: dict[str, Any], method: str | None) -> None:
 
 def _input_requests(result: dict[str, Any]) -> Any:
     """``inputRequests`` of a result or task status, top-level or inside its ``task``; None without any."""
-    if "inputRequests" not in result and "task" not in result:
-        return None  # most results: no lookup
     found = result.get("inputRequests")
     task = result.get("task")
     if found is None and isinstance(task, dict):
@@ -1119,12 +1117,11 @@ MAX_ID_CHARS = 256
 
 
 def _check_lengths(method: str, name: str, request_id: Any) -> None:
-    uri = method in NAME_PARAMS and NAME_PARAMS[method] == "uri"
-    is_text = isinstance(request_id, str)
+    uri = NAME_PARAMS.get(method) == "uri"
     limits = (
         ("the method name", method, MAX_METHOD_CHARS),
         ("the resource URI" if uri else "the name", name, MAX_URI_CHARS if uri else MAX_NAME_CHARS),
-        ("the request id", request_id if is_text else "", MAX_ID_CHARS),
+        ("the request id", request_id if isinstance(request_id, str) else "", MAX_ID_CHARS),
     )
     for what, value, limit in limits:
         if len(value) > limit:
@@ -1146,7 +1143,8 @@ def _intent(params: dict[str, Any]) -> str | None:
     if not isinstance(meta, dict):
         return None
     for key in INTENT_META_KEYS:
-        if key in meta and isinstance(value := meta[key], str) and value.strip():  # (most calls give none)
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip():
             return value[:2000]
     return None
 

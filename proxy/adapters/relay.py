@@ -441,32 +441,38 @@ async def send_upstream(
                     method, url, data=body or None, headers=headers, timeout=limits, allow_redirects=False
                 ) as upstream:
                     upstream_span.set_attribute("http.response.status_code", upstream.status)
-                    if 300 <= upstream.status < 400:
-                        metrics.upstream_errors.labels(protocol, "redirect").inc()
-                        raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, redirect_problem(upstream), reason="redirect")
-                    if upstream.status == 401 and issued[-1].mode != "passthrough":
-                        metrics.upstream_errors.labels(protocol, "credential_refused").inc()
-                        # The agent cannot fix what Wicket presented: an error for the operator, not a challenge.
-                        message = (
-                            f"The upstream refused the credential Wicket presented for this call ({issued[-1].mode}, "
-                            "HTTP 401); the agent's own credentials are not at fault: check "
-                            "this upstream's credentials in the policy."
-                        )
-                        raise Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="credential_refused")
-                    coding = upstream.headers.get("Content-Encoding", "identity").strip().lower()
-                    if coding not in ("identity", ""):
-                        metrics.upstream_errors.labels(protocol, "unscreenable").inc()
-                        # Clients decode it; Wicket's screen would see bytes it cannot read: never relayed.
-                        message = (
-                            f"The upstream answered with Content-Encoding: {coding[:40]} although Wicket asked for "
-                            "identity; Wicket cannot screen it and did not relay it."
-                        )
-                        raise Refusal(502, jsonrpc.INTERNAL_ERROR, message, reason="unscreenable")
+                    refusal = _unrelayable(upstream, issued[-1].mode)
+                    if refusal is not None:
+                        metrics.upstream_errors.labels(protocol, refusal.reason).inc()
+                        raise refusal
                     return await answer(upstream)
         except aiohttp.ServerDisconnectedError:
             if attempt + 1 >= attempts:
                 raise
     raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _unrelayable(upstream: aiohttp.ClientResponse, credential_mode: str) -> Refusal | None:
+    """The error the client gets instead of an upstream answer Wicket must not relay (its
+    ``reason`` is the kind counted), or None for an answer to relay."""
+    if 300 <= upstream.status < 400:
+        return Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, redirect_problem(upstream), reason="redirect")
+    if upstream.status == 401 and credential_mode != "passthrough":
+        # The agent cannot fix what Wicket presented: an error for the operator, not a challenge.
+        message = (
+            f"The upstream refused the credential Wicket presented for this call ({credential_mode}, HTTP 401); "
+            "the agent's own credentials are not at fault: check this upstream's credentials in the policy."
+        )
+        return Refusal(502, jsonrpc.UPSTREAM_UNAVAILABLE, message, reason="credential_refused")
+    coding = upstream.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in ("", "identity"):
+        # Clients decode it; Wicket's screen would see bytes it cannot read.
+        message = (
+            f"The upstream answered with Content-Encoding: {coding[:40]} although Wicket asked for "
+            "identity; Wicket cannot screen it and did not relay it."
+        )
+        return Refusal(502, jsonrpc.INTERNAL_ERROR, message, reason="unscreenable")
+    return None
 
 
 def failure_kind(exc: BaseException) -> Literal["timeout", "unreachable", "protocol"]:

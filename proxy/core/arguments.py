@@ -1300,9 +1300,7 @@ class ArgumentAnalyser:
     def analyse(self, action: Action, policy: Policy) -> ArgumentReport:
         if not action.is_tool_call:
             return _EMPTY
-        arguments = action.arguments
-        if type(arguments) is not dict and not isinstance(arguments, Mapping):  # (a dict skips the ABC check)
-            arguments = {}
+        arguments = action.arguments if isinstance(action.arguments, Mapping) else {}
         constraints = policy.constraints_for(action.name)
         if not arguments and not constraints:
             return _EMPTY

@@ -641,17 +641,14 @@ def secret_field(key: str, value: str) -> bool:
     """Whether ``value`` under the JSON key ``key`` is a secret: a key-like name
     (``password``, ``apiKey``, ``client_secret``, ...) and a value that looks like one
     (any non-placeholder for a password, high entropy for the rest)."""
-    if not key:
+    if len(value) < 4 or len(value) > 4096 or not key:
         return False
     kind = _key_kind(key) if len(key) <= _KEY_MEMO_CHARS else _key_kind.__wrapped__(key)
-    if kind is None:  # most keys: the value is not looked at
-        return False
-    size = len(value)
-    if size < 4 or size > 4096:
+    if kind is None:
         return False
     if kind == "password":
         return _password_value(value)
-    return size >= 8 and " " not in value.strip() and _secret_value(value)
+    return len(value) >= 8 and " " not in value.strip() and _secret_value(value)
 
 
 _KEY_MEMO_CHARS: Final = 64

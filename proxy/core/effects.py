@@ -94,18 +94,12 @@ def classify_name(name: str) -> Effect:
     return Effect.MUTATING if best is None else best
 
 
-def _explicit_hints(annotations: Mapping[str, Any] | None) -> tuple[bool | None, bool | None]:
-    """(readOnlyHint, destructiveHint), each only if the upstream actually sent a JSON boolean for it.
-
-    Runs on every tool call: a plain dict (what JSON gives) skips the ABC check."""
-    if annotations is None or (type(annotations) is not dict and not isinstance(annotations, Mapping)):
-        return None, None
-    read_only = annotations["readOnlyHint"] if "readOnlyHint" in annotations else None
-    destructive = annotations["destructiveHint"] if "destructiveHint" in annotations else None
-    return (
-        read_only if isinstance(read_only, bool) else None,
-        destructive if isinstance(destructive, bool) else None,
-    )
+def _explicit_hint(annotations: Mapping[str, Any] | None, key: str) -> bool | None:
+    """A hint's value only if the upstream actually sent a JSON boolean for it."""
+    if not isinstance(annotations, Mapping):
+        return None
+    value = annotations.get(key)
+    return value if isinstance(value, bool) else None
 
 
 class EffectClassifier:
@@ -157,7 +151,8 @@ class EffectClassifier:
     ) -> Effect:
         """The effect of calling tool ``name`` of ``upstream`` with these annotations; ``trusted``:
         an operator accepted them, so they may lower the tier."""
-        read_only, destructive = _explicit_hints(annotations)
+        read_only = _explicit_hint(annotations, "readOnlyHint")
+        destructive = _explicit_hint(annotations, "destructiveHint")
         key = (name, upstream, read_only, destructive, trusted)
         effect = self._cache.get(key)
         if effect is not None:
@@ -186,7 +181,8 @@ class EffectClassifier:
         if action.fixed_effect is not None:
             fixed = action.fixed_effect
             return fixed, f"fixed by the protocol: '{action.method}' is always {fixed.label}"
-        read_only, destructive = _explicit_hints(action.annotations)
+        read_only = _explicit_hint(action.annotations, "readOnlyHint")
+        destructive = _explicit_hint(action.annotations, "destructiveHint")
         return self._explained(action.name, action.upstream, read_only, destructive, action.annotations_trusted)
 
     def _classify(

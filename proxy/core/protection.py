@@ -66,11 +66,10 @@ class Plan:
     actions: Mapping[str, str]  # kind -> mask | deny | audit
     secret_fields: str  # action for key-like fields holding secrets ("off": not looked at)
     phone_region: str | None
-    active: bool = field(init=False)  # anything to look for (known once: every scan asks)
 
-    def __post_init__(self) -> None:
-        active = bool(self.detectors) or self.secret_fields != "off" or self.phone_region is not None
-        object.__setattr__(self, "active", active)
+    @property
+    def active(self) -> bool:
+        return bool(self.detectors) or self.secret_fields != "off" or self.phone_region is not None
 
 
 _NOTHING: Final = Plan((), {}, "off", None)
@@ -89,10 +88,9 @@ class DataProtection:
     def plan(self, direction: str, upstream: str, tool: str, effect: Effect = Effect.READ) -> Plan:
         """The plan for ``direction`` ("arguments" | "results") of a call to ``tool`` at ``upstream``."""
         key = (direction, upstream, tool, int(effect))
-        try:
-            return self._memo[key]
-        except KeyError:
-            pass
+        cached = self._memo.get(key)
+        if cached is not None:
+            return cached
         secrets, pii = self.secrets, self.pii
         for override in self.overrides:
             if override.matches(upstream, tool):

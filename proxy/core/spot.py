@@ -53,7 +53,7 @@ class SpotGuard:
             factors.append((0.3, f"session is {age / 3600:.1f} h old (policy maximum {s.max_session_age_seconds} s)"))
         if activity.minute_calls >= s.max_calls_per_minute:
             factors.append((0.3, f"{activity.minute_calls} calls in the last minute (limit {s.max_calls_per_minute})"))
-        score = min(sum([weight for weight, _ in factors]), 1.0)
+        score = min(sum(weight for weight, _ in factors), 1.0)
         named = [f"{why} +{weight:.2f}" for weight, why in factors if weight > 0]
         return score, named
 

@@ -25,8 +25,6 @@ MAX_TASK_ID = 512
 def task_id_of(result: Mapping[str, Any]) -> str | None:
     """The id of a task a result creates or reports: ``{"task": {"taskId"}}`` (2025-11-25) or
     ``{"resultType": "task", "taskId"}`` (the 2026-07-28 extension)."""
-    if "task" not in result and "taskId" not in result:
-        return None  # most results: no lookup
     task = result.get("task")
     found = task.get("taskId") if isinstance(task, Mapping) else None
     if found is None and result.get("resultType") == "task":

@@ -191,7 +191,7 @@ class KeyRing:
         self._private, self._active = private_key, published
         self._signer = _jws_signer(private_key)
         header = {"alg": published.alg, "kid": published.kid, "typ": "JWT"}  # sorted, as PyJWT writes it
-        self._jwt_header = b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
+        self._jwt_header = b64url_bytes(json.dumps(header, separators=(",", ":")).encode()) + b"."
         self._typed_headers: dict[str, bytes] = {}
 
     @property
@@ -280,7 +280,7 @@ class KeyRing:
         cached = self._typed_headers.get(typ)
         if cached is None:
             header = {"alg": self._active.alg, "kid": self._active.kid, "typ": typ}
-            cached = b64url(json.dumps(header, separators=(",", ":")).encode()).encode("ascii") + b"."
+            cached = b64url_bytes(json.dumps(header, separators=(",", ":")).encode()) + b"."
             self._typed_headers[typ] = cached
         return cached
 

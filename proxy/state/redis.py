@@ -199,7 +199,6 @@ return 1
 
 _INVALIDATE_CHANNEL = b"__redis__:invalidate"
 _KEYS_KEPT = 10_000  # sessions whose activity key names are kept
-_DIGITS = tuple(str(n) for n in range(10))
 _HISTORY = str(HISTORY)
 _MISS: Any = object()
 
@@ -685,13 +684,6 @@ def _parse_resp(buf: bytearray, pos: int) -> tuple[Any, int]:
             return None, pos
         items: list[Any] = []
         for _ in range(count * 2 if kind in b"%|" else count):
-            if pos < len(buf) and buf[pos] == 58:  # ":" an integer, read here (a script's reply is mostly integers)
-                end = buf.find(b"\r\n", pos)
-                if end < 0:
-                    raise _Incomplete
-                items.append(int(buf[pos + 1 : end]))
-                pos = end + 2
-                continue
             item, pos = _parse_resp(buf, pos)
             items.append(item)
         return _parse_resp(buf, pos) if kind == ord("|") else (items, pos)
@@ -894,7 +886,7 @@ class RedisStore:
             repr(window_from),
             repr(minute_from),
             repr(min(window_from, minute_from)),
-            _DIGITS[effect],
+            str(effect),
             action_key,
             f"{int(ttl * 1000)}",
             f"{self._cap}",
