@@ -67,6 +67,10 @@ guardian:
   anomaly: {{min_calls: {SESSION_CALLS}}}
 """
 
+# With --hs256: the upstream's credentials are minted with HMAC-SHA256 and a secret it shares.
+HS256_ENV = "WICKET_BENCH_HS256"
+HS256_POLICY = 'upstreams:\n  - url: "{url}"\n    credentials: {{alg: HS256, value_env: ' + HS256_ENV + "}}\n"
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -938,7 +942,12 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
     deadline = time.monotonic() + args.startup_timeout
     up, fl = free_port(), free_port()
     bench_policy = workdir / "bench-policy.yaml"
-    bench_policy.write_text(BENCH_POLICY)
+    policy_text = BENCH_POLICY
+    wicket_env = {"WICKET_ADMIN_TOKEN": secrets.token_urlsafe(32)}
+    if args.hs256:  # minted credentials signed with a secret the upstream shares (it verifies none here)
+        policy_text += HS256_POLICY.format(url=f"http://{HOST}:{up}/mcp")
+        wicket_env[HS256_ENV] = secrets.token_hex(32)
+    bench_policy.write_text(policy_text)
     upstream_argv = [py, "-m", "proxy.demo.server", "--host", HOST, "--port", str(up)]
     if not args.sse:
         upstream_argv.append("--json-response")
@@ -950,8 +959,7 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
             workdir,
         )
     )
-    admin_token = secrets.token_urlsafe(32)
-    wicket_env = {"WICKET_ADMIN_TOKEN": admin_token}
+    admin_token = wicket_env["WICKET_ADMIN_TOKEN"]
     store_url = {"memory": "memory"}
     if "redis" in args.stores:
         # A Redis of our own (its CPU is measured, and nothing else touches it), and the keys a shared
@@ -1021,10 +1029,11 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
             "concurrency": args.concurrency,
             "rounds": args.rounds,
             "warmup": args.warmup,
-            "transport": "legacy 2025-11-25 session, SSE responses" if args.sse else f"{MODERN} stateless, JSON",
+            "transport": ("legacy 2025-11-25 session, SSE responses" if args.sse else f"{MODERN} stateless, JSON")
+            + ("; credentials minted with HS256" if args.hs256 else ""),
             "wicket_args": args.wicket_arg,
             "stores": list(args.stores),
-            "bench_policy": BENCH_POLICY,
+            "bench_policy": policy_text,
             "write_sessions": grants[WICKET_PROC["memory"]].issued,
             "write_sessions_by_wicket": {name: g.issued for name, g in grants.items()},
             "measured_seconds": measured,
@@ -1048,6 +1057,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-write-floor", action="store_true", help="skip the floor for the write workload (faster)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.add_argument("--sse", action="store_true", help="legacy MCP session with SSE responses instead of JSON")
+    p.add_argument(
+        "--hs256",
+        action="store_true",
+        help="Wicket mints its upstream credentials with HS256 (credentials.alg) instead of its Ed25519 key",
+    )
     p.add_argument(
         "--wicket-arg", action="append", default=[], metavar="ARG", help="extra `wicket run` argument (repeatable)"
     )

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from proxy.core.action import Action, Delegation
-from proxy.core.policy import Policy, normalise_url, parse_policy_text
+from proxy.core.policy import Policy, PolicyError, load_policy, normalise_url, parse_policy_text
 from proxy.core.sessions import Session
 from proxy.credentials import (
     JWKS_PATH,
@@ -54,6 +55,7 @@ from proxy.credentials.delegation import sign_link
 from proxy.credentials.keys import b64url
 from proxy.demo.server import Ledger, build_demo_server, free_port
 from tests import oidc_issuer as issuer_module
+from tests.conftest import DEMO_POLICY, WicketFactory, mcp_client
 from tests.oidc_issuer import JWT_TOKEN_TYPE, TOKEN_EXCHANGE, OidcIssuer
 
 oidc_issuer = issuer_module.oidc_issuer
@@ -124,6 +126,8 @@ class VerifyingMiddleware:
         self.accepted: list[dict[str, Any]] = []
         self.refusals: list[str] = []
         self.request_headers: list[dict[str, str]] = []
+        self.hs256_secret: bytes | None = None
+        """Set: this upstream takes HS256 credentials signed with this secret (and nothing else)."""
 
     async def _key(self, kid: Any) -> jwt.PyJWK:
         if not isinstance(kid, str):
@@ -145,14 +149,20 @@ class VerifyingMiddleware:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
             raise Refused("malformed credential") from None
-        key = await self._key(header.get("kid"))
-        if header.get("alg") != key.algorithm_name or key.algorithm_name not in ("EdDSA", "ES256"):
-            raise Refused("unexpected algorithm")
+        if self.hs256_secret is not None:
+            if header.get("alg") != "HS256":
+                raise Refused("unexpected algorithm")
+            secret, algorithm = self.hs256_secret, "HS256"
+        else:
+            key = await self._key(header.get("kid"))
+            if header.get("alg") != key.algorithm_name or key.algorithm_name not in ("EdDSA", "ES256"):
+                raise Refused("unexpected algorithm")
+            secret, algorithm = key.key, key.algorithm_name
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                key.key,
-                algorithms=[key.algorithm_name],
+                secret,
+                algorithms=[algorithm],
                 audience=self.audience,
                 issuer=self.issuer,
                 options={"require": ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "method", "args_sha256"]},
@@ -748,6 +758,146 @@ async def test_jwks_handler_serves_the_current_set() -> None:
             assert await response.json() == keys.jwks()
     finally:
         await runner.cleanup()
+
+
+# --------------------------------------------------------------------------- minted with HS256
+
+HS256_SECRET = "hs256-notes-" + "7f3a" * 8  # 44 bytes
+OTHER_SECRET = "hs256-other-" + "c0de" * 8
+
+
+def _hs256_policy(source: str = "value_env: NOTES_HS256", url: str = NOTES) -> Policy:
+    return _policy(
+        f'upstreams:\n  - url: "{url}"\n    credentials: {{alg: HS256, {source}, scope: ["weather:read"]}}\n'
+    )
+
+
+async def test_an_upstream_sharing_a_secret_verifies_hs256_credentials_through_wicket(
+    verified_upstream: VerifiedUpstream, make_wicket: WicketFactory, tmp_path: Path
+) -> None:
+    """The real SDK client through Wicket to an upstream that verifies HS256 with its secret:
+    every forward (listing the tools, the call) carries a credential signed with that secret and
+    bound to the call; a Wicket holding another secret gets nothing run; the secret is in no
+    audit record."""
+    up = verified_upstream
+    up.verifier.hs256_secret = HS256_SECRET.encode()
+    layer = tmp_path / "hs256.yaml"
+    layer.write_text(
+        f'version: 1\nupstreams:\n  - url: "{up.url}"\n'
+        "    credentials: {alg: HS256, value_env: NOTES_HS256, scope: [weather:read]}\n"
+    )
+    policy = load_policy([DEMO_POLICY, layer])
+    running = await make_wicket(up.url, policy, environ={"NOTES_HS256": HS256_SECRET}, credential_issuer=up.issuer)
+    async with mcp_client(running.url) as client:
+        result = await client.call_tool("get_weather", {"city": "Oslo"})
+    assert not result.is_error and up.ledger.calls == [("get_weather", {"city": "Oslo"})]
+    assert up.verifier.refusals == []
+    call = next(c for c in up.verifier.accepted if c["method"] == "tools/call")
+    assert call["tool"] == "get_weather" and call["aud"] == normalise_url(up.url) and call["scope"] == "weather:read"
+    assert call["args_sha256"] == arguments_sha256({"city": "Oslo"})
+    tokens = [h["authorization"].removeprefix("Bearer ") for h in up.verifier.request_headers]
+    assert tokens and all(jwt.get_unverified_header(t) == {"alg": "HS256", "typ": "JWT"} for t in tokens)
+    (outcome,) = [
+        e for e in running.audit_events() if e.get("action") == "tools/call:get_weather" and e["event"] == "outcome"
+    ]
+    assert outcome["credential_mode"] == "minted" and outcome["credential_id"] == call["jti"]
+    assert HS256_SECRET not in running.audit_path.read_text()
+
+    wrong = await make_wicket(up.url, policy, environ={"NOTES_HS256": OTHER_SECRET}, credential_issuer=up.issuer)
+    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    message = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "get_weather", "arguments": {"city": "Bergen"}, "_meta": meta},
+    }
+    headers = {
+        "Accept": "application/json, text/event-stream",
+        "MCP-Protocol-Version": "2026-07-28",
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "get_weather",
+    }
+    async with aiohttp.ClientSession() as http, http.post(wrong.url, json=message, headers=headers) as response:
+        refused = await response.json(content_type=None)
+    assert "HTTP 401" in refused["error"]["message"]  # (listing the tools, before the call could be)
+    assert up.ledger.calls == [("get_weather", {"city": "Oslo"})], "nothing ran with a credential of another secret"
+    assert any(r.startswith("invalid credential") for r in up.verifier.refusals)
+
+
+async def test_an_hs256_upstream_refuses_what_wicket_signs_with_its_key(verified_upstream: VerifiedUpstream) -> None:
+    up = verified_upstream
+    up.verifier.hs256_secret = HS256_SECRET.encode()
+    credential = await _upstream_broker(up).issue(
+        _call("get_weather", {"city": "Oslo"}, up.url), _session(), inbound_token=None
+    )
+    status, _ = await up.call(credential, "get_weather", {"city": "Oslo"})
+    assert status == 401 and up.verifier.refusals == ["unexpected algorithm"] and up.ledger.calls == []
+
+
+async def test_an_hs256_token_is_pyjwts_bytes_and_only_its_secret_verifies_it() -> None:
+    broker = _broker(_hs256_policy(), env={"NOTES_HS256": HS256_SECRET})
+    credential = await broker.issue(_call("get_note", {"id": "n1"}), _session(), inbound_token=None)
+    token = credential.headers["Authorization"].removeprefix("Bearer ")
+    claims = jwt.decode(token, HS256_SECRET, algorithms=["HS256"], audience=normalise_url(NOTES))
+    assert token == jwt.encode(claims, HS256_SECRET, algorithm="HS256")
+    assert claims["tool"] == "get_note" and claims["args_sha256"] == arguments_sha256({"id": "n1"})
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(token, OTHER_SECRET, algorithms=["HS256"], audience=normalise_url(NOTES))
+    assert credential.fingerprint == fingerprint(token)
+    assert HS256_SECRET not in repr(credential) and HS256_SECRET not in json.dumps(credential.audit())
+
+
+async def test_an_hs256_secret_from_a_file_is_reread_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "notes-hs256"
+    path.write_text(HS256_SECRET + "\n")
+    now = [time.time()]
+    broker = _broker(_hs256_policy(f'value_file: "{path}"'), clock=lambda: now[0])
+
+    def token(credential: IssuedCredential) -> str:
+        return credential.headers["Authorization"].removeprefix("Bearer ")
+
+    first = token(await broker.issue(_call("x"), _session(), inbound_token=None))
+    jwt.decode(first, HS256_SECRET, algorithms=["HS256"], audience=normalise_url(NOTES), leeway=10)
+    path.write_text(OTHER_SECRET + "\n")
+    now[0] += 2
+    second = token(await broker.issue(_call("x"), _session(), inbound_token=None))
+    jwt.decode(second, OTHER_SECRET, algorithms=["HS256"], audience=normalise_url(NOTES), leeway=10)
+    path.write_text("too-short\n")  # a bad new secret keeps the last good one
+    now[0] += 2
+    third = token(await broker.issue(_call("x"), _session(), inbound_token=None))
+    jwt.decode(third, OTHER_SECRET, algorithms=["HS256"], audience=normalise_url(NOTES), leeway=10)
+
+
+def test_hs256_secrets_are_checked_at_start() -> None:
+    with pytest.raises(CredentialConfigError, match="NOTES_HS256 is not set or empty"):
+        _broker(_hs256_policy(), env={})
+    with pytest.raises(CredentialConfigError, match="fewer than 32 bytes"):
+        _broker(_hs256_policy(), env={"NOTES_HS256": "short-secret"})
+    other = "http://127.0.0.1:3002/mcp"
+    shared = _policy(
+        f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{alg: HS256, value_env: K}}\n'
+        f'  - url: "{other}"\n    credentials: {{alg: HS256, value_env: K}}\n'
+    )
+    with pytest.raises(CredentialConfigError, match="same secret is used for upstream"):
+        _broker(shared, env={"K": HS256_SECRET})
+    # A tool block's HS256 reaches every upstream without credentials of its own: refused.
+    everywhere = _policy("tools:\n  get_note:\n    credentials: {alg: HS256, value_env: K}\n")
+    with pytest.raises(CredentialConfigError, match="must belong to one upstream"):
+        _broker(everywhere, env={"K": HS256_SECRET})
+
+
+@pytest.mark.parametrize(
+    ("credentials", "problem"),
+    [
+        ("{alg: HS256}", "alg 'HS256' needs exactly one of value_env or value_file"),
+        ("{alg: HS256, value_env: A, value_file: /b}", "(both are given)"),
+        ("{value_env: A}", "value_env applies to mode 'minted' only with alg 'HS256'"),
+        ("{alg: RS256}", "alg"),
+    ],
+)
+def test_hs256_policy_mistakes_are_named(credentials: str, problem: str) -> None:
+    with pytest.raises(PolicyError, match=re.escape(problem)):
+        _policy(f'upstreams:\n  - url: "{NOTES}"\n    credentials: {credentials}\n')
 
 
 # --------------------------------------------------------------------------- static

@@ -1091,7 +1091,7 @@ def test_tool_secret_source_replaces_the_upstreams() -> None:
         (
             "upstreams:\n  - url: http://u/mcp\n    credentials: {value_env: A}\n",
             4,
-            "upstreams[0].credentials: value_env does not apply to mode 'minted'",
+            "upstreams[0].credentials: value_env applies to mode 'minted' only with alg 'HS256'",
         ),
         (
             "upstreams:\n  - url: http://u/mcp\n    credentials: {mode: static, value_env: A}\n"
@@ -1107,7 +1107,7 @@ def test_tool_secret_source_replaces_the_upstreams() -> None:
         (
             "tools:\n  t:\n    credentials: {value_env: A}\n",
             4,
-            "tools.t.credentials: value_env does not apply to mode 'minted'",
+            "tools.t.credentials: value_env applies to mode 'minted' only with alg 'HS256'",
         ),
         (
             "upstreams:\n  - url: http://a/mcp\n    credentials: {mode: passthrough}\n  - url: http://b/mcp\n"

@@ -193,7 +193,7 @@ def normalise_url(url: str) -> str:
 # Which ``credentials`` keys mean something in which mode: a key given for another mode is a
 # mistake (a forgotten ``mode: static``), never silently ignored.
 _CREDENTIAL_KEYS: Final[dict[str, frozenset[str]]] = {
-    "minted": frozenset({"ttl_seconds", "scope"}),
+    "minted": frozenset({"ttl_seconds", "scope", "alg", "value_env", "value_file"}),
     "static": frozenset({"header", "value_env", "value_file"}),
     "exchange": frozenset(
         {"scope", "token_endpoint", "client_id", "client_secret_env", "audience", "subject_token_type"}
@@ -230,6 +230,9 @@ class CredentialSettings:
     """
 
     mode: str = "minted"
+    alg: str | None = None
+    """minted: ``HS256`` signs with a secret shared with the upstream (``value_env``/``value_file``)
+    instead of Wicket's signing key; None: the signing key's algorithm (EdDSA or ES256)."""
     ttl_seconds: int = 60
     scope: tuple[str, ...] = ()
     header: str = "Authorization"
@@ -260,16 +263,28 @@ def _effective_credentials(upstream: CredentialBlock, tool: CredentialBlock) -> 
     return merged
 
 
-def _credential_problems(merged: Mapping[str, Any], given: Iterable[str]) -> list[str]:
-    """What is wrong with one effective credentials setting; ``given`` are the keys to blame."""
+def _credential_problems(merged: Mapping[str, Any], given: Iterable[str], block: Iterable[str] = ()) -> list[str]:
+    """What is wrong with one effective credentials setting; ``given`` are the keys to blame for
+    keys of another mode, ``block`` the keys of the block being checked (a secret source it names
+    for a minted credential that is not HS256 would be ignored: an error, never silent)."""
     mode = merged.get("mode", "minted")
     problems: list[str] = []
     stray = sorted(k for k in given if k != "mode" and k not in _CREDENTIAL_KEYS[mode])
     if stray:
         names = ", ".join(stray)
         problems.append(f"{names} {'does' if len(stray) == 1 else 'do'} not apply to mode '{mode}'")
+    sources = [k for k in ("value_env", "value_file") if k in merged]
+    if mode == "minted":
+        if merged.get("alg") == "HS256":
+            if len(sources) != 1:
+                both = " (both are given)" if sources else ""
+                problems.append(f"alg 'HS256' needs exactly one of value_env or value_file: the shared secret{both}")
+        elif named := [k for k in sources if k in block]:
+            problems.append(
+                f"{' and '.join(named)} {'applies' if len(named) == 1 else 'apply'} to mode 'minted' "
+                "only with alg 'HS256' (a minted credential is otherwise signed with Wicket's signing key)"
+            )
     if mode == "static":
-        sources = [k for k in ("value_env", "value_file") if k in merged]
         if len(sources) != 1:
             both = " (both are given)" if sources else ""
             problems.append(f"mode 'static' needs exactly one of value_env or value_file{both}")
@@ -1217,7 +1232,8 @@ def _check_credentials(
         uppers.insert(0, (None, None))
     for _, upper in uppers:
         if upper is not None:
-            for problem in _credential_problems(_effective_credentials(upper[0], ()), dict(upper[0])):
+            given = dict(upper[0])
+            for problem in _credential_problems(_effective_credentials(upper[0], ()), given, given):
                 issues[PolicyIssue(upper[1], upper[2], f"{upper[3]}: {problem}")] = None
     for tool_block, source, line, label in tools.values():
         given = dict(tool_block)
@@ -1225,7 +1241,7 @@ def _check_credentials(
         for url, upper in uppers:
             merged = _effective_credentials(upper[0] if upper else (), tool_block)
             modes[merged.get("mode", "minted")] = None
-            for problem in _credential_problems(merged, given if "mode" in given else ()):
+            for problem in _credential_problems(merged, given if "mode" in given else (), given):
                 context = f" (under the credentials of upstream {url})" if url and "mode" not in given else ""
                 issues[PolicyIssue(source, line, f"{label}: {problem}{context}")] = None
         if "mode" not in given:

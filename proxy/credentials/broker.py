@@ -29,7 +29,7 @@ from proxy.core.policy import CredentialSettings, Policy, normalise_url
 from proxy.core.sessions import TOKEN_PREFIX, Session
 from proxy.credentials.delegation import Link, act_claim, sign_link
 from proxy.credentials.exchange import CredentialError, TokenExchanger
-from proxy.credentials.keys import KeyRing, b64url
+from proxy.credentials.keys import HS256_MIN_SECRET_BYTES, KeyRing, b64url, sign_hs256
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +41,10 @@ _LINK_CACHE_MAX = 4096
 _PLAN_CACHE_MAX = 1024
 """Minted-credential plans kept (one per upstream, tool and session ceiling); beyond it the oldest is forgotten."""
 
-_MintPlan = tuple[str, str, int, str]
+_MintPlan = tuple[str, str, int, str, "_StaticSecret | None"]
 """What a minted credential takes from the policy alone, worked out once per (upstream, tool, session
-ceiling) by :meth:`CredentialBroker._plan`: (aud, scope, ttl, the delegation link's aud)."""
+ceiling) by :meth:`CredentialBroker._plan`: (aud, scope, ttl, the delegation link's aud, the HS256
+secret or None for Wicket's signing key)."""
 
 
 class CredentialConfigError(ValueError):
@@ -126,13 +127,23 @@ def passthrough_warnings(policy: Policy) -> list[str]:
 
 
 class _StaticSecret:
-    """A secret from the environment, or from a file re-read when it changes (mounted secrets rotate)."""
+    """A secret from the environment, or from a file re-read when it changes (mounted secrets rotate):
+    a ``static`` credential, or the key of ``minted`` credentials with ``alg: HS256`` (``min_bytes``)."""
 
-    def __init__(self, settings: CredentialSettings, env: Mapping[str, str], clock: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        settings: CredentialSettings,
+        env: Mapping[str, str],
+        clock: Callable[[], float],
+        *,
+        kind: str = "static credential",
+        min_bytes: int = 1,
+    ) -> None:
         self._path = settings.value_file
         self._clock = clock
         self._checked = 0.0
         self._stamp: tuple[int, int] | None = None
+        self._kind, self._min_bytes = kind, min_bytes
         if settings.value_env is not None:
             self.source = f"environment variable {settings.value_env}"
             self._value = self._valid(env.get(settings.value_env, ""))
@@ -145,9 +156,14 @@ class _StaticSecret:
     def _valid(self, value: str) -> str:
         value = value.strip()
         if not value:
-            raise CredentialConfigError(f"static credential: {self.source} is not set or empty")
+            raise CredentialConfigError(f"{self._kind}: {self.source} is not set or empty")
         if any(ch in value for ch in "\r\n\x00"):
-            raise CredentialConfigError(f"static credential: {self.source} holds a line break or NUL")
+            raise CredentialConfigError(f"{self._kind}: {self.source} holds a line break or NUL")
+        if len(value.encode()) < self._min_bytes:
+            raise CredentialConfigError(
+                f"{self._kind}: {self.source} holds fewer than {self._min_bytes} bytes; use a random secret "
+                f"of at least {self._min_bytes} bytes (e.g. the output of `openssl rand -hex 32`)"
+            )
         return value
 
     def _read(self) -> str:
@@ -158,7 +174,7 @@ class _StaticSecret:
                 text = handle.read()
         except (OSError, UnicodeDecodeError) as exc:
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc.__class__.__name__
-            raise CredentialConfigError(f"static credential: cannot read {self.source}: {detail}") from None
+            raise CredentialConfigError(f"{self._kind}: cannot read {self.source}: {detail}") from None
         self._stamp = (stat.st_mtime_ns, stat.st_size)
         return text
 
@@ -170,9 +186,9 @@ class _StaticSecret:
             stat = os.stat(self._path)
             if (stat.st_mtime_ns, stat.st_size) != self._stamp:
                 self._value = self._valid(self._read())
-                log.info("static credential: %s changed; using the new secret", self.source)
+                log.info("%s: %s changed; using the new secret", self._kind, self.source)
         except (OSError, CredentialConfigError) as exc:
-            log.warning("static credential: keeping the last good secret: %s", exc)
+            log.warning("%s: keeping the last good secret: %s", self._kind, exc)
         return self._value
 
 
@@ -203,9 +219,33 @@ class CredentialBroker:
         """Per session: the last first-hop link and what it was signed for (sub, aud, scope, kid)."""
         self._plans: dict[tuple[str, str | None, tuple[str, ...]], _MintPlan] = {}
         """Per (upstream, tool, session ceiling) in ``minted`` mode: :data:`_MintPlan`, until the policy changes."""
+        self._hs256: dict[tuple[str | None, str | None], _StaticSecret] = {}
+        hs256_users: dict[tuple[str | None, str | None], str] = {}  # secret source -> the one upstream using it
         # Read every secret now, so a missing one stops start-up instead of failing calls later.
         for url, tool_key, settings in policy.credential_variants():
-            if settings.mode == "static":
+            if settings.mode == "minted" and settings.alg == "HS256":
+                source = (settings.value_env, settings.value_file)
+                where = _where(url, tool_key)
+                if url is None:
+                    # Whoever holds the secret can mint what the upstreams sharing it accept.
+                    raise CredentialConfigError(
+                        f"credentials alg 'HS256' for {where}: an HS256 secret must belong to one upstream; "
+                        "list the upstream under upstreams with credentials of its own"
+                    )
+                if hs256_users.setdefault(source, url) != url:
+                    raise CredentialConfigError(
+                        f"credentials alg 'HS256' for {where}: the same secret is used for upstream "
+                        f"{hs256_users[source]}, and either upstream could then mint credentials the other "
+                        "accepts; give every upstream its own secret"
+                    )
+                if source not in self._hs256:
+                    try:
+                        self._hs256[source] = _StaticSecret(
+                            settings, env, clock, kind="HS256 credential secret", min_bytes=HS256_MIN_SECRET_BYTES
+                        )
+                    except CredentialConfigError as exc:
+                        raise CredentialConfigError(f"{exc} (needed by {where})") from None
+            elif settings.mode == "static":
                 source = (settings.value_env, settings.value_file)
                 if source not in self._statics:
                     try:
@@ -267,11 +307,17 @@ class CredentialBroker:
     def _plan(self, upstream: str, tool: str | None, session: Session, settings: CredentialSettings) -> _MintPlan:
         """Work out and remember what ``_mint`` takes from the policy for this upstream, tool and ceiling."""
         aud = normalise_url(upstream)
+        secret = None
+        if settings.alg == "HS256":
+            secret = self._hs256.get((settings.value_env, settings.value_file))
+            if secret is None:  # start-up refuses such a policy: fail closed all the same
+                raise CredentialError("no HS256 secret was loaded at start-up for this upstream")
         plan = (
             aud,
             " ".join(narrow_scope(settings.scope, session, tool)),
             max(5, min(settings.ttl_seconds, 3600)),
             self._agent_name or aud,
+            secret,
         )
         plans = self._plans
         if len(plans) >= _PLAN_CACHE_MAX:
@@ -280,7 +326,7 @@ class CredentialBroker:
         return plan
 
     def _mint(self, action: Action, session: Session, plan: _MintPlan, tool: str | None) -> IssuedCredential:
-        aud, scope, ttl, link_aud = plan
+        aud, scope, ttl, link_aud, secret = plan
         now = int(self._clock())
         exp = min(now + ttl, int(session.expires_at))
         if exp <= now:
@@ -303,7 +349,7 @@ class CredentialBroker:
             claims["tool"] = tool
         if action.is_tool_call:
             self._extend_chain(claims, action, session, link_aud, now)
-        token = self._keys.sign(claims)
+        token = self._keys.sign(claims) if secret is None else sign_hs256(secret.value().encode(), claims)
         return IssuedCredential("minted", {"Authorization": f"Bearer {token}"}, jti, fingerprint(token))
 
     def _extend_chain(self, claims: dict[str, Any], action: Action, session: Session, aud: str, now: int) -> None:

@@ -8,6 +8,7 @@ signed has expired, so rotation never breaks a call in flight.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import time
@@ -56,6 +57,32 @@ def b64url(data: bytes) -> str:
     """:func:`b64url_bytes` as text. ``b64url(os.urandom(n))`` is ``secrets.token_urlsafe(n)`` (the same
     bytes source, alphabet and length)."""
     return b64url_bytes(data).decode("ascii")
+
+
+def compact_jws(header: bytes, claims: Mapping[str, Any], sign: Callable[[bytes], bytes]) -> str:
+    """A compact JWS: ``header`` (its base64url form and the ``.``), ``claims`` and ``sign``'s
+    signature over the two. Byte for byte what ``jwt.encode`` makes of the same claims (compact
+    JSON in their order), without its copies and checks: this runs for every forwarded call."""
+    plain = claims if type(claims) is dict else dict(claims)
+    payload = fast_json(plain)  # json.dumps' bytes, several times faster, when orjson writes them alike
+    if payload is None or not payload.isascii() or b"\x7f" in payload:  # PyJWT's json.dumps escapes those
+        payload = json.dumps(plain, separators=(",", ":")).encode()
+    signing_input = header + b64url_bytes(payload)
+    return (signing_input + b"." + b64url_bytes(sign(signing_input))).decode("ascii")
+
+
+HS256_MIN_SECRET_BYTES = 32
+"""RFC 7518 section 3.2: an HS256 key is at least as long as the hash output."""
+
+_HS256_HEADER: bytes = b64url_bytes(b'{"alg":"HS256","typ":"JWT"}') + b"."
+
+
+def sign_hs256(secret: bytes, claims: Mapping[str, Any]) -> str:
+    """A JWT of ``claims`` signed with HMAC-SHA256 (``alg: HS256``): for an upstream that shares
+    ``secret`` with Wicket (policy ``credentials.alg: HS256``). One C call instead of an Ed25519
+    signature; no ``kid``, since a secret's digest is not for publishing and the upstream holds
+    one secret (or, while it rotates, tries both)."""
+    return compact_jws(_HS256_HEADER, claims, lambda data: hmac.digest(secret, data, "sha256"))
 
 
 def _jws_signer(private_key: PrivateKey) -> Callable[[bytes], bytes]:
@@ -267,14 +294,7 @@ class KeyRing:
         encoded once per key and ``typ``. The token is byte for byte what ``jwt.encode`` makes of the
         same claims (header keys sorted, claims compact in their order), without its copies and checks.
         """
-        header = self._jwt_header if typ == "JWT" else self._typed_header(typ)
-        plain = claims if type(claims) is dict else dict(claims)
-        payload = fast_json(plain)  # json.dumps' bytes, several times faster, when orjson writes them alike
-        if payload is None or not payload.isascii() or b"\x7f" in payload:  # PyJWT's json.dumps escapes those
-            payload = json.dumps(plain, separators=(",", ":")).encode()
-        signing_input = header + b64url_bytes(payload)
-        signature = b64url_bytes(self._signer(signing_input))
-        return (signing_input + b"." + signature).decode("ascii")
+        return compact_jws(self._jwt_header if typ == "JWT" else self._typed_header(typ), claims, self._signer)
 
     def _typed_header(self, typ: str) -> bytes:
         cached = self._typed_headers.get(typ)
