@@ -30,6 +30,7 @@ import uvicorn
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from mcp.shared.exceptions import MCPError
 
 from proxy.core.action import Action, Delegation
 from proxy.core.policy import Policy, PolicyError, load_policy, normalise_url, parse_policy_text
@@ -804,22 +805,9 @@ async def test_an_upstream_sharing_a_secret_verifies_hs256_credentials_through_w
     assert HS256_SECRET not in running.audit_path.read_text()
 
     wrong = await make_wicket(up.url, policy, environ={"NOTES_HS256": OTHER_SECRET}, credential_issuer=up.issuer)
-    meta = {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
-    message = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {"name": "get_weather", "arguments": {"city": "Bergen"}, "_meta": meta},
-    }
-    headers = {
-        "Accept": "application/json, text/event-stream",
-        "MCP-Protocol-Version": "2026-07-28",
-        "Mcp-Method": "tools/call",
-        "Mcp-Name": "get_weather",
-    }
-    async with aiohttp.ClientSession() as http, http.post(wrong.url, json=message, headers=headers) as response:
-        refused = await response.json(content_type=None)
-    assert "HTTP 401" in refused["error"]["message"]  # (listing the tools, before the call could be)
+    async with mcp_client(wrong.url, mode="2026-07-28") as client:  # stateless: the call is the first request
+        with pytest.raises(MCPError, match="HTTP 401"):  # (Wicket lists the upstream's tools first: refused there)
+            await client.call_tool("get_weather", {"city": "Bergen"})
     assert up.ledger.calls == [("get_weather", {"city": "Oslo"})], "nothing ran with a credential of another secret"
     assert any(r.startswith("invalid credential") for r in up.verifier.refusals)
 
