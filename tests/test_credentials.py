@@ -868,6 +868,19 @@ def test_hs256_secrets_are_checked_at_start() -> None:
     )
     with pytest.raises(CredentialConfigError, match="same secret is used for upstream"):
         _broker(shared, env={"K": HS256_SECRET})
+    copied = _policy(
+        f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{alg: HS256, value_env: K1}}\n'
+        f'  - url: "{other}"\n    credentials: {{alg: HS256, value_env: K2}}\n'
+    )
+    with pytest.raises(CredentialConfigError, match="have the same secret"):
+        _broker(copied, env={"K1": HS256_SECRET, "K2": HS256_SECRET})
+    _broker(copied, env={"K1": HS256_SECRET, "K2": OTHER_SECRET})  # one secret each: fine
+    handed_out = _policy(
+        f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{alg: HS256, value_env: K1}}\n'
+        f'  - url: "{other}"\n    credentials: {{mode: static, value_env: K2}}\n'
+    )
+    with pytest.raises(CredentialConfigError, match="is also sent upstream"):
+        _broker(handed_out, env={"K1": HS256_SECRET, "K2": HS256_SECRET})
     # A tool block's HS256 reaches every upstream without credentials of its own: refused.
     everywhere = _policy("tools:\n  get_note:\n    credentials: {alg: HS256, value_env: K}\n")
     with pytest.raises(CredentialConfigError, match="must belong to one upstream"):

@@ -192,6 +192,34 @@ class _StaticSecret:
         return self._value
 
 
+def _refuse_shared_hs256(
+    hs256: Mapping[tuple[str | None, str | None], _StaticSecret],
+    users: Mapping[tuple[str | None, str | None], str],
+    statics: Mapping[tuple[str | None, str | None], _StaticSecret],
+    client_secrets: Mapping[str, str],
+) -> None:
+    """An HS256 secret is one upstream's alone: the same value under two names for two upstreams,
+    or also sent somewhere as a static credential or client secret, would let another party mint
+    what that upstream accepts. Compared by value, so a copied secret is caught too."""
+    owner: dict[str, str] = {}
+    for source, secret in hs256.items():
+        value, url = secret.value(), users[source]
+        if owner.setdefault(value, url) != url:
+            raise CredentialConfigError(
+                f"credentials alg 'HS256': upstreams {owner[value]} and {url} have the same secret ({secret.source}), "
+                "and either could then mint credentials the other accepts; give every upstream its own secret"
+            )
+    sent = [(s.source, s.value()) for s in statics.values()] + [
+        (f"client secret {name}", value) for name, value in client_secrets.items()
+    ]
+    for where, value in sent:
+        if value in owner:
+            raise CredentialConfigError(
+                f"credentials alg 'HS256': the secret of upstream {owner[value]} is also sent upstream ({where}); "
+                "whoever receives it could mint credentials that upstream accepts"
+            )
+
+
 class CredentialBroker:
     """Derives the upstream credential of each forwarded call from the policy's ``credentials``."""
 
@@ -265,6 +293,7 @@ class CredentialBroker:
                         f"(needed by {_where(url, tool_key)})"
                     )
                 self._client_secrets[name] = env[name].strip()
+        _refuse_shared_hs256(self._hs256, hs256_users, self._statics, self._client_secrets)
 
     def use_policy(self, policy: Policy) -> None:
         """A reload (credentials sections cannot change without a restart; delegation limits can)."""
