@@ -55,6 +55,7 @@ from proxy.credentials import (
 )
 from proxy.guardians.deep import DeepGuard, deep_from_env
 from proxy.guardians.remote import RemoteTier, remote_tiers
+from proxy.guardians.wire import KEY_ENV as GUARDIAN_KEY_ENV
 from proxy.httpio import client_session
 from proxy.identity_providers.federation import Federation
 from proxy.identity_providers.oidc import OidcVerifier, oauth_routes
@@ -252,6 +253,11 @@ class Wicket:
                 env=self.settings.environ,
                 exchange=self.exchanger,
                 agent_name=self.settings.agent_name,
+                own_secrets={
+                    "WICKET_ADMIN_TOKEN": self.settings.admin_token,
+                    "WICKET_SESSION_KEY": self.settings.session_key,
+                    GUARDIAN_KEY_ENV: self.settings.environ.get(GUARDIAN_KEY_ENV),
+                },
             )
         except (SigningKeyError, CredentialConfigError) as exc:
             raise SystemExit(f"wicket: {exc}") from None

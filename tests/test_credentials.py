@@ -56,7 +56,7 @@ from proxy.credentials.delegation import sign_link
 from proxy.credentials.keys import b64url
 from proxy.demo.server import Ledger, build_demo_server, free_port
 from tests import oidc_issuer as issuer_module
-from tests.conftest import DEMO_POLICY, WicketFactory, mcp_client
+from tests.conftest import ADMIN_TOKEN, DEMO_POLICY, SESSION_KEY, WicketFactory, mcp_client
 from tests.oidc_issuer import JWT_TOKEN_TYPE, TOKEN_EXCHANGE, OidcIssuer
 
 oidc_issuer = issuer_module.oidc_issuer
@@ -954,6 +954,21 @@ def test_missing_static_secret_fails_at_start_with_a_clear_message(tmp_path: Pat
         _broker(_static_policy(f'value_file: "{missing}"'))
     with pytest.raises(CredentialConfigError, match="line break"):
         _broker(_static_policy("value_env: K"), env={"K": "a\nInjected: yes"})
+
+
+async def test_no_credential_secret_may_be_one_of_wickets_own(make_wicket: WicketFactory) -> None:
+    """A static secret, an HS256 secret or an exchange client secret equal to Wicket's operator
+    token or session key would send Wicket itself upstream: start-up refuses, whatever the name."""
+    own = {"WICKET_ADMIN_TOKEN": ADMIN_TOKEN, "WICKET_SESSION_KEY": SESSION_KEY}
+    with pytest.raises(CredentialConfigError, match="is Wicket's own WICKET_ADMIN_TOKEN"):
+        _broker(_static_policy("value_env: NOTES_KEY"), env={"NOTES_KEY": ADMIN_TOKEN}, own_secrets=own)
+    with pytest.raises(CredentialConfigError, match=r"HS256 secret .* is Wicket's own WICKET_SESSION_KEY"):
+        _broker(_hs256_policy(), env={"NOTES_HS256": SESSION_KEY.decode()}, own_secrets=own)
+    _broker(_static_policy("value_env: NOTES_KEY"), env={"NOTES_KEY": "notes-key-0123"}, own_secrets=own)
+    with pytest.raises(SystemExit, match="is Wicket's own WICKET_ADMIN_TOKEN"):
+        await make_wicket(
+            NOTES, _static_policy("value_env: WICKET_ADMIN_TOKEN"), environ={"WICKET_ADMIN_TOKEN": ADMIN_TOKEN}
+        )
 
 
 # --------------------------------------------------------------------------- passthrough

@@ -192,15 +192,29 @@ class _StaticSecret:
         return self._value
 
 
-def _refuse_shared_hs256(
+def _refuse_shared_secrets(
     hs256: Mapping[tuple[str | None, str | None], _StaticSecret],
     users: Mapping[tuple[str | None, str | None], str],
     statics: Mapping[tuple[str | None, str | None], _StaticSecret],
     client_secrets: Mapping[str, str],
+    own: Mapping[str, str | bytes | None],
 ) -> None:
-    """An HS256 secret is one upstream's alone: the same value under two names for two upstreams,
-    or also sent somewhere as a static credential or client secret, would let another party mint
-    what that upstream accepts. Compared by value, so a copied secret is caught too."""
+    """No secret leaves Wicket for someone it does not belong to. An HS256 secret is one
+    upstream's alone: the same value under two names for two upstreams, or also sent somewhere as
+    a static credential or client secret, would let another party mint what that upstream
+    accepts. And none of them may be one of Wicket's ``own`` secrets (its operator token, its
+    session key): sent upstream, that would hand Wicket itself over. Compared by value, so a
+    copied secret is caught too."""
+    mine = {value.encode() if isinstance(value, str) else value: name for name, value in own.items() if value}
+    shared = [(f"HS256 secret ({s.source})", s.value()) for s in hs256.values()]
+    shared += [(f"static credential ({s.source})", s.value()) for s in statics.values()]
+    shared += [(f"exchange client secret ({name})", value) for name, value in client_secrets.items()]
+    for where, value in shared:
+        name = mine.get(value.encode())
+        if name is not None:
+            raise CredentialConfigError(
+                f"the {where} is Wicket's own {name}: it would leave Wicket with the calls; use a secret of its own"
+            )
     owner: dict[str, str] = {}
     for source, secret in hs256.items():
         value, url = secret.value(), users[source]
@@ -233,7 +247,10 @@ class CredentialBroker:
         exchange: TokenExchanger | None,
         clock: Callable[[], float] = time.time,
         agent_name: str | None = None,
+        own_secrets: Mapping[str, str | bytes | None] | None = None,
     ) -> None:
+        """``own_secrets``: Wicket's own secrets by name (its operator token, session key): no
+        credential secret may equal one of them, since it would be sent upstream."""
         self._policy = policy
         self._keys = keys
         self._issuer = issuer
@@ -293,7 +310,7 @@ class CredentialBroker:
                         f"(needed by {_where(url, tool_key)})"
                     )
                 self._client_secrets[name] = env[name].strip()
-        _refuse_shared_hs256(self._hs256, hs256_users, self._statics, self._client_secrets)
+        _refuse_shared_secrets(self._hs256, hs256_users, self._statics, self._client_secrets, own_secrets or {})
 
     def use_policy(self, policy: Policy) -> None:
         """A reload (credentials sections cannot change without a restart; delegation limits can)."""
