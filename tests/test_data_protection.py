@@ -385,6 +385,19 @@ def test_key_like_fields() -> None:
     assert not DataProtection().plan("arguments", "u", "t", Effect.READ).actions["secret_field"] == "deny"
 
 
+def test_a_key_field_too_long_to_measure_counts_as_a_secret() -> None:
+    """Past the length whose entropy is measured, a value under a key-like name is a secret (the
+    check is judged closed, never passed over); the cheap rules still apply at any length."""
+    long = "Zx8-Qw3_Lp0Vn7Rt" * 300  # 4800 characters
+    assert detectors.secret_field("apiKey", long) and detectors.secret_field("password", long)
+    assert detectors.secret_field("client_secret", "a" * 5000)  # not measured: low entropy or not
+    assert not detectors.secret_field("apiKey", "word " * 1000)  # prose, at any length
+    assert not detectors.secret_field("author", long)  # not a key-like name
+    scanner = Scanner(b"k" * 32)
+    found, _ = scanner.arguments({"token": long}, DataProtection().plan("arguments", "u", "t", Effect.READ))
+    assert found.kinds.keys() == {"secret_field"}
+
+
 def test_strict_policy_turns_personal_data_on() -> None:
     from proxy.core.policy import load_policy
     from tests.conftest import ROOT

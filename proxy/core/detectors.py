@@ -640,15 +640,23 @@ _CAMEL = _c(r"(?<=[a-z0-9])(?=[A-Z])")
 def secret_field(key: str, value: str) -> bool:
     """Whether ``value`` under the JSON key ``key`` is a secret: a key-like name
     (``password``, ``apiKey``, ``client_secret``, ...) and a value that looks like one
-    (any non-placeholder for a password, high entropy for the rest)."""
-    if len(value) < 4 or len(value) > 4096 or not key:
+    (any non-placeholder for a password, high entropy for the rest). A value longer than
+    :data:`_ENTROPY_CHARS` is not measured: under such a key it counts as a secret (judged
+    closed, never passed over)."""
+    if len(value) < 4 or not key:
         return False
     kind = _key_kind(key) if len(key) <= _KEY_MEMO_CHARS else _key_kind.__wrapped__(key)
     if kind is None:
         return False
     if kind == "password":
         return _password_value(value)
-    return len(value) >= 8 and " " not in value.strip() and _secret_value(value)
+    if len(value) < 8 or " " in value.strip():
+        return False
+    return len(value) > _ENTROPY_CHARS or _secret_value(value)
+
+
+_ENTROPY_CHARS: Final = 4096
+"""The longest key-field value whose entropy is measured (the one O(n) count a value gets here)."""
 
 
 _KEY_MEMO_CHARS: Final = 64
