@@ -866,7 +866,7 @@ def test_hs256_secrets_are_checked_at_start() -> None:
         f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{alg: HS256, value_env: K}}\n'
         f'  - url: "{other}"\n    credentials: {{alg: HS256, value_env: K}}\n'
     )
-    with pytest.raises(CredentialConfigError, match="same secret is used for upstream"):
+    with pytest.raises(CredentialConfigError, match="have the same secret"):
         _broker(shared, env={"K": HS256_SECRET})
     copied = _policy(
         f'upstreams:\n  - url: "{NOTES}"\n    credentials: {{alg: HS256, value_env: K1}}\n'

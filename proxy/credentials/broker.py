@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,10 @@ _MintPlan = tuple[str, str, int, str, "_StaticSecret | None"]
 """What a minted credential takes from the policy alone, worked out once per (upstream, tool, session
 ceiling) by :meth:`CredentialBroker._plan`: (aud, scope, ttl, the delegation link's aud, the HS256
 secret or None for Wicket's signing key)."""
+
+
+_Source = tuple[str | None, str | None]
+"""Where a secret is read from: (``value_env``, ``value_file``), one of them None."""
 
 
 class CredentialConfigError(ValueError):
@@ -193,44 +197,41 @@ class _StaticSecret:
 
 
 def _refuse_shared_secrets(
-    hs256: Mapping[tuple[str | None, str | None], _StaticSecret],
-    users: Mapping[tuple[str | None, str | None], str],
-    statics: Mapping[tuple[str | None, str | None], _StaticSecret],
+    hs256: Mapping[_Source, _StaticSecret],
+    uses: Iterable[tuple[str, _Source]],
+    statics: Mapping[_Source, _StaticSecret],
     client_secrets: Mapping[str, str],
     own: Mapping[str, str | bytes | None],
 ) -> None:
-    """No secret leaves Wicket for someone it does not belong to. An HS256 secret is one
-    upstream's alone: the same value under two names for two upstreams, or also sent somewhere as
-    a static credential or client secret, would let another party mint what that upstream
-    accepts. And none of them may be one of Wicket's ``own`` secrets (its operator token, its
-    session key): sent upstream, that would hand Wicket itself over. Compared by value, so a
-    copied secret is caught too."""
-    mine = {value.encode() if isinstance(value, str) else value: name for name, value in own.items() if value}
-    shared = [(f"HS256 secret ({s.source})", s.value()) for s in hs256.values()]
-    shared += [(f"static credential ({s.source})", s.value()) for s in statics.values()]
-    shared += [(f"exchange client secret ({name})", value) for name, value in client_secrets.items()]
-    for where, value in shared:
-        name = mine.get(value.encode())
-        if name is not None:
+    """No secret leaves Wicket for someone it does not belong to. An HS256 secret (``uses``: each
+    upstream and the source of its secret) is one upstream's alone: the same value for two
+    upstreams, or also sent somewhere as a static credential or client secret, would let another
+    party mint what that upstream accepts. And none may be one of Wicket's ``own`` secrets (its
+    operator token, its session key): sent upstream, that would hand Wicket itself over. Compared
+    by value, whatever variable or file holds it."""
+    owner: dict[str, str] = {}  # an HS256 secret -> its one upstream
+    for url, source in uses:
+        secret = hs256[source]
+        if owner.setdefault(secret.value(), url) != url:
             raise CredentialConfigError(
-                f"the {where} is Wicket's own {name}: it would leave Wicket with the calls; use a secret of its own"
+                f"credentials alg 'HS256': upstreams {owner[secret.value()]} and {url} have the same secret "
+                f"({secret.source}), and either could then mint credentials the other accepts; give every "
+                "upstream its own secret"
             )
-    owner: dict[str, str] = {}
-    for source, secret in hs256.items():
-        value, url = secret.value(), users[source]
-        if owner.setdefault(value, url) != url:
-            raise CredentialConfigError(
-                f"credentials alg 'HS256': upstreams {owner[value]} and {url} have the same secret ({secret.source}), "
-                "and either could then mint credentials the other accepts; give every upstream its own secret"
-            )
-    sent = [(s.source, s.value()) for s in statics.values()] + [
-        (f"client secret {name}", value) for name, value in client_secrets.items()
-    ]
+    sent = [(f"static credential ({s.source})", s.value()) for s in statics.values()]
+    sent += [(f"exchange client secret ({name})", value) for name, value in client_secrets.items()]
     for where, value in sent:
         if value in owner:
             raise CredentialConfigError(
                 f"credentials alg 'HS256': the secret of upstream {owner[value]} is also sent upstream ({where}); "
                 "whoever receives it could mint credentials that upstream accepts"
+            )
+    mine = {value.encode() if isinstance(value, str) else value: name for name, value in own.items() if value}
+    for where, value in [*((f"HS256 secret ({s.source})", s.value()) for s in hs256.values()), *sent]:
+        name = mine.get(value.encode())
+        if name is not None:
+            raise CredentialConfigError(
+                f"the {where} is Wicket's own {name}: it would leave Wicket with the calls; use a secret of its own"
             )
 
 
@@ -258,45 +259,45 @@ class CredentialBroker:
         """The agent behind this Wicket as delegation links name it (default: the upstream's URL)."""
         self._exchange = exchange
         self._clock = clock
-        self._statics: dict[tuple[str | None, str | None], _StaticSecret] = {}
+        self._statics: dict[_Source, _StaticSecret] = {}
         self._client_secrets: dict[str, str] = {}
         self._links: dict[str, tuple[tuple[str, str, tuple[str, ...], str], Link]] = {}
         """Per session: the last first-hop link and what it was signed for (sub, aud, scope, kid)."""
         self._plans: dict[tuple[str, str | None, tuple[str, ...]], _MintPlan] = {}
         """Per (upstream, tool, session ceiling) in ``minted`` mode: :data:`_MintPlan`, until the policy changes."""
-        self._hs256: dict[tuple[str | None, str | None], _StaticSecret] = {}
-        hs256_users: dict[tuple[str | None, str | None], str] = {}  # secret source -> the one upstream using it
+        self._hs256: dict[_Source, _StaticSecret] = {}
+        hs256_uses: list[tuple[str, _Source]] = []  # (upstream, its secret's source)
+
+        def load(
+            into: dict[_Source, _StaticSecret],
+            settings: CredentialSettings,
+            where: str,
+            **options: Any,
+        ) -> _Source:
+            source = (settings.value_env, settings.value_file)
+            if source not in into:
+                try:
+                    into[source] = _StaticSecret(settings, env, clock, **options)
+                except CredentialConfigError as exc:
+                    raise CredentialConfigError(f"{exc} (needed by {where})") from None
+            return source
+
         # Read every secret now, so a missing one stops start-up instead of failing calls later.
         for url, tool_key, settings in policy.credential_variants():
             if settings.mode == "minted" and settings.alg == "HS256":
-                source = (settings.value_env, settings.value_file)
-                where = _where(url, tool_key)
                 if url is None:
                     # Whoever holds the secret can mint what the upstreams sharing it accept.
                     raise CredentialConfigError(
-                        f"credentials alg 'HS256' for {where}: an HS256 secret must belong to one upstream; "
-                        "list the upstream under upstreams with credentials of its own"
+                        f"credentials alg 'HS256' for {_where(url, tool_key)}: an HS256 secret must belong to one "
+                        "upstream; list the upstream under upstreams with credentials of its own"
                     )
-                if hs256_users.setdefault(source, url) != url:
-                    raise CredentialConfigError(
-                        f"credentials alg 'HS256' for {where}: the same secret is used for upstream "
-                        f"{hs256_users[source]}, and either upstream could then mint credentials the other "
-                        "accepts; give every upstream its own secret"
-                    )
-                if source not in self._hs256:
-                    try:
-                        self._hs256[source] = _StaticSecret(
-                            settings, env, clock, kind="HS256 credential secret", min_bytes=HS256_MIN_SECRET_BYTES
-                        )
-                    except CredentialConfigError as exc:
-                        raise CredentialConfigError(f"{exc} (needed by {where})") from None
+                where = _where(url, tool_key)
+                kind = "HS256 credential secret"
+                hs256_uses.append(
+                    (url, load(self._hs256, settings, where, kind=kind, min_bytes=HS256_MIN_SECRET_BYTES))
+                )
             elif settings.mode == "static":
-                source = (settings.value_env, settings.value_file)
-                if source not in self._statics:
-                    try:
-                        self._statics[source] = _StaticSecret(settings, env, clock)
-                    except CredentialConfigError as exc:
-                        raise CredentialConfigError(f"{exc} (needed by {_where(url, tool_key)})") from None
+                load(self._statics, settings, _where(url, tool_key))
             elif settings.mode == "exchange":
                 if exchange is None:
                     raise CredentialConfigError(
@@ -310,7 +311,7 @@ class CredentialBroker:
                         f"(needed by {_where(url, tool_key)})"
                     )
                 self._client_secrets[name] = env[name].strip()
-        _refuse_shared_secrets(self._hs256, hs256_users, self._statics, self._client_secrets, own_secrets or {})
+        _refuse_shared_secrets(self._hs256, hs256_uses, self._statics, self._client_secrets, own_secrets or {})
 
     def use_policy(self, policy: Policy) -> None:
         """A reload (credentials sections cannot change without a restart; delegation limits can)."""
