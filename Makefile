@@ -45,9 +45,9 @@ format: $(STAMP)
 	$(BIN)/ruff format proxy tests bench
 	$(BIN)/ruff check --fix proxy tests bench
 
-## Direct call vs bare pass-through vs Wicket (memory and Redis stores) in one run, then revocation across replicas.
+## Direct call vs bare pass-through vs pass-through plus the essentials vs Wicket (memory and Redis stores) in one run, then revocation across replicas.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py --stores memory,redis
+	$(BIN)/python bench/run.py --stores memory,redis --essentials
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/revocation.py --load 8
 

@@ -92,6 +92,9 @@ STORES = ("memory", "redis")
 WICKET_PROC = {"memory": "wicket", "redis": "wicket-redis"}
 AUDIT_FILE = {"memory": "audit.jsonl", "redis": "audit-redis.jsonl"}
 REDIS_PROC = "redis"
+# --essentials: the floor plus only the per-call work issue 19 keeps (bench/floor.py --essentials).
+ESSENTIALS = "essentials"
+ESSENTIALS_AUDIT = "audit-essentials.jsonl"
 
 
 class BenchError(RuntimeError):
@@ -239,7 +242,7 @@ class SessionGrant:
 class Target:
     """One thing to measure: a workload, a URL, a pooled client session, and the process that serves it."""
 
-    name: str  # direct | floor | wicket | wicket-redis
+    name: str  # direct | floor | essentials | wicket | wicket-redis
     workload: Workload
     url: str
     proxy: str | None  # name of the proxy process in front of the upstream, if any
@@ -815,6 +818,40 @@ def render_goals(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def render_essentials(summary: dict[str, Any], concurrency: int) -> str:
+    """What the work no Wicket may drop costs (``--essentials``), next to Wicket's own CPU and the goal:
+    the goal's room for everything else (identity, policy, guardians, screening, metrics)."""
+    lines = [
+        "The part no optimisation can remove (--essentials: the floor plus the request read, a decision record "
+        "before the forward, an Ed25519 credential for the call, the answer read, an outcome record):",
+        "",
+        "| path, CPU per call over the floor | essentials | Wicket | Wicket - essentials | goal | room left by "
+        "the essentials |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key, wl in summary["workloads"].items():
+        t = wl["targets"]
+        if "floor" not in t or ESSENTIALS not in t:
+            continue
+        for suffix, label in (("_c1", "c=1"), ("", f"c={concurrency}")):
+            floor_cpu = t["floor"][f"proxy_cpu_us_per_call{suffix}"]
+            essentials = sub(t[ESSENTIALS][f"proxy_cpu_us_per_call{suffix}"], floor_cpu)
+            own = sub(t["wicket"][f"proxy_cpu_us_per_call{suffix}"], floor_cpu)
+            room = sub(OWN_CPU_GOAL_US[key], essentials)
+            lines.append(
+                f"| {wl['path']}, {label} | {fmt(essentials, '+.0f', ' µs')} | {fmt(own, '+.0f', ' µs')} | "
+                f"{fmt(sub(own, essentials), '+.0f', ' µs')} | {OWN_CPU_GOAL_US[key]:.0f} µs | "
+                f"{fmt(room, '.0f', ' µs')} |"
+            )
+        p50 = sub(t[ESSENTIALS]["p50_ms"], t["floor"]["p50_ms"])
+        lines.append(
+            f"| {wl['path']}, added p50 c=1 | {fmt(p50, '+.3f', ' ms')} | "
+            f"{fmt(sub(t['wicket']['p50_ms'], t['floor']['p50_ms']), '+.3f', ' ms')} | | {ADDED_P50_GOAL_MS:.2f} ms | "
+            f"{fmt(sub(ADDED_P50_GOAL_MS, p50), '.3f', ' ms')} |"
+        )
+    return "\n".join(lines)
+
+
 def render_stores(wls: dict[str, Any], concurrency: int) -> str:
     """Wicket(redis) against Wicket(memory), per workload."""
     paths = [wl for wl in wls.values() if "redis_vs_memory" in wl]
@@ -952,13 +989,12 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
     if not args.sse:
         upstream_argv.append("--json-response")
     procs.append(spawn("upstream", upstream_argv, workdir))
-    procs.append(
-        spawn(
-            "floor",
-            [py, str(ROOT / "bench" / "floor.py"), "--listen", f"{HOST}:{fl}", "--upstream", f"http://{HOST}:{up}"],
-            workdir,
-        )
-    )
+    floor_argv = [py, str(ROOT / "bench" / "floor.py"), "--upstream", f"http://{HOST}:{up}"]
+    procs.append(spawn("floor", [*floor_argv, "--listen", f"{HOST}:{fl}"], workdir))
+    es = free_port()
+    if args.essentials:
+        essentials_argv = [*floor_argv, "--listen", f"{HOST}:{es}", "--essentials", str(workdir / ESSENTIALS_AUDIT)]
+        procs.append(spawn(ESSENTIALS, essentials_argv, workdir))
     admin_token = wicket_env["WICKET_ADMIN_TOKEN"]
     store_url = {"memory": "memory"}
     if "redis" in args.stores:
@@ -996,6 +1032,8 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
         targets.append(Target("direct", wl, f"http://{HOST}:{up}/mcp", None, args.sse))
         if wl is READ or not args.no_write_floor:
             targets.append(Target("floor", wl, f"http://{HOST}:{fl}/mcp", "floor", args.sse))
+        if args.essentials:
+            targets.append(Target(ESSENTIALS, wl, f"http://{HOST}:{es}/mcp", ESSENTIALS, args.sse))
         for name, (wk, _) in ports.items():
             grant = grants[name] if wl is WRITE else None
             targets.append(Target(name, wl, f"http://{HOST}:{wk}/mcp", name, args.sse, grant=grant))
@@ -1063,6 +1101,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Wicket mints its upstream credentials with HS256 (credentials.alg) instead of its Ed25519 key",
     )
     p.add_argument(
+        "--essentials",
+        action="store_true",
+        help="also measure the floor plus only the per-call work no Wicket may drop (audit records before and "
+        "after, an Ed25519 credential, both JSON parses): the least Wicket's own CPU can be on this machine",
+    )
+    p.add_argument(
         "--wicket-arg", action="append", default=[], metavar="ARG", help="extra `wicket run` argument (repeatable)"
     )
     p.add_argument(
@@ -1082,6 +1126,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.stores = stores
     if "redis" in stores and shutil.which(args.redis_server) is None:
         p.error(f"--stores ...,redis needs a redis-server binary: {args.redis_server!r} not found")
+    if args.essentials and args.sse:
+        p.error("--essentials measures the stateless JSON transport only: drop --sse")
     if min(args.calls, args.throughput_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
         p.error("--calls, --throughput-calls, --concurrency and --rounds must be positive")
     if args.rounds > min(args.calls, args.throughput_calls):
@@ -1147,6 +1193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["goals"] = goals({**result, "concurrency": args.concurrency})
     print("\nGoals (issue 19; own CPU = Wicket's CPU per call minus the floor's, same run):\n")
     print(render_goals(result["goals"]))
+    if args.essentials:
+        print("\n" + render_essentials(result, args.concurrency))
     for wl in result["workloads"].values():
         for name, t in wl["targets"].items():
             if t["warmup_failures"]:
