@@ -272,6 +272,24 @@ def test_the_one_json_reader_reads_exactly_as_python_s_json_does(raw: bytes | st
     assert repr(loads(raw)) == repr(json.loads(raw))
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"n": 1234567890123456789}',  # 19 digits, fits 64 bits: json's int either way
+        b'{"n": 123456789012345678, "m": 1.2345678901234567890e3}',  # 18 in a row; 19 after a dot
+        b'{"n": 18446744073709551616}',  # 2**64
+        b'{"s": "a 30-digit string 123456789012345678901234567890 stays a string"}',
+        '{"n": 12345678901234567890, "arabic": "١٢٣"}'.encode(),
+    ],
+)
+def test_long_digit_runs_are_read_as_json_reads_them(raw: bytes) -> None:
+    """Text with 19 or more ASCII digits in a row skips orjson (it turns an integer past 64 bits
+    into a float); the value is json's wherever the run is."""
+    value = loads(raw)
+    assert repr(value) == repr(json.loads(raw))
+    assert all(type(v) is type(w) for v, w in zip(value.values(), json.loads(raw).values(), strict=True))
+
+
 @pytest.mark.parametrize("raw", [b'{"a":', b'{"a": 1} trailing', b"\xff\xfe\xfd", b"", b"{'single': 1}"])
 def test_the_one_json_reader_refuses_what_json_refuses(raw: bytes) -> None:
     with pytest.raises(ValueError):

@@ -35,7 +35,11 @@ MAX_DEPTH: Final = 64
 comes near it, and every later walk (screening, audit, pinning) can then rely on it."""
 
 _ESCAPE: Final = re.compile(rb"\\.", re.S)
-_LONG_DIGITS: Final = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS: Final = 19
+"""Digits in a row from which an integer may not fit 64 bits (2**63 has 19)."""
+_DIGIT_RUN: Final = b"0" * _LONG_DIGITS
+_DIGITS_AS_ZERO: Final = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+"""``translate`` table: every ASCII digit becomes ``0``, every other byte a space."""
 _BRACKETS: Final = bytes.maketrans(b"[]{}", b"()()")
 _NOT_SKELETON: Final = bytes(b for b in range(256) if b not in b'[]{}"')
 
@@ -55,11 +59,13 @@ def loads(raw: bytes | str) -> Any:
     as the Python SDK is). orjson reads it about five times faster where it reads it alike: it
     refuses what json alone accepts (NaN, a lone surrogate, a BOM, UTF-16, a number beyond a
     double), which then goes to json, but it turns an integer past 64 bits into a float, so text
-    with 19 digits in a row goes to json directly. The depth check costs two counts, and only a
+    with 19 digits in a row goes to json directly (found with one ``translate`` and a substring
+    search: a regular expression stepped through every byte at several times the cost, twice per
+    call). The depth check costs two counts, and only a
     message with more than ``MAX_DEPTH`` brackets also has its bracket skeleton measured."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     try:
-        if _LONG_DIGITS.search(data) is not None:
+        if _DIGIT_RUN in data.translate(_DIGITS_AS_ZERO):
             raise orjson.JSONDecodeError("an integer may not fit 64 bits", "", 0)
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
