@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -107,12 +108,9 @@ class LoopHistogram(_KeptChildren, prometheus_client.Histogram):
         except AttributeError:  # the labelled parent: prometheus_client's own error
             self._raise_if_not_observable()
             raise
-        i = 0
-        for bound in self._upper_bounds:  # the first bucket that holds it; NaN falls in none, as there
-            if amount <= bound:
-                self._counts[i] += 1
-                break
-            i += 1
+        if amount == amount:  # NaN falls in no bucket, as in prometheus_client
+            # The first bucket that holds it (the bounds ascend and end with +Inf), found in C.
+            self._counts[bisect_left(self._upper_bounds, amount)] += 1
 
     def _child_samples(self) -> Iterable[Sample]:
         samples = []
