@@ -92,17 +92,15 @@ def forward_headers(
 ) -> CIMultiDict[str]:
     """Copy end-to-end headers: hop-by-hop ones, those named in ``Connection`` and ``drop`` go.
 
-    Runs twice per call, so the copy is multidict's, and the names to drop that are there are
-    found in C (the lower-cased names present against the set to drop) before any is removed.
-    Header names are HTTP tokens (ASCII: aiohttp's parser refuses anything else), which
-    ``str.lower`` folds as multidict does."""
+    Runs twice per call, so the copy is multidict's and only the names to drop are looked up."""
     out: CIMultiDict[str] = CIMultiDict(headers)
     names = _dropped(drop)
     connection = headers.get("Connection")
     if connection:
         names = names | {t.strip().lower() for t in connection.split(",") if t.strip()}
-    for name in names.intersection(map(str.lower, out)):
-        out.popall(name)
+    for name in names:
+        if name in out:
+            out.popall(name)
     return out
 
 
