@@ -10,6 +10,13 @@ figures as shares, never as Wicket's real cost: ``bench/run.py`` measures that.
 credential, the audit records, the answer screen...) in the CPU time of their own coroutine steps:
 real µs per call, about a microsecond of clock reads added per stage.
 
+``--instructions`` counts the machine instructions the process runs per call instead
+(``valgrind --tool=callgrind``, switched on only while the measured calls run): unlike any CPU
+time on a shared machine the count repeats to within about 0.1%, so a change of 1% shows. It
+counts instructions, not cycles (cache misses are not in it): a change that lowers the count
+still wants a look in ``bench/run.py``. ``--floor`` and ``--floor --essentials`` count the floor
+and the floor plus the essentials (``bench/floor.py``) the same way.
+
 ``--checkout DIR`` profiles another checkout's ``proxy`` package with this checkout's interpreter
 (for example a ``git worktree`` of an older commit), so "before" and "after" come from one script.
 
@@ -28,6 +35,7 @@ import pstats
 import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -66,7 +74,7 @@ async def drive(
     """Start everything, make the calls; returns (calls, Wicket CPU seconds while they ran)."""
     py = sys.executable
     env = {"PYTHONPATH": str(checkout), "WICKET_ADMIN_TOKEN": secrets.token_urlsafe(32)}
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + (300 if args.instructions else 60)  # start-up under valgrind is slow
     up, wk, adm = free_port(), free_port(), free_port()
     policy = workdir / "bench-policy.yaml"
     policy.write_text(BENCH_POLICY)
@@ -89,8 +97,15 @@ async def drive(
         write_signing_key(key)
         env |= {"WICKET_SESSION_KEY": secrets.token_hex(32), "WICKET_SIGNING_KEY": str(key)}
     launcher = "staged_wicket.py" if args.stages else "profiled_wicket.py"
+    # Under callgrind the process itself runs (instrumented only from the measured calls on);
+    # otherwise a launcher that profiles or times it between SIGUSR1 and SIGUSR2.
+    if args.instructions:
+        head = [*CALLGRIND, f"--callgrind-out-file={pstats_file}", py]
+        wicket_head = [*head, "-m", "proxy"]
+    else:
+        head = wicket_head = [py, str(ROOT / "bench" / launcher), str(pstats_file)]
     argv = [
-        py, str(ROOT / "bench" / launcher), str(pstats_file), "run",
+        *wicket_head, "run",
         "--upstream", f"http://{HOST}:{up}/mcp",
         "--policy", str(checkout / "policies" / "demo.yaml"), "--policy", str(policy),
         "--listen", f"{HOST}:{wk}", "--admin-listen", f"{HOST}:{adm}",
@@ -98,8 +113,16 @@ async def drive(
     ]  # fmt: skip
     workload = WORKLOADS[args.workload]
     if args.floor:  # the same profile of the bare pass-through proxy (bench/floor.py), for comparison
-        argv = [py, argv[1], str(pstats_file), str(ROOT / "bench" / "floor.py"), "--listen", f"{HOST}:{wk}",
-                "--upstream", f"http://{HOST}:{up}"]  # fmt: skip
+        argv = [
+            *head,
+            str(ROOT / "bench" / "floor.py"),
+            "--listen",
+            f"{HOST}:{wk}",
+            "--upstream",
+            f"http://{HOST}:{up}",
+        ]
+        if args.essentials:
+            argv += ["--essentials", str(workdir / "audit-essentials.jsonl")]
     wicket = spawn("floor" if args.floor else "wicket", argv, workdir, env, cwd=checkout)
     procs.append(wicket)
     grant = None
@@ -126,7 +149,7 @@ async def drive(
         await batch(min(args.calls, 2 * args.concurrency + 100))  # warm-up: caches, pools, pins
         done, cpu = 0, 0.0
         await target.reserve(min(args.calls, SESSION_CALLS - 2 * args.concurrency))
-        os.kill(wicket.pid, signal.SIGUSR1)  # profile from here: the measured calls only
+        switch(args, wicket.pid, on=True)  # profile from here: the measured calls only
         while done < args.calls:
             n = min(args.calls - done, SESSION_CALLS - 2 * args.concurrency)
             await target.reserve(n)  # a fresh read-write session between batches, outside the CPU window
@@ -134,10 +157,36 @@ async def drive(
             await batch(n)
             cpu += cpu_seconds(wicket.pid) - before
             done += n
-        os.kill(wicket.pid, signal.SIGUSR2)  # stop and write the statistics
+        switch(args, wicket.pid, on=False)  # stop and write the statistics
         return done, cpu
     finally:
         await target.close()
+
+
+CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
+
+
+def switch(args: argparse.Namespace, pid: int, *, on: bool) -> None:
+    """Start or stop measuring: a signal to the launcher, or callgrind's own control (off also dumps)."""
+    if not args.instructions:
+        os.kill(pid, signal.SIGUSR1 if on else signal.SIGUSR2)
+        return
+    commands = [["-i", "on"]] if on else [["-i", "off"], ["-d"]]
+    for command in commands:
+        done = subprocess.run(["callgrind_control", *command, str(pid)], capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            raise BenchError(f"callgrind_control {' '.join(command)} failed: {done.stderr.strip() or done.stdout}")
+
+
+def instructions(out_file: Path) -> int:
+    """The instructions callgrind counted while switched on, from its dumps (``--callgrind-out-file``
+    and the numbered files ``callgrind_control -d`` adds)."""
+    counted = 0
+    for dump in out_file.parent.glob(out_file.name + "*"):
+        for line in dump.read_text(errors="replace").splitlines():
+            if line.startswith("totals:"):
+                counted += int(line.split()[1])
+    return counted
 
 
 def report(pstats_file: Path, calls: int, top: int, checkout: Path) -> str:
@@ -185,17 +234,35 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workload", choices=sorted(WORKLOADS), default="read", help="read (Fast only) or write (Fast + Spot)"
     )
     p.add_argument("--store", choices=("memory", "redis"), default="memory")
-    p.add_argument("--calls", type=int, default=4000, help="profiled calls (default 4000)")
-    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--calls", type=int, default=0, help="profiled calls (default 4000; 300 with --instructions)")
+    p.add_argument("--concurrency", type=int, default=0, help="default 32; 1 with --instructions")
     p.add_argument("--top", type=int, default=25, help="functions listed per table (default 25)")
     p.add_argument("--checkout", default=str(ROOT), help="the checkout whose proxy package is profiled")
     p.add_argument("--redis-server", default="redis-server")
     p.add_argument("--pstats", metavar="FILE", help="keep cProfile's statistics in FILE (for snakeviz, pstats)")
     p.add_argument("--floor", action="store_true", help="profile the floor proxy (bench/floor.py) instead of Wicket")
     p.add_argument("--stages", action="store_true", help="time Wicket's stages (real CPU) instead of cProfile")
+    p.add_argument(
+        "--instructions",
+        action="store_true",
+        help="count machine instructions per call under callgrind (repeatable to ~0.1%%) instead of cProfile; "
+        "--calls defaults to 300 and --concurrency to 1 (the counts repeat best in sequence)",
+    )
+    p.add_argument("--essentials", action="store_true", help="with --floor: the floor plus the essentials")
     args = p.parse_args(argv)
-    if args.stages and (args.floor or args.pstats):
-        p.error("--stages times Wicket's own stages: not with --floor or --pstats")
+    if args.instructions:
+        args.calls = args.calls or 300
+        args.concurrency = args.concurrency or 1
+        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+            p.error("--instructions needs valgrind (callgrind and callgrind_control) on PATH")
+    args.calls = args.calls or 4000
+    args.concurrency = args.concurrency or 32
+    if args.essentials and not args.floor:
+        p.error("--essentials goes with --floor (Wicket does the essentials and the rest)")
+    if sum((args.stages, args.instructions, bool(args.pstats))) > 1:
+        p.error("--stages, --instructions and --pstats measure in different ways: choose one")
+    if args.stages and args.floor:
+        p.error("--stages times Wicket's own stages: not with --floor")
     if args.store == "redis" and shutil.which(args.redis_server) is None:
         p.error(f"--store redis needs a redis-server binary: {args.redis_server!r} not found")
     if args.calls < 1 or args.concurrency < 1 or 2 * args.concurrency >= SESSION_CALLS:
@@ -206,7 +273,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="wicket-profile-"))
-    pstats_file = Path(args.pstats) if args.pstats else workdir / "wicket.pstats"
+    pstats_file = (
+        Path(args.pstats) if args.pstats else workdir / ("callgrind.out" if args.instructions else "wicket.pstats")
+    )
     procs: list[Proc] = []
     try:
         calls, cpu = asyncio.run(drive(args, Path(args.checkout).resolve(), workdir, procs, pstats_file))
@@ -214,6 +283,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"profile: {exc}\n(logs kept in {workdir})", file=sys.stderr)
         stop_all(procs)
         return 1
+    if args.instructions:
+        stop_all(procs, grace=30)  # valgrind writes its last dump on the way out
+        counted = instructions(pstats_file)
+        what = ("the floor + essentials" if args.essentials else "the floor") if args.floor else f"{args.store} store"
+        print(
+            f"{args.workload} workload, {what}, {calls} calls at c={args.concurrency}, checkout {args.checkout}: "
+            f"{counted / calls:,.0f} instructions per call (callgrind)"
+        )
+        shutil.rmtree(workdir, ignore_errors=True)
+        return 0 if counted else 1
     for _ in range(100):  # written by Wicket's signal handler, between two of its event-loop steps
         if pstats_file.is_file() and pstats_file.stat().st_size:
             break
