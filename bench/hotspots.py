@@ -65,6 +65,7 @@ from run import (
 )
 
 WORKLOADS = {"read": READ, "write": WRITE}
+CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no")  # --instructions: counting starts switched off
 SESSION_CALLS = 800  # write calls per read-write session, below the bench policy's anomaly min_calls
 
 
@@ -161,9 +162,6 @@ async def drive(
         return done, cpu
     finally:
         await target.close()
-
-
-CALLGRIND = ("valgrind", "--tool=callgrind", "--instr-atstart=no")
 
 
 def switch(args: argparse.Namespace, pid: int, *, on: bool) -> None:
