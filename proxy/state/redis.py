@@ -67,15 +67,20 @@ _BACKOFF = ExponentialBackoff(cap=0.1, base=0.01)
 #       ZCOUNT; the sequence number orders calls made at the same instant.
 # ARGV: 1 now, 2 window horizon (now - window), 3 minute horizon (now - 60), 4 retention horizon
 #       (the older of the two), 5 effect 0..3, 6 action key, 7 TTL in ms, 8 cap on remembered calls
+# A zset that held nothing after the retention trim is neither counted nor given a TTL (it does
+# not exist, unless it is the one this call adds to): for most sessions three of the four, which
+# spares six ZCOUNTs and three PEXPIREs per call.
 # Returns the activity *before* this call: calls, denials, writes, window calls, minute calls,
 # window calls per effect (4), repeat denials of this action, history (oldest first) as one JSON array
 # ('' when empty): one string parses at C speed where twenty would each take a trip through the parser.
 NOTE_CALL = """
 local cap = tonumber(ARGV[8])
 local total = 0
+local held = {}
 for i = 4, 7 do
   redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', ARGV[4])
-  total = total + redis.call('ZCARD', KEYS[i])
+  held[i] = redis.call('ZCARD', KEYS[i])
+  total = total + held[i]
 end
 while total > 0 and total >= cap do
   local key, score, member = nil, nil, nil
@@ -94,10 +99,13 @@ end
 local window_from, minute_from = '(' .. ARGV[2], '(' .. ARGV[3]
 local by_effect, window_calls, minute_calls = {}, 0, 0
 for i = 4, 7 do
-  local n = redis.call('ZCOUNT', KEYS[i], window_from, '+inf')
+  local n = 0
+  if held[i] > 0 then
+    n = redis.call('ZCOUNT', KEYS[i], window_from, '+inf')
+    minute_calls = minute_calls + redis.call('ZCOUNT', KEYS[i], minute_from, '+inf')
+  end
   by_effect[i - 3] = n
   window_calls = window_calls + n
-  minute_calls = minute_calls + redis.call('ZCOUNT', KEYS[i], minute_from, '+inf')
 end
 local counts = redis.call('HMGET', KEYS[1], 'calls', 'denials', 'writes')
 local calls = tonumber(counts[1]) or 0
@@ -109,7 +117,9 @@ local effect = tonumber(ARGV[5])
 redis.call('HINCRBY', KEYS[1], 'calls', 1)
 redis.call('ZADD', KEYS[4 + effect], ARGV[1], string.format('%016d', calls))
 for i = 1, 7 do
-  redis.call('PEXPIRE', KEYS[i], ARGV[7])
+  if i < 4 or held[i] > 0 or i == 4 + effect then
+    redis.call('PEXPIRE', KEYS[i], ARGV[7])
+  end
 end
 local entries = ''
 if #history > 0 then
