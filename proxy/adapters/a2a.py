@@ -45,6 +45,7 @@ from proxy.adapters.relay import (
     caller_session,
     deliver,
     failure_kind,
+    failure_refusal,
     is_id,
     parse_body,
     read_answer,
@@ -377,13 +378,7 @@ class A2AProxy:
             kind = failure_kind(exc)
             exchange.failed(f"upstream {kind}: {exc.__class__.__name__}")
             self._metrics.upstream_errors.labels(PROTOCOL, kind).inc()
-            status, code = (504, jsonrpc.UPSTREAM_TIMEOUT) if kind == "timeout" else (502, jsonrpc.UPSTREAM_UNAVAILABLE)
-            text = {
-                "timeout": "did not answer in time",
-                "protocol": "answered what is not readable HTTP; Wicket relayed none of it",
-                "unreachable": "is unreachable; nothing was executed",
-            }[kind]
-            refusal = Refusal(status, code, f"The upstream A2A agent {text}.", request_id=exchange.call.request_id)
+            refusal = failure_refusal(kind, "A2A agent", exchange.call.request_id)
             response = self._refusal_response(refusal, rest=exchange.call.rest)
         except Refusal as refusal:
             exchange.failed(refusal.message)

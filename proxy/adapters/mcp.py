@@ -36,6 +36,7 @@ from proxy.adapters.relay import (
     caller_session,
     deliver,
     failure_kind,
+    failure_refusal,
     follow_disconnects,
     is_id,
     parse_body,
@@ -944,19 +945,9 @@ class McpProxy:
     def _upstream_failure(
         self, request: web.Request, kind: str, decided: tuple[Action, Decision, Any] | None
     ) -> web.Response:
-        request_id = decided[2] if decided else None
-        if kind == "timeout":
-            status, code = 504, jsonrpc.UPSTREAM_TIMEOUT
-            message = "The upstream MCP server did not answer in time."
-        elif kind == "protocol":
-            status, code = 502, jsonrpc.UPSTREAM_UNAVAILABLE
-            message = "The upstream MCP server's answer was not readable HTTP; Wicket relayed none of it."
-        else:
-            status, code = 502, jsonrpc.UPSTREAM_UNAVAILABLE
-            message = "The upstream MCP server is unreachable; nothing was executed."
-        return web.Response(
-            status=status, body=jsonrpc.error_body(code, message, None, request_id), content_type="application/json"
-        )
+        failure = failure_refusal(kind, "MCP server", decided[2] if decided else None)
+        body = jsonrpc.error_body(failure.code, failure.message, None, failure.request_id)
+        return web.Response(status=failure.status, body=body, content_type="application/json")
 
     def _refusal_response(self, refusal: Refusal, headers: dict[str, str] | None = None) -> web.Response:
         self._metrics.rejections.labels(refusal.reason).inc()

@@ -486,6 +486,20 @@ def failure_kind(exc: BaseException) -> Literal["timeout", "unreachable", "proto
     return "unreachable"
 
 
+_FAILURE_TEXT: dict[str, str] = {
+    "timeout": "did not answer in time",
+    "protocol": "answered what is not readable HTTP; Wicket relayed none of it",
+    "unreachable": "is unreachable; nothing was executed",
+}
+
+
+def failure_refusal(kind: str, upstream: str, request_id: Any = None) -> Refusal:
+    """The client's error for an exchange that failed as ``failure_kind`` says: 504 when the
+    upstream (``upstream`` names it: "MCP server", "A2A agent") did not answer in time, else 502."""
+    status, code = (504, jsonrpc.UPSTREAM_TIMEOUT) if kind == "timeout" else (502, jsonrpc.UPSTREAM_UNAVAILABLE)
+    return Refusal(status, code, f"The upstream {upstream} {_FAILURE_TEXT[kind]}.", request_id=request_id)
+
+
 def redirect_problem(upstream: aiohttp.ClientResponse) -> str:
     """Why an upstream redirect went nowhere. A redirect is neither followed nor relayed: following
     it would send the call (its arguments) to a server the policy never named, and relaying it would
