@@ -991,7 +991,7 @@ async def run_bench(args: argparse.Namespace, workdir: Path, procs: list[Proc]) 
     procs.append(spawn("upstream", upstream_argv, workdir))
     floor_argv = [py, str(ROOT / "bench" / "floor.py"), "--upstream", f"http://{HOST}:{up}"]
     procs.append(spawn("floor", [*floor_argv, "--listen", f"{HOST}:{fl}"], workdir))
-    es = free_port()
+    es = free_port() if args.essentials else 0
     if args.essentials:
         essentials_argv = [*floor_argv, "--listen", f"{HOST}:{es}", "--essentials", str(workdir / ESSENTIALS_AUDIT)]
         procs.append(spawn(ESSENTIALS, essentials_argv, workdir))
