@@ -378,7 +378,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tools": cmd_tools,
         "inject-webhook": cmd_inject_webhook,
     }[args.command]
-    return handler(args)
+    try:
+        code = handler(args)
+        sys.stdout.flush()  # here, not at exit, where a closed pipe could only be reported
+        return code
+    except BrokenPipeError:
+        # The reader went away (``wicket audit verify log | head -1``): stop quietly, as Unix tools do,
+        # instead of a traceback; stdout goes to /dev/null so the interpreter's last flush cannot fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command a pipe ended
 
 
 def _settings(args: argparse.Namespace, upstream: str, policy_files: list[str], **extra: Any) -> Settings:

@@ -53,6 +53,18 @@ async def test_audit_verify_cli(wicket: RunningWicket, capsys: pytest.CaptureFix
     assert "line 2" in capsys.readouterr().out
 
 
+def test_output_into_a_closed_pipe_ends_quietly() -> None:
+    """``wicket audit verify log | head -1``: the reader leaves early, and the command stops as
+    Unix tools do (exit 141, 128 + SIGPIPE) instead of printing a traceback."""
+    argv = [sys.executable, "-m", "proxy", "policy", "check", str(ROOT / "policies/demo.yaml")]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # before the command has written anything: its first write finds no reader
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141, stderr
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
 async def test_sessions_create_cli(
     wicket: RunningWicket, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
