@@ -333,6 +333,7 @@ def summarise(runs: list[Iteration]) -> dict[str, Any]:
         "iterations": len(runs),
         "enforced_from_revoke_sent": distribution([r.enforced for r in runs]),
         "enforced_on_a_from_revoke_sent": distribution([r.enforced_a for r in runs]),
+        "enforced_on_b_from_a": distribution([r.enforced - r.enforced_a for r in runs]),
         "refused_from_revoke_sent": distribution([r.refused for r in runs]),
         "refused_from_revoke_response": distribution([r.refused - r.revoke_response for r in runs]),
         "refusing_poll_sent_from_revoke_sent": distribution([r.refused_sent for r in runs]),
@@ -354,6 +355,7 @@ def render(summary: dict[str, Any]) -> str:
     rows = [
         ("**B enforces it (refuses what it admits from then on), from revoke sent**", "enforced_from_revoke_sent"),
         ("A enforces it (before announcing it), from revoke sent", "enforced_on_a_from_revoke_sent"),
+        ("B enforces it, from A enforcing it (the replica-to-replica part)", "enforced_on_b_from_a"),
         ("B's first 401 arrives (adds the probe's own calls), from revoke sent", "refused_from_revoke_sent"),
         ("B refuses, from A's 201 to the revoke", "refused_from_revoke_response"),
         ("B's refusing poll was sent, from revoke sent (< 0: before it)", "refusing_poll_sent_from_revoke_sent"),

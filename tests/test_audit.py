@@ -166,6 +166,34 @@ def test_canonical_matches_the_documented_form_on_generated_events(event: dict[s
     assert canonical(event) == expected
 
 
+def test_fast_encoder_matches_the_documented_form_for_floats_of_every_magnitude() -> None:
+    # orjson writes some floats unlike json.dumps (NaN as null, 0.00001 for 1e-05, 1e-9 for 1e-09):
+    # the fast encoders must never return those bytes. Every exponent, both signs, random bit patterns.
+    import random
+    import struct
+
+    from proxy.audit.chain import fast_json, fast_sorted_json
+
+    rng = random.Random(19)
+    floats = [m * 10.0**e for e in range(-325, 309) for m in (1.0, 1.5, 2.2250738585072014, 9.999999)]
+    floats += [struct.unpack("<d", rng.getrandbits(64).to_bytes(8, "little"))[0] for _ in range(20_000)]
+    for x in [*floats, *(-f for f in floats)]:
+        event = {"b": x, "a": [x, {"c": x}]}
+        try:
+            expected = documented_canonical(event)
+        except ValueError:  # NaN and the infinities: never written
+            assert fast_sorted_json(event) is None and fast_json(event) is None, x
+            continue
+        fast = fast_sorted_json(event)
+        assert fast is None or fast == expected, x
+        compact = fast_json(event)
+        assert compact is None or compact == json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode(), x
+    # Such text inside strings is only text.
+    for text in ("null", "one-two", "0.00001", "1e-9", "NaN"):
+        event = {"reason": text, "n": None}
+        assert fast_sorted_json(event) == documented_canonical(event)
+
+
 def test_chain_next_seals_exactly_the_documented_form_on_tricky_values() -> None:
     # next() encodes with orjson when it can and falls back otherwise; the line and its hash must be
     # the documented canonical bytes either way, for old and new logs to verify alike.

@@ -98,8 +98,8 @@ def _orjson_writes_alike(value: Any) -> bool:
 
     Exact JSON types only. Strings and integers are written alike (integers beyond 64 bits make
     orjson raise). Floats are too, except NaN and infinities (orjson writes ``null``) and magnitudes
-    in [1e-9, 1e-4), which orjson writes positionally (``0.00001``) where Python writes ``1e-05``:
-    those, and anything between 0 and 1e-4, fall back. tests/test_audit.py checks the claim.
+    below 1e-4, which orjson writes positionally (``0.00001``, Python ``1e-05``) or with a one-digit
+    exponent (``1e-9``, Python ``1e-09``): anything between 0 and 1e-4 falls back. tests/test_audit.py checks the claim.
     Scalars inside a container (all of an audit event's values but a few) are checked inline, so
     a flat event costs one loop over its values and no further call.
     """
