@@ -132,11 +132,17 @@ def test_orjson_writes_alike_claims_only_bytes_that_match() -> None:
     from proxy.audit.chain import _orjson_writes_alike
 
     odd = [float("nan"), float("inf"), -float("inf"), 1e-5, -1e-5, -9.99e-5, 5e-324, -5e-324, b"x", {1, 2}]
-    for value in [*TRICKY_VALUES, *odd]:
+
+    class Text(str):
+        pass
+
+    # Keys are left to orjson, which refuses any that is not exactly a str (fast_json's options).
+    odd_keys = [{1: "a"}, {Text("k"): 1}, {None: 1}]
+    for value in [*TRICKY_VALUES, *odd, *odd_keys]:
         for wrapped in (value, [value], (value, 1), {"k": value}, {"k": [value]}, {"a": {"b": value}}):
             if _orjson_writes_alike(wrapped):
                 try:
-                    fast = orjson.dumps(wrapped, option=orjson.OPT_SORT_KEYS)
+                    fast = orjson.dumps(wrapped, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS)
                 except orjson.JSONEncodeError:
                     continue  # an integer beyond 64 bits: fast_json falls back on the error
                 assert fast == documented_canonical(wrapped), wrapped
