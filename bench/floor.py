@@ -4,7 +4,12 @@ Wicket's cost is only meaningful next to the cost of *any* Python/aiohttp proxy 
 socket pair, HTTP parsing on both sides and a copy of the body. This proxy does exactly that and
 nothing else, so ``Wicket - floor`` is what Wicket's own work (identity, policy, audit) costs.
 
-Run: ``python bench/floor.py --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8081``
+Run: ``python bench/floor.py --listen 127.0.0.1:8090 --upstream http://127.0.0.1:8081 [--event-loop uvloop]``
+
+The floor runs on asyncio's own event loop unless told otherwise: a bare aiohttp proxy as anyone
+would write it. ``wicket run`` runs on uvloop where it is installed (``--event-loop``), so
+``Wicket - floor`` includes what the faster loop saves; ``bench/run.py --floor-loop uvloop`` puts the
+floor on uvloop too, to show Wicket's own work on equal loops.
 
 ``--essentials AUDIT_LOG`` adds, with Wicket's own code, only the per-call work issue 19 says must
 not be given up, and nothing else: the request read as JSON-RPC, a decision record sealed into the
@@ -180,9 +185,21 @@ def main() -> None:
         metavar="AUDIT_LOG",
         help="also do, with Wicket's code, the per-call work no Wicket may drop (JSON-RPC tool calls only)",
     )
+    parser.add_argument(
+        "--event-loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="asyncio's own loop (the floor as issue 19 defines it; default) or uvloop (what wicket run uses)",
+    )
     args = parser.parse_args()
     host, _, port = args.listen.rpartition(":")
-    asyncio.run(serve(host or "127.0.0.1", int(port), args.upstream, args.essentials))
+    factory = None
+    if args.event_loop == "uvloop":
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve(host or "127.0.0.1", int(port), args.upstream, args.essentials))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +133,53 @@ def _run_options(parser: argparse.ArgumentParser, *, listen: str, store: str) ->
         metavar="NAME",
         help="the agent behind this Wicket, as delegation chains name it (default: the upstream's URL)",
     )
+    parser.add_argument(
+        "--event-loop",
+        default=os.environ.get("WICKET_EVENT_LOOP") or "auto",
+        metavar="{auto,uvloop,asyncio}",
+        help="uvloop (libuv, in C: less CPU per call) or asyncio (the standard library's); auto: uvloop "
+        "where it is installed, which it is with Wicket on Linux and macOS (env WICKET_EVENT_LOOP; default auto)",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     parser.add_argument("--log-format", default="text", choices=("text", "json"), help="json: one JSON object per line")
+
+
+EVENT_LOOPS = ("auto", "uvloop", "asyncio")
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def event_loop_factory(choice: str) -> LoopFactory | None:
+    """The event loop ``--event-loop`` names (None: asyncio's own). uvloop runs the loop, its
+    timers and the socket transports in C: Wicket's per-call CPU is lower on it, with the same
+    asyncio API (docs/performance.md). Exits with a clear error for an unknown name, or for
+    ``uvloop`` where it is not installed (it has no Windows build)."""
+    if choice not in EVENT_LOOPS:
+        raise SystemExit(
+            f"wicket: --event-loop (or WICKET_EVENT_LOOP) must be one of {', '.join(EVENT_LOOPS)}, not {choice!r}"
+        )
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise SystemExit(
+                "wicket: --event-loop uvloop, but uvloop is not installed (pip install uvloop; it has no "
+                "Windows build): use --event-loop asyncio or auto"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+def serve_on(factory: LoopFactory | None, main: Coroutine[Any, Any, None]) -> None:
+    """``asyncio.run`` on the loop ``factory`` makes (None: asyncio's own)."""
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
+
+
+def loop_name(loop: asyncio.AbstractEventLoop) -> str:
+    """Which loop runs (uvloop or asyncio), for the start-up log line."""
+    return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -465,13 +510,14 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
     if banner:
         print(banner.format(data=wicket.data_port, admin=wicket.admin_port), flush=True)
     logging.getLogger("wicket").info(
-        "listening: data %s (port %d), admin %s (port %d)%s, upstream %s",
+        "listening: data %s (port %d), admin %s (port %d)%s, upstream %s, event loop %s",
         wicket.settings.listen,
         wicket.data_port,
         wicket.settings.admin_listen,
         wicket.admin_port,
         f", health {wicket.settings.health_listen} (port {wicket.health_port})" if wicket.health_port else "",
         _upstream_text(wicket.settings),
+        loop_name(loop),
     )
     try:
         await stop.wait()
@@ -521,8 +567,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_upstream_children=args.max_children,
         upstream_idle_seconds=args.upstream_idle_timeout,
     )
+    factory = event_loop_factory(args.event_loop)
     wicket = Wicket(settings, _load_policy(files))
-    asyncio.run(_serve_until_signal(wicket))
+    serve_on(factory, _serve_until_signal(wicket))
     return 0
 
 
@@ -678,7 +725,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     wicket = Wicket(_settings(args, upstream.url, files, **a2a), _load_policy(files))
     banner = banner.replace("{upstream}", upstream.url).replace("{audit}", args.audit_log)
     banner = banner.replace("{policy}", ", ".join(files))
-    asyncio.run(_serve_until_signal(wicket, banner, extra=extra))
+    serve_on(event_loop_factory(args.event_loop), _serve_until_signal(wicket, banner, extra=extra))
     return 0
 
 

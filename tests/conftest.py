@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -17,11 +20,22 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 
 from proxy.app import Wicket
+from proxy.cli import event_loop_factory
 from proxy.core.policy import Policy, load_policy, parse_policy_text
 from proxy.demo.server import DemoUpstream, free_port
 from proxy.settings import Settings
 
 pytest_plugins = ("tests.redis_support",)  # redis_url (fails under WICKET_REQUIRE_REDIS=1), own servers
+
+
+def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
+    """Async tests run on the loop ``wicket run`` uses by default: uvloop where it is installed.
+    ``WICKET_TEST_EVENT_LOOP=asyncio`` runs them on asyncio's own loop instead (``--event-loop asyncio``)."""
+    if os.environ.get("WICKET_TEST_EVENT_LOOP", "uvloop") == "asyncio":
+        return {"asyncio": asyncio.new_event_loop}
+    factory = event_loop_factory("auto")
+    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
+
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_POLICY = ROOT / "policies" / "demo.yaml"
@@ -35,6 +49,14 @@ async def upstream() -> AsyncIterator[DemoUpstream]:
     await server.start()
     yield server
     await server.stop()
+
+
+def spawn_logged(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A child process (``wicket run`` ...) in the repository root, its output in ``log_path``, with no
+    WICKET_ or ANTHROPIC_ variable of the developer's environment to change what it does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WICKET_", "ANTHROPIC_"))}
+    with open(log_path, "wb") as log_file:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
 
 
 @asynccontextmanager

@@ -33,7 +33,16 @@ from proxy.core.policy import parse_policy_text
 from proxy.core.sessions import Session
 from proxy.settings import Settings
 from proxy.upstreams.stdio import CHILD_ENVIRONMENT, StdioChannel, stdio_label
-from tests.conftest import ADMIN_TOKEN, MODES, ROOT, SESSION_KEY, RunningWicket, WicketFactory, mcp_client
+from tests.conftest import (
+    ADMIN_TOKEN,
+    MODES,
+    ROOT,
+    SESSION_KEY,
+    RunningWicket,
+    WicketFactory,
+    mcp_client,
+    spawn_logged,
+)
 from tests.redis_support import RedisServer
 from tests.waiting import eventually
 
@@ -545,12 +554,6 @@ def test_run_takes_a_command_after_the_double_dash(capsys: pytest.CaptureFixture
         assert exited.value.code == 2 and problem in capsys.readouterr().err
 
 
-def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WICKET_", "ANTHROPIC_"))}
-    with open(log_path, "wb") as log_file:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 async def test_wicket_run_command_exits_cleanly_and_leaves_no_child(tmp_path: Path, sig: signal.Signals) -> None:
     policy = tmp_path / "policy.yaml"
@@ -561,7 +564,7 @@ async def test_wicket_run_command_exits_cleanly_and_leaves_no_child(tmp_path: Pa
         "--policy", str(policy), "--audit-log", str(tmp_path / "audit.jsonl"), "--",
         sys.executable, "tests/stdio_server.py",
     ]  # fmt: skip
-    proc = spawn(argv, log_path)
+    proc = spawn_logged(argv, log_path)
     try:
         ports: list[int] = []
 

@@ -6,6 +6,7 @@ import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import cast
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -188,8 +189,8 @@ class WatchedConnection(asyncio.Protocol):
         self.on_lost: Callable[[], None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # A stream transport (uvloop's does not subclass asyncio.Transport, so no isinstance check).
+        self._transport = cast(asyncio.Transport, transport)
         if self._seconds > 0:
             self._timer = asyncio.get_running_loop().call_later(self._seconds, self._expire)
         self._inner.connection_made(transport)
