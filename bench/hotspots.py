@@ -124,6 +124,9 @@ async def drive(
         ]
         if args.essentials:
             argv += ["--essentials", str(workdir / "audit-essentials.jsonl")]
+        argv += ["--event-loop", args.event_loop or ("uvloop" if args.essentials else "asyncio")]
+    elif args.event_loop:
+        argv += ["--event-loop", args.event_loop]
     wicket = spawn("floor" if args.floor else "wicket", argv, workdir, env, cwd=checkout)
     procs.append(wicket)
     grant = None
@@ -247,6 +250,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--calls defaults to 300 and --concurrency to 1 (the counts repeat best in sequence)",
     )
     p.add_argument("--essentials", action="store_true", help="with --floor: the floor plus the essentials")
+    p.add_argument(
+        "--event-loop",
+        choices=("uvloop", "asyncio"),
+        help="the loop of the profiled process: for Wicket, passed as --event-loop (default: its own default, "
+        "uvloop; a checkout older than the option has none); for --floor, asyncio's unless told, and for "
+        "--floor --essentials Wicket's default, uvloop, as bench/run.py does",
+    )
     args = p.parse_args(argv)
     if args.instructions:
         args.calls = args.calls or 300
