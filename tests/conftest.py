@@ -29,15 +29,12 @@ pytest_plugins = ("tests.redis_support",)  # redis_url (fails under WICKET_REQUI
 
 
 def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, Callable[[], Any]]:
-    """In-process async tests run on asyncio's own loop; ``WICKET_TEST_EVENT_LOOP=uvloop`` runs them on
-    uvloop, the loop ``wicket run`` uses by default (every test passed on it twice, but one run hung in
-    the teardown of the A2A demo agent, a uvicorn server in the test's own loop, not yet understood).
-    The tests that start ``wicket run`` as a process (tests/test_event_loop.py and others) run it on uvloop."""
-    if os.environ.get("WICKET_TEST_EVENT_LOOP") == "uvloop":
-        factory = event_loop_factory("uvloop")
-        if factory is not None:
-            return {"uvloop": factory}
-    return {"asyncio": asyncio.new_event_loop}
+    """Async tests run on the loop ``wicket run`` uses by default: uvloop where it is installed.
+    ``WICKET_TEST_EVENT_LOOP=asyncio`` runs them on asyncio's own loop instead (``--event-loop asyncio``)."""
+    if os.environ.get("WICKET_TEST_EVENT_LOOP", "uvloop") == "asyncio":
+        return {"asyncio": asyncio.new_event_loop}
+    factory = event_loop_factory("auto")
+    return {"uvloop": factory} if factory is not None else {"asyncio": asyncio.new_event_loop}
 
 
 ROOT = Path(__file__).resolve().parent.parent
