@@ -706,6 +706,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from proxy.demo.server import DemoUpstream
 
     _configure_logging(args.log_level, args.log_format)
+    factory = event_loop_factory(args.event_loop)  # refused before anything is built, as in cmd_run
     files = args.policy or [bundled_policy("demo")]
     upstream = DemoUpstream("127.0.0.1", args.demo_port)
     extra: Any = upstream
@@ -725,7 +726,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     wicket = Wicket(_settings(args, upstream.url, files, **a2a), _load_policy(files))
     banner = banner.replace("{upstream}", upstream.url).replace("{audit}", args.audit_log)
     banner = banner.replace("{policy}", ", ".join(files))
-    serve_on(event_loop_factory(args.event_loop), _serve_until_signal(wicket, banner, extra=extra))
+    serve_on(factory, _serve_until_signal(wicket, banner, extra=extra))
     return 0
 
 
