@@ -383,7 +383,8 @@ class Metrics:
     async def refresh(self) -> None:
         for refresh in self._refreshers:
             try:
-                await asyncio.wait_for(refresh(), SCRAPE_REFRESH_SECONDS)
+                async with asyncio.timeout(SCRAPE_REFRESH_SECONDS):
+                    await refresh()
             except Exception as exc:  # a scrape must still answer; the gauge keeps its last value
                 log.warning("metrics refresh failed: %s", exc.__class__.__name__)
 

@@ -352,3 +352,22 @@ async def test_a_checkpoint_is_due_every_n_records_of_the_current_chain_across_a
     await eventually(lambda: sink.last is not closing, "record 3 of the new chain is checkpointed")
     assert sink.last is not None and sink.last.seq == 3 and sink.last.log_id == sink.inner.log_id != closing.log_id
     await sink.close()
+
+
+@pytest.mark.parametrize("yields", [0, 1, 2])
+async def test_close_ends_when_it_comes_just_as_a_checkpoint_falls_due(tmp_path: Path, yields: int) -> None:
+    # Shutdown (or a test's teardown) right after the write that made a checkpoint due: the signing
+    # task is woken and cancelled in the same moment. On Python 3.11, asyncio.wait_for swallowed
+    # such a cancellation, the task went on waiting for the next interval and close() never returned.
+    keys = KeyRing.generate()
+    sink = CheckpointingSink(FileAuditSink(tmp_path / "a.jsonl", fsync="never"), keys, every=1, interval=3600.0)
+    assert await sink.start() is None
+    await sink.append({"event": "x"})  # never suspends with fsync=never; makes a checkpoint due
+    assert sink._due.is_set()
+    for _ in range(yields):
+        await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await sink.close()
+    # close() signs what the background task did not: the log ends covered.
+    assert sink.last is not None and sink.last.seq == 1
+    assert [cp.seq for _, cp in iter_checkpoints(tmp_path / ("a.jsonl" + SUFFIX)) if not isinstance(cp, str)][-1] == 1

@@ -464,7 +464,8 @@ class CheckpointingSink:
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._due.wait(), self._interval)
+                async with asyncio.timeout(self._interval):
+                    await self._due.wait()
             except TimeoutError:
                 pass
             self._due.clear()

@@ -41,7 +41,8 @@ class Subscription:
     async def next(self, *, wait: float) -> Mapping[str, Any] | None:
         """The next event, or None if none arrived within ``wait`` seconds (time for a heartbeat)."""
         try:
-            event = await asyncio.wait_for(self.queue.get(), wait)
+            async with asyncio.timeout(wait):
+                event = await self.queue.get()
         except TimeoutError:
             return None
         if event is _CLOSED:

@@ -374,7 +374,8 @@ class GuardianRouter:
             if slot.inline:
                 verdict = _run_inline(review)
             else:
-                verdict = await asyncio.wait_for(review, slot.timeout)
+                async with asyncio.timeout(slot.timeout):
+                    verdict = await review
         except TimeoutError:
             problem, kind = f"timed out after {slot.timeout:g}s", "timeout"
         except TierUnavailable as exc:

@@ -76,7 +76,8 @@ class EchoExecutor(AgentExecutor):
         await event_queue.enqueue_event(working)
         if text.startswith("wait"):
             try:
-                await asyncio.wait_for(self.released.wait(), HOLD_SECONDS)
+                async with asyncio.timeout(HOLD_SECONDS):
+                    await self.released.wait()
                 entry["released"] = True
             except TimeoutError:
                 entry["released"] = False  # nobody saw the first event in time: the stream was buffered

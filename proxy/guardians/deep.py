@@ -175,8 +175,8 @@ class DeepGuard:
 
     async def _ask(self, user_message: str) -> tuple[str, float, str]:
         try:
-            response = await asyncio.wait_for(
-                self._client.messages.create(
+            async with asyncio.timeout(self.timeout):
+                response = await self._client.messages.create(
                     model=self.model,
                     max_tokens=self._max_tokens,
                     system=SYSTEM_PROMPT,
@@ -184,9 +184,7 @@ class DeepGuard:
                     tools=[VERDICT_TOOL],
                     tool_choice={"type": "tool", "name": TOOL_NAME},
                     timeout=self.timeout,
-                ),
-                self.timeout,
-            )
+                )
         except (TimeoutError, anthropic.APITimeoutError) as exc:
             raise DeepGuardError(f"timed out after {self.timeout:g}s") from exc
         except anthropic.APIStatusError as exc:

@@ -139,7 +139,8 @@ class GuardianService:
         timeout = self._timeouts[tier]
         started = time.perf_counter()
         try:
-            decision = await asyncio.wait_for(reviewer.review(action, session, effect, prior, context), timeout)
+            async with asyncio.timeout(timeout):
+                decision = await reviewer.review(action, session, effect, prior, context)
         except TimeoutError:
             self._count_error(tier, "timeout")
             return _error(504, f"{_LABEL[tier]} timed out after {timeout:g}s")

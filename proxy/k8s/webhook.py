@@ -138,7 +138,8 @@ async def serve_injector(
     try:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), CERT_CHECK_SECONDS)
+                async with asyncio.timeout(CERT_CHECK_SECONDS):
+                    await stop.wait()
             certificates.reload_if_changed()
     finally:
         await runner.cleanup()

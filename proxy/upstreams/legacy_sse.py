@@ -155,7 +155,8 @@ class LegacySseChannel:
             max_message_bytes=max_message_bytes,
         )
         try:
-            await asyncio.wait_for(channel._await_endpoint(), connect_timeout or None)
+            async with asyncio.timeout(connect_timeout or None):
+                await channel._await_endpoint()
         except TimeoutError:
             await channel.close()
             raise ChannelError(

@@ -42,7 +42,8 @@ class UpstreamReachability:
             return "the upstream URL names no host and port"
         where = f"{self._host}:{self._port}"
         try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(self._host, self._port), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                _, writer = await asyncio.open_connection(self._host, self._port)
         except TimeoutError:
             return f"no answer from {where} within {self._timeout:g} s"
         except OSError as exc:

@@ -264,7 +264,8 @@ class StdioChannel:
                 self._signal_group(signal.SIGKILL)
         await self._waiter  # reaped, and the rest of its process group killed
         try:
-            await asyncio.wait_for(asyncio.shield(self._stderr), self._term_grace)
+            async with asyncio.timeout(self._term_grace):
+                await asyncio.shield(self._stderr)
         except TimeoutError:
             # Something outside the group (a grandchild that left it) still holds stderr open.
             self._stderr.cancel()
@@ -272,7 +273,8 @@ class StdioChannel:
 
     async def _exited_within(self, seconds: float) -> bool:
         try:
-            await asyncio.wait_for(asyncio.shield(self._waiter), seconds)
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._waiter)
         except TimeoutError:
             return False
         return True
