@@ -326,7 +326,9 @@ async def test_a_log_whose_directory_is_gone_holds_instead_of_crashing_the_start
 
 async def test_a_checkpoint_is_due_every_n_records_of_the_current_chain_across_a_rotation(tmp_path: Path) -> None:
     # The file sink's write itself signals "due" (the checkpointing layer adds no coroutine per
-    # record): once `every` records follow the last checkpoint, counted afresh for a rotated log.
+    # record): at the first record of a chain no checkpoint covers yet (so a new log is never
+    # without one for an interval), then once `every` records follow the last checkpoint,
+    # counted afresh for a rotated log.
     from tests.waiting import eventually
 
     keys = KeyRing.generate()
@@ -334,24 +336,28 @@ async def test_a_checkpoint_is_due_every_n_records_of_the_current_chain_across_a
     sink = CheckpointingSink(FileAuditSink(path, fsync="never"), keys, every=3, interval=3600.0)
     assert await sink.start() is None
 
-    async def append_until_due(tag: str) -> None:
-        for n in range(1, 4):
+    async def append_until_due(tag: str, records: int) -> None:
+        for n in range(1, records + 1):
             assert not sink._due.is_set(), f"due after {n - 1} records"
             await sink.append({"event": tag, "n": n})  # never suspends with fsync=never
-        assert sink._due.is_set(), "due after 3 records"
+        assert sink._due.is_set(), f"due after {records} records"
 
-    await append_until_due("x")
-    await eventually(lambda: sink.last is not None and sink.last.seq == 3, "record 3 is checkpointed")
-    await append_until_due("x")
-    await eventually(lambda: sink.last is not None and sink.last.seq == 6, "record 6 is checkpointed")
-    path.rename(tmp_path / "a.1.jsonl")
-    await sink.reopen()  # no new record since 6: a closing checkpoint of it, then a new chain from seq 1
-    closing = sink.last
-    assert closing is not None and closing.closed and closing.seq == 6
-    await append_until_due("y")
-    await eventually(lambda: sink.last is not closing, "record 3 of the new chain is checkpointed")
-    assert sink.last is not None and sink.last.seq == 3 and sink.last.log_id == sink.inner.log_id != closing.log_id
-    await sink.close()
+    try:
+        await append_until_due("x", 1)
+        await eventually(lambda: sink.last is not None and sink.last.seq == 1, "record 1 is checkpointed")
+        await append_until_due("x", 3)
+        await eventually(lambda: sink.last is not None and sink.last.seq == 4, "record 4 is checkpointed")
+        path.rename(tmp_path / "a.1.jsonl")
+        await sink.reopen()  # no new record since 4: a closing checkpoint of it, then a new chain from seq 1
+        closing = sink.last
+        assert closing is not None and closing.closed and closing.seq == 4
+        await append_until_due("y", 1)
+        await eventually(lambda: sink.last is not closing, "record 1 of the new chain is checkpointed")
+        assert sink.last is not None and sink.last.seq == 1 and sink.last.log_id == sink.inner.log_id != closing.log_id
+        await append_until_due("y", 3)
+        await eventually(lambda: sink.last is not None and sink.last.seq == 4, "record 4 of the new chain")
+    finally:
+        await sink.close()
 
 
 @pytest.mark.parametrize("yields", [0, 1, 2])

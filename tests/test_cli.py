@@ -14,6 +14,7 @@ import pytest
 from proxy.cli import main
 from proxy.demo.server import DemoUpstream
 from tests.conftest import ADMIN_TOKEN, ROOT, RunningWicket, WicketFactory
+from tests.waiting import eventually
 
 
 def test_policy_check_ok(capsys: pytest.CaptureFixture[str]) -> None:
@@ -30,19 +31,27 @@ def test_policy_check_reports_file_and_line(tmp_path: Path, capsys: pytest.Captu
     assert "enabeld" in out[0]
 
 
-async def test_audit_verify_cli(wicket: RunningWicket, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_audit_verify_cli(wicket: RunningWicket, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     for i in range(3):
         await wicket.create_session(f"agent-{i}")
     path = wicket.audit_path
-    assert main(["audit", "verify", str(path)]) == 1, "no checkpoint signed yet: the tail is unprotected"
-    assert "no checkpoints" in capsys.readouterr().out
-    assert main(["audit", "verify", "--chain-only", str(path)]) == 0
-    assert capsys.readouterr().out.startswith("ok: 3 records, head ")
+    checkpoints = Path(f"{path}.checkpoints")
+    # The log's first record is checkpointed as soon as it is written: a new log is never left
+    # without a checkpoint for an interval (verify would call it broken meanwhile).
+    await eventually(checkpoints.exists, "the first record is checkpointed")
     assert wicket.wicket.checkpoints is not None
     await wicket.wicket.checkpoints.checkpoint()
     assert main(["audit", "verify", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("ok: 3 records, head ") and "checkpoints: 1 verified" in out
+    assert out.startswith("ok: 3 records, head ") and "verified, the last at seq 3" in out
+
+    # Without its checkpoints a log's tail is unprotected: verify says so and fails; the chain alone verifies.
+    os.replace(checkpoints, tmp_path / "aside")
+    assert main(["audit", "verify", str(path)]) == 1
+    assert "no checkpoints" in capsys.readouterr().out
+    assert main(["audit", "verify", "--chain-only", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("ok: 3 records, head ")
+    os.replace(tmp_path / "aside", checkpoints)
 
     lines = path.read_text().splitlines()
     event = json.loads(lines[1])

@@ -9,9 +9,9 @@ whose first record hashes to ``log_id`` had record ``seq`` with hash ``head``, e
 tampering that nobody without the signing key can paper over.
 
 :class:`CheckpointingSink` wraps a :class:`~proxy.audit.sink.FileAuditSink`. A background task
-signs a checkpoint every ``every`` records and every ``interval`` seconds while records arrive
-(never on a call's path: an append only compares two integers), once the records it covers are
-fsynced; each goes to ``<log>.checkpoints`` (one JSON line each) and to the state store. On
+signs a checkpoint at a chain's first record, then every ``every`` records and every ``interval``
+seconds while records arrive (never on a call's path: an append only compares two integers), once
+the records it covers are fsynced; each goes to ``<log>.checkpoints`` (one JSON line each) and to the state store. On
 start it compares the file with the last checkpoint of both copies; a file behind it puts the
 sink on *hold*: the checker refuses everything but reads until an operator acknowledges
 (``POST /v1/audit/acknowledge``, ``wicket audit acknowledge``), which is audited and signs a
@@ -339,9 +339,11 @@ class CheckpointingSink:
 
     def _cover(self, seq: int) -> None:
         """Record that the current chain's checkpoints cover it through ``seq``: the next is due
-        (``_due`` set by each write) once ``every`` more records are written."""
+        (``_due`` set by each write) once ``every`` more records are written, or at the first
+        record of a chain none covers yet, so a new log is never without a checkpoint for
+        ``interval`` seconds (``wicket audit verify`` calls a log without any broken)."""
         self._covered = seq
-        self.inner.notify_at(seq + self._every, self._due)
+        self.inner.notify_at(seq + self._every if seq else 1, self._due)
 
     def publish_to(self, publish: Publish) -> None:
         self.inner.publish_to(publish)
