@@ -491,11 +491,21 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
 
     # SIGHUP: logrotate (move the file away, then Wicket continues the chain in a new file) and a
     # policy reload (an invalid policy is refused and the running one stays in force).
-    async def hangup() -> None:
-        await wicket.audit.reopen()
-        await wicket.reload_policy()
+    hangups: set[asyncio.Task[None]] = set()  # referenced until done, and finished before shutdown
 
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(hangup()))
+    async def hangup() -> None:
+        for what, step in (("reopen the audit log", wicket.audit.reopen), ("reload the policy", wicket.reload_policy)):
+            try:
+                await step()
+            except Exception as exc:  # one failed step must not skip the other, nor vanish unlogged
+                logging.getLogger("wicket").error("SIGHUP: could not %s: %s", what, exc)
+
+    def on_hangup() -> None:
+        task = loop.create_task(hangup())
+        hangups.add(task)
+        task.add_done_callback(hangups.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hangup)
     try:
         if extra is not None:
             await extra.start()
@@ -523,10 +533,17 @@ async def _serve_until_signal(wicket: Any, banner: str | None = None, extra: Any
         await stop.wait()
     finally:
         logging.getLogger("wicket").info("shutting down")
+        # A rotation or reload under way finishes first (for up to 10 s): closing the audit log under
+        # a reopen would cut the rotated chain's closing checkpoint and audit the reload into a closed log.
+        if hangups:
+            await asyncio.wait(hangups, timeout=HANGUP_GRACE_SECONDS)
         await wicket.stop()
         if extra is not None:
             await extra.stop()
 
+
+HANGUP_GRACE_SECONDS = 10.0
+"""How long shutdown waits for a SIGHUP's rotation and policy reload still under way."""
 
 GC_YOUNG_THRESHOLD = 20_000
 """Net new container objects between young collections (CPython's default is 700)."""

@@ -161,3 +161,69 @@ async def test_approvals_list_json_shows_the_full_records(
     table = capsys.readouterr().out
     assert code == 0 and record["approval_id"] in table and '"password":"[REDACTED]"' in table
     assert "hunter2" not in table
+
+
+async def test_sighup_work_finishes_before_shutdown_and_a_failed_rotation_still_reloads_the_policy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SIGHUP rotates the audit log, then reloads the policy, in a task of its own. A SIGTERM that
+    # comes meanwhile must wait for it (closing the log under a reopen cuts the rotation short and
+    # audits the reload into a closed log), and a rotation that fails must not skip the reload.
+    import signal
+
+    from proxy.app import Wicket
+    from proxy.audit.chain import verify_file
+    from proxy.cli import _serve_until_signal
+    from proxy.core.policy import load_policy
+    from proxy.settings import Settings
+    from tests.conftest import SESSION_KEY
+
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text("version: 1\n")
+    audit = tmp_path / "audit.jsonl"
+    settings = Settings(
+        upstream="http://127.0.0.1:9/mcp",
+        listen="127.0.0.1:0",
+        admin_listen="127.0.0.1:0",
+        audit_log=str(audit),
+        session_key=SESSION_KEY,
+        admin_token=ADMIN_TOKEN,
+        policy_files=[str(policy_file)],
+        environ={},
+    )
+    wicket = Wicket(settings, load_policy([str(policy_file)]))
+    reopening, release = asyncio.Event(), asyncio.Event()
+
+    async def slow_failing_reopen() -> None:
+        reopening.set()
+        await release.wait()
+        raise OSError("the rotated log's directory is gone")
+
+    wicket.audit.reopen = slow_failing_reopen  # type: ignore[method-assign]
+    loop = asyncio.get_running_loop()
+    served = asyncio.create_task(_serve_until_signal(wicket))
+    try:
+        await eventually(lambda: wicket.data_port != 0 or served.done(), "Wicket listens")
+        assert not served.done()
+        os.kill(os.getpid(), signal.SIGHUP)
+        async with asyncio.timeout(10):
+            await reopening.wait()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        assert not served.done(), "shutdown did not wait for the SIGHUP's rotation under way"
+        release.set()
+        async with asyncio.timeout(20):
+            await served
+    finally:
+        release.set()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        if not served.done():
+            served.cancel()
+            await asyncio.gather(served, return_exceptions=True)
+            await wicket.stop()
+    assert "SIGHUP: could not reopen the audit log: the rotated log's directory is gone" in caplog.text
+    events = [json.loads(line) for line in audit.read_text().splitlines()]
+    reloads = [e for e in events if e.get("event") == "policy_reload"]
+    assert len(reloads) == 1 and reloads[0]["status"] == "applied", "the failed rotation skipped the reload"
+    assert verify_file(audit).ok
