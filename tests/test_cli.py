@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from proxy.cli import main
+from proxy.app import Wicket
+from proxy.audit.chain import verify_file
+from proxy.cli import _serve_until_signal, main
+from proxy.core.policy import load_policy
 from proxy.demo.server import DemoUpstream
-from tests.conftest import ADMIN_TOKEN, ROOT, RunningWicket, WicketFactory
+from proxy.settings import Settings
+from tests.conftest import ADMIN_TOKEN, ROOT, SESSION_KEY, RunningWicket, WicketFactory
 from tests.waiting import eventually
 
 
@@ -169,15 +174,6 @@ async def test_sighup_work_finishes_before_shutdown_and_a_failed_rotation_still_
     # SIGHUP rotates the audit log, then reloads the policy, in a task of its own. A SIGTERM that
     # comes meanwhile must wait for it (closing the log under a reopen cuts the rotation short and
     # audits the reload into a closed log), and a rotation that fails must not skip the reload.
-    import signal
-
-    from proxy.app import Wicket
-    from proxy.audit.chain import verify_file
-    from proxy.cli import _serve_until_signal
-    from proxy.core.policy import load_policy
-    from proxy.settings import Settings
-    from tests.conftest import SESSION_KEY
-
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text("version: 1\n")
     audit = tmp_path / "audit.jsonl"
