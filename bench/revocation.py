@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -194,6 +195,15 @@ async def one_call(http: aiohttp.ClientSession, url: str, token: str | None, cal
         check_result(resp.status, resp.content_type, raw, call_id)
 
 
+def client() -> aiohttp.ClientSession:
+    """One keep-alive connection."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=4),
+        timeout=aiohttp.ClientTimeout(total=10),
+        trust_env=False,
+    )
+
+
 @dataclass
 class Load:
     """Background calls (anonymous reads) on both replicas while revocations are measured."""
@@ -201,8 +211,20 @@ class Load:
     calls: int = 0
     failures: list[str] = field(default_factory=list)
 
-    async def run(self, http: aiohttp.ClientSession, url: str, ids: Iterator[int], stop: asyncio.Event) -> None:
+    async def run(
+        self, http: aiohttp.ClientSession, url: str, ids: Iterator[int], stop: asyncio.Event, every: float = 0.0
+    ) -> None:
+        """Calls back to back, or (``every`` > 0) one every ``every`` seconds, on a schedule that a
+        slow call delays but never makes up for with a burst."""
+        due = time.perf_counter()
         while not stop.is_set():
+            if every:
+                due = max(due + every, time.perf_counter())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.0, due - time.perf_counter())):
+                        await stop.wait()
+                if stop.is_set():
+                    return
             try:
                 await one_call(http, url, None, next(ids))
                 self.calls += 1
@@ -211,6 +233,49 @@ class Load:
                     self.failures.append(str(exc))
                 if len(self.failures) >= 5:
                     return
+
+
+LOAD_WORKER = "load-worker"  # this script's first argument in the load's own process
+SCRIPT = Path(__file__).resolve()
+
+
+def load_worker(argv: Sequence[str]) -> int:
+    """``--load`` runs here, in a process of its own: the process that takes ``t0`` and sends the
+    revoke is not also busy sending and checking the load's calls, so none of its own lag is
+    counted against Wicket.
+
+    ``argv``: REPORT RATE URL... (a connection per URL; RATE: calls per second over all of them,
+    0 for back to back). The first call on every connection done, it
+    creates REPORT.ready; SIGUSR1 marks the start of the measured part, SIGTERM its end, after
+    which the calls between the two, their seconds and any failures are written to REPORT as JSON.
+    """
+    report, rate, urls = Path(argv[0]), float(argv[1]), list(argv[2:])
+    every = len(urls) / rate if rate > 0 else 0.0
+
+    async def serve() -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        stop, marks = asyncio.Event(), dict[str, tuple[int, float]]()
+        load, ids = Load(), itertools.count(10_000_000)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, lambda: marks.setdefault("start", (load.calls, time.perf_counter())))
+        clients = [client() for _ in urls]
+        try:
+            for http, url in zip(clients, urls, strict=True):
+                await one_call(http, url, None, next(ids))
+            report.with_suffix(".ready").touch()
+            pairs = zip(clients, urls, strict=True)
+            loaders = [asyncio.create_task(load.run(http, url, ids, stop, every)) for http, url in pairs]
+            await stop.wait()
+            end = (load.calls, time.perf_counter())
+            await asyncio.gather(*loaders, return_exceptions=True)
+        finally:
+            for http in clients:
+                await http.close()
+        calls, began = marks.get("start", end)
+        return {"calls": end[0] - calls, "seconds": end[1] - began, "failures": load.failures}
+
+    report.write_text(json.dumps(asyncio.run(serve())))
+    return 0
 
 
 @dataclass
@@ -427,34 +492,28 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dic
         proc = by_name[f"wicket-{r.name}"]
         await wait_until(f"wicket-{r.name} /readyz", [proc], lambda r=r: probe_readyz(f"{r.admin}/readyz"), deadline)
 
-    def client() -> aiohttp.ClientSession:
-        return aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1, keepalive_timeout=4),
-            timeout=aiohttp.ClientTimeout(total=10),
-            trust_env=False,
-        )
-
     announcements = Announcements()
     redis = Redis(host=HOST, port=rp)
     ready = asyncio.Event()
     follower = asyncio.create_task(announcements.follow(redis, ready))
     http_a, http_b, http_m = client(), [client() for _ in range(args.pollers)], client()
     runs: list[Iteration] = []
-    load, stop_load = Load(), asyncio.Event()
-    load_clients = [client() for _ in range(args.load)]
-    load_ids = itertools.count(10_000_000)
-    loaders: list[asyncio.Task[None]] = []
+    load_report = workdir / "load.json"
+    loader: Proc | None = None
     try:
         await asyncio.wait_for(ready.wait(), 5)
         for i in range(args.warmup):  # unmeasured: connections, caches and both replicas' code paths
             await measure_once(http_a, http_b, http_m, a, b, admin_token, args.timeout, announcements, i)
-        loaders = [  # half on each replica: B polls and A revokes while both serve other calls
-            asyncio.create_task(load.run(http, (a, b)[n % 2].data, load_ids, stop_load))
-            for n, http in enumerate(load_clients)
-        ]
+        if args.load:  # half on each replica: B polls and A revokes while both serve other calls
+            urls = [(a, b)[n % 2].data for n in range(args.load)]
+            worker = [py, str(SCRIPT), LOAD_WORKER, str(load_report), str(args.load_rate), *urls]
+            loader = spawn("load", worker, workdir)
+            procs.append(loader)
+            ready = load_report.with_suffix(".ready")
+            await wait_until("the load", [loader], lambda: _exists(ready), time.monotonic() + args.startup_timeout)
+            os.kill(loader.pid, signal.SIGUSR1)
         print(f"replicas A and B ready; {args.iterations} revocations; load: {args.load} connections", flush=True)
         t_start = time.perf_counter()
-        load_start = load.calls
         for i in range(args.iterations):
             runs.append(
                 await measure_once(
@@ -464,14 +523,15 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dic
             for p in procs:
                 p.check_alive()
         measured = time.perf_counter() - t_start
-        load_calls = load.calls - load_start
-        if load.failures:
-            raise BenchError("background load calls failed: " + "; ".join(load.failures))
+        load_rate = 0.0
+        if loader is not None:
+            loader.popen.terminate()
+            await asyncio.to_thread(loader.popen.wait, 30)
+            done = json.loads(load_report.read_text())
+            if done["failures"]:
+                raise BenchError("background load calls failed: " + "; ".join(done["failures"]))
+            load_rate = done["calls"] / done["seconds"] if done["seconds"] > 0 else 0.0
     finally:
-        stop_load.set()
-        await asyncio.gather(*loaders, return_exceptions=True)
-        for http in load_clients:
-            await http.close()
         follower.cancel()
         await asyncio.gather(follower, return_exceptions=True)
         await redis.aclose()
@@ -490,7 +550,8 @@ async def run(args: argparse.Namespace, workdir: Path, procs: list[Proc]) -> dic
             "measured_seconds": measured,
             "announcement_errors": announcements.error,
             "load_connections": args.load,
-            "load_calls_per_s": load_calls / measured if measured > 0 else 0.0,
+            "load_rate_target": args.load_rate,
+            "load_calls_per_s": load_rate,
         },
         **summarise(runs),
         "samples_ms": [
@@ -520,6 +581,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="connections sending anonymous reads back to back, half to each replica, while revocations are "
         "measured (default 0: idle replicas)",
     )
+    p.add_argument(
+        "--load-rate",
+        type=float,
+        default=0.0,
+        help="with --load: the load's calls per second over all its connections, evenly paced (default 0: back "
+        "to back, which saturates a small machine); e.g. half the back-to-back rate for a replica at about 50%% CPU",
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="seconds B may keep accepting a revoked token")
     p.add_argument("--redis-server", default="redis-server", help="redis-server binary (default: from PATH)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
@@ -527,11 +595,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for everything to become ready")
     p.add_argument("--max-seconds", type=float, default=240.0, help="hard limit for the whole run (default 240)")
     args = p.parse_args(argv)
+    if args.load_rate < 0 or (args.load_rate and not args.load):
+        p.error("--load-rate needs --load connections to send on, and cannot be negative")
     if args.iterations < 1 or args.pollers < 1 or args.warmup < 0 or args.timeout <= 0 or args.load < 0:
         p.error("--iterations, --pollers and --timeout must be positive, --warmup not negative")
     if shutil.which(args.redis_server) is None:
         p.error(f"redis-server binary {args.redis_server!r} not found")
     return args
+
+
+async def _exists(path: Path) -> None:
+    if not await asyncio.to_thread(path.exists):
+        raise OSError(f"{path.name} not there yet")
 
 
 def _terminate(signum: int, _frame: object) -> None:
@@ -561,11 +636,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.keep:
         print(f"logs and audit logs kept in {workdir}")
     m, c = result["machine"], result["config"]
+    pace = f"paced at {c['load_rate_target']:g} calls/s" if c["load_rate_target"] else "back to back"
     print(
         f"\n{m['date']}  nproc={m['nproc']}  python {m['python']}  {m['cpu']}\n"
         f"{c['iterations']} revocations (after {c['warmup']} unmeasured), {c['pollers']} poller(s) on B; "
         f"poll: {c['poll']}\n"
-        f"load: {c['load_connections']} connections of anonymous reads, half on each replica "
+        f"load: {c['load_connections']} connections of anonymous reads, half on each replica, {pace} "
         f"({c['load_calls_per_s']:.0f} calls/s while measured)\n"
     )
     print(render(result))
@@ -579,4 +655,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(load_worker(sys.argv[2:]) if sys.argv[1:2] == [LOAD_WORKER] else main())
