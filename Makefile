@@ -47,7 +47,7 @@ format: $(STAMP)
 
 ## Direct call vs bare pass-through vs pass-through plus the essentials vs Wicket (memory and Redis stores) in one run, then revocation across replicas.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py --stores memory,redis --essentials
+	$(BIN)/python bench/run.py --stores memory,redis --essentials --repeat 3
 	$(BIN)/python bench/revocation.py
 	$(BIN)/python bench/revocation.py --load 8
 

@@ -35,6 +35,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -810,14 +811,7 @@ def goals(summary: dict[str, Any]) -> list[dict[str, Any]]:
 def render_goals(rows: list[dict[str, Any]]) -> str:
     lines = ["| goal | this run | target | holds |", "|---|---|---|---|"]
     for g in rows:
-        if g["unit"] == "x":
-            value, limit = fmt(g["value"], ".2f", prefix="x"), f"x{g['limit']:.2f}"
-        elif g["unit"] == "µs":
-            value, limit = fmt(g["value"], "+.0f", " µs"), f"{g['limit']:.0f} µs"
-        elif g["unit"] == "ms":
-            value, limit = fmt(g["value"], "+.3f", " ms"), f"{g['limit']:.2f} ms"
-        else:
-            value, limit = fmt(g["value"], ".0%"), f"{g['limit']:.0%}"
+        value, limit = _goal_value(g, g["value"]), _goal_limit(g)
         op = "≤" if g["at_most"] else "≥"
         holds = {True: "yes", False: "**no**", None: "n/a"}[g["holds"]]
         note = f" ({g['note']})" if g["note"] else ""
@@ -834,6 +828,62 @@ def render_goals(rows: list[dict[str, Any]]) -> str:
             f"{len(ratios)} hold."
         )
     return "\n".join(lines)
+
+
+def repeated(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each goal over several runs: every run's figure, their median, whether the median holds and
+    in how many runs the goal held. A machine's neighbours move one run's figures by more than
+    some goals' margins; the median of a few runs does not flip with one of them."""
+    out = []
+    for rows in zip(*(r["goals"] for r in results), strict=True):
+        first = rows[0]
+        values = [g["value"] for g in rows]
+        measured = [v for v in values if v is not None]
+        middle = statistics.median(measured) if measured else None
+        holds = None
+        if middle is not None:
+            holds = middle <= first["limit"] if first["at_most"] else middle >= first["limit"]
+        held = sum(g["holds"] is True for g in rows)
+        out.append({**first, "values": values, "value": middle, "holds": holds, "held_in": held, "note": ""})
+    return out
+
+
+def render_repeated(goal_rows: Sequence[list[dict[str, Any]]]) -> str:
+    rows = repeated([{"goals": g} for g in goal_rows])
+    runs = len(goal_rows)
+    head = " | ".join(f"run {n + 1}" for n in range(runs))
+    lines = [f"| goal | {head} | median | target | median holds | held in |", "|---" * (runs + 5) + "|"]
+    for g in rows:
+        shown = [_goal_value(g, v) for v in g["values"]]
+        op = "≤" if g["at_most"] else "≥"
+        holds = {True: "yes", False: "**no**", None: "n/a"}[g["holds"]]
+        lines.append(
+            f"| {g['goal']} | {' | '.join(shown)} | {_goal_value(g, g['value'])} | {op} {_goal_limit(g)} | {holds} "
+            f"| {g['held_in']} of {runs} |"
+        )
+    counted = [g for g in rows if g["unit"] != "x"]
+    ratios = [g for g in rows if g["unit"] == "x"]
+    summary = f"\nBy the median of {runs} runs, {sum(g['holds'] is True for g in counted)} of {len(counted)} goals hold"
+    if ratios:
+        summary += f"; the CPU goals as ratios to the floor: {sum(g['holds'] is True for g in ratios)} of {len(ratios)}"
+    lines.append(summary + ".")
+    return "\n".join(lines)
+
+
+def _goal_value(goal: dict[str, Any], value: float | None) -> str:
+    unit = goal["unit"]
+    if unit == "x":
+        return fmt(value, ".2f", prefix="x")
+    if unit == "µs":
+        return fmt(value, "+.0f", " µs")
+    if unit == "ms":
+        return fmt(value, "+.3f", " ms")
+    return fmt(value, ".0%")
+
+
+def _goal_limit(goal: dict[str, Any]) -> str:
+    unit, limit = goal["unit"], goal["limit"]
+    return {"x": f"x{limit:.2f}", "µs": f"{limit:.0f} µs", "ms": f"{limit:.2f} ms"}.get(unit, f"{limit:.0%}")
 
 
 def render_essentials(summary: dict[str, Any], concurrency: int) -> str:
@@ -1153,7 +1203,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-server", default="redis-server", help="redis-server binary for --stores ...,redis")
     p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and audit log")
     p.add_argument("--startup-timeout", type=float, default=60.0, help="seconds for all targets to become ready")
-    p.add_argument("--max-seconds", type=float, default=300.0, help="hard limit for the whole run (default 300)")
+    p.add_argument("--max-seconds", type=float, default=300.0, help="hard limit for each run (default 300)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure N times afresh (every process restarted) and end with each goal's median over the runs and "
+        "how many runs it held in (default 1)",
+    )
     args = p.parse_args(argv)
     stores = tuple(x.strip() for x in args.stores.split(",") if x.strip())
     if "memory" not in stores or not set(stores) <= set(STORES) or len(set(stores)) != len(stores):
@@ -1166,8 +1223,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--stores ...,redis needs a redis-server binary: {args.redis_server!r} not found")
     if args.essentials and args.sse:
         p.error("--essentials measures the stateless JSON transport only: drop --sse")
-    if min(args.calls, args.throughput_calls, args.concurrency, args.rounds) < 1 or args.warmup < 0:
-        p.error("--calls, --throughput-calls, --concurrency and --rounds must be positive")
+    if min(args.calls, args.throughput_calls, args.concurrency, args.rounds, args.repeat) < 1 or args.warmup < 0:
+        p.error("--calls, --throughput-calls, --concurrency, --rounds and --repeat must be positive")
     if args.rounds > min(args.calls, args.throughput_calls):
         p.error("--rounds cannot exceed --calls or --throughput-calls")
     # Each phase of the write workload (with its re-warm) must fit in one Wicket session.
@@ -1187,6 +1244,26 @@ def _terminate(signum: int, _frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
+    results: list[dict[str, Any]] = []
+    for n in range(args.repeat):
+        if args.repeat > 1:
+            print(f"\n=== run {n + 1} of {args.repeat} ===", flush=True)
+        result = run_once(args)
+        if result is None:
+            return 1
+        results.append(result)
+    if args.repeat > 1:
+        print(f"\nGoals over {args.repeat} runs (each run measured afresh, every process restarted):\n")
+        print(render_repeated([r["goals"] for r in results]))
+    if args.json:
+        out = results[0] if args.repeat == 1 else {"runs": results, "goals_over_runs": repeated(results)}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+def run_once(args: argparse.Namespace) -> dict[str, Any] | None:
+    """One whole measurement, printed as it ends; None (the reason printed) for an invalid run."""
     procs: list[Proc] = []
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="wicket-bench-"))
@@ -1207,7 +1284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if failure is not None:
         print(f"bench: INVALID RUN: {failure}\n(logs and audit log kept in {workdir})", file=sys.stderr)
-        return 1
+        return None
     result["audit"] = audits[WICKET_PROC["memory"]]
     if WICKET_PROC["redis"] in audits:
         result["audit_redis"] = audits[WICKET_PROC["redis"]]
@@ -1244,10 +1321,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + "\n".join(f"    {x}" for x in t["warmup_failure_samples"])
                 )
     print(f"\nmeasured in {c['measured_seconds']:.1f} s, {time.perf_counter() - started:.1f} s in all")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"results written to {args.json}")
-    return 0
+    return result
 
 
 if __name__ == "__main__":
