@@ -830,12 +830,12 @@ def render_goals(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def repeated(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def repeated(goal_rows: Sequence[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Each goal over several runs: every run's figure, their median, whether the median holds and
     in how many runs the goal held. A machine's neighbours move one run's figures by more than
     some goals' margins; the median of a few runs does not flip with one of them."""
     out = []
-    for rows in zip(*(r["goals"] for r in results), strict=True):
+    for rows in zip(*goal_rows, strict=True):
         first = rows[0]
         values = [g["value"] for g in rows]
         measured = [v for v in values if v is not None]
@@ -848,9 +848,8 @@ def repeated(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def render_repeated(goal_rows: Sequence[list[dict[str, Any]]]) -> str:
-    rows = repeated([{"goals": g} for g in goal_rows])
-    runs = len(goal_rows)
+def render_repeated(rows: Sequence[dict[str, Any]], runs: int) -> str:
+    """The table of :func:`repeated`'s rows."""
     head = " | ".join(f"run {n + 1}" for n in range(runs))
     lines = [f"| goal | {head} | median | target | median holds | held in |", "|---" * (runs + 5) + "|"]
     for g in rows:
@@ -1252,11 +1251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if result is None:
             return 1
         results.append(result)
+    out = results[0]
     if args.repeat > 1:
+        over = repeated([r["goals"] for r in results])
         print(f"\nGoals over {args.repeat} runs (each run measured afresh, every process restarted):\n")
-        print(render_repeated([r["goals"] for r in results]))
+        print(render_repeated(over, args.repeat))
+        out = {"runs": results, "goals_over_runs": over}
     if args.json:
-        out = results[0] if args.repeat == 1 else {"runs": results, "goals_over_runs": repeated(results)}
         Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
         print(f"results written to {args.json}")
     return 0
